@@ -1,0 +1,249 @@
+"""The ``bam-dense`` command line.
+
+Only argparse is imported here, so ``bam-dense --help`` stays fast with nothing but the core installed.
+Each subcommand names the function that runs it as ``"module:function"``; the module is imported only
+when that subcommand runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+
+from bam_dense.errors import UserFacingError
+
+Handler = str  # "package.module:function", called with the parsed argparse.Namespace
+
+
+def _add(sub, name: str, handler: Handler, help_text: str, description: str | None = None):
+    parser = sub.add_parser(
+        name,
+        help=help_text,
+        description=description or help_text,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.set_defaults(_handler=handler)
+    return parser
+
+
+def _pretrain(sub) -> None:
+    p = _add(
+        sub,
+        "pretrain",
+        "bam_dense.engine.trainer:cli_main",
+        "pretrain an encoder (BAM, BYOL, LEWEL_B, CO-BYOL, CO-BAM, LEWEL-BAM)",
+        "Pretrain an encoder from a YAML config (configs/pretrain/*.yaml).\n\n"
+        "Overrides are KEY.SUB=VALUE pairs, VALUE parsed as YAML, e.g.\n"
+        "  bam-dense pretrain --config configs/pretrain/bam_tiny_cpu.yaml optim.epochs=2 run.output_dir=runs/x\n"
+        "Multi-GPU: torchrun --nproc_per_node=8 pretrain/train.py --config ... (same arguments).",
+    )
+    p.add_argument("--config", required=True, help="pretraining YAML file")
+    p.add_argument("overrides", nargs="*", help="KEY.SUB=VALUE config overrides")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+
+
+def _convert(sub) -> None:
+    p = _add(
+        sub,
+        "convert",
+        "bam_dense.convert.api:cli_main",
+        "convert a pretraining checkpoint for timm, torchvision, MMSeg, MMDet, detectron2 or safetensors",
+        "Convert a checkpoint's backbone for a downstream framework and write a coverage report\n"
+        "(PATH.report.json) listing every mapped, dropped and filled tensor. Exits non-zero, naming the\n"
+        "tensors, when a backbone tensor of the target stays unfilled or a shape does not match.",
+    )
+    p.add_argument("src", help="source checkpoint (.pth/.pt/.ckpt/.safetensors)")
+    p.add_argument(
+        "--to",
+        required=True,
+        choices=["timm", "timm-folder", "torchvision", "mmseg", "mmseg-mae", "mmdet", "detectron2", "safetensors"],
+        help="target: timm state dict, timm folder (config.json + model.safetensors), torchvision ResNet, "
+        "mmseg VisionTransformer/ResNet, mmseg MAE/BEiT ViT (layer decay), mmdet (ResNet under backbone. "
+        "or ViTDet {'model': ...}), detectron2 .pkl, or safetensors of the backbone",
+    )
+    p.add_argument("--out", required=True, help="output file (or folder for timm-folder)")
+    p.add_argument("--arch", help="timm architecture, e.g. vit_small_patch16_224, resnet50 (read from the checkpoint when recorded)")
+    p.add_argument("--which", choices=["student", "teacher"], default=None, help="which network of a pretraining checkpoint (default: teacher when present)")
+    p.add_argument("--img-size", type=int, default=None, help="interpolate the ViT position embedding to this image size (mmseg targets)")
+    p.add_argument(
+        "--source-format",
+        default="auto",
+        choices=["auto", "bam-dense", "bam-official", "lewel-official", "dino", "timm", "torchvision"],
+        help="source layout (detected automatically by default)",
+    )
+    p.add_argument("--trust-source", action="store_true", help="allow legacy pickles that need code execution to load (only for files you trust)")
+
+
+def _davis(sub) -> None:
+    p = sub.add_parser("davis", help="DAVIS-2017 label propagation and evaluation", description="DAVIS-2017 video object segmentation")
+    dsub = p.add_subparsers(dest="davis_command", required=True, metavar="{propagate,eval}")
+    prop = _add(
+        dsub,
+        "propagate",
+        "bam_dense.davis.propagate:cli_main",
+        "propagate first-frame masks with frozen features (the DINO protocol)",
+    )
+    prop.add_argument("--checkpoint", required=True, help="pretraining or converted checkpoint; 'random' for a random-init encoder of --arch")
+    prop.add_argument("--arch", help="timm architecture when the checkpoint does not record it")
+    prop.add_argument("--davis-root", required=True, help="DAVIS folder with JPEGImages/480p, Annotations/480p, ImageSets/2017")
+    prop.add_argument("--out", required=True, help="results folder (one sub-folder of PNGs per sequence)")
+    prop.add_argument("--set", default="val", help="ImageSets/2017/<set>.txt (default val)")
+    prop.add_argument("--sequences", nargs="*", help="only these sequences")
+    prop.add_argument("--n-last-frames", type=int, default=7, help="previous frames kept as context (default 7)")
+    prop.add_argument("--size-mask-neighborhood", type=int, default=12, help="neighbourhood radius in patches (default 12; 0 disables)")
+    prop.add_argument("--topk", type=int, default=5, help="affinities kept per target patch over all context frames (default 5)")
+    prop.add_argument("--temperature", type=float, default=0.1, help="affinity temperature (default 0.1)")
+    prop.add_argument("--resolution", type=int, default=480, help="short side of the resized frames (default 480)")
+    prop.add_argument("--patch-size", type=int, default=None, help="ViT patch size / CNN stride (read from the model by default)")
+    prop.add_argument("--resnet-stage", type=int, default=4, help="ResNet stage whose dense map is used (1-4, default 4)")
+    prop.add_argument("--which", choices=["student", "teacher"], default=None, help="network of a pretraining checkpoint (default teacher)")
+    prop.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
+    prop.add_argument("--save-overlays", action="store_true", help="also write overlay JPEGs and a GIF per sequence")
+    prop.add_argument("--trust-source", action="store_true", help="allow legacy pickles (trusted files only)")
+
+    ev = _add(
+        dsub,
+        "eval",
+        "bam_dense.davis.evaluate:cli_main",
+        "score results with J and F exactly as davis2017-evaluation does",
+    )
+    ev.add_argument("--davis-root", required=True, help="DAVIS folder")
+    ev.add_argument("--results", required=True, help="results folder: <seq>/<frame>.png")
+    ev.add_argument("--task", choices=["semi-supervised", "unsupervised"], default="semi-supervised")
+    ev.add_argument("--set", default="val")
+    ev.add_argument("--sequences", nargs="*", help="only these sequences")
+    ev.add_argument("--out", default=None, help="where the CSVs and chart go (default: the results folder)")
+    ev.add_argument("--workers", type=int, default=None, help="processes (default: CPU count)")
+
+
+def _seg(sub) -> None:
+    p = sub.add_parser("seg", help="semantic segmentation with MMSegmentation (ADE20K, VOC)", description="MMSegmentation fine-tuning and testing")
+    ssub = p.add_subparsers(dest="seg_command", required=True, metavar="{train,test}")
+    tr = _add(ssub, "train", "bam_dense.downstream.seg:cli_train", "fine-tune a segmentation model from a pretrained backbone")
+    tr.add_argument("config", help="mmengine config, e.g. configs/mmseg/upernet_vit-b16_ade20k-512x512_160k.py")
+    tr.add_argument("--checkpoint", required=True, help="pretraining checkpoint (converted on the fly) or converted mmseg file")
+    tr.add_argument("--work-dir", help="work directory (default work_dirs/<config name>)")
+    tr.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE", help="mmengine config overrides")
+    tr.add_argument("--amp", action="store_true", help="mixed precision (AmpOptimWrapper)")
+    tr.add_argument("--resume", action="store_true", help="resume from the latest checkpoint in the work dir")
+    tr.add_argument("--launcher", choices=["none", "pytorch", "slurm"], default="none", help="job launcher (torchrun: pytorch)")
+    tr.add_argument("--trust-source", action="store_true", help="allow legacy pickles (trusted files only)")
+    te = _add(ssub, "test", "bam_dense.downstream.seg:cli_test", "evaluate a fine-tuned segmentation model and write metrics JSON")
+    te.add_argument("config")
+    te.add_argument("--checkpoint", required=True, help="fine-tuned model checkpoint")
+    te.add_argument("--work-dir")
+    te.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE")
+    te.add_argument("--out", help="metrics JSON path (default <work-dir>/metrics.json)")
+    te.add_argument("--launcher", choices=["none", "pytorch", "slurm"], default="none")
+
+
+def _det(sub) -> None:
+    p = sub.add_parser("det", help="COCO detection with MMDetection", description="MMDetection fine-tuning and testing")
+    dsub = p.add_subparsers(dest="det_command", required=True, metavar="{train,test}")
+    tr = _add(dsub, "train", "bam_dense.downstream.det:cli_train", "fine-tune a detector from a pretrained backbone")
+    tr.add_argument("config", help="mmengine config, e.g. configs/mmdet/mask-rcnn_r50_fpn_1x_coco.py")
+    tr.add_argument("--checkpoint", required=True, help="pretraining checkpoint (converted on the fly) or converted mmdet file")
+    tr.add_argument("--work-dir")
+    tr.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE")
+    tr.add_argument("--amp", action="store_true")
+    tr.add_argument("--resume", action="store_true")
+    tr.add_argument("--launcher", choices=["none", "pytorch", "slurm"], default="none")
+    tr.add_argument("--trust-source", action="store_true")
+    te = _add(dsub, "test", "bam_dense.downstream.det:cli_test", "evaluate a detector with COCO metrics and write metrics JSON")
+    te.add_argument("config")
+    te.add_argument("--checkpoint", required=True)
+    te.add_argument("--work-dir")
+    te.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE")
+    te.add_argument("--out")
+    te.add_argument("--launcher", choices=["none", "pytorch", "slurm"], default="none")
+
+
+def _bench(sub) -> None:
+    p = sub.add_parser("bench", help="run a benchmark plan and report against the published leaderboard", description="Leaderboard reproduction")
+    bsub = p.add_subparsers(dest="bench_command", required=True, metavar="{run,report}")
+    run = _add(bsub, "run", "bam_dense.bench.plan:cli_run", "run (or print) the steps of a plan file")
+    run.add_argument("plan", help="configs/bench/*.yaml")
+    run.add_argument("--run-dir", required=True, help="where every step writes its outputs and metrics")
+    run.add_argument("--steps", nargs="*", help="only these steps (default: all)")
+    run.add_argument("--skip", nargs="*", default=[], help="skip these steps")
+    run.add_argument("--force", action="store_true", help="re-run steps that already have results")
+    run.add_argument("--print-slurm", action="store_true", help="print one sbatch command per step instead of running")
+    rep = _add(bsub, "report", "bam_dense.bench.report:cli_main", "write report.md and charts for one or more run directories")
+    rep.add_argument("run_dirs", nargs="+", help="run directories (several: side by side)")
+    rep.add_argument("--out", help="report folder (default: the first run directory)")
+
+
+def _demo(sub) -> None:
+    p = _add(
+        sub,
+        "demo",
+        "bam_dense.demo:cli_main",
+        "run the whole chain on generated synthetic data (a pipeline check, not a benchmark)",
+    )
+    p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
+    p.add_argument("--reduced", action="store_true", help="smallest sizes (used by the tests)")
+    p.add_argument("--skip", nargs="*", default=[], help="skip steps: seg det davis")
+
+
+def _tools(sub) -> None:
+    d = _add(sub, "doctor", "bam_dense.doctor:cli_main", "report versions and which features can run here, with the fix for each")
+    d.add_argument("--json", action="store_true", help="machine-readable output")
+    i = _add(
+        sub,
+        "install-openmmlab",
+        "bam_dense.install_openmmlab:cli_main",
+        "build (or take from cache) mmcv 2.1.0 with ops, then install mmengine, mmsegmentation and mmdet",
+    )
+    i.add_argument("--cache-dir", default=None, help="wheel cache (default ~/.cache/bam-dense/wheels or $BAM_DENSE_CACHE)")
+    i.add_argument("--cuda", choices=["auto", "yes", "no"], default="auto", help="build CUDA ops: auto = when a GPU and nvcc are present")
+    i.add_argument("--jobs", type=int, default=None, help="parallel compile jobs (default: CPU count)")
+    i.add_argument("--force-rebuild", action="store_true", help="ignore the cached wheel")
+    i.add_argument("--log", default=None, help="build log file (default <cache-dir>/logs/...)")
+    m = _add(sub, "make-synthetic", "bam_dense.data.synthetic:cli_main", "write a synthetic dataset in a real dataset's on-disk layout")
+    m.add_argument("layout", choices=["imagenet", "ade20k", "voc", "coco", "davis"])
+    m.add_argument("--root", required=True, help="output folder")
+    m.add_argument("--num", type=int, default=None, help="images (sequences for davis) per split")
+    m.add_argument("--size", type=int, default=None, help="image size (short side)")
+    m.add_argument("--seed", type=int, default=0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bam-dense",
+        description="Self-supervised pretraining (BAM, LEWEL, CO-SSL) to dense-prediction benchmarks:\n"
+        "pretrain -> convert -> segment / detect / propagate -> leaderboard.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    from bam_dense import __version__
+
+    parser.add_argument("--version", action="version", version=f"bam-dense {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_pretrain, _convert, _davis, _seg, _det, _bench, _demo, _tools):
+        add(sub)
+    return parser
+
+
+def resolve(handler: Handler) -> Callable[[argparse.Namespace], int | None]:
+    module_name, func_name = handler.split(":")
+    return getattr(importlib.import_module(module_name), func_name)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = resolve(args._handler)
+    try:
+        status = handler(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except UserFacingError as err:  # one clear line, no traceback
+        print(f"bam-dense {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return int(status or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,474 @@
+"""Pretraining configuration: YAML files validated strictly against dataclasses.
+
+An unknown or misspelt key fails before any work, naming its full path and the closest valid key.
+Command-line overrides are ``key.sub=value`` with ``value`` parsed as YAML. The resolved config is what
+the run saves beside its checkpoints (``config.yaml``) and inside every checkpoint.
+
+Every recipe number lives in the YAML files under ``configs/pretrain/`` with a comment giving its source;
+the defaults here are only what a config leaves unsaid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bam_dense.errors import UserFacingError
+
+
+class ConfigError(UserFacingError):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Sections shared by every method
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = "runs/pretrain"
+    seed: int = 0
+    resume: str = "auto"  # auto: continue from output_dir/checkpoints/last.pth if present | none | a path
+    device: str = "auto"  # auto (cuda when available) | cpu | cuda
+    log_every: int = 10  # steps between JSONL / TensorBoard records
+    checkpoint_every: int = 500  # steps between rewrites of checkpoints/last.pth
+    keep_every_epochs: int = 0  # also keep checkpoints/epoch_XXXX.pth every N epochs (0: never)
+    max_steps: int | None = None  # stop after this many optimizer steps (smoke tests); None: all epochs
+    nan_policy: str = "stop"  # stop: keep the last good checkpoint and exit | skip: drop the step
+    tensorboard: bool = True
+    progress: bool = True
+
+
+@dataclass
+class SyntheticConfig:
+    num_images: int = 512
+    size: int = 64
+    num_classes: int = 10
+    seed: int = 0
+
+
+@dataclass
+class ViewsConfig:
+    kind: str = "multicrop"  # multicrop (DINO/BAM: G global + L local) | two_view (BYOL asymmetric pair)
+    global_crops: int = 2
+    global_size: int = 224
+    global_scale: list[float] = field(default_factory=lambda: [0.25, 1.0])
+    local_crops: int = 6
+    local_size: int = 96
+    local_scale: list[float] = field(default_factory=lambda: [0.05, 0.25])
+    interpolation: str = "bicubic"
+    flip_prob: float = 0.5
+    color_jitter: list[float] = field(default_factory=lambda: [0.4, 0.4, 0.4, 0.1])  # brightness, contrast, saturation, hue
+    color_jitter_prob: float = 0.8
+    grayscale_prob: float = 0.2
+    global_blur_prob: list[float] = field(default_factory=lambda: [1.0, 0.1])  # per global view
+    global_solarize_prob: list[float] = field(default_factory=lambda: [0.0, 0.2])
+    local_blur_prob: float = 0.5
+    blur_radius: list[float] = field(default_factory=lambda: [0.1, 2.0])
+    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+
+
+@dataclass
+class DataConfig:
+    path: str | None = None  # ImageNet-style folder (its train/ sub-folder is used if present); None: synthetic
+    batch_size_per_gpu: int = 64
+    num_workers: int = 8
+    max_bad_fraction: float = 0.001  # stop when more than this share of reads fail
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    views: ViewsConfig = field(default_factory=ViewsConfig)
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "vit_small_patch16_224"  # any timm architecture name
+    kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm constructor arguments (e.g. num_heads: 12)
+    pos_embed: str = "sincos"  # ViT: sincos (fixed 2-D, MoCo v3) | learned
+    freeze_patch_embed: bool = True  # ViT: MoCo v3's frozen random patch projection
+    drop_path_rate: float = 0.0
+    grad_checkpointing: bool = False
+    sync_bn: bool = False  # convert BatchNorm to SyncBatchNorm under DDP
+    compile: bool = False  # torch.compile the student
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"  # adamw | sgd | lars
+    epochs: int = 100
+    lr: float = 3e-4  # base lr; peak = lr * global_batch / lr_batch_scaling (linear scaling rule)
+    lr_batch_scaling: int | None = 256  # None: lr is the peak as given
+    min_lr: float = 1e-6
+    warmup_epochs: float = 10.0
+    weight_decay: float = 0.04
+    weight_decay_end: float | None = None  # cosine to this value; None: constant
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    momentum: float = 0.9  # SGD / LARS
+    lars_eta: float = 0.001
+    clip_grad: float | None = None  # global L2 norm
+    amp: str = "bf16"  # none | bf16 | fp16 (GPU only; CPU runs fp32)
+
+
+@dataclass
+class TeacherConfig:
+    enabled: bool = False
+    momentum: float = 0.996  # start of the per-iteration cosine schedule
+    momentum_end: float = 1.0
+    buffers: str = "params"  # params: EMA of parameters only | params_and_buffers: EMAN (BN statistics too)
+    eval_mode: bool = False  # EMAN keeps the teacher in eval mode
+
+
+@dataclass
+class KnnConfig:
+    enabled: bool = False
+    every_epochs: int = 1
+    k: int = 20
+    temperature: float = 0.07
+    network: str = "teacher"  # teacher (when there is one) | student
+    train_path: str | None = None  # labelled ImageNet-style folders; None: the synthetic data
+    val_path: str | None = None
+    max_train_images: int = 10000
+    image_size: int = 224
+    resize_size: int = 256
+    batch_size: int = 128
+
+
+@dataclass
+class EvalConfig:
+    knn: KnnConfig = field(default_factory=KnnConfig)
+    random_init_baseline: bool = False  # also score the untrained encoder once, for comparison
+
+
+# ---------------------------------------------------------------------------------------------
+# Method parameters (one dataclass per method; ``method.name`` selects it)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class HeadConfig:
+    """An MLP head: ``layers`` Linear layers, optional BN between them, optional affine-free BN at the end."""
+
+    layers: int = 3
+    hidden_dim: int = 4096
+    out_dim: int = 4096
+    bn: bool = False
+    last_bn: bool = False
+    bias: bool = True
+    act: str = "gelu"  # gelu | relu
+
+
+@dataclass
+class BAMParams:
+    name: str = "bam"
+    temperature: float = 0.1  # softmax temperature of the source attention
+    eps: float = 0.05  # Sinkhorn entropic regularisation at the start of training
+    eps_final: float | None = None  # None: constant eps
+    eps_warmup_epochs: float = 0.0  # linear eps -> eps_final over these epochs
+    sinkhorn_iters: int = 3
+    top_k: int = 0  # keep the k largest target entries per image (0: off)
+    positive_masking: bool = True
+    n_target: int | None = None  # target crops (default: the number of global crops)
+    projector: HeadConfig = field(default_factory=HeadConfig)
+
+
+@dataclass
+class BYOLParams:
+    """BYOL, and LEWEL_B when ``lewel_loss_weight < 1``: with weight 1 LEWEL_B is exactly BYOL."""
+
+    name: str = "byol"
+    projector: HeadConfig = field(default_factory=lambda: HeadConfig(2, 4096, 256, bn=True, bias=False, act="relu"))
+    predictor: HeadConfig = field(default_factory=lambda: HeadConfig(2, 4096, 256, bn=True, bias=False, act="relu"))
+
+
+@dataclass
+class LEWELParams:
+    name: str = "lewel_b"
+    projector: HeadConfig = field(default_factory=lambda: HeadConfig(2, 4096, 256, bn=True, bias=False, act="relu"))
+    predictor: HeadConfig = field(default_factory=lambda: HeadConfig(2, 4096, 256, bn=True, bias=False, act="relu"))
+    num_heads: int = 4  # alignment-map heads (channel groups)
+    scale: float = 1.0  # temperature of the spatial softmax over L2-normalised map logits
+    loss_weight: float = 0.5  # w: w * global + (1 - w) * aligned; 1.0 gives BYOL
+
+
+@dataclass
+class COBYOLParams:
+    name: str = "co_byol"
+    projector: HeadConfig = field(default_factory=lambda: HeadConfig(2, 4096, 256, bn=True, bias=False, act="relu"))
+    predictor: HeadConfig = field(default_factory=lambda: HeadConfig(2, 4096, 256, bn=True, bias=False, act="relu"))
+    local_weight: float = 0.3  # w_s
+    convex: bool = False  # False: L_g + w_s L_l (default, METHODS.md 6) | True: (1 - w_s) L_g + w_s L_l
+    grid: int = 0  # 0: every cell of the dense map | n: adaptive-average-pool to n x n first
+    target_head: str = "local"  # local: momentum local projector on the pooled target | global: reuse g_xi's output
+
+
+@dataclass
+class COBAMParams(BAMParams):
+    name: str = "co_bam"
+    local_weight: float = 0.3  # w_s in (1 - w_s) L_BAM + w_s L_local
+    grid: int = 4  # pool the dense map to grid x grid cells (0: every token / pixel)
+    local_projector: HeadConfig = field(default_factory=HeadConfig)
+
+
+@dataclass
+class LEWELBAMParams(BAMParams):
+    name: str = "lewel_bam"
+    global_weight: float = 0.5  # w in w L_BAM(global) + (1 - w) mean_j L_BAM(aligned j)
+    num_heads: int = 4
+    scale: float = 1.0
+    neck: HeadConfig = field(default_factory=lambda: HeadConfig(2, 2048, 256, bn=True, bias=False, act="relu"))
+
+
+METHOD_PARAMS: dict[str, type] = {
+    "bam": BAMParams,
+    "byol": BYOLParams,
+    "lewel_b": LEWELParams,
+    "co_byol": COBYOLParams,
+    "co_bam": COBAMParams,
+    "lewel_bam": LEWELBAMParams,
+}
+
+
+@dataclass
+class PretrainConfig:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    method: Any = field(default_factory=BAMParams)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "run.resume": (),  # free-form (auto | none | path)
+    "run.device": (),
+    "run.nan_policy": ("stop", "skip"),
+    "data.views.kind": ("multicrop", "two_view"),
+    "data.views.interpolation": ("bicubic", "bilinear"),
+    "model.pos_embed": ("sincos", "learned"),
+    "optim.name": ("adamw", "sgd", "lars"),
+    "optim.amp": ("none", "bf16", "fp16"),
+    "teacher.buffers": ("params", "params_and_buffers"),
+    "eval.knn.network": ("teacher", "student"),
+    "method.name": tuple(METHOD_PARAMS),
+    "method.target_head": ("local", "global"),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Strict construction
+# ---------------------------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, path)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if errors else f"{path}: invalid value {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        return build(tp, value, path)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        return [_coerce(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{path}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{path}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{path}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{path}: expected a string, got {value!r}")
+    raise ConfigError(f"{path}: unsupported type {_type_name(tp)}")
+
+
+def _unknown_key(path: str, key: str, valid: list[str]) -> ConfigError:
+    full = f"{path}.{key}" if path else key
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    hint = f"; did you mean '{(path + '.') if path else ''}{close[0]}'?" if close else f"; valid keys: {', '.join(valid)}"
+    return ConfigError(f"unknown config key '{full}'{hint}")
+
+
+def build(cls: type, data: dict, path: str = "") -> Any:
+    """Instantiate dataclass ``cls`` from ``data``, rejecting unknown keys and wrong types."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise _unknown_key(path, key, list(fields))
+        sub = f"{path}.{key}" if path else key
+        if cls is PretrainConfig and key == "method":
+            kwargs[key] = _build_method(value, sub)
+            continue
+        kwargs[key] = _coerce(value, hints[key], sub)
+        choices = CHOICES.get(sub)
+        if choices and kwargs[key] not in choices:
+            raise ConfigError(f"{sub}: {kwargs[key]!r} is not one of {', '.join(choices)}")
+    return cls(**kwargs)
+
+
+def _build_method(value: Any, path: str) -> Any:
+    if not isinstance(value, dict) or "name" not in value:
+        raise ConfigError(f"{path}: expected a mapping with a 'name' ({', '.join(METHOD_PARAMS)})")
+    name = value["name"]
+    if name not in METHOD_PARAMS:
+        close = difflib.get_close_matches(str(name), list(METHOD_PARAMS), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"{path}.name: unknown method {name!r}{hint} (choose from {', '.join(METHOD_PARAMS)})")
+    params = build(METHOD_PARAMS[name], value, path)
+    target = getattr(params, "target_head", None)
+    if target is not None and target not in CHOICES["method.target_head"]:
+        raise ConfigError(f"{path}.target_head: {target!r} is not one of {', '.join(CHOICES['method.target_head'])}")
+    return params
+
+
+def to_dict(cfg: Any) -> Any:
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, (list, tuple)):
+        return [to_dict(v) for v in cfg]
+    if isinstance(cfg, dict):
+        return {k: to_dict(v) for k, v in cfg.items()}
+    return cfg
+
+
+def _set_path(data: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = data
+    for key in keys[:-1]:
+        nxt = node.get(key)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            node[key] = nxt
+        node = nxt
+    node[keys[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
+    parsed = []
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not KEY.SUB=VALUE")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override {item!r}: value is not valid YAML ({err})") from err
+        parsed.append((key.strip(), value))
+    return parsed
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, data: dict | None = None) -> PretrainConfig:
+    """Read a YAML file (or ``data``), apply overrides, and validate strictly."""
+    raw: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML ({err})") from err
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+        raw = loaded or {}
+    if data is not None:
+        raw = _merge(raw, data)
+    raw = _merge({}, raw)
+    for key, value in parse_overrides(overrides or []):
+        _set_path(raw, key, value)
+    where = f" (in {path})" if path else ""
+    try:
+        cfg = build(PretrainConfig, raw)
+    except ConfigError as err:
+        raise ConfigError(f"{err}{where}") from None
+    validate(cfg)
+    return cfg
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def validate(cfg: PretrainConfig) -> None:
+    """Cross-field checks that would otherwise fail hours into a run."""
+    v = cfg.data.views
+    if cfg.data.batch_size_per_gpu < 1:
+        raise ConfigError(f"data.batch_size_per_gpu must be >= 1, got {cfg.data.batch_size_per_gpu}")
+    if v.kind == "two_view" and (v.global_crops != 2 or v.local_crops != 0):
+        raise ConfigError("data.views: two_view uses exactly 2 global crops and no local crops "
+                          f"(got global_crops={v.global_crops}, local_crops={v.local_crops})")
+    if v.global_crops < 1:
+        raise ConfigError(f"data.views.global_crops must be >= 1, got {v.global_crops}")
+    for name in ("global_blur_prob", "global_solarize_prob"):
+        if len(getattr(v, name)) != v.global_crops:
+            raise ConfigError(f"data.views.{name} needs one value per global crop ({v.global_crops}), got {getattr(v, name)}")
+    m = cfg.method
+    n_target = getattr(m, "n_target", None)
+    if n_target is not None and not 1 <= n_target <= v.global_crops:
+        raise ConfigError(f"method.n_target must be in 1..{v.global_crops} (the global crops), got {n_target}")
+    if m.name in ("byol", "lewel_b", "co_byol") and not cfg.teacher.enabled:
+        raise ConfigError(f"method {m.name} needs a momentum teacher: set teacher.enabled: true")
+    if m.name in ("byol", "lewel_b", "co_byol") and (v.global_crops != 2 or v.local_crops != 0):
+        raise ConfigError(f"method {m.name} uses two views: set data.views.kind: two_view")
+    if m.name == "lewel_b" and not 0.0 <= m.loss_weight <= 1.0:
+        raise ConfigError(f"method.loss_weight must be in [0, 1], got {m.loss_weight}")
+    if m.name == "lewel_b" and m.projector.out_dim % m.num_heads:
+        raise ConfigError(f"method.projector.out_dim ({m.projector.out_dim}) must be divisible by method.num_heads ({m.num_heads})")
+    if m.name == "lewel_bam" and m.neck.out_dim % m.num_heads:
+        raise ConfigError(f"method.neck.out_dim ({m.neck.out_dim}) must be divisible by method.num_heads ({m.num_heads})")
+    if getattr(m, "top_k", 0) < 0:
+        raise ConfigError(f"method.top_k must be >= 0, got {m.top_k}")
+    if cfg.optim.warmup_epochs > cfg.optim.epochs:
+        raise ConfigError(f"optim.warmup_epochs ({cfg.optim.warmup_epochs}) exceeds optim.epochs ({cfg.optim.epochs})")
+    if cfg.teacher.buffers == "params_and_buffers" and not cfg.teacher.eval_mode:
+        raise ConfigError("teacher.buffers: params_and_buffers (EMAN) runs the teacher in eval mode: set teacher.eval_mode: true")
+
+
+def dump(cfg: PretrainConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

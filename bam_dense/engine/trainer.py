@@ -1,0 +1,559 @@
+"""The pretraining engine: one loop for every method.
+
+It owns the plumbing a method should never see: process group and devices, data and sampler, DDP and
+SyncBN, AMP, per-iteration schedules (lr, weight decay, teacher momentum), gradient clipping, the EMA
+teacher, atomic and resumable checkpoints, SIGTERM (preemption) handling, NaN/Inf checks, JSONL and
+TensorBoard logs, and the optional k-NN monitor.
+
+Checkpoint layout (``<output_dir>/checkpoints/last.pth``, loadable with ``weights_only=True``)::
+
+    format: "bam-dense", version, arch, model_kwargs, family, method, config (resolved, as a dict),
+    student / teacher: state dicts (backbone under "backbone."), optimizer, scaler,
+    step, epoch, batch_in_epoch, bad_images, rng (per rank), world_size
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader
+
+from bam_dense.data.pretrain import PretrainDataset, ResumableSampler, Views, collate, eval_transform
+from bam_dense.engine import dist
+from bam_dense.engine.checkpoint import atomic_save, atomic_write, load_own
+from bam_dense.engine.config import PretrainConfig, dump, load_config, to_dict
+from bam_dense.engine.knn import extract, knn_accuracy
+from bam_dense.engine.optim import build_optimizer
+from bam_dense.engine.schedules import cosine, peak_lr, warmup_cosine
+from bam_dense.engine.teacher import EMATeacher, make_teacher
+from bam_dense.errors import UserFacingError
+from bam_dense.methods import build_method
+from bam_dense.methods.base import StepContext
+from bam_dense.models.backbones import create_backbone, family
+
+CHECKPOINT_FORMAT = "bam-dense"
+CHECKPOINT_VERSION = 1
+PREEMPTED_EXIT = 143  # 128 + SIGTERM
+
+
+class NonFiniteLoss(UserFacingError):
+    pass
+
+
+class BadDataError(UserFacingError):
+    pass
+
+
+@dataclass
+class Summary:
+    steps: int = 0
+    epochs_done: int = 0
+    first_loss: float | None = None
+    last_loss: float | None = None
+    knn: list[dict] = field(default_factory=list)
+    knn_random_init: float | None = None
+    preempted: bool = False
+    checkpoint: str | None = None
+    bad_images: int = 0
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed % 2**32)
+    except ImportError:  # numpy is a core dependency; kept optional here for clarity
+        pass
+
+
+def _ignore_sigterm(_worker_id: int) -> None:
+    """DataLoader workers leave SIGTERM to the main process, which checkpoints before exiting."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def build_source(cfg: PretrainConfig):
+    if cfg.data.path:
+        from bam_dense.data.images import ImageFolderSource
+
+        try:
+            return ImageFolderSource(cfg.data.path)
+        except FileNotFoundError as err:
+            raise UserFacingError(f"data.path: {err}") from None
+    from bam_dense.data.synthetic import SyntheticImageNet
+
+    s = cfg.data.synthetic
+    return SyntheticImageNet(s.num_images, s.size, s.seed, s.num_classes)
+
+
+def build_backbone(cfg: PretrainConfig) -> nn.Module:
+    m = cfg.model
+    try:
+        backbone = create_backbone(m.arch, m.kwargs, pos_embed=m.pos_embed, freeze_patch_embed=m.freeze_patch_embed,
+                                   drop_path_rate=m.drop_path_rate)
+    except (ValueError, TypeError) as err:
+        raise UserFacingError(f"model: cannot build {m.arch!r} with kwargs {m.kwargs}: {err}") from None
+    if m.grad_checkpointing:
+        backbone.set_grad_checkpointing(True)
+    return backbone
+
+
+class Trainer:
+    def __init__(self, cfg: PretrainConfig):
+        self.cfg = cfg
+        self.device = dist.init_from_env(cfg.run.device)
+        self.world, self.rank = dist.world_size(), dist.rank()
+        _seed_everything(cfg.run.seed + self.rank)
+        self.out = Path(cfg.run.output_dir)
+        self.ckpt_dir = self.out / "checkpoints"
+        self.use_cuda = self.device.type == "cuda"
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.optim.amp) if self.use_cuda else None
+
+        # data
+        self.source = build_source(cfg)
+        self.views = Views(cfg.data.views)
+        self.dataset = PretrainDataset(self.source, self.views, seed=cfg.run.seed)
+        self.sampler = ResumableSampler(self.dataset, self.world, self.rank, seed=cfg.run.seed, drop_last=True)
+        self.batch = cfg.data.batch_size_per_gpu
+        self.steps_per_epoch = self.sampler.num_samples // self.batch
+        if self.steps_per_epoch < 1:
+            raise UserFacingError(
+                f"data: {len(self.dataset)} images over {self.world} processes give fewer than one batch of "
+                f"{self.batch} per process; lower data.batch_size_per_gpu"
+            )
+        self.total_steps = cfg.optim.epochs * self.steps_per_epoch
+        self.warmup_steps = int(round(cfg.optim.warmup_epochs * self.steps_per_epoch))
+        self.global_batch = self.batch * self.world
+        self.peak_lr = peak_lr(cfg.optim.lr, self.global_batch, cfg.optim.lr_batch_scaling)
+        self.bad_budget = cfg.data.max_bad_fraction * len(self.dataset)
+
+        # model
+        backbone = build_backbone(cfg)
+        self.family = family(backbone)
+        self.method = build_method(cfg.method, backbone)
+        self.student = self.method.student.to(self.device)
+        if cfg.model.sync_bn and self.world > 1:
+            self.student = nn.SyncBatchNorm.convert_sync_batchnorm(self.student)
+            self.method.student = self.student
+        self.teacher = None
+        self.ema = None
+        if cfg.teacher.enabled:
+            self.teacher = make_teacher(self.student, self.method.teacher_exclude).to(self.device)
+            self.ema = EMATeacher(self.student, self.teacher, cfg.teacher.momentum, cfg.teacher.momentum_end,
+                                  self.total_steps, cfg.teacher.buffers, cfg.teacher.eval_mode)
+        self.model = self.student
+        if self.world > 1:
+            self.model = nn.parallel.DistributedDataParallel(
+                self.student, device_ids=[self.device.index] if self.use_cuda else None, broadcast_buffers=False
+            )
+        if cfg.model.compile:
+            self.model = torch.compile(self.model)
+        self.optimizer = build_optimizer(self.student, cfg.optim.name, self.peak_lr, cfg.optim.weight_decay,
+                                         cfg.optim.betas, cfg.optim.momentum, cfg.optim.lars_eta)
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+
+        # state
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.bad_images = 0
+        self._terminate = False
+        self.summary = Summary()
+        self.tb = None
+        self.metrics_file = None
+
+    # ------------------------------------------------------------------ schedules
+    def lr_at(self, step: int) -> float:
+        o = self.cfg.optim
+        return warmup_cosine(step, self.total_steps, self.warmup_steps, self.peak_lr, o.min_lr)
+
+    def wd_at(self, step: int) -> float:
+        o = self.cfg.optim
+        end = o.weight_decay if o.weight_decay_end is None else o.weight_decay_end
+        return cosine(step, self.total_steps, o.weight_decay, end)
+
+    # ------------------------------------------------------------------ checkpoints
+    def _rng_state(self) -> dict:
+        state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+        if self.use_cuda:
+            state["cuda"] = torch.cuda.get_rng_state(self.device)
+        if self.world == 1:
+            return [state]
+        gathered = [None] * self.world
+        torch.distributed.all_gather_object(gathered, state)
+        return gathered
+
+    def state_dict(self) -> dict:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
+            "arch": self.cfg.model.arch,
+            "model_kwargs": dict(self.cfg.model.kwargs),
+            "family": self.family,
+            "method": self.cfg.method.name,
+            "config": to_dict(self.cfg),
+            "student": self.student.state_dict(),
+            "teacher": self.teacher.state_dict() if self.teacher is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "bad_images": self.bad_images,
+            "world_size": self.world,
+            "rng": None,
+        }
+
+    def save(self, name: str = "last.pth") -> Path:
+        rng = self._rng_state()  # collective: every rank takes part
+        path = self.ckpt_dir / name
+        if dist.is_main():
+            state = self.state_dict()
+            state["rng"] = rng
+            atomic_save(state, path)
+        dist.barrier()
+        return path
+
+    def resume_path(self) -> Path | None:
+        r = self.cfg.run.resume
+        if r == "none":
+            return None
+        if r == "auto":
+            last = self.ckpt_dir / "last.pth"
+            return last if last.exists() else None
+        path = Path(r)
+        if not path.is_file():
+            raise UserFacingError(f"run.resume: checkpoint {path} does not exist")
+        return path
+
+    def load(self, path: Path) -> None:
+        try:
+            state = load_own(path, map_location="cpu")
+        except Exception as err:
+            raise UserFacingError(f"run.resume: cannot read checkpoint {path}: {err}") from None
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise UserFacingError(f"run.resume: {path} is not a bam-dense pretraining checkpoint")
+        saved = state["config"]
+        for key in ("arch", "kwargs"):
+            if saved["model"][key] != to_dict(self.cfg.model)[key]:
+                raise UserFacingError(f"run.resume: {path} was trained with model.{key}={saved['model'][key]!r}, "
+                                      f"the config says {to_dict(self.cfg.model)[key]!r}")
+        if saved["method"]["name"] != self.cfg.method.name:
+            raise UserFacingError(f"run.resume: {path} was trained with method.name={saved['method']['name']!r}")
+        if state["world_size"] != self.world:
+            print(f"bam-dense: warning: resuming a {state['world_size']}-process run on {self.world} processes; "
+                  "the data order changes", file=sys.stderr)
+        self.student.load_state_dict(state["student"])
+        if self.teacher is not None:
+            self.teacher.load_state_dict(state["teacher"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler is not None and state["scaler"] is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self.bad_images = state["bad_images"]
+        rng = state["rng"]
+        if rng is not None and len(rng) == self.world:
+            mine = rng[self.rank]
+            torch.set_rng_state(mine["torch"])
+            random.setstate(mine["python"])
+            if self.use_cuda and "cuda" in mine:
+                torch.cuda.set_rng_state(mine["cuda"], self.device)
+        self.log_line(f"resumed from {path} at step {self.step} (epoch {self.epoch}, batch {self.batch_in_epoch})")
+
+    # ------------------------------------------------------------------ logging
+    def log_line(self, text: str) -> None:
+        if dist.is_main():
+            print(f"[bam-dense] {text}", flush=True)
+
+    def _open_logs(self) -> None:
+        if not dist.is_main():
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.out / "config.yaml", lambda fh: fh.write(dump(self.cfg).encode()))
+        self.metrics_file = open(self.out / "metrics.jsonl", "a")
+        if self.cfg.run.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(self.out / "tb"))
+
+    def record(self, kind: str, values: dict) -> None:
+        if not dist.is_main():
+            return
+        row = {"kind": kind, "step": self.step, "epoch": self.epoch, **values}
+        self.metrics_file.write(json.dumps(row) + "\n")
+        self.metrics_file.flush()
+        if self.tb is not None:
+            for key, val in values.items():
+                if isinstance(val, (int, float)) and not isinstance(val, bool):
+                    self.tb.add_scalar(f"{kind}/{key}", val, self.step)
+
+    # ------------------------------------------------------------------ evaluation
+    def knn(self) -> float | None:
+        k = self.cfg.eval.knn
+        if not k.enabled:
+            return None
+        net = self.teacher if (k.network == "teacher" and self.teacher is not None) else self.student
+        backbone = net.backbone
+        train_src, val_src = self._knn_sources()
+        tf = eval_transform(k.image_size, k.resize_size, self.cfg.data.views.mean, self.cfg.data.views.std)
+        tr_f, tr_l = extract(backbone, train_src, tf, self.device, k.batch_size, k.max_train_images)
+        va_f, va_l = extract(backbone, val_src, tf, self.device, k.batch_size)
+        return knn_accuracy(tr_f, tr_l, va_f, va_l, k.k, k.temperature)
+
+    def _knn_sources(self):
+        k = self.cfg.eval.knn
+        if k.train_path:
+            from bam_dense.data.images import ImageFolderSource
+
+            return ImageFolderSource(k.train_path), ImageFolderSource(k.val_path or k.train_path)
+        from bam_dense.data.synthetic import SyntheticImageNet
+
+        s = self.cfg.data.synthetic
+        return (SyntheticImageNet(s.num_images, s.size, s.seed, s.num_classes),
+                SyntheticImageNet(max(s.num_images // 4, s.num_classes * 4), s.size, s.seed + 7919, s.num_classes))
+
+    # ------------------------------------------------------------------ training
+    def _on_sigterm(self, signum, frame) -> None:
+        self._terminate = True
+
+    def _loader(self) -> DataLoader:
+        self.sampler.set_epoch(self.epoch, start=self.batch_in_epoch * self.batch)
+        workers = self.cfg.data.num_workers
+        return DataLoader(self.dataset, batch_size=self.batch, sampler=self.sampler, num_workers=workers,
+                          collate_fn=collate, pin_memory=self.use_cuda, drop_last=True,
+                          worker_init_fn=_ignore_sigterm if workers > 0 else None,
+                          persistent_workers=False)
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return torch.autocast(device_type=self.device.type, enabled=False)
+        return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
+
+    def train_step(self, crops: list[torch.Tensor]) -> tuple[dict[str, float], float, bool]:
+        """One optimizer step; returns (loss terms, grad norm, finite)."""
+        lr, wd = self.lr_at(self.step), self.wd_at(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+            group["weight_decay"] = wd * group["wd_scale"]
+        ctx = StepContext(step=self.step, epoch=self.epoch, n_global=self.views.n_global, n_crops=self.views.n_crops)
+        with self._autocast():
+            s_out = self.model(crops)
+            t_out = None
+            if self.teacher is not None:
+                with torch.no_grad():
+                    t_out = self.method.teacher_forward(self.teacher, crops)
+            loss, terms = self.method.loss(s_out, t_out, ctx)
+        values = torch.stack([loss.detach().float()] + [v.float() for v in terms.values()])
+        finite = torch.isfinite(values).all().float().reshape(1)
+        flags = torch.cat([1.0 - finite, torch.tensor([float(self._terminate)], device=finite.device)])
+        dist.all_reduce(flags, "max")
+        nonfinite, terminate = bool(flags[0].item()), bool(flags[1].item())
+        self._terminate = terminate
+        self.optimizer.zero_grad(set_to_none=True)
+        host = values.tolist()
+        names = ["loss", *terms.keys()]
+        term_values = dict(zip(names, host))
+        if nonfinite:
+            return term_values, float("nan"), False
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
+        clip = self.cfg.optim.clip_grad
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.student.parameters(), clip if clip else float("inf"))
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        if self.ema is not None:
+            term_values["teacher_momentum"] = self.ema.update(self.step)
+        term_values["lr"], term_values["wd"] = lr, wd
+        return term_values, float(grad_norm), True
+
+    def _peak_memory_mb(self) -> float:
+        if self.use_cuda:
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    def train(self) -> Summary:
+        path = self.resume_path()
+        if path is not None:
+            self.load(path)
+        elif (self.ckpt_dir / "last.pth").exists() and dist.is_main():
+            print(f"bam-dense: warning: run.resume=none: {self.ckpt_dir / 'last.pth'} will be overwritten", file=sys.stderr)
+        self._open_logs()
+        previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        cfg = self.cfg
+        self.log_line(
+            f"{cfg.method.name} on {cfg.model.arch}: {self.world} process(es) on {self.device}, global batch "
+            f"{self.global_batch}, {self.steps_per_epoch} steps/epoch x {cfg.optim.epochs} epochs, peak lr {self.peak_lr:.3g}"
+        )
+        if cfg.eval.random_init_baseline and self.step == 0:
+            acc = self.knn()
+            if acc is not None:
+                self.summary.knn_random_init = acc
+                self.record("knn", {"knn_top1": acc, "random_init": True})
+                self.log_line(f"k-NN top-1 of the encoder at random init: {100 * acc:.2f}%")
+        max_steps = cfg.run.max_steps or self.total_steps
+        progress = None
+        if dist.is_main() and cfg.run.progress:
+            from tqdm import tqdm
+
+            progress = tqdm(total=min(max_steps, self.total_steps), initial=self.step, unit="step", dynamic_ncols=True,
+                            disable=None)
+        try:
+            self._loop(max_steps, progress)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            if progress is not None:
+                progress.close()
+            if self.metrics_file is not None:
+                self.metrics_file.close()
+            if self.tb is not None:
+                self.tb.close()
+        return self.summary
+
+    def _loop(self, max_steps: int, progress) -> None:
+        cfg = self.cfg
+        log_every = max(1, cfg.run.log_every)
+        window = {"data": 0.0, "step": 0.0, "n": 0}
+        while self.epoch < cfg.optim.epochs and self.step < max_steps:
+            t_data = time.perf_counter()
+            for crops, _, failed in self._loader():
+                crops = [c.to(self.device, non_blocking=True) for c in crops]
+                t_start = time.perf_counter()
+                window["data"] += t_start - t_data
+                self._count_bad(failed)
+                terms, grad_norm, finite = self.train_step(crops)
+                if self.use_cuda:
+                    torch.cuda.synchronize(self.device)
+                t_data = time.perf_counter()
+                window["step"] += t_data - t_start
+                window["n"] += 1
+                if not finite:
+                    bad = [k for k, v in terms.items() if not math.isfinite(v)]
+                    msg = (f"non-finite loss at step {self.step} (epoch {self.epoch}): "
+                           + ", ".join(f"{k}={terms[k]}" for k in bad))
+                    if cfg.run.nan_policy == "stop":
+                        raise NonFiniteLoss(msg + f"; the last good checkpoint is {self.ckpt_dir / 'last.pth'} "
+                                            "(run.nan_policy=skip drops such steps instead)")
+                    self.log_line(msg + "; step skipped (run.nan_policy=skip)")
+                    self.record("skipped", {"reason": msg})
+                self.step += 1
+                self.batch_in_epoch += 1
+                if finite:
+                    self.summary.last_loss = terms["loss"]
+                    if self.summary.first_loss is None:
+                        self.summary.first_loss = terms["loss"]
+                if progress is not None:
+                    progress.update(1)
+                    progress.set_postfix(loss=f"{terms['loss']:.4f}", refresh=False)
+                if self.step % log_every == 0 or self.step == max_steps:
+                    elapsed = window["data"] + window["step"]
+                    self.record("train", {
+                        **terms,
+                        "grad_norm": grad_norm,
+                        "images_per_s": window["n"] * self.global_batch / max(elapsed, 1e-9),
+                        "crops_per_s": window["n"] * self.global_batch * self.views.n_crops / max(elapsed, 1e-9),
+                        "data_wait_share": window["data"] / max(elapsed, 1e-9),
+                        "peak_memory_mb": self._peak_memory_mb(),
+                        "bad_images": self.bad_images,
+                    })
+                    window = {"data": 0.0, "step": 0.0, "n": 0}
+                if self._terminate:
+                    path = self.save()
+                    self.summary.preempted = True
+                    self.summary.checkpoint = str(path)
+                    self.log_line(f"SIGTERM: checkpoint written at step {self.step} to {path}; "
+                                  "continue with run.resume=auto")
+                    return
+                if self.step % max(1, cfg.run.checkpoint_every) == 0:
+                    self.save()
+                if self.step >= max_steps:
+                    break
+            else:
+                self._end_epoch()
+                continue
+            break
+        if not self.summary.preempted:
+            self.summary.checkpoint = str(self.save())
+        self.summary.steps = self.step
+        self.summary.epochs_done = self.epoch
+        self.summary.bad_images = self.bad_images
+
+    def _end_epoch(self) -> None:
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        cfg = self.cfg
+        if cfg.run.keep_every_epochs and self.epoch % cfg.run.keep_every_epochs == 0:
+            self.save(f"epoch_{self.epoch:04d}.pth")
+        k = cfg.eval.knn
+        if k.enabled and (self.epoch % max(1, k.every_epochs) == 0 or self.epoch == cfg.optim.epochs):
+            acc = self.knn()
+            self.summary.knn.append({"epoch": self.epoch, "knn_top1": acc})
+            self.record("knn", {"knn_top1": acc})
+            self.log_line(f"epoch {self.epoch}: k-NN top-1 {100 * acc:.2f}%")
+
+    def _count_bad(self, failed: int) -> None:
+        if not failed:
+            return
+        self.bad_images += int(failed)
+        if self.bad_images > self.bad_budget / self.world:
+            raise BadDataError(
+                f"data: {self.bad_images} unreadable images so far on this process, more than data.max_bad_fraction "
+                f"({self.cfg.data.max_bad_fraction}) of the {len(self.dataset)} images; see the warnings above for the files"
+            )
+
+
+def run(cfg: PretrainConfig) -> Summary:
+    trainer = Trainer(cfg)
+    try:
+        summary = trainer.train()
+    finally:
+        dist.destroy()
+    return summary
+
+
+def cli_main(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)
+    if args.print_config:
+        print(dump(cfg))
+        return 0
+    summary = run(cfg)
+    if dist.rank() == 0:
+        if summary.first_loss is not None:
+            print(f"[bam-dense] loss {summary.first_loss:.4f} -> {summary.last_loss:.4f} over {summary.steps} steps")
+        if summary.knn:
+            line = f"[bam-dense] k-NN top-1: trained {100 * summary.knn[-1]['knn_top1']:.2f}%"
+            if summary.knn_random_init is not None:
+                line += f", random init {100 * summary.knn_random_init:.2f}%"
+            print(line)
+        print(f"[bam-dense] checkpoint: {summary.checkpoint}")
+    return PREEMPTED_EXIT if summary.preempted else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``pretrain/train.py`` (also under torchrun)."""
+    from bam_dense.cli import main as cli
+
+    return cli(["pretrain", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

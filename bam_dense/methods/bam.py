@@ -1,0 +1,49 @@
+"""BAM (METHODS.md section 1): backbone -> pooled embedding -> projector -> balanced attention matching."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from bam_dense.engine.config import BAMParams
+from bam_dense.losses.bam import bam_loss, eps_at_epoch
+from bam_dense.methods.base import Method, StepContext, multicrop_features
+from bam_dense.models.backbones import feature_dims
+from bam_dense.models.heads import MLPHead
+
+
+class BAMNet(nn.Module):
+    def __init__(self, backbone: nn.Module, params: BAMParams):
+        super().__init__()
+        self.backbone = backbone
+        self.projector = MLPHead.from_config(feature_dims(backbone)[0], params.projector)
+
+    def forward(self, crops: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        pooled, _ = multicrop_features(self.backbone, crops)
+        return {"z": self.projector(pooled)}
+
+
+class BAM(Method):
+    name = "bam"
+
+    def __init__(self, backbone: nn.Module, params: BAMParams):
+        super().__init__(BAMNet(backbone, params))
+        self.params = params
+
+    def bam_kwargs(self, ctx: StepContext) -> dict:
+        p = self.params
+        return dict(
+            n_crops=ctx.n_crops,
+            n_global=ctx.n_global,
+            n_target=p.n_target,
+            temperature=p.temperature,
+            eps=eps_at_epoch(ctx.epoch, p.eps, p.eps_final, p.eps_warmup_epochs),
+            sinkhorn_iters=p.sinkhorn_iters,
+            top_k=p.top_k,
+            positive_masking=p.positive_masking,
+        )
+
+    def loss(self, student_out, teacher_out, ctx):
+        z_teacher = teacher_out["z"] if teacher_out is not None else None
+        loss = bam_loss(student_out["z"], z_teacher, **self.bam_kwargs(ctx))
+        return loss, {"bam": loss.detach()}

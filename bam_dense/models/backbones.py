@@ -1,0 +1,159 @@
+"""Backbones from timm behind one feature interface.
+
+``create_backbone(arch, **kwargs)`` returns the timm model itself (so its state dict carries plain timm
+names, which the converters rely on) with ``num_classes=0``; ``features(backbone, x)`` returns a
+:class:`Features` record for any supported family:
+
+* ViT (``VisionTransformer``): ``pooled`` = CLS token (or the average of patch tokens for
+  ``global_pool='avg'``) after the final norm; ``dense`` = patch tokens after the final norm as
+  ``B x C x h x w``. MoCo v3 options: fixed 2-D sin-cos position embedding and a frozen patch projection;
+  ``dynamic_img_size=True`` so local crops resample the table.
+* CNN (ResNet, torchvision-compatible names in timm's ``resnet50``): ``dense`` = last stage, ``pooled``
+  = its global average.
+* MetaFormer (CAFormer): ``dense`` = last stage, ``pooled`` = the head's average pool + norm.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from bam_dense.models.heads import ACTIVATIONS
+
+
+@dataclass
+class Features:
+    pooled: torch.Tensor  # B x D
+    dense: torch.Tensor  # B x C x h x w
+
+
+def family(backbone: nn.Module) -> str:
+    from timm.models.metaformer import MetaFormer
+    from timm.models.resnet import ResNet
+    from timm.models.vision_transformer import VisionTransformer
+
+    if isinstance(backbone, VisionTransformer):
+        return "vit"
+    if isinstance(backbone, ResNet):
+        return "cnn"
+    if isinstance(backbone, MetaFormer):
+        return "metaformer"
+    raise TypeError(f"unsupported backbone type {type(backbone).__name__}")
+
+
+def sincos_2d_position_embedding(grid_h: int, grid_w: int, dim: int, n_prefix: int = 1, temperature: float = 10000.0) -> torch.Tensor:
+    """Fixed 2-D sin-cos table (MoCo v3): ``1 x (n_prefix + h*w) x dim``, prefix rows zero.
+
+    A quarter of the channels each hold sin(x w), cos(x w), sin(y w), cos(y w) with
+    ``w_k = temperature^(-k / (dim/4))``.
+    """
+    if dim % 4:
+        raise ValueError(f"sin-cos position embedding needs dim divisible by 4, got {dim}")
+    ys, xs = torch.meshgrid(torch.arange(grid_h, dtype=torch.float64), torch.arange(grid_w, dtype=torch.float64), indexing="ij")
+    quarter = dim // 4
+    omega = 1.0 / temperature ** (torch.arange(quarter, dtype=torch.float64) / quarter)
+    ox = xs.reshape(-1, 1) * omega[None]
+    oy = ys.reshape(-1, 1) * omega[None]
+    table = torch.cat([ox.sin(), ox.cos(), oy.sin(), oy.cos()], dim=1).float()
+    return torch.cat([torch.zeros(n_prefix, dim), table], dim=0).unsqueeze(0)
+
+
+def _timm_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """YAML-friendly kwargs to timm's: activation names become classes."""
+    out = dict(kwargs)
+    for key in ("mlp_act", "act_layer"):
+        if isinstance(out.get(key), str):
+            out[key] = ACTIVATIONS[out[key]]
+    if isinstance(out.get("res_scale_init_values"), list):
+        out["res_scale_init_values"] = tuple(out["res_scale_init_values"])
+    return out
+
+
+def create_backbone(
+    arch: str,
+    kwargs: dict[str, Any] | None = None,
+    *,
+    pos_embed: str = "sincos",
+    freeze_patch_embed: bool = False,
+    drop_path_rate: float = 0.0,
+    dynamic_img_size: bool = True,
+    pretrained: bool = False,
+) -> nn.Module:
+    """A timm backbone without classifier. ``kwargs`` override timm's constructor arguments."""
+    import timm
+
+    kw = _timm_kwargs(kwargs or {})
+    if not timm.is_model(arch):
+        raise ValueError(f"unknown timm architecture {arch!r}")
+    probe = arch.lower()
+    is_vit = probe.startswith(("vit_", "deit_"))
+    if is_vit:
+        kw.setdefault("dynamic_img_size", dynamic_img_size)
+        if pos_embed == "sincos":
+            kw.setdefault("weight_init", "moco")
+    if drop_path_rate:
+        kw["drop_path_rate"] = drop_path_rate
+    model = timm.create_model(arch, pretrained=pretrained, num_classes=0, **kw)
+    if family(model) == "vit":
+        if pos_embed == "sincos" and model.pos_embed is not None:
+            gh, gw = model.patch_embed.grid_size
+            table = sincos_2d_position_embedding(gh, gw, model.embed_dim, n_prefix=0 if model.no_embed_class else model.num_prefix_tokens)
+            with torch.no_grad():
+                model.pos_embed.copy_(table)
+            model.pos_embed.requires_grad_(False)
+        if freeze_patch_embed:
+            model.patch_embed.proj.weight.requires_grad_(False)
+            if model.patch_embed.proj.bias is not None:
+                model.patch_embed.proj.bias.requires_grad_(False)
+    return model
+
+
+def feature_dims(backbone: nn.Module) -> tuple[int, int]:
+    """(pooled dim, dense channel dim)."""
+    kind = family(backbone)
+    if kind == "vit":
+        return backbone.embed_dim, backbone.embed_dim
+    return backbone.num_features, backbone.num_features
+
+
+def patch_size(backbone: nn.Module) -> int:
+    """Input pixels per dense-map cell (ViT patch size, CNN output stride)."""
+    kind = family(backbone)
+    if kind == "vit":
+        return int(backbone.patch_embed.patch_size[0])
+    return int(backbone.feature_info[-1]["reduction"])
+
+
+def features(backbone: nn.Module, x: torch.Tensor) -> Features:
+    kind = family(backbone)
+    if kind == "vit":
+        tokens = backbone.forward_features(x)  # after the final norm
+        n_prefix = backbone.num_prefix_tokens
+        patches = tokens[:, n_prefix:]
+        h, w = backbone.patch_embed.dynamic_feat_size(x.shape[-2:]) if backbone.dynamic_img_size else backbone.patch_embed.grid_size
+        dense = patches.transpose(1, 2).reshape(x.shape[0], -1, h, w)
+        pooled = tokens[:, 0] if backbone.global_pool == "token" else patches.mean(1)
+        return Features(pooled=pooled, dense=dense)
+    if kind == "cnn":
+        dense = backbone.forward_features(x)
+        return Features(pooled=dense.mean(dim=(2, 3)), dense=dense)
+    dense = backbone.forward_features(x)
+    pooled = backbone.forward_head(dense, pre_logits=True)
+    return Features(pooled=pooled, dense=dense)
+
+
+def resnet_stage_features(backbone: nn.Module, x: torch.Tensor, stage: int) -> torch.Tensor:
+    """The ResNet dense map after ``layer{stage}`` (1..4)."""
+    x = backbone.act1(backbone.bn1(backbone.conv1(x)))
+    x = backbone.maxpool(x)
+    for i in range(1, stage + 1):
+        x = getattr(backbone, f"layer{i}")(x)
+    return x
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
