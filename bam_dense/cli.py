@@ -129,6 +129,7 @@ def _seg(sub) -> None:
     tr.add_argument("--amp", action="store_true", help="mixed precision (AmpOptimWrapper)")
     tr.add_argument("--resume", action="store_true", help="resume from the latest checkpoint in the work dir")
     tr.add_argument("--launcher", choices=["none", "pytorch", "slurm"], default="none", help="job launcher (torchrun: pytorch)")
+    tr.add_argument("--data-root", help="dataset root in the official layout (overrides the config's data_root)")
     tr.add_argument("--trust-source", action="store_true", help="allow legacy pickles (trusted files only)")
     te = _add(ssub, "test", "bam_dense.downstream.seg:cli_test", "evaluate a fine-tuned segmentation model and write metrics JSON")
     te.add_argument("config")
@@ -137,6 +138,7 @@ def _seg(sub) -> None:
     te.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE")
     te.add_argument("--out", help="metrics JSON path (default <work-dir>/metrics.json)")
     te.add_argument("--launcher", choices=["none", "pytorch", "slurm"], default="none")
+    te.add_argument("--data-root", help="dataset root in the official layout")
 
 
 def _det(sub) -> None:
@@ -150,14 +152,16 @@ def _det(sub) -> None:
     tr.add_argument("--amp", action="store_true")
     tr.add_argument("--resume", action="store_true")
     tr.add_argument("--launcher", choices=["none", "pytorch", "slurm"], default="none")
+    tr.add_argument("--data-root", help="COCO root: annotations/, train2017/, val2017/")
     tr.add_argument("--trust-source", action="store_true")
     te = _add(dsub, "test", "bam_dense.downstream.det:cli_test", "evaluate a detector with COCO metrics and write metrics JSON")
     te.add_argument("config")
     te.add_argument("--checkpoint", required=True)
     te.add_argument("--work-dir")
     te.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE")
-    te.add_argument("--out")
+    te.add_argument("--out", help="metrics JSON path (default <work-dir>/metrics.json)")
     te.add_argument("--launcher", choices=["none", "pytorch", "slurm"], default="none")
+    te.add_argument("--data-root", help="COCO root")
 
 
 def _bench(sub) -> None:

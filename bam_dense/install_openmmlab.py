@@ -34,8 +34,10 @@ from pathlib import Path
 from bam_dense.errors import UserFacingError
 
 MMCV_VERSION = "2.1.0"
-# ftfy and regex: mmseg.apis imports its tokenizer at import time.
-COMPANIONS = ["mmengine==0.10.7", "mmsegmentation==1.2.2", "mmdet==3.3.0", "pycocotools>=2.0.7,<3", "ftfy", "regex"]
+# ftfy and regex: mmseg.apis imports its tokenizer at import time. setuptools < 81: mmengine resolves
+# "mmseg::"/"mmdet::" config bases through pkg_resources, which setuptools 81 removed.
+COMPANIONS = ["mmengine==0.10.7", "mmsegmentation==1.2.2", "mmdet==3.3.0", "pycocotools>=2.0.7,<3", "ftfy", "regex",
+              "setuptools>=77,<81"]
 # setuptools 70 removed pkg_resources, which mmcv 2.1.0's setup.py imports.
 BUILD_TOOLS = ["setuptools<70", "wheel", "ninja"]
 
@@ -239,12 +241,12 @@ class Installer:
 
     @staticmethod
     def _satisfied(requirement: str) -> bool:
-        """Installed, and at the pinned version when the requirement pins one with ``==``."""
-        name, spec = re.match(r"([A-Za-z0-9_.-]+)(.*)", requirement).groups()
-        version = _installed_version(name)
-        if version is None:
-            return False
-        return version == spec[2:] if spec.startswith("==") else True
+        """Installed at a version the requirement's specifier accepts."""
+        from packaging.requirements import Requirement
+
+        req = Requirement(requirement)
+        version = _installed_version(req.name)
+        return version is not None and req.specifier.contains(version, prereleases=True)
 
 
 def cli_main(args: argparse.Namespace) -> int:

@@ -15,7 +15,7 @@ PYTHON = sys.executable
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 
-def tiny_pretrain_dict(out: Path, method: str = "bam", **sections) -> dict:
+def tiny_pretrain_dict(out: Path, method_name: str = "bam", **sections) -> dict:
     """A pretraining config small enough for a test: a 2-block ViT on 16-px crops of synthetic images."""
     cfg = {
         "run": {"output_dir": str(out), "seed": 0, "log_every": 1, "checkpoint_every": 1000, "progress": False,
@@ -32,7 +32,7 @@ def tiny_pretrain_dict(out: Path, method: str = "bam", **sections) -> dict:
         "optim": {"name": "adamw", "epochs": 2, "lr": 1e-3, "warmup_epochs": 1, "weight_decay": 0.04,
                   "weight_decay_end": 0.1, "clip_grad": 3.0},
         "teacher": {"enabled": True, "momentum": 0.99},
-        "method": {"name": method, "top_k": 4,
+        "method": {"name": method_name, "top_k": 4,
                    "projector": {"layers": 2, "hidden_dim": 32, "out_dim": 16, "bn": False, "bias": True, "act": "gelu"}},
     }
     for key, value in sections.items():

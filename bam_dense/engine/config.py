@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -267,6 +268,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
 # ---------------------------------------------------------------------------------------------
 
 
+_SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
@@ -312,6 +316,8 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
+            return float(value)  # PyYAML reads 4e-3 (no dot) as a string
         raise ConfigError(f"{path}: expected a number, got {value!r}")
     if tp is str:
         if isinstance(value, str):
@@ -350,7 +356,7 @@ def _build_method(value: Any, path: str) -> Any:
     if not isinstance(value, dict) or "name" not in value:
         raise ConfigError(f"{path}: expected a mapping with a 'name' ({', '.join(METHOD_PARAMS)})")
     name = value["name"]
-    if name not in METHOD_PARAMS:
+    if not isinstance(name, str) or name not in METHOD_PARAMS:
         close = difflib.get_close_matches(str(name), list(METHOD_PARAMS), n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         raise ConfigError(f"{path}.name: unknown method {name!r}{hint} (choose from {', '.join(METHOD_PARAMS)})")

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import random
 import signal
 import sys
@@ -255,9 +254,16 @@ class Trainer:
         if state["world_size"] != self.world:
             print(f"bam-dense: warning: resuming a {state['world_size']}-process run on {self.world} processes; "
                   "the data order changes", file=sys.stderr)
-        self.student.load_state_dict(state["student"])
-        if self.teacher is not None:
-            self.teacher.load_state_dict(state["teacher"])
+        parts = [("student", self.student)] + ([("teacher", self.teacher)] if self.teacher is not None else [])
+        for part, module in parts:
+            expected, found = set(module.state_dict()), set(state[part] or {})
+            if expected != found:
+                missing = [f"{part}.{k}" for k in sorted(expected - found)]
+                extra = [f"{part}.{k}" for k in sorted(found - expected)]
+                raise UserFacingError(f"run.resume: {path} does not fit this model: "
+                                      + "; ".join(x for x in (f"missing {', '.join(missing[:5])}" if missing else "",
+                                                              f"unexpected {', '.join(extra[:5])}" if extra else "") if x))
+            module.load_state_dict(state[part])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scaler is not None and state["scaler"] is not None:
             self.scaler.load_state_dict(state["scaler"])

@@ -1,0 +1,258 @@
+"""``convert()``: one function applies a key map, checks coverage, writes the target and its report.
+
+Coverage is checked against the architecture itself: the timm model is instantiated on the ``meta``
+device (no memory, no weights) and every one of its tensors must be filled from the source with the
+right shape; source tensors the architecture does not have mean the wrong ``--arch`` and fail too.
+Then the key map of the target renames them; a tensor the target has no place for is dropped with the
+reason. The report (``<out>.report.json``, or ``conversion_report.json`` inside a folder target) lists
+every mapped, dropped and filled tensor and every shape change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import pickle
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from bam_dense.convert.maps import targets_for
+from bam_dense.convert.sources import ConversionError, Source, extract_backbone, infer_arch, read_checkpoint
+from bam_dense.engine.checkpoint import atomic_save, atomic_write
+
+TARGETS = ("timm", "timm-folder", "torchvision", "mmseg", "mmseg-mae", "mmdet", "detectron2", "safetensors")
+
+
+@dataclass
+class ConversionReport:
+    source: str
+    source_format: str
+    which: str | None
+    arch: str
+    model_kwargs: dict
+    target: str
+    output: str
+    status: str = "ok"
+    mapped: list[list[str]] = field(default_factory=list)  # [source key, target key]
+    dropped: list[list[str]] = field(default_factory=list)  # [source key, reason]
+    filled: list[str] = field(default_factory=list)  # target keys written
+    shape_changes: list[list] = field(default_factory=list)  # [key, from, to, why]
+    unfilled: list[str] = field(default_factory=list)  # architecture tensors the source lacks
+    unexpected: list[str] = field(default_factory=list)  # source backbone tensors the architecture lacks
+    mismatched: list[list] = field(default_factory=list)  # [key, source shape, architecture shape]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def coverage(self) -> str:
+        total = len(self.filled) + len(self.unfilled)
+        pct = 100.0 * len(self.filled) / total if total else 0.0
+        return f"{len(self.filled)}/{total} backbone tensors ({pct:.1f}%)"
+
+    def summary(self) -> str:
+        lines = [f"converted {self.source} ({self.source_format}{', ' + self.which if self.which else ''}) "
+                 f"-> {self.target} {self.output}",
+                 f"  architecture {self.arch} {self.model_kwargs or ''}".rstrip(),
+                 f"  coverage     {self.coverage}"]
+        reasons: dict[str, int] = {}
+        for _, reason in self.dropped:
+            reasons[reason] = reasons.get(reason, 0) + 1
+        for reason, n in sorted(reasons.items()):
+            lines.append(f"  dropped      {n:5d} x {reason}")
+        for key, old, new, why in self.shape_changes:
+            lines.append(f"  reshaped     {key}: {tuple(old)} -> {tuple(new)} ({why})")
+        lines += [f"  note         {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def _create_meta_model(arch: str, kwargs: dict):
+    import timm
+
+    from bam_dense.models.backbones import _timm_kwargs
+
+    if not timm.is_model(arch):
+        raise ConversionError(f"--arch {arch!r} is not a timm architecture")
+    with torch.device("meta"):
+        try:
+            return timm.create_model(arch, num_classes=0, **_timm_kwargs(kwargs))
+        except TypeError as err:
+            raise ConversionError(f"cannot build {arch} with {kwargs}: {err}") from None
+
+
+def resize_pos_embed(pos_embed: torch.Tensor, n_prefix: int, new_grid: tuple[int, int]) -> torch.Tensor:
+    """Bicubic resize of the grid part of a ``1 x (prefix + h*w) x D`` table; prefix rows kept."""
+    prefix, grid = pos_embed[:, :n_prefix], pos_embed[:, n_prefix:]
+    side = int(math.isqrt(grid.shape[1]))
+    if side * side != grid.shape[1]:
+        raise ConversionError(f"pos_embed grid of {grid.shape[1]} tokens is not square")
+    grid = grid.reshape(1, side, side, -1).permute(0, 3, 1, 2).float()
+    grid = F.interpolate(grid, size=new_grid, mode="bicubic", align_corners=False)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], -1).to(pos_embed.dtype)
+    return torch.cat([prefix, grid], dim=1)
+
+
+def load_source(src: str | Path, source_format: str = "auto", which: str | None = None, trust_source: bool = False) -> Source:
+    obj = read_checkpoint(src, trust_source=trust_source)
+    return extract_backbone(obj, str(src), source_format, which)
+
+
+def convert(
+    src: str | Path,
+    to: str,
+    out: str | Path,
+    arch: str | None = None,
+    which: str | None = None,
+    img_size: int | None = None,
+    source_format: str = "auto",
+    trust_source: bool = False,
+    write_report: bool = True,
+) -> ConversionReport:
+    """Convert ``src`` for target ``to`` into ``out``; raise :class:`ConversionError` on any gap."""
+    if to not in TARGETS:
+        raise ConversionError(f"unknown target {to!r}; choose from {', '.join(TARGETS)}")
+    source = load_source(src, source_format, which, trust_source)
+    return convert_source(source, to, out, arch=arch, img_size=img_size, write_report=write_report)
+
+
+def convert_source(source: Source, to: str, out: str | Path, arch: str | None = None, img_size: int | None = None,
+                   write_report: bool = True) -> ConversionReport:
+    from bam_dense.models.backbones import family
+
+    out = Path(out)
+    kwargs = dict(source.model_kwargs)
+    if arch is None:
+        arch = source.arch
+    if arch is None:
+        arch, inferred = infer_arch(source.backbone)
+        kwargs = {**inferred, **kwargs}
+    elif source.arch is not None and arch != source.arch:
+        raise ConversionError(f"--arch {arch} contradicts the checkpoint, which records {source.arch}")
+    if to == "detectron2" and out.suffix != ".pkl":
+        raise ConversionError(f"detectron2 reads pickles only from files ending in .pkl, got {out}")
+    backbone = dict(source.backbone)
+    report = ConversionReport(source=source.path, source_format=source.format, which=source.which, arch=arch,
+                              model_kwargs=kwargs, target=to, output=str(out), dropped=[list(d) for d in source.dropped])
+
+    model = _create_meta_model(arch, kwargs)
+    kind = family(model)
+    if img_size is not None:
+        if kind != "vit":
+            raise ConversionError("--img-size applies to ViT position embeddings only")
+        patch = model.patch_embed.patch_size
+        grid = (img_size // patch[0], img_size // patch[1])
+        if "pos_embed" in backbone and tuple(model.patch_embed.grid_size) != grid:
+            old = backbone["pos_embed"]
+            n_prefix = 0 if model.no_embed_class else model.num_prefix_tokens
+            if old.shape[1] == n_prefix + model.patch_embed.num_patches:
+                backbone["pos_embed"] = resize_pos_embed(old, n_prefix, grid)
+                report.shape_changes.append(["pos_embed", list(old.shape), list(backbone["pos_embed"].shape),
+                                             f"bicubic interpolation to {grid[0]}x{grid[1]} patches for --img-size {img_size}"])
+        kwargs = {**kwargs, "img_size": img_size}
+        report.model_kwargs = kwargs
+        model = _create_meta_model(arch, kwargs)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    for key, shape in expected.items():
+        if key not in backbone:
+            report.unfilled.append(key)
+        elif tuple(backbone[key].shape) != shape:
+            report.mismatched.append([key, list(backbone[key].shape), list(shape)])
+    report.unexpected = sorted(k for k in backbone if k not in expected)
+    if report.unfilled or report.mismatched or report.unexpected:
+        report.status = "failed"
+        if write_report:
+            _write_report(report, out)
+        parts = []
+        if report.unfilled:
+            parts.append(f"{len(report.unfilled)} tensors of {arch} missing from the source: {', '.join(report.unfilled[:8])}")
+        if report.mismatched:
+            parts.append("shape mismatches: " + ", ".join(f"{k} {tuple(a)} vs {tuple(b)}" for k, a, b in report.mismatched[:8]))
+        if report.unexpected:
+            parts.append(f"{len(report.unexpected)} source tensors {arch} does not have: {', '.join(report.unexpected[:8])}")
+        raise ConversionError(f"{source.path} does not fit {arch} {kwargs or ''}: " + "; ".join(parts)
+                              + " (wrong --arch?)")
+
+    maps = targets_for(kind)
+    if to not in maps:
+        raise ConversionError(f"target {to} does not take a {kind} backbone ({arch}); "
+                              f"targets for it: {', '.join(sorted(maps))}")
+    keymap = maps[to]
+    converted: dict[str, torch.Tensor] = {}
+    for key in expected:
+        new = keymap.forward(key)
+        if new is None:
+            report.dropped.append([key, keymap.reason(key)])
+            continue
+        converted[new] = backbone[key].detach().clone().contiguous()
+        report.mapped.append([key, new])
+    report.filled = list(converted)
+    if kind == "vit" and to in ("mmseg", "mmseg-mae"):
+        heads = model.blocks[0].attn.num_heads
+        report.notes.append(f"build the mmseg backbone with embed_dims={model.embed_dim}, num_layers={len(model.blocks)}, "
+                            f"num_heads={heads} (heads cannot be read from the weights)")
+    if to == "mmseg" and kind == "vit":
+        report.notes.append("mmseg VisionTransformer must be built with patch_bias=True to take patch_embed.projection.bias")
+    _write_target(to, converted, out, arch, kwargs, kind)
+    if write_report:
+        _write_report(report, out)
+    return report
+
+
+def _write_report(report: ConversionReport, out: Path) -> Path:
+    path = report_path(out, report.target)
+    payload = asdict(report)
+    payload["coverage"] = report.coverage
+    atomic_write(path, lambda fh: fh.write(json.dumps(payload, indent=1).encode()))
+    return path
+
+
+def report_path(out: str | Path, target: str) -> Path:
+    out = Path(out)
+    return out / "conversion_report.json" if target == "timm-folder" else out.with_name(out.name + ".report.json")
+
+
+def _write_target(to: str, sd: dict[str, torch.Tensor], out: Path, arch: str, kwargs: dict, kind: str) -> None:
+    if to in ("timm", "torchvision"):
+        atomic_save(sd, out)
+    elif to == "safetensors":
+        from safetensors.torch import save
+
+        atomic_write(out, lambda fh: fh.write(save(sd, metadata={"arch": arch, "format": "timm"})))
+    elif to == "timm-folder":
+        from safetensors.torch import save
+
+        out.mkdir(parents=True, exist_ok=True)
+        config = {
+            "architecture": arch,
+            "num_classes": 0,
+            "model_args": {k: v for k, v in kwargs.items() if isinstance(v, (int, float, str, bool, list, type(None)))},
+            "pretrained_cfg": {"tag": "bam-dense", "input_size": [3, kwargs.get("img_size", 224), kwargs.get("img_size", 224)],
+                               "interpolation": "bicubic", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+                               "crop_pct": 0.875, "num_classes": 0},
+        }
+        atomic_write(out / "model.safetensors", lambda fh: fh.write(save(sd, metadata={"arch": arch, "format": "pt"})))
+        atomic_write(out / "config.json", lambda fh: fh.write(json.dumps(config, indent=2).encode()))
+    elif to in ("mmseg", "mmseg-mae"):
+        atomic_save({"state_dict": sd}, out)
+    elif to == "mmdet":
+        atomic_save({"model": sd} if kind == "vit" else {"state_dict": sd}, out)
+    elif to == "detectron2":
+        payload = {"model": {k: v.numpy() for k, v in sd.items()}, "__author__": "bam-dense", "matching_heuristics": True}
+        atomic_write(out, lambda fh: pickle.dump(payload, fh, protocol=4))
+
+
+def cli_main(args: argparse.Namespace) -> int:
+    report = convert(args.src, args.to, args.out, arch=args.arch, which=args.which, img_size=args.img_size,
+                     source_format=args.source_format, trust_source=args.trust_source)
+    print(report.summary())
+    print(f"  report       {report_path(args.out, args.to)}")
+    return 0
+
+
+if __name__ == "__main__":
+    from bam_dense.cli import main
+
+    sys.exit(main(["convert", *sys.argv[1:]]))

@@ -1,0 +1,282 @@
+"""Reading checkpoints from outside, safely, and finding the backbone inside them.
+
+Every source ends as a :class:`Source`: the backbone's tensors under plain **timm** names, the timm
+architecture and constructor arguments when known, and the list of tensors left out with the reason.
+
+Layouts recognised (``--source-format auto`` detects them in this order):
+
+==============  ==========================================================================================
+bam-dense       ``{"format": "bam-dense", "student": {"backbone.*", ...}, "teacher": {...}, "arch", ...}``
+dino            ``{"student": {"module.backbone.*", "module.head.*"}, "teacher": {"backbone.*", "head.*"}}``
+bam-official    ``{"model": {"student.module.backbone.*", "teacher.backbone.*", "*.proj_head.*"}, "args"}``
+                (or ``module.backbone.*`` without a teacher)
+lewel-official  ``{"state_dict": {"module.online_net.backbone.*", "module.target_net.*", "module.predictor*"}}``
+timm            a plain ViT/MetaFormer state dict with timm names (optionally under ``state_dict``/``model``)
+torchvision     a plain ResNet state dict (``conv1``, ``bn1``, ``layerN``, ``fc``)
+==============  ==========================================================================================
+
+Files are read with ``torch.load(weights_only=True)`` or safetensors. A pickle that needs code to run
+(argparse ``Namespace``, numpy objects) is refused unless ``trust_source=True``.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+import warnings
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from bam_dense.errors import UserFacingError
+
+FORMATS = ("bam-dense", "bam-official", "lewel-official", "dino", "timm", "torchvision")
+WRAPPER_TOKENS = ("module.", "_orig_mod.")
+
+
+class ConversionError(UserFacingError):
+    pass
+
+
+@dataclass
+class Source:
+    path: str
+    format: str
+    which: str | None
+    backbone: dict[str, torch.Tensor]
+    arch: str | None = None
+    model_kwargs: dict = field(default_factory=dict)
+    dropped: list[tuple[str, str]] = field(default_factory=list)  # (source key, reason)
+
+
+def read_checkpoint(path: str | Path, trust_source: bool = False) -> object:
+    """Load a file as data only; errors name the file and say what is wrong in one line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConversionError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise ConversionError(f"{path}: empty file, not a checkpoint")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as err:
+            raise ConversionError(f"{path}: not a readable safetensors file ({err})") from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if not trust_source:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ConversionError(
+                f"{path}: refused to load: the file needs code execution to unpickle ({first[:160]}). "
+                "Official BAM/DINO checkpoints store their argparse arguments this way. If you trust the file, "
+                "pass --trust-source (trust_source=True) to load it as a legacy pickle."
+            ) from None
+        warnings.warn(f"{path}: loading as a trusted legacy pickle (weights_only=False)", stacklevel=2)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as err2:  # a trusted file that still fails is broken
+            raise ConversionError(f"{path}: cannot be read even as a legacy pickle ({type(err2).__name__}: {err2})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if "PytorchStreamReader" in text or "zip" in text.lower() or isinstance(err, (EOFError, zipfile.BadZipFile)):
+            raise ConversionError(f"{path}: truncated or corrupt checkpoint ({text[:160]})") from None
+        raise ConversionError(f"{path}: not a checkpoint torch can read ({text[:160]})") from None
+
+
+def _strip_wrappers(key: str) -> str:
+    for token in WRAPPER_TOKENS:
+        key = key.replace(token, "")
+    return key
+
+
+def _tensors(d: dict) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in d.items() if isinstance(v, torch.Tensor)}
+
+
+def _looks_like_vit(keys) -> bool:
+    return any(k.startswith("blocks.0.attn.qkv.") for k in keys) and any(k.startswith("patch_embed.proj.") for k in keys)
+
+
+def _looks_like_resnet(keys) -> bool:
+    return "conv1.weight" in keys and any(k.startswith("layer1.0.conv1.") for k in keys)
+
+
+def _looks_like_metaformer(keys) -> bool:
+    return any(k.startswith(("stem.conv.", "stages.0.")) for k in keys) or any(k.startswith("downsample_layers.") for k in keys)
+
+
+def _unwrap_plain(obj: dict) -> dict:
+    for key in ("state_dict", "model", "module"):
+        if key in obj and isinstance(obj[key], dict) and obj[key]:
+            obj = obj[key]
+    return {_strip_wrappers(k): v for k, v in _tensors(obj).items()}
+
+
+def detect_format(obj: object) -> str:
+    if not isinstance(obj, dict) or not obj:
+        raise ConversionError("not a checkpoint: expected a dict of tensors or a training checkpoint")
+    if obj.get("format") == "bam-dense":
+        return "bam-dense"
+    if isinstance(obj.get("student"), dict) and isinstance(obj.get("teacher"), dict):
+        return "dino"
+    model = obj.get("model")
+    if isinstance(model, dict):
+        keys = [_strip_wrappers(k) for k in model]
+        if any(".proj_head." in f".{k}" or k.startswith(("student.backbone.", "teacher.backbone.")) for k in keys):
+            return "bam-official"
+    sd = obj.get("state_dict")
+    if isinstance(sd, dict) and any("online_net." in k for k in sd):
+        return "lewel-official"
+    plain = _unwrap_plain(obj)
+    if _looks_like_resnet(plain):
+        return "torchvision"
+    if _looks_like_vit(plain) or _looks_like_metaformer(plain):
+        return "timm"
+    raise ConversionError("unrecognised checkpoint layout: no bam-dense, BAM, LEWEL, DINO, timm ViT/MetaFormer or "
+                          "torchvision ResNet keys found (pass --source-format to say what it is)")
+
+
+def _split_network(state: dict, prefix: str, part_name: str, dropped: list) -> dict:
+    """Keep ``prefix*`` keys (prefix removed); everything else is dropped with a reason."""
+    out = {}
+    for key, value in state.items():
+        if key.startswith(prefix):
+            out[key[len(prefix):]] = value
+        else:
+            dropped.append((key, part_name))
+    return out
+
+
+def _head_reason(key: str) -> str:
+    for token, reason in (("proj_head", "projector (pretraining head)"), ("projector", "projector (pretraining head)"),
+                          ("pred_head", "predictor (pretraining head)"), ("predictor", "predictor (pretraining head)"),
+                          ("neck", "alignment neck (pretraining head)"), ("head", "pretraining head"),
+                          ("local_", "local head (pretraining head)")):
+        if token in key:
+            return reason
+    return "not part of the backbone"
+
+
+def _backbone_only(state: dict, dropped: list, report_prefix: str = "") -> dict:
+    """Keys under ``backbone.`` (prefix removed); heads are dropped with their reason."""
+    out = {}
+    for key, value in state.items():
+        if key.startswith("backbone."):
+            out[key[len("backbone."):]] = value
+        else:
+            dropped.append((report_prefix + key, _head_reason(key)))
+    return out
+
+
+CLASSIFIER_PREFIXES = ("fc.", "head.", "head_dist.")
+
+
+def _drop_classifier(backbone: dict, dropped: list, full_prefix: str = "") -> dict:
+    out = {}
+    for key, value in backbone.items():
+        if key.startswith(CLASSIFIER_PREFIXES) and not key.startswith("head.norm."):
+            dropped.append((full_prefix + key, "classifier"))
+        else:
+            out[key] = value
+    return out
+
+
+def extract_backbone(obj: object, path: str, source_format: str = "auto", which: str | None = None) -> Source:
+    fmt = detect_format(obj) if source_format == "auto" else source_format
+    if fmt not in FORMATS:
+        raise ConversionError(f"unknown source format {fmt!r}; choose from {', '.join(FORMATS)}")
+    if not isinstance(obj, dict):
+        raise ConversionError(f"{path}: not a checkpoint (a {type(obj).__name__})")
+    dropped: list[tuple[str, str]] = []
+    arch, kwargs = None, {}
+    if fmt == "bam-dense":
+        which = which or ("teacher" if obj.get("teacher") else "student")
+        if not obj.get(which):
+            raise ConversionError(f"{path}: this checkpoint has no {which} network (trained without a teacher?)")
+        other = "student" if which == "teacher" else "teacher"
+        dropped += [(f"{other}.{k}", f"{other} copy") for k in (obj.get(other) or {})]
+        backbone = _backbone_only(obj[which], dropped, f"{which}.")
+        arch, kwargs = obj.get("arch"), dict(obj.get("model_kwargs") or {})
+    elif fmt == "dino":
+        which = which or "teacher"
+        other = "student" if which == "teacher" else "teacher"
+        dropped += [(f"{other}.{k}", f"{other} copy") for k in obj.get(other, {})]
+        state = {_strip_wrappers(k): v for k, v in _tensors(obj[which]).items()}
+        backbone = _backbone_only(state, dropped, f"{which}.")
+    elif fmt == "bam-official":
+        state = {_strip_wrappers(k): v for k, v in _tensors(obj["model"]).items()}
+        if any(k.startswith("teacher.") for k in state):
+            which = which or "teacher"
+            other = "student" if which == "teacher" else "teacher"
+            state = _split_network(state, f"{which}.", f"{other} copy", dropped)
+        else:
+            if which == "teacher":
+                raise ConversionError(f"{path}: this BAM checkpoint was trained without a teacher; use --which student")
+            which = "student"
+        backbone = _backbone_only(state, dropped)
+        # the official ViT-S uses 12 heads (MoCo-v3 style); a shape cannot tell
+        if "cls_token" in backbone and backbone["cls_token"].shape[-1] == 384:
+            kwargs = {"num_heads": 12}
+    elif fmt == "lewel-official":
+        state = {_strip_wrappers(k): v for k, v in _tensors(obj["state_dict"]).items()}
+        which = which or "student"  # LEWEL's own extract_backbone.py takes the online network
+        net = "online_net." if which == "student" else "target_net."
+        other = "target network copy" if which == "student" else "online network copy"
+        kept = {}
+        for key, value in state.items():
+            if key.startswith(net):
+                kept[key[len(net):]] = value
+            elif key.startswith(("online_net.", "target_net.")):
+                dropped.append((key, other))
+            else:
+                dropped.append((key, _head_reason(key)))
+        backbone = _backbone_only(kept, dropped)
+    else:  # timm, torchvision: a plain state dict
+        backbone = _unwrap_plain(obj)
+        which = None
+    backbone = _drop_classifier(backbone, dropped)
+    if not backbone:
+        raise ConversionError(f"{path}: no backbone tensors found in this {fmt} checkpoint")
+    return Source(path=str(path), format=fmt, which=which, backbone=backbone, arch=arch, model_kwargs=kwargs, dropped=dropped)
+
+
+VIT_SIZES = {192: "tiny", 384: "small", 768: "base", 1024: "large"}
+RESNET_BLOCKS = {((2, 2, 2, 2), False): "resnet18", ((3, 4, 6, 3), False): "resnet34", ((3, 4, 6, 3), True): "resnet50",
+                 ((3, 4, 23, 3), True): "resnet101", ((3, 8, 36, 3), True): "resnet152"}
+
+
+def infer_arch(backbone: dict[str, torch.Tensor]) -> tuple[str, dict]:
+    """A timm architecture (and size overrides) from tensor shapes, for checkpoints that do not record it.
+
+    Shapes cannot tell the number of attention heads: ViTs get timm's default for their width unless
+    the source records it (bam-dense checkpoints do; official BAM ViT-S is known to use 12).
+    """
+    keys = backbone.keys()
+    if _looks_like_vit(keys):
+        dim = backbone["patch_embed.proj.weight"].shape[0]
+        patch = backbone["patch_embed.proj.weight"].shape[-1]
+        depth = 1 + max(int(m.group(1)) for k in keys if (m := re.match(r"blocks\.(\d+)\.", k)))
+        size = VIT_SIZES.get(dim)
+        if size is None:
+            raise ConversionError(f"cannot infer the ViT architecture (embed dim {dim}); pass --arch")
+        kwargs = {}
+        if patch in (8, 14, 16, 32):
+            arch = f"vit_{size}_patch{patch}_224"
+        else:
+            arch, kwargs["patch_size"] = f"vit_{size}_patch16_224", patch
+        if depth != (24 if size == "large" else 12):
+            kwargs["depth"] = depth
+        return arch, kwargs
+    if _looks_like_resnet(keys):
+        blocks = tuple(1 + max((int(m.group(1)) for k in keys if (m := re.match(rf"layer{i}\.(\d+)\.", k))), default=-1)
+                       for i in range(1, 5))
+        arch = RESNET_BLOCKS.get((blocks, "layer1.0.conv3.weight" in keys))
+        if arch is None:
+            raise ConversionError(f"cannot infer the ResNet depth from blocks per stage {blocks}; pass --arch")
+        return arch, {}
+    raise ConversionError("cannot infer the architecture from the tensors; pass --arch (a timm name)")

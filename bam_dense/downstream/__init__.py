@@ -1,0 +1,1 @@
+"""Glue between bam-dense checkpoints and the downstream frameworks (MMSegmentation, MMDetection, detectron2)."""

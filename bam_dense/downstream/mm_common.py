@@ -1,0 +1,167 @@
+"""What ``bam-dense seg`` and ``bam-dense det`` share: config loading, on-the-fly conversion, runner, metrics.
+
+Pretrained checkpoints: a pretraining checkpoint (bam-dense, official BAM/LEWEL, DINO, timm, torchvision)
+is converted for the config's backbone into ``<work_dir>/pretrained/`` with its coverage report; a file
+already in the target's layout is used as it is. The backbone's ``init_cfg`` is pointed at the result and
+``model.pretrained`` cleared, and the pretrained-weight check hook stops the run before iteration 1 if
+any backbone tensor did not arrive.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import warnings
+from pathlib import Path
+
+from bam_dense.errors import UserFacingError
+
+warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+
+# (backbone type in the config) -> (conversion target, does the loader honour init_cfg.prefix)
+SEG_TARGETS = {"VisionTransformer": "mmseg", "MAE": "mmseg-mae", "BEiT": "mmseg-mae", "ResNet": "mmseg", "ResNetV1c": "mmseg",
+               "ResNetV1d": "mmseg"}
+DET_TARGETS = {"ResNet": "mmdet", "TimmViT": "mmdet"}
+
+
+def sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_config(config: str, cfg_options: list[str], work_dir: str | None, launcher: str, data_root: str | None = None):
+    from mmengine.config import Config, DictAction
+
+    if not Path(config).is_file():
+        raise UserFacingError(f"config {config} does not exist")
+    cfg = Config.fromfile(config)
+    if cfg_options:
+        action = DictAction(option_strings=["--cfg-options"], dest="cfg_options")
+        import argparse
+
+        ns = argparse.Namespace()
+        action(None, ns, cfg_options)
+        cfg.merge_from_dict(ns.cfg_options)
+    if data_root:
+        set_data_root(cfg, data_root)
+    cfg.work_dir = work_dir or cfg.get("work_dir") or os.path.join("work_dirs", Path(config).stem)
+    cfg.launcher = launcher
+    return cfg
+
+
+def set_data_root(cfg, data_root: str) -> None:
+    """Point every dataset (including the members of concatenated ones) at ``data_root``."""
+
+    def visit(dataset) -> None:
+        if dataset is None:
+            return
+        if "datasets" in dataset:
+            for member in dataset["datasets"]:
+                visit(member)
+        elif "dataset" in dataset and "data_root" not in dataset:  # wrappers such as RepeatDataset
+            visit(dataset["dataset"])
+        else:
+            dataset["data_root"] = data_root
+
+    for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
+        if cfg.get(loader) is not None:
+            visit(cfg[loader]["dataset"])
+
+
+def _is_pretraining_source(path: str, trust_source: bool) -> bool:
+    """True when ``path`` needs converting (a pretraining or plain timm/torchvision checkpoint)."""
+    from bam_dense.convert.sources import ConversionError, detect_format, read_checkpoint
+
+    obj = read_checkpoint(path, trust_source=trust_source)
+    try:
+        detect_format(obj)
+    except ConversionError:
+        return False  # already in a framework's layout
+    return True
+
+
+def prepare_pretrained(cfg, checkpoint: str, targets: dict[str, str], trust_source: bool = False) -> tuple[str, dict | None]:
+    """Convert ``checkpoint`` for the config's backbone if needed and point ``init_cfg`` at it.
+
+    Returns (file the backbone loads, conversion report as a dict or None).
+    """
+    from bam_dense.convert import convert, report_path
+
+    if not Path(checkpoint).is_file():
+        raise UserFacingError(f"--checkpoint {checkpoint} does not exist")
+    backbone = cfg.model.backbone
+    btype = backbone["type"]
+    if btype not in targets:
+        raise UserFacingError(f"backbone type {btype} in the config has no bam-dense conversion target "
+                              f"(supported: {', '.join(sorted(targets))})")
+    target = targets[btype]
+    report = None
+    path = checkpoint
+    if _is_pretraining_source(checkpoint, trust_source):
+        out_dir = Path(cfg.work_dir) / "pretrained"
+        out = out_dir / f"{Path(checkpoint).stem}_{target}.pth"
+        img_size = backbone.get("img_size")
+        img_size = img_size[0] if isinstance(img_size, (tuple, list)) else img_size
+        result = convert(checkpoint, target, out, img_size=img_size if btype in ("VisionTransformer", "MAE", "BEiT") else None,
+                         trust_source=trust_source)
+        print(result.summary())
+        report = json.loads(report_path(out, target).read_text())
+        path = str(out)
+    init_cfg = dict(type="Pretrained", checkpoint=path)
+    if target == "mmdet" and btype == "ResNet":
+        init_cfg["prefix"] = "backbone."
+    backbone["init_cfg"] = init_cfg
+    cfg.model.pretrained = None
+    add_hooks(cfg, "PretrainedWeightCheckHook")
+    return path, report
+
+
+def add_hooks(cfg, *names: str) -> None:
+    """Make sure ``cfg.custom_hooks`` has these bam-dense hooks (and the tensor-only checkpoint hook)."""
+    hooks = list(cfg.get("custom_hooks", []) or [])
+    for name in (*names, "TensorOnlyCheckpointHook"):
+        if not any(h.get("type") == name for h in hooks):
+            hooks.append(dict(type=name))
+    cfg.custom_hooks = hooks
+
+
+def enable_amp(cfg) -> None:
+    ow = cfg.optim_wrapper
+    if ow.get("type", "OptimWrapper") == "AmpOptimWrapper":
+        return
+    ow["type"] = "AmpOptimWrapper"
+    ow.setdefault("loss_scale", "dynamic")
+
+
+def write_metrics(path: str | Path, task: str, metrics: dict, config: str, checkpoint: str, extra: dict | None = None) -> Path:
+    from bam_dense.engine.checkpoint import atomic_write
+
+    payload = {
+        "task": task,
+        "config": str(config),
+        "checkpoint": str(checkpoint),
+        "checkpoint_sha256": sha256(checkpoint),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "metrics": {k: (float(v) if hasattr(v, "__float__") else v) for k, v in metrics.items()},
+        **(extra or {}),
+    }
+    path = Path(path)
+    atomic_write(path, lambda fh: fh.write(json.dumps(payload, indent=1).encode()))
+    return path
+
+
+def latest_checkpoint(work_dir: str | Path) -> str | None:
+    """The checkpoint mmengine's CheckpointHook last wrote (``last_checkpoint`` file) in ``work_dir``."""
+    marker = Path(work_dir) / "last_checkpoint"
+    if marker.is_file():
+        path = marker.read_text().strip()
+        if path and Path(path).is_file():
+            return path
+    candidates = sorted(Path(work_dir).glob("iter_*.pth"), key=lambda p: int(p.stem.split("_")[1]))
+    candidates += sorted(Path(work_dir).glob("epoch_*.pth"), key=lambda p: int(p.stem.split("_")[1]))
+    return str(candidates[-1]) if candidates else None

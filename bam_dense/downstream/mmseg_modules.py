@@ -1,0 +1,31 @@
+"""MMSegmentation additions registered on import (configs list this module in ``custom_imports``)."""
+
+from __future__ import annotations
+
+import numpy as np
+from mmseg.evaluation.metrics import IoUMetric
+from mmseg.registry import METRICS
+
+import bam_dense.downstream.mm_hooks  # noqa: F401  (registers PretrainedWeightCheckHook)
+
+
+@METRICS.register_module()
+class IoUMetricWithClasses(IoUMetric):
+    """mmseg's IoUMetric that also keeps each class's IoU (in %, like mIoU) in ``per_class_iou``.
+
+    The per-class values stay out of the returned metrics so that logs keep one line of summary numbers;
+    ``bam-dense seg test`` reads them from the evaluator for the metrics JSON (None for absent classes).
+    """
+
+    per_class_iou: dict[str, float | None] = {}
+
+    def compute_metrics(self, results: list) -> dict:
+        metrics = super().compute_metrics(results)
+        if results:
+            inter, union, pred, label = (sum(part) for part in zip(*results))
+            per_class = self.total_area_to_metrics(inter, union, pred, label, ["mIoU"], self.nan_to_num, self.beta)["IoU"]
+            self.per_class_iou = {
+                name: (None if np.isnan(value) else float(np.round(value * 100, 2)))
+                for name, value in zip(self.dataset_meta["classes"], np.asarray(per_class, dtype=float))
+            }
+        return metrics

@@ -1,0 +1,91 @@
+"""``bam-dense seg train`` / ``seg test``: MMSegmentation fine-tuning from a pretrained backbone.
+
+Training converts the checkpoint on the fly when needed (report saved in the work dir), checks before
+iteration 1 that every backbone tensor loaded, and trains through mmseg's own Runner (single process, or
+several through ``--launcher pytorch`` under torchrun / ``--launcher slurm`` under srun). Testing writes
+``metrics.json`` (mIoU, mAcc, aAcc, per-class IoU, config, checkpoint and its SHA-256).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from bam_dense.downstream.mm_common import (
+    SEG_TARGETS,
+    add_hooks,
+    enable_amp,
+    latest_checkpoint,
+    load_config,
+    prepare_pretrained,
+    write_metrics,
+)
+from bam_dense.errors import UserFacingError
+
+
+def _runner(cfg):
+    from mmengine.runner import Runner
+
+    import bam_dense.downstream.mmseg_modules  # noqa: F401  (metric and hooks registered)
+
+    return Runner.from_cfg(cfg)
+
+
+def train(config: str, checkpoint: str, work_dir: str | None = None, cfg_options: list[str] | None = None,
+          amp: bool = False, resume: bool = False, launcher: str = "none", data_root: str | None = None,
+          trust_source: bool = False):
+    """Fine-tune; returns the mmengine Runner after training."""
+    cfg = load_config(config, cfg_options or [], work_dir, launcher, data_root)
+    prepare_pretrained(cfg, checkpoint, SEG_TARGETS, trust_source)
+    if amp:
+        enable_amp(cfg)
+    if resume:
+        cfg.resume = True
+        cfg.load_from = latest_checkpoint(cfg.work_dir)
+    runner = _runner(cfg)
+    runner.train()
+    return runner
+
+
+def test(config: str, checkpoint: str, work_dir: str | None = None, cfg_options: list[str] | None = None,
+         out: str | None = None, launcher: str = "none", data_root: str | None = None) -> dict:
+    """Evaluate a fine-tuned model; writes and returns the metrics."""
+    if not Path(checkpoint).is_file():
+        raise UserFacingError(f"--checkpoint {checkpoint} does not exist")
+    cfg = load_config(config, cfg_options or [], work_dir, launcher, data_root)
+    cfg.load_from = checkpoint
+    cfg.model.pretrained = None
+    cfg.model.backbone.pop("init_cfg", None)  # the fine-tuned weights come from load_from
+    cfg.custom_hooks = [h for h in (cfg.get("custom_hooks") or []) if h.get("type") != "PretrainedWeightCheckHook"]
+    add_hooks(cfg)
+    runner = _runner(cfg)
+    metrics = runner.test()
+    from mmengine.dist import is_main_process
+
+    if is_main_process():
+        per_class = next((m.per_class_iou for m in runner.test_evaluator.metrics if hasattr(m, "per_class_iou")), {})
+        summary = dict(metrics)
+        dataset = cfg.test_dataloader.dataset.get("type", "")
+        path = Path(out) if out else Path(cfg.work_dir) / "metrics.json"
+        write_metrics(path, "semantic_segmentation", summary, config, checkpoint,
+                      {"dataset": dataset, "per_class_iou": per_class, "num_classes": len(per_class)})
+        print(f"[bam-dense] {dataset}: mIoU {summary.get('mIoU')} mAcc {summary.get('mAcc')} aAcc {summary.get('aAcc')} -> {path}")
+    return metrics
+
+
+def cli_train(args: argparse.Namespace) -> int:
+    train(args.config, args.checkpoint, args.work_dir, args.cfg_options, args.amp, args.resume, args.launcher,
+          args.data_root, args.trust_source)
+    return 0
+
+
+def cli_test(args: argparse.Namespace) -> int:
+    test(args.config, args.checkpoint, args.work_dir, args.cfg_options, args.out, args.launcher, args.data_root)
+    return 0
+
+
+if __name__ == "__main__":
+    from bam_dense.cli import main
+
+    sys.exit(main(["seg", *sys.argv[1:]]))

@@ -1,0 +1,106 @@
+"""The pretrained-weight check: before iteration 1, every backbone tensor must hold the checkpoint's value.
+
+mmseg/mmdet load pretrained backbones non-strictly and only warn about keys that did not match, so a
+wrong prefix, a V1c deep stem or a dropped patch bias leaves tensors at their random initialisation
+without stopping anything. :func:`check_backbone` compares the built model's backbone with the file its
+``init_cfg`` names, reading the file the way that backbone's loader does (``state_dict``/``model``
+unwrapped, ``prefix`` applied when the loader honours it), and lists every tensor that is not the
+checkpoint's.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import torch
+
+from bam_dense.errors import UserFacingError
+
+# Tensors a backbone creates for fine-tuning that no pretraining checkpoint holds.
+FRAMEWORK_INITIALISED = (
+    re.compile(r"(^|\.)relative_position_bias_table$"),
+    re.compile(r"(^|\.)relative_position_index$"),
+    re.compile(r"(^|\.)rel_pos_[hw]$"),
+    re.compile(r"(^|\.)gamma_[12]$"),  # MAE/BEiT layer scale, created at init_values when the source has none
+    re.compile(r"(^|\.)num_batches_tracked$"),
+)
+
+# Backbones whose init_weights ignore init_cfg['prefix'] and read the whole file (DOWNSTREAM.md 1.4, 3c).
+PREFIX_IGNORED = {"VisionTransformer", "MAE", "BEiT"}
+MODEL_KEY_ONLY = {"TimmViT"}  # bam-dense's ViTDet-style mmdet backbone reads ckpt['model']
+
+
+class PretrainedWeightsNotLoaded(UserFacingError):
+    pass
+
+
+@dataclass
+class CheckResult:
+    checked: int = 0
+    random: list[str] = field(default_factory=list)  # backbone tensors the checkpoint does not hold
+    differ: list[str] = field(default_factory=list)  # present in the checkpoint with other values
+    unused: list[str] = field(default_factory=list)  # checkpoint tensors the backbone did not take
+    skipped: list[str] = field(default_factory=list)  # framework-initialised tensors
+
+    @property
+    def ok(self) -> bool:
+        return not self.random and not self.differ
+
+
+def expected_tensors(checkpoint: dict, backbone_type: str, prefix: str | None) -> dict[str, torch.Tensor]:
+    """What the backbone's loader takes from ``checkpoint``, keyed by backbone parameter name.
+
+    mmengine's PretrainedInit (ResNet & co.): ``state_dict`` unwrapped, then with ``prefix`` only the keys
+    under it (stripped), without it a leading ``module.`` stripped. mmseg ViT/MAE/BEiT: ``state_dict``
+    unwrapped, nothing else. ViTDet-style ViTs: ``model`` only.
+    """
+    if backbone_type in MODEL_KEY_ONLY:
+        state = checkpoint.get("model", {})
+    else:
+        state = checkpoint["state_dict"] if "state_dict" in checkpoint else checkpoint
+        if backbone_type not in PREFIX_IGNORED:
+            if prefix:
+                state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            else:
+                state = {re.sub(r"^module\.", "", k): v for k, v in state.items()}
+    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def check_backbone(backbone: torch.nn.Module, checkpoint_path: str, prefix: str | None = None,
+                   backbone_type: str | None = None) -> CheckResult:
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    backbone_type = backbone_type or type(backbone).__name__
+    expected = expected_tensors(checkpoint, backbone_type, prefix)
+    result = CheckResult()
+    state = backbone.state_dict()
+    for name, tensor in state.items():
+        if name not in expected:
+            if any(p.search(name) for p in FRAMEWORK_INITIALISED):
+                result.skipped.append(name)
+            else:
+                result.random.append(name)
+            continue
+        result.checked += 1
+        ref = expected[name]
+        if ref.shape != tensor.shape or not torch.equal(ref.to(tensor.device, tensor.dtype), tensor.detach()):
+            result.differ.append(name)
+    result.unused = sorted(k for k in expected if k not in state)
+    return result
+
+
+def raise_if_not_loaded(result: CheckResult, checkpoint_path: str, where: str) -> None:
+    if result.ok:
+        return
+    parts = []
+    if result.random:
+        parts.append(f"{len(result.random)} backbone tensors are not in the checkpoint and kept their random "
+                     f"initialisation: {', '.join(result.random[:10])}{' ...' if len(result.random) > 10 else ''}")
+    if result.differ:
+        parts.append(f"{len(result.differ)} differ from the checkpoint: {', '.join(result.differ[:10])}")
+    if result.unused:
+        parts.append(f"{len(result.unused)} checkpoint tensors were not used: {', '.join(result.unused[:10])}")
+    raise PretrainedWeightsNotLoaded(
+        f"{where}: the backbone did not load {checkpoint_path}. " + "; ".join(parts)
+        + ". Check init_cfg.prefix, the backbone type (ResNet vs ResNetV1c) and patch_bias."
+    )
