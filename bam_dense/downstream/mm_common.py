@@ -116,7 +116,8 @@ def prepare_pretrained(cfg, checkpoint: str, targets: dict[str, str], trust_sour
     if target == "mmdet" and btype == "ResNet":
         init_cfg["prefix"] = "backbone."
     backbone["init_cfg"] = init_cfg
-    cfg.model.pretrained = None
+    if "pretrained" in cfg.model:  # mmseg's EncoderDecoder; must not be set together with init_cfg
+        cfg.model.pretrained = None
     add_hooks(cfg, "PretrainedWeightCheckHook")
     return path, report
 

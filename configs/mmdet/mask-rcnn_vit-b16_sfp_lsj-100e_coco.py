@@ -1,0 +1,78 @@
+# COCO Mask R-CNN on a plain ViT-B/16 with a simple feature pyramid, following ViTDet (DOWNSTREAM.md 3c; Li et
+# al. 2022): features of the last block only, turned into strides 4/8/16/32 (deconv x2, deconv x1, identity,
+# max-pool) plus a max-pooled stride 64, LayerNorm in the pyramid and heads, 2-conv RPN head, 4conv-1fc box head,
+# AdamW lr 1e-4 wd 0.1 with layer-wise lr decay 0.7, large-scale jitter at 1024, 184,375 iterations at batch 64.
+# Differences from ViTDet, stated plainly: global attention in every block (no window attention, no relative
+# position bias), and the ViT is timm's, fed the converted checkpoint's {'model': timm names}. The test
+# pipeline does not pad to 1024 (the timm ViT takes any size; padding in the pipeline let boxes escape the
+# image and broke mask pasting on the CPU).
+_base_ = [
+    "mmdet::_base_/models/mask-rcnn_r50_fpn.py",
+    "mmdet::_base_/datasets/coco_instance.py",
+    "mmdet::_base_/default_runtime.py",
+]
+custom_imports = dict(imports=["bam_dense.downstream.mmdet_modules"], allow_failed_imports=False)
+
+image_size = (1024, 1024)
+data_root = "data/coco/"
+norm_cfg = dict(type="LN2d", requires_grad=True)
+embed_dim = 768
+
+model = dict(
+    data_preprocessor=dict(pad_size_divisor=32, batch_augments=[dict(type="BatchFixedSizePad", size=image_size, pad_mask=True)]),
+    backbone=dict(
+        _delete_=True,
+        type="TimmViT",
+        arch="vit_base_patch16_224",
+        img_size=image_size[0],
+        drop_path_rate=0.1,
+        init_cfg=dict(type="Pretrained", checkpoint=None),
+    ),
+    neck=dict(_delete_=True, type="SimpleFeaturePyramid", in_channels=embed_dim, out_channels=256, scale_factors=(4.0, 2.0, 1.0, 0.5),
+              norm_cfg=norm_cfg),
+    rpn_head=dict(num_convs=2),
+    roi_head=dict(
+        bbox_head=dict(type="Shared4Conv1FCBBoxHead", conv_out_channels=256, norm_cfg=norm_cfg),
+        mask_head=dict(norm_cfg=norm_cfg),
+    ),
+)
+
+train_pipeline = [
+    dict(type="LoadImageFromFile"),
+    dict(type="LoadAnnotations", with_bbox=True, with_mask=True),
+    dict(type="RandomFlip", prob=0.5),
+    dict(type="RandomResize", scale=image_size, ratio_range=(0.1, 2.0), keep_ratio=True),
+    dict(type="RandomCrop", crop_type="absolute_range", crop_size=image_size, recompute_bbox=True, allow_negative_crop=True),
+    dict(type="FilterAnnotations", min_gt_bbox_wh=(1e-2, 1e-2)),
+    dict(type="PackDetInputs"),
+]
+test_pipeline = [
+    dict(type="LoadImageFromFile"),
+    dict(type="Resize", scale=image_size, keep_ratio=True),
+    dict(type="LoadAnnotations", with_bbox=True, with_mask=True),
+    dict(type="PackDetInputs", meta_keys=("img_id", "img_path", "ori_shape", "img_shape", "scale_factor")),
+]
+train_dataloader = dict(batch_size=4, num_workers=8, dataset=dict(data_root=data_root, pipeline=train_pipeline))  # x 16 GPUs = 64
+val_dataloader = dict(dataset=dict(data_root=data_root, pipeline=test_pipeline))
+test_dataloader = val_dataloader
+val_evaluator = dict(ann_file=data_root + "annotations/instances_val2017.json")
+test_evaluator = val_evaluator
+
+max_iters = 184375
+train_cfg = dict(type="IterBasedTrainLoop", max_iters=max_iters, val_interval=max_iters)
+val_cfg = dict(type="ValLoop")
+test_cfg = dict(type="TestLoop")
+optim_wrapper = dict(
+    type="AmpOptimWrapper",
+    constructor="ViTLayerDecayOptimizerConstructor",
+    paramwise_cfg=dict(decay_rate=0.7, num_layers=12),
+    optimizer=dict(type="AdamW", lr=1e-4, betas=(0.9, 0.999), weight_decay=0.1),
+)
+param_scheduler = [
+    dict(type="LinearLR", start_factor=0.001, by_epoch=False, begin=0, end=250),
+    dict(type="MultiStepLR", begin=0, end=max_iters, by_epoch=False, milestones=[163889, 177546], gamma=0.1),
+]
+default_hooks = dict(checkpoint=dict(by_epoch=False, interval=5000, max_keep_ckpts=2))
+log_processor = dict(by_epoch=False)
+custom_hooks = [dict(type="PretrainedWeightCheckHook"), dict(type="TensorOnlyCheckpointHook")]
+auto_scale_lr = dict(base_batch_size=64)
