@@ -67,12 +67,17 @@ def read_checkpoint(path: str | Path, trust_source: bool = False) -> object:
         except (SafetensorError, OSError, ValueError) as err:
             raise ConversionError(f"{path}: not a readable safetensors file ({err})") from None
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        imports = [found.group(1)] if found else pickle_imports(path)
+        if not imports:  # garbage rather than a pickle that imports code
+            raise ConversionError(f"{path}: not a checkpoint torch can read (corrupt or not a pickle)") from None
         if not trust_source:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise ConversionError(
-                f"{path}: refused to load: the file needs code execution to unpickle ({first[:160]}). "
+                f"{path}: refused to load: unpickling it would import and call {', '.join(imports[:3])}. "
                 "Official BAM/DINO checkpoints store their argparse arguments this way. If you trust the file, "
                 "pass --trust-source (trust_source=True) to load it as a legacy pickle."
             ) from None
@@ -86,6 +91,35 @@ def read_checkpoint(path: str | Path, trust_source: bool = False) -> object:
         if "PytorchStreamReader" in text or "zip" in text.lower() or isinstance(err, (EOFError, zipfile.BadZipFile)):
             raise ConversionError(f"{path}: truncated or corrupt checkpoint ({text[:160]})") from None
         raise ConversionError(f"{path}: not a checkpoint torch can read ({text[:160]})") from None
+
+
+def pickle_imports(path: Path) -> list[str]:
+    """The globals a plain pickle file would import, read with pickletools (nothing is executed).
+
+    Empty when the file is not a parseable pickle.
+    """
+    import pickletools
+
+    data = path.read_bytes()
+    if data[:2] == b"PK":  # a zip archive (torch's format): the pickle is data.pkl inside it
+        try:
+            with zipfile.ZipFile(path) as zf:
+                name = next(n for n in zf.namelist() if n.endswith("data.pkl"))
+                data = zf.read(name)
+        except (zipfile.BadZipFile, StopIteration):
+            return []
+    imports, strings = [], []
+    try:
+        for opcode, arg, _ in pickletools.genops(data):
+            if opcode.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8"):
+                strings.append(arg)
+            elif opcode.name == "GLOBAL":
+                imports.append(str(arg).replace(" ", "."))
+            elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                imports.append(f"{strings[-2]}.{strings[-1]}")
+    except (ValueError, EOFError, UnicodeDecodeError):
+        return []
+    return sorted(set(imports))
 
 
 def _strip_wrappers(key: str) -> str:
