@@ -112,9 +112,9 @@ def prepare_pretrained(cfg, checkpoint: str, targets: dict[str, str], trust_sour
         print(result.summary())
         report = json.loads(report_path(out, target).read_text())
         path = str(out)
-    init_cfg = dict(type="Pretrained", checkpoint=path)
-    if target == "mmdet" and btype == "ResNet":
-        init_cfg["prefix"] = "backbone."
+    init_cfg = dict(backbone.get("init_cfg") or {}, type="Pretrained", checkpoint=path)  # keeps a configured prefix
+    if target == "mmdet" and btype == "ResNet" and "prefix" not in init_cfg:
+        init_cfg["prefix"] = "backbone."  # where `bam-dense convert --to mmdet` puts ResNet keys
     backbone["init_cfg"] = init_cfg
     if "pretrained" in cfg.model:  # mmseg's EncoderDecoder; must not be set together with init_cfg
         cfg.model.pretrained = None

@@ -104,3 +104,55 @@ def raise_if_not_loaded(result: CheckResult, checkpoint_path: str, where: str) -
         f"{where}: the backbone did not load {checkpoint_path}. " + "; ".join(parts)
         + ". Check init_cfg.prefix, the backbone type (ResNet vs ResNetV1c) and patch_bias."
     )
+
+
+class _NumpyOnlyUnpickler:
+    """Reads a detectron2 ``.pkl`` allowing only the globals that numpy arrays need."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar"), ("collections", "OrderedDict")}
+
+    @classmethod
+    def load(cls, path: str) -> dict:
+        import pickle
+
+        class Unpickler(pickle.Unpickler):
+            def find_class(self, module, name):
+                if (module, name) in cls.ALLOWED or (module.startswith("numpy") and name.endswith("DType")):
+                    return super().find_class(module, name)
+                raise pickle.UnpicklingError(f"{path}: refusing to import {module}.{name}")
+
+        with open(path, "rb") as fh:
+            return Unpickler(fh, encoding="latin1").load()
+
+
+def check_suffix_matched(model_state: dict[str, torch.Tensor], weights: str, prefixes: tuple[str, ...]) -> CheckResult:
+    """detectron2's matching: each model tensor under ``prefixes`` takes the longest checkpoint key it ends with.
+
+    ``weights`` is a ``.pkl`` ({'model': numpy arrays}) or a torch file; model tensors under ``prefixes``
+    without a checkpoint value (other than framework-initialised ones) are reported as random.
+    """
+    if weights.endswith(".pkl"):
+        raw = _NumpyOnlyUnpickler.load(weights)
+        ckpt = {k: torch.as_tensor(v) for k, v in raw.get("model", raw).items()}
+    else:
+        loaded = torch.load(weights, map_location="cpu", weights_only=True)
+        ckpt = loaded.get("model", loaded)
+    result = CheckResult()
+    used = set()
+    for name, tensor in model_state.items():
+        if not name.startswith(prefixes):
+            continue
+        matches = [k for k in ckpt if name == k or name.endswith("." + k)]
+        if not matches:
+            (result.skipped if any(p.search(name) for p in FRAMEWORK_INITIALISED) else result.random).append(name)
+            continue
+        key = max(matches, key=len)
+        used.add(key)
+        result.checked += 1
+        ref = ckpt[key]
+        if ref.shape != tensor.shape or not torch.equal(ref.to(tensor.device, tensor.dtype), tensor.detach()):
+            result.differ.append(name)
+    result.unused = sorted(k for k in ckpt if k not in used)
+    return result

@@ -1,0 +1,165 @@
+"""Semantic segmentation through the real MMSegmentation Runner, on the synthetic ADE20K and VOC layouts."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from conftest import REPO, tiny_pretrain_dict
+
+from bam_dense.downstream import seg
+from bam_dense.downstream.weight_check import PretrainedWeightsNotLoaded
+
+CONFIGS = REPO / "configs" / "mmseg"
+
+
+@pytest.fixture(scope="module")
+def vit_checkpoint(tmp_path_factory) -> Path:
+    """A bam-dense checkpoint of the tiny ViT the tiny seg config expects (96 wide, 4 blocks, 4 heads, patch 4)."""
+    from bam_dense.engine.config import load_config
+    from bam_dense.engine.trainer import Trainer
+
+    out = tmp_path_factory.mktemp("vit_run")
+    cfg = tiny_pretrain_dict(out, run={"max_steps": 1}, model={
+        "arch": "vit_small_patch16_224", "kwargs": {"img_size": 32, "patch_size": 4, "embed_dim": 96, "depth": 4, "num_heads": 4}},
+        data={"views": {"kind": "multicrop", "global_crops": 2, "global_size": 32, "local_crops": 0}})
+    Trainer(load_config(data=cfg)).train()
+    return out / "checkpoints" / "last.pth"
+
+
+@pytest.fixture(scope="module")
+def resnet_checkpoint(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("r50") / "resnet50.pth"
+    torch.save(timm.create_model("resnet50", num_classes=0).state_dict(), path)
+    return path
+
+
+def _losses(runner) -> list[float]:
+    return [float(v) for v in runner.message_hub.get_scalar("train/loss").data[0]]
+
+
+def _assert_trained_and_scored(runner, work_dir: Path, config: Path, data_root: Path):
+    losses = _losses(runner)
+    assert losses and all(math.isfinite(v) for v in losses)
+    check = json.loads((work_dir / "pretrained_weight_check.json").read_text())
+    assert check["ok"] and check["checked"] > 0
+    pretrained = torch.load(check["checkpoint"], weights_only=True)["state_dict"]
+    backbone = runner.model.backbone.state_dict()
+    changed = [k for k, v in pretrained.items() if k in backbone and not torch.equal(backbone[k].cpu(), v)]
+    assert changed, "fine-tuning left every backbone tensor at its pretrained value"
+    metrics = seg.test(str(config), str(work_dir / f"iter_{runner.train_loop.max_iters}.pth"), str(work_dir),
+                       data_root=str(data_root))
+    saved = json.loads((work_dir / "metrics.json").read_text())
+    assert saved["metrics"]["mIoU"] == pytest.approx(float(metrics["mIoU"]))
+    assert 0.0 <= saved["metrics"]["mIoU"] <= 100.0 and "aAcc" in saved["metrics"] and "mAcc" in saved["metrics"]
+    assert len(saved["checkpoint_sha256"]) == 64 and saved["per_class_iou"]
+
+
+def test_vit_upernet_on_synthetic_ade20k_trains_and_scores(vit_checkpoint, synthetic_root, tmp_path):
+    config = CONFIGS / "tiny" / "upernet_vit_ade20k.py"
+    data_root = synthetic_root / "ade20k" / "ADEChallengeData2016"
+    runner = seg.train(str(config), str(vit_checkpoint), str(tmp_path), data_root=str(data_root))
+    report = json.loads(next((tmp_path / "pretrained").glob("*.report.json")).read_text())
+    assert report["target"] == "mmseg-mae" and report["coverage"].endswith("(100.0%)")
+    _assert_trained_and_scored(runner, tmp_path, config, data_root)
+
+
+def test_resnet_fcn_on_synthetic_voc_trains_and_scores(resnet_checkpoint, synthetic_root, tmp_path):
+    config = CONFIGS / "tiny" / "fcn_r50-d8_voc12aug.py"
+    data_root = synthetic_root / "voc" / "VOCdevkit" / "VOC2012"
+    runner = seg.train(str(config), str(resnet_checkpoint), str(tmp_path), data_root=str(data_root))
+    assert len(runner.train_dataloader.dataset) == 16  # train (8) + aug (8), as the recipe concatenates them
+    _assert_trained_and_scored(runner, tmp_path, config, data_root)
+
+
+def test_resnet_upernet_on_synthetic_ade20k_trains(resnet_checkpoint, synthetic_root, tmp_path):
+    config = CONFIGS / "tiny" / "upernet_r50_ade20k.py"
+    runner = seg.train(str(config), str(resnet_checkpoint), str(tmp_path),
+                       data_root=str(synthetic_root / "ade20k" / "ADEChallengeData2016"))
+    assert all(math.isfinite(v) for v in _losses(runner))
+
+
+def test_weight_check_catches_a_v1c_backbone_given_a_torchvision_checkpoint(resnet_checkpoint, synthetic_root, tmp_path):
+    config = CONFIGS / "tiny" / "fcn_r50-d8_voc12aug.py"
+    with pytest.raises(PretrainedWeightsNotLoaded, match=r"kept their random initialisation: stem\.0\.weight"):
+        seg.train(str(config), str(resnet_checkpoint), str(tmp_path), cfg_options=["model.backbone.type=ResNetV1c"],
+                  data_root=str(synthetic_root / "voc" / "VOCdevkit" / "VOC2012"))
+
+
+def test_weight_check_catches_a_wrong_prefix(resnet_checkpoint, synthetic_root, tmp_path):
+    # a file written for mmdet (keys under 'backbone.') given to a backbone that loads without a prefix
+    from bam_dense.convert import convert
+
+    mmdet_file = tmp_path / "r50_mmdet.pth"
+    convert(resnet_checkpoint, "mmdet", mmdet_file)
+    with pytest.raises(PretrainedWeightsNotLoaded, match=r"conv1\.weight.*checkpoint tensors were not used: backbone\."):
+        seg.train(str(CONFIGS / "tiny" / "fcn_r50-d8_voc12aug.py"), str(mmdet_file), str(tmp_path / "w"),
+                  data_root=str(synthetic_root / "voc" / "VOCdevkit" / "VOC2012"))
+
+
+def test_weight_check_catches_prefixed_vit_weights(vit_checkpoint, synthetic_root, tmp_path):
+    # mmseg's ViT backbones ignore init_cfg.prefix: prefixed keys load nothing
+    from bam_dense.convert import convert
+
+    out = tmp_path / "vit.pth"
+    convert(vit_checkpoint, "mmseg-mae", out, img_size=64)
+    state = torch.load(out, weights_only=True)["state_dict"]
+    prefixed = tmp_path / "prefixed.pth"
+    torch.save({"state_dict": {f"backbone.{k}": v for k, v in state.items()}}, prefixed)
+    with pytest.raises(PretrainedWeightsNotLoaded, match="cls_token"):
+        seg.train(str(CONFIGS / "tiny" / "upernet_vit_ade20k.py"), str(prefixed), str(tmp_path / "w"),
+                  data_root=str(synthetic_root / "ade20k" / "ADEChallengeData2016"))
+
+
+def _cfg(name: str):
+    from mmengine.config import Config
+
+    return Config.fromfile(CONFIGS / name)
+
+
+def test_vit_b16_recipe_settings_and_the_model_builds():
+    from mmseg.registry import MODELS
+    from mmseg.utils import register_all_modules
+
+    cfg = _cfg("upernet_vit-b16_ade20k-512x512_160k.py")
+    b = cfg.model.backbone
+    assert (b.type, b.embed_dims, b.num_layers, b.num_heads, b.out_indices, b.drop_path_rate) == ("MAE", 768, 12, 12, [3, 5, 7, 11], 0.1)
+    assert b.img_size == (512, 512) and cfg.crop_size == (512, 512)
+    assert cfg.optim_wrapper.constructor == "LayerDecayOptimizerConstructor"
+    assert cfg.optim_wrapper.paramwise_cfg == dict(num_layers=12, layer_decay_rate=0.65)
+    assert cfg.optim_wrapper.optimizer.type == "AdamW" and cfg.optim_wrapper.optimizer.lr == 1e-4
+    assert cfg.optim_wrapper.optimizer.weight_decay == 0.05
+    assert cfg.param_scheduler[0].end == 1500 and cfg.param_scheduler[1].end == 160000 and cfg.train_cfg.max_iters == 160000
+    assert cfg.model.test_cfg == dict(mode="slide", crop_size=(512, 512), stride=(341, 341))
+    assert cfg.train_dataloader.batch_size == 2  # x 8 GPUs = 16
+    assert cfg.model.auxiliary_head.type == "FCNHead" and cfg.model.decode_head.type == "UPerHead"
+    assert cfg.model.decode_head.num_classes == 150
+    register_all_modules()
+    model = MODELS.build(cfg.model)
+    assert sum(p.numel() for p in model.backbone.parameters()) > 85e6
+
+
+def test_vit_s16_r50_configs_and_the_models_build():
+    from mmseg.registry import MODELS
+    from mmseg.utils import register_all_modules
+
+    register_all_modules()
+    vits = _cfg("upernet_vit-s16_ade20k-512x512_160k.py")
+    assert (vits.model.backbone.embed_dims, vits.model.backbone.num_heads, vits.model.neck.embed_dim) == (384, 12, 384)
+    assert vits.optim_wrapper.paramwise_cfg.layer_decay_rate == 0.65
+    MODELS.build(vits.model)
+    voc = _cfg("fcn_r50-d8_voc12aug-512x512_20k.py")
+    b = voc.model.backbone
+    assert (b.type, b.depth, b.dilations, b.strides, voc.norm_cfg.type) == ("ResNet", 50, (1, 1, 2, 4), (1, 2, 1, 1), "SyncBN")
+    assert voc.train_cfg.max_iters == 20000 and voc.optim_wrapper.optimizer.lr == 0.01 and voc.model.test_cfg.mode == "whole"
+    assert voc.model.decode_head.num_classes == 21 and len(voc.train_dataloader.dataset.datasets) == 2
+    assert voc.crop_size == (512, 512) and voc.train_dataloader.batch_size == 4  # x 4 GPUs = 16
+    MODELS.build(voc.model)
+    ade = _cfg("upernet_r50_ade20k-512x512_160k.py")
+    assert ade.model.backbone.type == "ResNet" and ade.train_cfg.max_iters == 160000 and ade.model.decode_head.num_classes == 150
+    MODELS.build(ade.model)
