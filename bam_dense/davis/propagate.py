@@ -1,0 +1,327 @@
+"""``bam-dense davis propagate``: semi-supervised VOS by label propagation with frozen features.
+
+The DINO protocol (DOWNSTREAM.md 4.2), for ViT and ResNet encoders:
+
+1. Frames are read with OpenCV, resized so the short side is ``resolution`` and the long side is floored
+   to a multiple of 64 (bilinear), BGR -> RGB, normalised with mean (0.485, 0.456, 0.406) and std
+   (0.228, 0.224, 0.225) (DINO's 0.228 kept for comparability).
+2. The first frame's mask is resized (nearest) to the feature grid and one-hot encoded with
+   ``max label + 1`` channels (void, 255, counts as background).
+3. Features: ViT patch tokens of the last block after the final norm; ResNet: the map after a chosen stage.
+4. Context: the first frame plus the ``n_last_frames`` previous frames with their *soft* label maps.
+5. Affinity ``exp(<f_t, f_s> / T)`` of L2-normalised features, restricted to sources within
+   ``size_mask_neighborhood`` patches (Chebyshev distance) of the target position, keeping for each target
+   the ``topk`` largest over all context frames jointly (ties kept), normalised to sum to 1.
+6. Bilinear upsampling by the patch size, per-channel min-max normalisation, argmax, nearest resize to the
+   original size, indexed PNG with the DAVIS palette. Frame 0 is written as its ground truth.
+
+Step 5 never builds the ``(h*w) x (n_ctx*h*w)`` affinity: targets are processed in bands of rows, and a
+band only meets the source rows within the neighbourhood radius, so memory is bounded by the band size.
+:func:`propagate_labels_dense` is the plain full-matrix computation, kept as the reference the tests and
+``benchmarks/davis_propagate.py`` compare against.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from bam_dense.data.synthetic import voc_palette
+from bam_dense.errors import UserFacingError
+
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.228, 0.224, 0.225)  # DINO's value (0.229 elsewhere), kept for comparability
+PALETTE = voc_palette()  # the DAVIS palette; any palette scores the same since the evaluator reads indices
+
+
+@dataclass
+class PropagationParams:
+    n_last_frames: int = 7
+    size_mask_neighborhood: int = 12
+    topk: int = 5
+    temperature: float = 0.1
+    resolution: int = 480
+    band_rows: int = 8
+
+
+def target_size(height: int, width: int, resolution: int) -> tuple[int, int]:
+    """(th, tw): short side ``resolution``, long side floored to a multiple of 64 (DINO's read_frame)."""
+    if height > width:
+        tw = resolution
+        th = int(((resolution * height) / width) // 64 * 64)
+    else:
+        th = resolution
+        tw = int(((resolution * width) / height) // 64 * 64)
+    return th, tw
+
+
+def read_frame(path: str | Path, resolution: int) -> tuple[torch.Tensor, int, int]:
+    img = cv2.imread(str(path))
+    if img is None:
+        raise UserFacingError(f"cannot read frame {path}")
+    ori_h, ori_w = img.shape[:2]
+    th, tw = target_size(ori_h, ori_w, resolution)
+    img = cv2.resize(img, (tw, th)).astype(np.float32) / 255.0
+    img = np.ascontiguousarray(img[:, :, ::-1].transpose(2, 0, 1))
+    tensor = torch.from_numpy(img)
+    for channel, m, s in zip(tensor, MEAN, STD):
+        channel.sub_(m).div_(s)
+    return tensor, ori_h, ori_w
+
+
+def read_first_mask(path: str | Path, patch: int, resolution: int) -> tuple[torch.Tensor, np.ndarray]:
+    """(one-hot ``1 x C x h x w`` at feature resolution, the original mask)."""
+    with Image.open(path) as seg:
+        original = np.asarray(seg).copy()
+        th, tw = target_size(seg.size[1], seg.size[0], resolution)
+        small = np.asarray(seg.resize((tw // patch, th // patch), Image.NEAREST)).astype(np.int64)
+    labels = torch.from_numpy(small)
+    labels[labels == 255] = 0  # void is not an object to propagate
+    n_classes = int(labels.max()) + 1
+    one_hot = F.one_hot(labels, n_classes).permute(2, 0, 1).float().unsqueeze(0)
+    return one_hot, original
+
+
+def _neighbourhood(target_rows: torch.Tensor, target_cols: torch.Tensor, source_rows: torch.Tensor,
+                   source_cols: torch.Tensor, radius: int) -> torch.Tensor:
+    return ((target_rows[:, None] - source_rows[None, :]).abs() <= radius) & (
+        (target_cols[:, None] - source_cols[None, :]).abs() <= radius)
+
+
+def propagate_labels(feat_tar: torch.Tensor, feats_ctx: torch.Tensor, segs_ctx: torch.Tensor, h: int, w: int,
+                     radius: int, topk: int, temperature: float, band_rows: int = 8) -> torch.Tensor:
+    """Soft labels ``C x h*w`` of the target from the context, with memory bounded by the band size.
+
+    ``feat_tar`` ``h*w x D`` and ``feats_ctx`` ``n x h*w x D`` are L2-normalised; ``segs_ctx`` is ``n x C x h*w``.
+    """
+    n, hw, _ = feats_ctx.shape
+    C = segs_ctx.shape[1]
+    device = feat_tar.device
+    rows = torch.arange(h, device=device).repeat_interleave(w)
+    cols = torch.arange(w, device=device).repeat(h)
+    out = torch.empty(C, hw, device=device, dtype=feat_tar.dtype)
+    for y0 in range(0, h, band_rows):
+        y1 = min(h, y0 + band_rows)
+        sy0, sy1 = (max(0, y0 - radius), min(h, y1 + radius)) if radius > 0 else (0, h)
+        t_sl, s_sl = slice(y0 * w, y1 * w), slice(sy0 * w, sy1 * w)
+        logits = torch.einsum("td,nsd->tns", feat_tar[t_sl], feats_ctx[:, s_sl]) / temperature  # t x n x s
+        if radius > 0:
+            near = _neighbourhood(rows[t_sl], cols[t_sl], rows[s_sl], cols[s_sl], radius)  # t x s
+            logits = logits.masked_fill(~near[:, None, :], float("-inf"))
+        cand = logits.reshape(logits.shape[0], -1)  # t x (n*s), context-major
+        kth = cand.topk(min(topk, cand.shape[1]), dim=1).values[:, -1:]
+        weights = torch.where(cand >= kth, cand.exp(), torch.zeros((), device=device, dtype=cand.dtype))
+        weights = weights / weights.sum(dim=1, keepdim=True)
+        labels = segs_ctx[:, :, s_sl].permute(1, 0, 2).reshape(C, -1)  # C x (n*s), context-major
+        out[:, t_sl] = labels @ weights.t()
+    return out
+
+
+def propagate_labels_dense(feat_tar: torch.Tensor, feats_ctx: torch.Tensor, segs_ctx: torch.Tensor, h: int, w: int,
+                           radius: int, topk: int, temperature: float) -> torch.Tensor:
+    """Reference: DINO's full ``n x hw x hw`` affinity, neighbourhood mask multiplied in, top-k per column."""
+    n, hw, _ = feats_ctx.shape
+    aff = torch.exp(torch.bmm(feat_tar.unsqueeze(0).expand(n, -1, -1), feats_ctx.transpose(1, 2)) / temperature)  # n x t x s
+    if radius > 0:
+        rows = torch.arange(h).repeat_interleave(w)
+        cols = torch.arange(w).repeat(h)
+        aff = aff * _neighbourhood(rows, cols, rows, cols, radius).to(aff)[None]
+    aff = aff.transpose(2, 1).reshape(-1, hw)  # (n*s) x t
+    tk_min = aff.topk(topk, dim=0).values.min(dim=0).values
+    aff[aff < tk_min] = 0
+    aff = aff / aff.sum(dim=0, keepdim=True)
+    segs = segs_ctx.transpose(2, 1).reshape(-1, segs_ctx.shape[1]).t()  # C x (n*s)
+    return segs @ aff
+
+
+def norm_mask(mask: torch.Tensor) -> torch.Tensor:
+    """Per channel: (x - min) / max, for channels whose max is above 0 (DINO's norm_mask)."""
+    mask = mask.clone()
+    for c in range(mask.shape[0]):
+        m = mask[c]
+        if m.max() > 0:
+            m = m - m.min()
+            mask[c] = m / m.max()
+    return mask
+
+
+class FeatureExtractor:
+    """Frozen dense features: ViT patch tokens after the final norm, or a ResNet stage's map."""
+
+    def __init__(self, backbone: torch.nn.Module, device: torch.device, resnet_stage: int = 4):
+        from bam_dense.models.backbones import family, patch_size
+
+        self.backbone = backbone.eval().to(device)
+        self.device = device
+        self.kind = family(backbone)
+        self.stage = resnet_stage
+        if self.kind == "vit":
+            self.patch = patch_size(backbone)
+        elif self.kind == "cnn":
+            self.patch = int(backbone.feature_info[resnet_stage]["reduction"])
+        else:
+            self.patch = patch_size(backbone)
+
+    @torch.no_grad()
+    def __call__(self, frames: torch.Tensor) -> torch.Tensor:
+        """``B x 3 x H x W`` -> ``B x D x h x w``."""
+        from bam_dense.models.backbones import features, resnet_stage_features
+
+        frames = frames.to(self.device)
+        if self.kind == "cnn":
+            return resnet_stage_features(self.backbone, frames, self.stage).float()
+        return features(self.backbone, frames).dense.float()
+
+
+def load_backbone(checkpoint: str, arch: str | None, which: str | None, trust_source: bool) -> torch.nn.Module:
+    """A timm backbone with the checkpoint's weights (strict), or at random init for ``checkpoint='random'``."""
+    from bam_dense.convert import load_source
+    from bam_dense.convert.sources import infer_arch
+    from bam_dense.models.backbones import create_backbone
+
+    if checkpoint == "random":
+        if not arch:
+            raise UserFacingError("--checkpoint random needs --arch")
+        return create_backbone(arch, pos_embed="learned")
+    source = load_source(checkpoint, which=which, trust_source=trust_source)
+    kwargs = dict(source.model_kwargs)
+    name = arch or source.arch
+    if name is None:
+        name, inferred = infer_arch(source.backbone)
+        kwargs = {**inferred, **kwargs}
+    backbone = create_backbone(name, kwargs, pos_embed="learned")
+    missing, unexpected = backbone.load_state_dict(source.backbone, strict=False)
+    if missing or unexpected:
+        raise UserFacingError(f"{checkpoint} does not fit {name} {kwargs}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return backbone
+
+
+def overlay(frame_path: Path, mask: np.ndarray, alpha: float = 0.5) -> Image.Image:
+    image = np.asarray(Image.open(frame_path).convert("RGB")).astype(np.float32)
+    colors = np.asarray(PALETTE, np.float32).reshape(-1, 3)[mask]
+    blended = np.where(mask[..., None] > 0, image * (1 - alpha) + colors * alpha, image)
+    return Image.fromarray(blended.clip(0, 255).astype(np.uint8))
+
+
+def save_indexed(mask: np.ndarray, path: Path) -> None:
+    img = Image.fromarray(mask.astype(np.uint8), mode="P")
+    img.putpalette(PALETTE)
+    img.save(path, format="PNG")
+
+
+def propagate_sequence(extractor, frame_paths: list[Path], first_mask: Path, out_dir: Path, params: PropagationParams,
+                       save_overlays: bool = False, batch_size: int = 8, progress=None) -> None:
+    """Propagate ``first_mask`` through ``frame_paths`` and write one indexed PNG per frame."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    patch = extractor.patch
+    first_seg, original = read_first_mask(first_mask, patch, params.resolution)
+    save_indexed(original, out_dir / f"{frame_paths[0].stem}.png")
+    overlays = [overlay(frame_paths[0], original)] if save_overlays else []
+
+    features: dict[int, torch.Tensor] = {}
+    sizes: dict[int, tuple[int, int]] = {}
+
+    def feature(i: int) -> torch.Tensor:
+        if i not in features:  # batched extraction of the next frames
+            batch = list(range(i, min(len(frame_paths), i + batch_size)))
+            frames = []
+            for j in batch:
+                tensor, oh, ow = read_frame(frame_paths[j], params.resolution)
+                frames.append(tensor)
+                sizes[j] = (oh, ow)
+            maps = extractor(torch.stack(frames))
+            for j, m in zip(batch, maps):
+                features[j] = F.normalize(m.flatten(1).t(), dim=1)  # hw x D
+        return features.pop(i)
+
+    feat0 = feature(0)
+    _, _, h, w = first_seg.shape
+    if feat0.shape[0] != h * w:
+        raise UserFacingError(f"{first_mask}: the mask grid {h}x{w} does not match the feature grid ({feat0.shape[0]} cells)")
+    seg0 = first_seg[0].flatten(1).to(feat0.device)  # C x hw
+    queue: deque[tuple[torch.Tensor, torch.Tensor]] = deque(maxlen=params.n_last_frames)
+    for t in range(1, len(frame_paths)):
+        feat_t = feature(t)
+        ctx_feats = torch.stack([feat0] + [f for f, _ in queue])
+        ctx_segs = torch.stack([seg0] + [s for _, s in queue])
+        soft = propagate_labels(feat_t, ctx_feats, ctx_segs, h, w, params.size_mask_neighborhood, params.topk,
+                                params.temperature, params.band_rows)
+        queue.append((feat_t, soft))
+        up = F.interpolate(soft.reshape(1, -1, h, w), scale_factor=patch, mode="bilinear", align_corners=False,
+                           recompute_scale_factor=False)[0]
+        labels = norm_mask(up).argmax(dim=0).cpu().numpy().astype(np.uint8)
+        oh, ow = sizes.pop(t)
+        labels = np.asarray(Image.fromarray(labels).resize((ow, oh), Image.NEAREST))
+        save_indexed(labels, out_dir / f"{frame_paths[t].stem}.png")
+        if save_overlays:
+            overlays.append(overlay(frame_paths[t], labels))
+        if progress is not None:
+            progress.update(1)
+    if save_overlays:
+        ov_dir = out_dir.parent / "_overlays" / out_dir.name
+        ov_dir.mkdir(parents=True, exist_ok=True)
+        for path, img in zip(frame_paths, overlays):
+            img.save(ov_dir / f"{path.stem}.jpg", quality=90)
+        overlays[0].save(ov_dir.parent / f"{out_dir.name}.gif", save_all=True, append_images=overlays[1:], duration=150, loop=0)
+
+
+def run(checkpoint: str, davis_root: str, out: str, arch: str | None = None, subset: str = "val",
+        sequences: list[str] | None = None, params: PropagationParams | None = None, patch_size: int | None = None,
+        resnet_stage: int = 4, which: str | None = None, device: str | None = None, save_overlays: bool = False,
+        trust_source: bool = False, extractor=None) -> list[str]:
+    """Propagate every sequence of ``subset`` (or ``sequences``); returns the sequences processed now."""
+    from tqdm import tqdm
+
+    params = params or PropagationParams()
+    root, out_dir = Path(davis_root), Path(out)
+    if sequences is None:
+        listing = root / "ImageSets" / "2017" / f"{subset}.txt"
+        if not listing.is_file():
+            raise UserFacingError(f"{listing} does not exist (is {root} a DAVIS-2017 folder?)")
+        sequences = [s.strip() for s in listing.read_text().splitlines() if s.strip()]
+    if extractor is None:
+        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        extractor = FeatureExtractor(load_backbone(checkpoint, arch, which, trust_source), dev, resnet_stage)
+    if patch_size is not None and patch_size != extractor.patch:
+        raise UserFacingError(f"--patch-size {patch_size} differs from the model's {extractor.patch}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "propagation.json").write_text(json.dumps({"checkpoint": checkpoint, "subset": subset, **vars(params),
+                                                          "patch_size": extractor.patch}, indent=1))
+    done_now = []
+    for seq in sequences:
+        seq_out = out_dir / seq
+        if (seq_out / ".done").exists():
+            continue
+        frames = sorted((root / "JPEGImages" / "480p" / seq).glob("*.jpg"))
+        first = root / "Annotations" / "480p" / seq / f"{frames[0].stem}.png" if frames else None
+        if not frames or first is None or not first.is_file():
+            raise UserFacingError(f"sequence {seq}: frames or first annotation missing under {root}")
+        with tqdm(total=len(frames) - 1, desc=seq, unit="frame", leave=False, disable=None) as bar:
+            propagate_sequence(extractor, frames, first, seq_out, params, save_overlays, progress=bar)
+        (seq_out / ".done").write_text("")
+        done_now.append(seq)
+    return done_now
+
+
+def cli_main(args: argparse.Namespace) -> int:
+    params = PropagationParams(args.n_last_frames, args.size_mask_neighborhood, args.topk, args.temperature, args.resolution)
+    done = run(args.checkpoint, args.davis_root, args.out, args.arch, args.set, args.sequences, params, args.patch_size,
+               args.resnet_stage, args.which, args.device, args.save_overlays, args.trust_source)
+    print(f"[bam-dense] propagated {len(done)} sequence(s) into {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    from bam_dense.cli import main
+
+    sys.exit(main(["davis", "propagate", *sys.argv[1:]]))

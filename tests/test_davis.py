@@ -1,0 +1,245 @@
+"""DAVIS-2017: the evaluator against the official one's recorded outputs, edge cases, and propagation."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import PYTHON, REPO
+from PIL import Image
+
+from bam_dense.davis.evaluate import DavisError, evaluate, write_csvs
+from bam_dense.davis.metrics import _seg2bmap, db_eval_boundary, db_eval_iou, db_statistics, f_measure
+from bam_dense.davis.propagate import (
+    PropagationParams,
+    propagate_labels,
+    propagate_labels_dense,
+    run,
+)
+
+FIXTURE = Path(__file__).parent / "fixtures" / "davis_official"
+EXPECTED = json.loads((FIXTURE / "expected.json").read_text())
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED["sets"]))
+def test_scores_and_csvs_equal_the_official_evaluator(name, tmp_path):
+    assert "davis2017-evaluation at" in EXPECTED["provenance"]
+    exp = EXPECTED["sets"][name]
+    res = evaluate(FIXTURE / "DAVIS", FIXTURE / "results" / name, task=exp["task"], workers=1)
+    for measure, offset in (("J", 0), ("F", 3)):
+        stats = [[obj[k] for obj in res.objects.values()] for k in (f"{measure}-Mean", f"{measure}-Recall", f"{measure}-Decay")]
+        for ours, theirs in zip(stats, (exp[measure]["M"], exp[measure]["R"], exp[measure]["D"])):
+            np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-6)
+        assert list(res.objects) == list(exp[measure]["M_per_object"])
+    gp, sp = write_csvs(res, tmp_path, "val")
+    assert gp.read_text() == exp["global_csv"]
+    assert sp.read_text() == exp["per_sequence_csv"]
+
+
+def test_parallel_workers_give_the_same_numbers():
+    one = evaluate(FIXTURE / "DAVIS", FIXTURE / "results" / "noisy", workers=1)
+    two = evaluate(FIXTURE / "DAVIS", FIXTURE / "results" / "noisy", workers=2)
+    assert one.global_row == two.global_row and one.per_object == two.per_object
+
+
+def _full_frame_f(fg: np.ndarray, gt: np.ndarray) -> float:
+    """F computed on whole frames (no cropping), as a second implementation."""
+    from skimage.morphology import disk
+
+    r = np.ceil(0.008 * np.linalg.norm(fg.shape))
+    fb, gb = _seg2bmap(fg), _seg2bmap(gt)
+    fd = cv2.dilate(fb.astype(np.uint8), disk(r).astype(np.uint8))
+    gd = cv2.dilate(gb.astype(np.uint8), disk(r).astype(np.uint8))
+    n_fg, n_gt = fb.sum(), gb.sum()
+    if n_fg == 0 or n_gt == 0:
+        return float(n_fg == 0 and n_gt == 0)
+    p, rc = (fb & (gd > 0)).sum() / n_fg, (gb & (fd > 0)).sum() / n_gt
+    return 0.0 if p + rc == 0 else 2 * p * rc / (p + rc)
+
+
+def test_cropped_boundary_measure_equals_the_whole_frame_computation():
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        h, w = rng.integers(20, 90, size=2)
+        masks = []
+        for _ in range(2):
+            m = np.zeros((h, w), bool)
+            y, x = rng.integers(-5, h), rng.integers(-5, w)  # boxes touching every edge now and then
+            m[max(0, y):y + rng.integers(1, 40), max(0, x):x + rng.integers(1, 40)] = True
+            masks.append(m)
+        assert f_measure(masks[0], masks[1]) == pytest.approx(_full_frame_f(masks[0], masks[1]), abs=1e-12)
+
+
+def test_void_pixels_are_excluded_from_both_measures():
+    # the official repository's own check: a GT square, a void band and a prediction covering both
+    gt = np.zeros((100, 100), bool)
+    gt[25:75, 25:75] = True
+    void = np.zeros_like(gt)
+    void[20:80, 20:25] = True
+    pred = gt | void
+    assert db_eval_iou(gt, pred, void) == 1
+    assert db_eval_boundary(gt, pred, void) == 1
+
+
+def test_empty_cases():
+    empty, full = np.zeros((30, 40), bool), np.zeros((30, 40), bool)
+    full[5:20, 5:20] = True
+    assert db_eval_iou(empty, empty) == 1 and f_measure(empty, empty) == 1.0
+    assert db_eval_iou(full, empty) == 0 and f_measure(empty, full) == 0  # empty prediction: P = 1, R = 0
+    assert f_measure(full, empty) == 0  # prediction where the GT is empty: P = 0, R = 1
+    stack = np.stack([empty, full])
+    np.testing.assert_array_equal(db_eval_iou(stack, np.stack([empty, empty])), [1.0, 0.0])
+
+
+def test_statistics_by_hand():
+    v = np.array([1.0, 0.9, 0.6, 0.4, 0.2, 0.0, np.nan, 0.8])
+    mean, recall, decay = db_statistics(v)
+    assert mean == pytest.approx(np.mean([1.0, 0.9, 0.6, 0.4, 0.2, 0.0, 0.8]))
+    assert recall == pytest.approx(4 / 8)  # nanmean of (v > 0.5) counts NaN as False, as the official code
+    # ids = round(linspace(1, 8, 5)) - 1 = [0, 2, 3(.5 rounds to 4?) ...]: bins share their endpoints
+    ids = (np.round(np.linspace(1, 8, 5) + 1e-10) - 1).astype(int)
+    first, last = v[ids[0]:ids[1] + 1], v[ids[3]:ids[4] + 1]
+    assert decay == pytest.approx(np.nanmean(first) - np.nanmean(last))
+
+
+def _copy_set(tmp_path: Path, name: str) -> Path:
+    dst = tmp_path / name
+    shutil.copytree(FIXTURE / "results" / name, dst)
+    return dst
+
+
+def test_errors_name_the_sequence_and_frame(tmp_path):
+    root = FIXTURE / "DAVIS"
+    res = _copy_set(tmp_path, "perfect")
+    (res / "seq-two" / "00003.png").unlink()
+    with pytest.raises(DavisError, match=r"sequence seq-two: result frame 00003 is missing"):
+        evaluate(root, res, workers=1)
+    res = _copy_set(tmp_path / "b", "perfect")
+    a = np.asarray(Image.open(res / "seq-single" / "00002.png")).copy()
+    a[0, 0] = 4
+    Image.fromarray(a).save(res / "seq-single" / "00002.png")
+    with pytest.raises(DavisError, match=r"sequence seq-single: result frame 00002 has object index 4, more than the sequence's 1 objects"):
+        evaluate(root, res, workers=1)
+    res = _copy_set(tmp_path / "c", "perfect")
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(res / "seq-three" / "00004.png")
+    with pytest.raises(DavisError, match=r"sequence seq-three: result frame 00004 is 10x10, the annotation is 128x72"):
+        evaluate(root, res, workers=1)
+    res = _copy_set(tmp_path / "d", "perfect")
+    (res / "seq-ten" / "00001.png").write_bytes(b"not a png")
+    with pytest.raises(DavisError, match=r"sequence seq-ten: result frame 00001 is not a readable PNG"):
+        evaluate(root, res, workers=1)
+
+
+def test_stale_csvs_are_never_reused(tmp_path):
+    res = _copy_set(tmp_path, "shifted")
+    (res / "global_results-val.csv").write_text("J&F-Mean,J-Mean,J-Recall,J-Decay,F-Mean,F-Recall,F-Decay\n9,9,9,9,9,9,9\n")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.run([PYTHON, "-m", "bam_dense.cli", "davis", "eval", "--davis-root", str(FIXTURE / "DAVIS"), "--results",
+                           str(res), "--workers", "1"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert (res / "global_results-val.csv").read_text() == EXPECTED["sets"]["shifted"]["global_csv"]
+    assert (res / "per-sequence_results-val.png").exists()
+
+
+def test_cli_error_is_one_line_not_an_exit(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.run([PYTHON, "-m", "bam_dense.cli", "davis", "eval", "--davis-root", str(FIXTURE / "DAVIS"), "--results",
+                           str(tmp_path / "missing")], capture_output=True, text=True, env=env)
+    assert proc.returncode == 2 and "results folder" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------------------- propagation
+def test_banded_propagation_equals_the_dense_reference():
+    torch.manual_seed(0)
+    h, w, d, n, c = 11, 17, 24, 4, 3
+    ft = F.normalize(torch.randn(h * w, d), dim=1)
+    fc = F.normalize(torch.randn(n, h * w, d), dim=1)
+    segs = torch.rand(n, c, h * w)
+    for radius in (0, 2, 12):
+        for band in (1, 3, 8):
+            torch.testing.assert_close(propagate_labels(ft, fc, segs, h, w, radius, 5, 0.1, band),
+                                       propagate_labels_dense(ft, fc, segs, h, w, radius, 5, 0.1), rtol=1e-5, atol=1e-6)
+
+
+class OracleFeatures:
+    """Features = one-hot of the ground truth at patch resolution (plus a little position), frame by frame."""
+
+    def __init__(self, ann_paths: list[Path], patch: int, resolution: int, noise: float = 0.0, seed: int = 0):
+        from bam_dense.davis.propagate import target_size
+
+        self.patch = patch
+        self.maps = []
+        gen = torch.Generator().manual_seed(seed)
+        for p in ann_paths:
+            with Image.open(p) as img:
+                th, tw = target_size(img.size[1], img.size[0], resolution)
+                small = torch.from_numpy(np.asarray(img.resize((tw // patch, th // patch), Image.NEAREST)).astype(np.int64))
+            small[small == 255] = 0
+            onehot = F.one_hot(small, 16).permute(2, 0, 1).float()
+            if noise:
+                onehot = noise * torch.randn(onehot.shape, generator=gen) + (1 - noise) * onehot
+            self.maps.append(onehot)
+        self.next = 0
+
+    def __call__(self, frames: torch.Tensor) -> torch.Tensor:
+        out = torch.stack(self.maps[self.next:self.next + frames.shape[0]])
+        self.next += frames.shape[0]
+        return out
+
+
+def _propagate_with(davis_root: Path, out: Path, make_extractor, params: PropagationParams) -> float:
+    seqs = (davis_root / "ImageSets" / "2017" / "val.txt").read_text().split()
+    for seq in seqs:
+        anns = sorted((davis_root / "Annotations" / "480p" / seq).glob("*.png"))
+        run("oracle", str(davis_root), str(out), sequences=[seq], params=params, extractor=make_extractor(anns))
+    return evaluate(davis_root, out, workers=1).global_row[0]
+
+
+def test_oracle_features_score_high_and_random_features_clearly_lower(synthetic_root, tmp_path):
+    root = synthetic_root / "davis"
+    params = PropagationParams(resolution=96, size_mask_neighborhood=12, topk=5)
+    oracle = _propagate_with(root, tmp_path / "oracle", lambda anns: OracleFeatures(anns, 2, 96), params)
+    noisy = _propagate_with(root, tmp_path / "random", lambda anns: OracleFeatures(anns, 2, 96, noise=1.0), params)
+    assert oracle > 0.9, oracle
+    assert noisy < oracle - 0.2, (noisy, oracle)
+
+
+def test_propagate_and_eval_cli_end_to_end_with_a_checkpoint(synthetic_root, tmp_path):
+    from conftest import tiny_pretrain_dict
+
+    from bam_dense.engine.config import load_config
+    from bam_dense.engine.trainer import Trainer
+
+    Trainer(load_config(data=tiny_pretrain_dict(tmp_path / "run", run={"max_steps": 1}))).train()
+    ckpt = tmp_path / "run" / "checkpoints" / "last.pth"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    out = tmp_path / "davis_out"
+    base = [PYTHON, "-m", "bam_dense.cli", "davis"]
+    prop = subprocess.run(base + ["propagate", "--checkpoint", str(ckpt), "--davis-root", str(synthetic_root / "davis"), "--out",
+                                  str(out), "--resolution", "64", "--save-overlays", "--device", "cpu"],
+                          capture_output=True, text=True, env=env)
+    assert prop.returncode == 0, prop.stderr
+    seqs = (synthetic_root / "davis" / "ImageSets" / "2017" / "val.txt").read_text().split()
+    for seq in seqs:
+        gts = sorted((synthetic_root / "davis" / "Annotations" / "480p" / seq).glob("*.png"))
+        outs = sorted((out / seq).glob("*.png"))
+        assert [p.name for p in outs] == [p.name for p in gts]
+        assert Image.open(outs[1]).mode == "P" and Image.open(outs[1]).size == Image.open(gts[1]).size
+        assert (out / "_overlays" / f"{seq}.gif").exists()
+    again = subprocess.run(base + ["propagate", "--checkpoint", str(ckpt), "--davis-root", str(synthetic_root / "davis"), "--out",
+                                   str(out), "--resolution", "64", "--device", "cpu"], capture_output=True, text=True, env=env)
+    assert "propagated 0 sequence(s)" in again.stdout  # finished sequences are skipped
+    ev = subprocess.run(base + ["eval", "--davis-root", str(synthetic_root / "davis"), "--results", str(out)],
+                        capture_output=True, text=True, env=env)
+    assert ev.returncode == 0, ev.stderr
+    header, values = (out / "global_results-val.csv").read_text().splitlines()
+    assert header == "J&F-Mean,J-Mean,J-Recall,J-Decay,F-Mean,F-Recall,F-Decay"
+    assert 0.0 <= float(values.split(",")[0]) <= 1.0
