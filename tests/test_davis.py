@@ -78,6 +78,15 @@ def test_cropped_boundary_measure_equals_the_whole_frame_computation():
         assert f_measure(masks[0], masks[1]) == pytest.approx(_full_frame_f(masks[0], masks[1]), abs=1e-12)
 
 
+def test_disk_is_skimages_disk():
+    from skimage.morphology import disk as sk_disk
+
+    from bam_dense.davis.metrics import disk
+
+    for radius in (1.0, 2.0, 5.0, 8.0, 9.0, 12.0):
+        np.testing.assert_array_equal(disk(radius), sk_disk(radius).astype(np.uint8))
+
+
 def test_void_pixels_are_excluded_from_both_measures():
     # the official repository's own check: a GT square, a void band and a prediction covering both
     gt = np.zeros((100, 100), bool)

@@ -66,24 +66,19 @@ def _read_png(path: Path, sequence: str, what: str) -> np.ndarray:
     return array
 
 
-def _one_hot(frames: np.ndarray, n_objects: int) -> np.ndarray:
-    """``T x H x W`` ids -> ``K x T x H x W`` booleans for ids 1..K."""
-    return frames[None] == np.arange(1, n_objects + 1)[:, None, None, None]
-
-
 def evaluate_sequence(davis_root: str, results: str, sequence: str, task: str) -> SequenceScores:
     root, res_root = Path(davis_root), Path(results)
     ann_dir = root / ("Annotations" if task == "semi-supervised" else "Annotations_unsupervised") / "480p" / sequence
     gt_files = sorted(ann_dir.glob("*.png"))
     if not gt_files:
         raise DavisError(f"sequence {sequence}: no annotations in {ann_dir}")
-    gt = np.stack([_read_png(p, sequence, "annotation") for p in gt_files]).astype(np.int64)
+    gt = np.stack([_read_png(p, sequence, "annotation") for p in gt_files])
     void = gt == 255
     gt[void] = 0
     n_objects = int(gt[0].max())
     frame_ids = [p.stem for p in gt_files]
     if task == "semi-supervised":
-        gt, frame_ids = gt[1:-1], frame_ids[1:-1]
+        gt, void, frame_ids = gt[1:-1], void[1:-1], frame_ids[1:-1]
     res = []
     for frame in frame_ids:
         mask = _read_png(res_root / sequence / f"{frame}.png", sequence, "result")
@@ -91,32 +86,32 @@ def evaluate_sequence(davis_root: str, results: str, sequence: str, task: str) -
             raise DavisError(f"sequence {sequence}: result frame {frame} is {mask.shape[1]}x{mask.shape[0]}, the annotation "
                              f"is {gt.shape[2]}x{gt.shape[1]} ({res_root / sequence / f'{frame}.png'})")
         res.append(mask)
-    res = np.stack(res).astype(np.int64) if res else np.zeros((0, *gt.shape[1:]), np.int64)
+    res = np.stack(res) if res else np.zeros((0, *gt.shape[1:]), np.uint8)
     n_res = int(res.max()) if res.size else 0
     limit = n_objects if task == "semi-supervised" else MAX_PROPOSALS
     if n_res > limit:
         t = int(np.argmax((res == n_res).any(axis=(1, 2))))
         what = f"the sequence's {n_objects} objects" if task == "semi-supervised" else f"the {MAX_PROPOSALS} proposals allowed"
         raise DavisError(f"sequence {sequence}: result frame {frame_ids[t]} has object index {n_res}, more than {what}")
-    gt_masks = _one_hot(gt, n_objects)
-    res_masks = _one_hot(res, max(n_res, n_objects))  # zero-padded to the GT objects when fewer
     scores = SequenceScores(sequence)
-    if task == "semi-supervised":
-        for k in range(n_objects):
-            scores.objects.append(f"{sequence}_{k + 1}")
-            scores.j.append(np.asarray(db_eval_iou(gt_masks[k], res_masks[k]), dtype=float))
-            scores.f.append(np.asarray(db_eval_boundary(gt_masks[k], res_masks[k]), dtype=float))
+    if task == "semi-supervised":  # the official code passes no void here
+        for k in range(1, n_objects + 1):
+            g, p = gt == k, res == k  # ids above the result's maximum are all-false: the official zero padding
+            scores.objects.append(f"{sequence}_{k}")
+            scores.j.append(np.asarray(db_eval_iou(g, p), dtype=float))
+            scores.f.append(np.asarray(db_eval_boundary(g, p), dtype=float))
         return scores
     from scipy.optimize import linear_sum_assignment
 
-    void_masks = void if task == "unsupervised" else None
-    n_prop = res_masks.shape[0]
+    n_prop = max(n_res, n_objects)
     j_all = np.zeros((n_prop, n_objects, gt.shape[0]))
     f_all = np.zeros((n_prop, n_objects, gt.shape[0]))
     for i in range(n_objects):
+        g = gt == i + 1
         for p in range(n_prop):
-            j_all[p, i] = db_eval_iou(gt_masks[i], res_masks[p], void_masks)
-            f_all[p, i] = db_eval_boundary(gt_masks[i], res_masks[p], void_masks)
+            prop = res == p + 1
+            j_all[p, i] = db_eval_iou(g, prop, void)
+            f_all[p, i] = db_eval_boundary(g, prop, void)
     rows, cols = linear_sum_assignment(-(np.mean(j_all, axis=2) + np.mean(f_all, axis=2)) / 2)
     j_sel, f_sel = j_all[rows, cols], f_all[rows, cols]
     for k in range(n_objects):  # the official code labels the k-th matched pair "<seq>_<k+1>"
@@ -160,7 +155,7 @@ def aggregate(all_scores: list[SequenceScores]) -> Results:
 
 def write_csvs(results: Results, out_dir: Path, subset: str) -> tuple[Path, Path]:
     """``global_results-<set>.csv`` and ``per-sequence_results-<set>.csv`` as the official script writes them."""
-    from bam_dense.engine.checkpoint import atomic_write
+    from bam_dense.atomic import atomic_write
 
     out_dir.mkdir(parents=True, exist_ok=True)
     g = ",".join(GLOBAL_COLUMNS) + "\n" + ",".join(_fmt(v) for v in results.global_row) + "\n"
@@ -172,25 +167,29 @@ def write_csvs(results: Results, out_dir: Path, subset: str) -> tuple[Path, Path
 
 
 def plot_per_sequence(results: Results, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """A bar chart of J and F per object, drawn with PIL (no plotting library to import)."""
+    from PIL import ImageDraw
 
     names = [n for n, _, _ in results.per_object]
-    j = [v for _, v, _ in results.per_object]
-    f = [v for _, _, v in results.per_object]
-    x = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(names) + 2), 4))
-    ax.bar(x - 0.2, j, 0.4, label="J (region)")
-    ax.bar(x + 0.2, f, 0.4, label="F (boundary)")
-    ax.set_xticks(x, names, rotation=75, fontsize=7)
-    ax.set_ylim(0, 1)
-    ax.set_title(f"DAVIS per object: J&F-Mean {results.global_row[0]:.3f}")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    bar, gap, left, top, plot_h, label_h = 8, 6, 40, 30, 200, 110
+    width = left + len(names) * (2 * bar + gap) + 20
+    img = Image.new("RGB", (max(width, 320), top + plot_h + label_h + 8), "white")
+    draw = ImageDraw.Draw(img)
+    base = top + plot_h
+    for tick in (0.0, 0.25, 0.5, 0.75, 1.0):
+        y = base - tick * plot_h
+        draw.line([(left - 4, y), (img.width - 10, y)], fill=(225, 225, 225))
+        draw.text((4, y - 6), f"{tick:.2f}", fill="black")
+    for i, (name, j, f) in enumerate(results.per_object):
+        x = left + i * (2 * bar + gap)
+        for k, (value, color) in enumerate(((j, (66, 133, 244)), (f, (244, 160, 0)))):
+            if not np.isnan(value):
+                draw.rectangle([x + k * bar, base - value * plot_h, x + (k + 1) * bar - 1, base], fill=color)
+        label = Image.new("RGB", (label_h, 12), "white")
+        ImageDraw.Draw(label).text((0, 0), name[: label_h // 6], fill="black")
+        img.paste(label.rotate(90, expand=True), (x + 2, base + 4))
+    draw.text((left, 8), f"DAVIS per object: J (blue), F (orange); J&F-Mean {results.global_row[0]:.3f}", fill="black")
+    img.save(path)
     return path
 
 

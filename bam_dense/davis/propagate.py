@@ -51,7 +51,7 @@ class PropagationParams:
     topk: int = 5
     temperature: float = 0.1
     resolution: int = 480
-    band_rows: int = 8
+    band_rows: int = 4
 
 
 def target_size(height: int, width: int, resolution: int) -> tuple[int, int]:
@@ -99,7 +99,7 @@ def _neighbourhood(target_rows: torch.Tensor, target_cols: torch.Tensor, source_
 
 
 def propagate_labels(feat_tar: torch.Tensor, feats_ctx: torch.Tensor, segs_ctx: torch.Tensor, h: int, w: int,
-                     radius: int, topk: int, temperature: float, band_rows: int = 8) -> torch.Tensor:
+                     radius: int, topk: int, temperature: float, band_rows: int = 4) -> torch.Tensor:
     """Soft labels ``C x h*w`` of the target from the context, with memory bounded by the band size.
 
     ``feat_tar`` ``h*w x D`` and ``feats_ctx`` ``n x h*w x D`` are L2-normalised; ``segs_ctx`` is ``n x C x h*w``.
@@ -114,14 +114,15 @@ def propagate_labels(feat_tar: torch.Tensor, feats_ctx: torch.Tensor, segs_ctx: 
         y1 = min(h, y0 + band_rows)
         sy0, sy1 = (max(0, y0 - radius), min(h, y1 + radius)) if radius > 0 else (0, h)
         t_sl, s_sl = slice(y0 * w, y1 * w), slice(sy0 * w, sy1 * w)
-        logits = torch.einsum("td,nsd->tns", feat_tar[t_sl], feats_ctx[:, s_sl]) / temperature  # t x n x s
+        logits = torch.einsum("td,nsd->tns", feat_tar[t_sl], feats_ctx[:, s_sl]).div_(temperature)  # t x n x s
         if radius > 0:
             near = _neighbourhood(rows[t_sl], cols[t_sl], rows[s_sl], cols[s_sl], radius)  # t x s
-            logits = logits.masked_fill(~near[:, None, :], float("-inf"))
+            logits.masked_fill_(~near[:, None, :], float("-inf"))
         cand = logits.reshape(logits.shape[0], -1)  # t x (n*s), context-major
         kth = cand.topk(min(topk, cand.shape[1]), dim=1).values[:, -1:]
-        weights = torch.where(cand >= kth, cand.exp(), torch.zeros((), device=device, dtype=cand.dtype))
-        weights = weights / weights.sum(dim=1, keepdim=True)
+        keep = cand >= kth
+        weights = cand.exp_().mul_(keep)  # in place: the band's logits become its weights
+        weights.div_(weights.sum(dim=1, keepdim=True))
         labels = segs_ctx[:, :, s_sl].permute(1, 0, 2).reshape(C, -1)  # C x (n*s), context-major
         out[:, t_sl] = labels @ weights.t()
     return out

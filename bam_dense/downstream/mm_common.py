@@ -140,7 +140,7 @@ def enable_amp(cfg) -> None:
 
 
 def write_metrics(path: str | Path, task: str, metrics: dict, config: str, checkpoint: str, extra: dict | None = None) -> Path:
-    from bam_dense.engine.checkpoint import atomic_write
+    from bam_dense.atomic import atomic_write
 
     payload = {
         "task": task,
