@@ -27,6 +27,8 @@ with no autograd, and builds the positive mask from explicit (rank, image) ids o
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -120,6 +122,51 @@ def attention_cross_entropy(
     return total / len(targets)
 
 
+@dataclass
+class BalancedTargets:
+    """What every BAM-style loss of one step shares: the target columns, the mask and the targets."""
+
+    columns: torch.Tensor  # (T*W*b) x d, L2-normalised, crop-major over all ranks
+    mask: torch.Tensor | None  # (n_crops*b) x (T*W*b): same image
+    targets: list[torch.Tensor]  # per global view t: b x (T*W*b), rows sum to 1
+    b: int  # images on this process
+
+
+def balanced_targets(
+    z: torch.Tensor,
+    z_teacher: torch.Tensor | None,
+    *,
+    n_crops: int,
+    n_global: int,
+    n_target: int | None = None,
+    eps: float = 0.05,
+    sinkhorn_iters: int = 3,
+    top_k: int = 0,
+    positive_masking: bool = True,
+) -> BalancedTargets:
+    """Gather the target columns and compute the balanced (Sinkhorn) targets of the global views."""
+    n_target = n_global if n_target is None else n_target
+    if z.shape[0] % n_crops:
+        raise ValueError(f"z has {z.shape[0]} rows, not a multiple of n_crops={n_crops}")
+    if not 1 <= n_target <= n_global <= n_crops:
+        raise ValueError(f"need 1 <= n_target ({n_target}) <= n_global ({n_global}) <= n_crops ({n_crops})")
+    if z_teacher is not None and z_teacher.shape != z.shape:
+        raise ValueError(f"z_teacher shape {tuple(z_teacher.shape)} differs from z shape {tuple(z.shape)}")
+    b = z.shape[0] // n_crops
+    world, rank = dist.world_size(), dist.rank()
+    if positive_masking and world * b < 2:
+        raise ValueError("positive masking needs at least 2 images in the global batch")
+    zs = F.normalize(z.float(), dim=-1)
+    zt = F.normalize(z_teacher.detach().float(), dim=-1) if z_teacher is not None else zs
+    columns = dist.gather_crop_major(zt[: n_target * b], n_target, grad=z_teacher is None)
+    mask = positive_mask(n_crops, b, n_target, world, rank, z.device) if positive_masking else None
+    target_logits = zt @ columns.t()
+    targets = sinkhorn_targets(target_logits, mask, eps, sinkhorn_iters, n_target if positive_masking else 0)[: n_global * b]
+    if top_k > 0:
+        targets = keep_top_k(targets, n_global, top_k)
+    return BalancedTargets(columns, mask, list(targets.split(b)), b)
+
+
 def bam_loss(
     z: torch.Tensor,
     z_teacher: torch.Tensor | None = None,
@@ -142,32 +189,13 @@ def bam_loss(
     come from the student); with one process no torch.distributed call is made. Computed in float32.
     ``return_targets=True`` also returns ``(source_logits, targets, mask)`` for inspection and plots.
     """
-    n_target = n_global if n_target is None else n_target
-    if z.shape[0] % n_crops:
-        raise ValueError(f"z has {z.shape[0]} rows, not a multiple of n_crops={n_crops}")
-    if not 1 <= n_target <= n_global <= n_crops:
-        raise ValueError(f"need 1 <= n_target ({n_target}) <= n_global ({n_global}) <= n_crops ({n_crops})")
-    if z_teacher is not None and z_teacher.shape != z.shape:
-        raise ValueError(f"z_teacher shape {tuple(z_teacher.shape)} differs from z shape {tuple(z.shape)}")
-    b = z.shape[0] // n_crops
-    world, rank = dist.world_size(), dist.rank()
-    if positive_masking and world * b < 2:
-        raise ValueError("positive masking needs at least 2 images in the global batch")
-
     with torch.autocast(device_type=z.device.type, enabled=False):
-        zs = F.normalize(z.float(), dim=-1)
-        zt = F.normalize(z_teacher.detach().float(), dim=-1) if z_teacher is not None else zs
-        columns = dist.gather_crop_major(zt[: n_target * b], n_target, grad=z_teacher is None)
-        source_logits = zs @ columns.t()
-        target_logits = source_logits if z_teacher is None else zt @ columns.t()
-        mask = positive_mask(n_crops, b, n_target, world, rank, z.device) if positive_masking else None
-        targets = sinkhorn_targets(target_logits, mask, eps, sinkhorn_iters, n_target if positive_masking else 0)
-        targets = targets[: n_global * b]
-        if top_k > 0:
-            targets = keep_top_k(targets, n_global, top_k)
-        loss = attention_cross_entropy(source_logits, list(targets.split(b)), mask, n_crops, temperature, b)
+        bt = balanced_targets(z, z_teacher, n_crops=n_crops, n_global=n_global, n_target=n_target, eps=eps,
+                              sinkhorn_iters=sinkhorn_iters, top_k=top_k, positive_masking=positive_masking)
+        source_logits = F.normalize(z.float(), dim=-1) @ bt.columns.t()
+        loss = attention_cross_entropy(source_logits, bt.targets, bt.mask, n_crops, temperature, bt.b)
     if return_targets:
-        return loss, (source_logits.detach(), targets, mask)
+        return loss, (source_logits.detach(), torch.cat(bt.targets), bt.mask)
     return loss
 
 

@@ -49,8 +49,10 @@ class MLPHead(nn.Module):
         for lin in self.linears:
             if init == "trunc_normal":  # BAM / DINO heads
                 nn.init.trunc_normal_(lin.weight, std=0.02)
-            elif init == "kaiming_fan_out":  # LEWEL / BYOL 1x1-conv heads
+            elif init == "kaiming_fan_out":  # LEWEL's neck (1x1 convs, MSRA fill)
                 nn.init.kaiming_normal_(lin.weight, mode="fan_out", nonlinearity="relu")
+            elif init == "normal":  # LEWEL's predictors (std 0.01)
+                nn.init.normal_(lin.weight, std=0.01)
             else:
                 raise ValueError(f"unknown init {init!r}")
             if lin.bias is not None:

@@ -1,0 +1,80 @@
+"""CO-BAM (this project's, METHODS.md 5.1): BAM with local cells as extra sources of attention.
+
+The student's dense map of every crop is pooled to ``grid x grid`` cells (``grid: 0``: every token or
+pixel) and a pointwise local projector embeds each cell. A cell of image ``i`` in crop ``s`` attends, with
+BAM's masked temperature softmax, to the same target columns as BAM (global target crops of the whole
+batch, every rank), and is matched to ``P_t[i]``, the balanced attention row of image ``i`` in global view
+``t != s``.
+
+    L = (1 - w_s) L_BAM + w_s L_local,   L_local = mean over (t, s != t, i, cell) of the cross-entropy
+
+With ``w_s = 0`` it is exactly BAM.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from bam_dense.engine.config import COBAMParams
+from bam_dense.losses.bam import attention_cross_entropy, balanced_targets, eps_at_epoch
+from bam_dense.methods.base import Method, StepContext, multicrop_features
+from bam_dense.methods.co_byol import local_cells
+from bam_dense.models.backbones import feature_dims
+from bam_dense.models.heads import MLPHead
+
+
+class COBAMNet(nn.Module):
+    def __init__(self, backbone: nn.Module, params: COBAMParams):
+        super().__init__()
+        pooled_dim, dense_dim = feature_dims(backbone)
+        self.backbone = backbone
+        self.projector = MLPHead.from_config(pooled_dim, params.projector)
+        self.grid = params.grid
+        self.local_projector = MLPHead.from_config(dense_dim, params.local_projector) if params.local_weight > 0 else None
+
+    def forward(self, crops: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        pooled, dense = multicrop_features(self.backbone, crops)
+        out = {"z": self.projector(pooled)}
+        if self.local_projector is not None:
+            cells = [self.local_projector(local_cells(d, self.grid)) for d in dense]  # per crop: b x d x cells
+            n_cells = {c.shape[2] for c in cells}
+            if len(n_cells) != 1:
+                raise ValueError(f"crops give different numbers of cells {sorted(n_cells)}: set method.grid > 0")
+            out["cells"] = torch.stack(cells)  # V x b x d x cells
+        return out
+
+
+class COBAM(Method):
+    name = "co_bam"
+    teacher_exclude = ("local_projector",)
+
+    def __init__(self, backbone: nn.Module, params: COBAMParams):
+        super().__init__(COBAMNet(backbone, params))
+        self.params = params
+
+    def teacher_forward(self, teacher, crops):
+        return {"z": teacher.projector(multicrop_features(teacher.backbone, crops)[0])}
+
+    def loss(self, student_out, teacher_out, ctx: StepContext):
+        p = self.params
+        z = student_out["z"]
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            bt = balanced_targets(z, teacher_out["z"] if teacher_out is not None else None, n_crops=ctx.n_crops,
+                                  n_global=ctx.n_global, n_target=p.n_target,
+                                  eps=eps_at_epoch(ctx.epoch, p.eps, p.eps_final, p.eps_warmup_epochs),
+                                  sinkhorn_iters=p.sinkhorn_iters, top_k=p.top_k, positive_masking=p.positive_masking)
+            logits = F.normalize(z.float(), dim=-1) @ bt.columns.t()
+            l_bam = attention_cross_entropy(logits, bt.targets, bt.mask, ctx.n_crops, p.temperature, bt.b)
+            if p.local_weight == 0:
+                return l_bam, {"bam": l_bam.detach()}
+            cells = student_out["cells"].float()  # V x b x d x cells
+            n_cells = cells.shape[3]
+            rows = F.normalize(cells.permute(0, 1, 3, 2).reshape(-1, cells.shape[2]), dim=-1)  # (V*b*cells) x d
+            cell_logits = rows @ bt.columns.t()
+            mask = bt.mask.repeat_interleave(n_cells, dim=0) if bt.mask is not None else None
+            targets = [t.repeat_interleave(n_cells, dim=0) for t in bt.targets]
+            l_local = attention_cross_entropy(cell_logits, targets, mask, ctx.n_crops, p.temperature, bt.b * n_cells)
+        loss = (1 - p.local_weight) * l_bam + p.local_weight * l_local
+        return loss, {"bam": l_bam.detach(), "local": l_local.detach()}

@@ -1,0 +1,90 @@
+"""CO-BYOL (CO-SSL, Aubret et al.; METHODS.md sections 3 and 6): BYOL plus local-to-global alignment.
+
+Per view: dense map ``Y`` (CNN last stage or ViT patch tokens), global ``y = mean(Y)``; BYOL's projector
+``g`` and predictor ``q`` on ``y``. Local heads are pointwise: projector ``g2`` and predictor ``q2`` on every
+cell of ``Y`` (optionally adaptive-average-pooled to ``grid x grid``). The target of every cell of view a is
+the other view's global target embedding: ``g2_xi(y_b)`` (``target_head: local``, the default) or
+``g_xi(y_b)`` (``target_head: global``).
+
+    L_g = l(q(g(y_1)), g_xi(y_2)) + l(q(g(y_2)), g_xi(y_1))
+    L_l = mean_cells l(q2(g2(Y_1)), t_2) + mean_cells l(q2(g2(Y_2)), t_1)
+    L   = L_g + w_s L_l          (convex: (1 - w_s) L_g + w_s L_l)
+
+With ``w_s = 0`` it is exactly BYOL.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from bam_dense.engine.config import COBYOLParams
+from bam_dense.losses.byol import byol_loss
+from bam_dense.methods.base import Method, StepContext
+from bam_dense.models.backbones import feature_dims, features
+from bam_dense.models.heads import MLPHead
+
+
+def local_cells(dense: torch.Tensor, grid: int) -> torch.Tensor:
+    """``B x C x H x W`` -> ``B x C x cells``: every position, or an adaptive-average-pooled grid."""
+    if grid > 0:
+        dense = F.adaptive_avg_pool2d(dense, grid)
+    return dense.flatten(2)
+
+
+class COBYOLNet(nn.Module):
+    def __init__(self, backbone: nn.Module, params: COBYOLParams):
+        super().__init__()
+        dim = feature_dims(backbone)[1]
+        k = params.projector.out_dim
+        self.backbone = backbone
+        self.grid = params.grid
+        self.local = params.local_weight > 0  # w_s = 0: no local heads in the graph (exactly BYOL)
+        self.projector = MLPHead.from_config(dim, params.projector, init="kaiming_fan_out")
+        self.predictor = MLPHead.from_config(k, params.predictor, init="normal")
+        self.local_projector = MLPHead.from_config(dim, params.projector, init="kaiming_fan_out")
+        self.local_predictor = MLPHead.from_config(k, params.predictor, init="normal")
+
+    def view(self, x: torch.Tensor, predict: bool, local: bool) -> dict[str, torch.Tensor]:
+        dense = features(self.backbone, x).dense
+        pooled = dense.mean(dim=(2, 3))
+        out = {"z": self.projector(pooled)}
+        if predict:
+            out["p"] = self.predictor(out["z"])
+            if local:
+                out["p_local"] = self.local_predictor(self.local_projector(local_cells(dense, self.grid)))  # B x k x cells
+        elif local:
+            out["t_local"] = self.local_projector(pooled)  # the local target: g2_xi on the global representation
+        return out
+
+    def forward(self, crops: list[torch.Tensor], predict: bool = True, local: bool | None = None) -> list[dict]:
+        local = self.local if local is None else local
+        return [self.view(x, predict, local) for x in crops]
+
+
+class COBYOL(Method):
+    name = "co_byol"
+    teacher_exclude = ("predictor", "local_predictor")
+
+    def __init__(self, backbone: nn.Module, params: COBYOLParams):
+        super().__init__(COBYOLNet(backbone, params))
+        self.params = params
+
+    def teacher_forward(self, teacher, crops):
+        return teacher(crops, predict=False, local=self.params.target_head == "local" and self.params.local_weight > 0)
+
+    def loss(self, student_out, teacher_out, ctx: StepContext):
+        p = self.params
+        l_g = byol_loss(student_out[0]["p"], teacher_out[1]["z"]) + byol_loss(student_out[1]["p"], teacher_out[0]["z"])
+        if p.local_weight == 0:
+            return l_g, {"global": l_g.detach()}
+        l_l = 0.0
+        for a, b in ((0, 1), (1, 0)):
+            pred = student_out[a]["p_local"]  # B x k x cells
+            target = teacher_out[b]["t_local"] if p.target_head == "local" else teacher_out[b]["z"]  # B x k
+            cells = pred.shape[2]
+            l_l = l_l + byol_loss(pred.transpose(2, 1).reshape(-1, pred.shape[1]),
+                                  target[:, None, :].expand(-1, cells, -1).reshape(-1, target.shape[1]))
+        loss = ((1 - p.local_weight) * l_g if p.convex else l_g) + p.local_weight * l_l
+        return loss, {"global": l_g.detach(), "local": l_l.detach()}

@@ -1,0 +1,73 @@
+"""LEWEL_B (METHODS.md section 2) and BYOL, which is LEWEL_B with loss weight 1.
+
+Per view: the backbone's dense map ``Y``; the alignment neck gives the global projection ``z_g`` and the
+aligned embeddings ``E``; predictors ``q``, ``q_o`` on the online side. For an ordered pair (online view a,
+target view b):  ``w * l(q(z_g^a), z_g^b) + (1 - w) * l(q_o(E^a)_j, E^b_j)`` over all (image, j), with ``l``
+the BYOL loss; the total sums both directions. Each view passes separately (BatchNorm per view).
+
+With ``w = 1`` (method ``byol``) the dense path is skipped entirely: the projector sees only the pooled
+vector, so its BatchNorm statistics, and therefore the loss, are exactly BYOL's.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from bam_dense.losses.lewel import lewel_loss
+from bam_dense.methods.base import Method, StepContext
+from bam_dense.models.alignment import AlignmentNeck
+from bam_dense.models.backbones import features, feature_dims
+from bam_dense.models.heads import MLPHead
+
+
+class LEWELNet(nn.Module):
+    def __init__(self, backbone: nn.Module, params, dense: bool):
+        super().__init__()
+        dim = feature_dims(backbone)[1]
+        self.backbone = backbone
+        self.dense = dense
+        heads = getattr(params, "num_heads", 1)
+        self.neck = AlignmentNeck(dim, params.projector, heads, getattr(params, "scale", 1.0))
+        if not dense:
+            self.neck.proj_obj = None
+        k = params.projector.out_dim
+        self.predictor = MLPHead.from_config(k, params.predictor, init="normal")
+        self.predictor_obj = MLPHead.from_config(k, params.predictor, init="normal") if dense else None
+
+    def view(self, x: torch.Tensor, predict: bool) -> dict[str, torch.Tensor]:
+        dense = features(self.backbone, x).dense
+        if self.dense:
+            z_g, aligned = self.neck(dense)
+        else:
+            z_g, aligned = self.neck.proj(dense.mean(dim=(2, 3))), None
+        out = {"z": z_g}
+        if aligned is not None:
+            out["e"] = aligned
+        if predict:
+            out["p"] = self.predictor(z_g)
+            if aligned is not None:
+                out["p_e"] = self.predictor_obj(aligned)
+        return out
+
+    def forward(self, crops: list[torch.Tensor], predict: bool = True) -> list[dict[str, torch.Tensor]]:
+        return [self.view(x, predict) for x in crops]
+
+
+class LEWELB(Method):
+    name = "lewel_b"
+    teacher_exclude = ("predictor", "predictor_obj")
+
+    def __init__(self, backbone: nn.Module, params):
+        self.weight = 1.0 if params.name == "byol" else params.loss_weight
+        super().__init__(LEWELNet(backbone, params, dense=self.weight < 1.0))
+        self.params = params
+
+    def teacher_forward(self, teacher, crops):
+        return teacher(crops, predict=False)
+
+    def loss(self, student_out, teacher_out, ctx: StepContext):
+        loss, l_g, l_o = lewel_loss(student_out, teacher_out, self.weight)
+        if self.weight >= 1.0:
+            return loss, {"byol": l_g.detach()}
+        return loss, {"global": l_g.detach(), "aligned": l_o.detach()}

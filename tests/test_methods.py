@@ -1,0 +1,267 @@
+"""LEWEL_B, BYOL, CO-BYOL, CO-BAM and LEWEL-BAM: official fixture, independent computations, reductions."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import tiny_pretrain_dict
+from dist_helpers import method_param_grads, run_world
+
+from bam_dense.engine.config import HeadConfig, load_config
+from bam_dense.engine.teacher import make_teacher
+from bam_dense.engine.trainer import Trainer, build_backbone
+from bam_dense.losses.lewel import lewel_loss
+from bam_dense.methods import build_method
+from bam_dense.methods.base import StepContext
+from bam_dense.models.alignment import AlignmentNeck, alignment_maps, multi_head_pooling
+from bam_dense.models.heads import MLPHead
+
+FIXTURE = Path(__file__).parent / "fixtures" / "lewel_official.pt"
+TWO_VIEW = {"views": {"kind": "two_view", "global_crops": 2, "global_size": 16, "local_crops": 0, "global_scale": [0.3, 1.0]}}
+
+
+def _head(bn: bool = True) -> dict:
+    return {"layers": 2, "hidden_dim": 32, "out_dim": 16, "bn": bn, "bias": not bn, "act": "relu"}
+
+
+def method_cfg(tmp_path, name: str, bn: bool = True, teacher: dict | None = None, **method) -> dict:
+    """A tiny config for ``name`` (BN in the BYOL-family heads unless ``bn=False``)."""
+    cfg = tiny_pretrain_dict(tmp_path, method_name=name, run={"max_steps": 2})
+    if teacher is not None:
+        cfg["teacher"].update(teacher)
+    m = cfg["method"]
+    if name in ("byol", "lewel_b", "co_byol"):
+        m.pop("top_k")
+        m["projector"] = _head(bn)
+        m["predictor"] = _head(bn)
+        cfg["data"].update(TWO_VIEW)
+        cfg["optim"]["name"] = "lars"
+    if name == "lewel_b":
+        m.update(num_heads=4)
+    if name == "co_byol":
+        m.update(grid=2)
+    if name == "co_bam":
+        m.update(grid=2, local_projector=_head(False))
+    if name == "lewel_bam":
+        m.update(neck=_head(bn), num_heads=4)
+    m.update(method)
+    return cfg
+
+
+# ---------------------------------------------------------------------------- LEWEL against the official module
+def _official():
+    return torch.load(FIXTURE, weights_only=True)
+
+
+def _load_mlp(head: MLPHead, state: dict, prefix: str) -> None:
+    head.linears[0].weight.data.copy_(state[f"{prefix}.mlp.0.weight"].squeeze(-1))
+    head.linears[1].weight.data.copy_(state[f"{prefix}.mlp.3.weight"].squeeze(-1))
+    for key in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
+        getattr(head.norms[0], key).data.copy_(state[f"{prefix}.mlp.1.{key}"])
+
+
+def test_lewel_neck_and_loss_equal_the_official_module():
+    ref = _official()
+    assert "LayneH/LEWEL models/lewel.py at commit" in ref["provenance"]
+    c = ref["config"]
+    cfg = HeadConfig(2, c["hid"], c["k"], bn=True, bias=False, act="relu")
+    nets = {}
+    for net in ("online_net", "target_net"):
+        neck = AlignmentNeck(c["C"], cfg, c["heads"], scale=1.0)
+        _load_mlp(neck.proj, ref["state_dict"], f"{net}.neck.proj")
+        _load_mlp(neck.proj_obj, ref["state_dict"], f"{net}.neck.proj_obj")
+        nets[net] = neck.train()
+    predictor = MLPHead.from_config(c["k"], cfg)
+    predictor_obj = MLPHead.from_config(c["k"], cfg)
+    _load_mlp(predictor, ref["state_dict"], "predictor")
+    _load_mlp(predictor_obj, ref["state_dict"], "predictor_obj")
+    online, target = [], []
+    for v, y in enumerate((ref["y1"], ref["y2"])):
+        z_g, e = nets["online_net"](y)
+        torch.testing.assert_close(z_g, ref["online"][v][0].squeeze(-1), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(e, ref["online"][v][1], rtol=1e-5, atol=1e-6)
+        online.append({"p": predictor(z_g), "p_e": predictor_obj(e)})
+        with torch.no_grad():
+            tz, te = nets["target_net"](y)
+        torch.testing.assert_close(te, ref["target"][v][1], rtol=1e-5, atol=1e-6)
+        target.append({"z": tz, "e": te})
+    loss, _, _ = lewel_loss(online, target, c["loss_weight"])
+    assert loss.item() == pytest.approx(ref["loss"].item(), rel=1e-5)
+
+
+def test_alignment_pooling_equals_an_einsum_written_from_the_formula():
+    torch.manual_seed(0)
+    b, c, n, k, heads, s = 3, 12, 10, 8, 4, 0.7
+    y, logits = torch.randn(b, c, n), torch.randn(b, k, n)
+    maps = alignment_maps(logits, s)
+    expected_maps = torch.softmax((logits / logits.norm(dim=1, keepdim=True)) / s, dim=2)
+    torch.testing.assert_close(maps, expected_maps)
+    torch.testing.assert_close(maps.sum(dim=2), torch.ones(b, k))
+    # O[b, q*(c/h) + c', j] = sum_p Y[b, q*(c/h) + c', p] * A[b, q*(k/h) + j, p]
+    yq = y.reshape(b, heads, c // heads, n)
+    aq = maps.reshape(b, heads, k // heads, n)
+    expected = torch.einsum("bqcp,bqjp->bqcj", yq, aq).reshape(b, c, k // heads)
+    torch.testing.assert_close(multi_head_pooling(y, maps, heads), expected)
+
+
+# ---------------------------------------------------------------------------- reductions to the plain methods
+def _step(method, crops, teacher=None, n_global=2, n_crops=2):
+    s_out = method.student(crops)
+    t_out = method.teacher_forward(teacher, crops) if teacher is not None else None
+    return method.loss(s_out, t_out, StepContext(0, 0, n_global, n_crops))
+
+
+def _two_views(seed=0, b=6, size=16):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(b, 3, size, size, generator=g) for _ in range(2)]
+
+
+def _byol_by_hand(projector, predictor, teacher_projector, backbone, teacher_backbone, crops):
+    """BYOL from its definition: g and q on the mean of the dense map, 2 - 2 cos, both directions."""
+    from bam_dense.models.backbones import features
+
+    def pooled(bb, x):
+        return features(bb, x).dense.mean(dim=(2, 3))
+
+    p = [predictor(projector(pooled(backbone, x))) for x in crops]
+    with torch.no_grad():
+        z = [teacher_projector(pooled(teacher_backbone, x)) for x in crops]
+    cos = [F.cosine_similarity(p[a], z[b], dim=1).mean() for a, b in ((0, 1), (1, 0))]
+    return sum(2 - 2 * c for c in cos)
+
+
+def test_loss_weight_one_is_byol(tmp_path):
+    for name, extra in (("byol", {}), ("lewel_b", {"loss_weight": 1.0})):
+        cfg = load_config(data=method_cfg(tmp_path, name, **extra))
+        torch.manual_seed(0)
+        method = build_method(cfg.method, build_backbone(cfg))
+        teacher = make_teacher(method.student, method.teacher_exclude)
+        crops = _two_views()
+        loss, _ = _step(method, crops, teacher)
+        s = method.student
+        expected = _byol_by_hand(s.neck.proj, s.predictor, teacher.neck.proj, s.backbone, teacher.backbone, crops)
+        assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+        assert s.neck.proj_obj is None and s.predictor_obj is None  # the dense path is not in the graph
+
+
+def test_co_byol_with_zero_local_weight_is_byol(tmp_path):
+    torch.manual_seed(0)
+    byol_cfg = load_config(data=method_cfg(tmp_path, "byol"))
+    byol = build_method(byol_cfg.method, build_backbone(byol_cfg))
+    co_cfg = load_config(data=method_cfg(tmp_path, "co_byol", local_weight=0.0))
+    co = build_method(co_cfg.method, build_backbone(co_cfg))
+    co.student.backbone.load_state_dict(byol.student.backbone.state_dict())
+    co.student.projector.load_state_dict(byol.student.neck.proj.state_dict())
+    co.student.predictor.load_state_dict(byol.student.predictor.state_dict())
+    crops = _two_views(1)
+    t_byol, t_co = make_teacher(byol.student, byol.teacher_exclude), make_teacher(co.student, co.teacher_exclude)
+    a, _ = _step(byol, crops, t_byol)
+    b, _ = _step(co, crops, t_co)
+    assert a.item() == b.item()
+    with_local = build_method(load_config(data=method_cfg(tmp_path, "co_byol", local_weight=0.3)).method, co.student.backbone)
+    assert set(_step(with_local, crops, make_teacher(with_local.student, with_local.teacher_exclude))[1]) == {"global", "local"}
+
+
+def _crops_multicrop(seed=0, b=5):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(b, 3, 16, 16, generator=g) for _ in range(2)] + [torch.randn(b, 3, 8, 8, generator=g) for _ in range(2)]
+
+
+@pytest.mark.parametrize(("name", "neutral", "active"), [("co_bam", {"local_weight": 0.0}, {"local_weight": 0.3}),
+                                                         ("lewel_bam", {"global_weight": 1.0}, {"global_weight": 0.5})])
+@pytest.mark.parametrize("teacher", [False, True])
+def test_spatial_bam_variants_reduce_exactly_to_bam(tmp_path, name, neutral, active, teacher):
+    crops = _crops_multicrop()
+    torch.manual_seed(0)
+    bam_cfg = load_config(data=tiny_pretrain_dict(tmp_path, teacher={"enabled": teacher}))
+    bam = build_method(bam_cfg.method, build_backbone(bam_cfg))
+    t_bam = make_teacher(bam.student) if teacher else None
+    expected, _ = _step(bam, crops, t_bam, 2, 4)
+    for params, equal in ((neutral, True), (active, False)):
+        cfg = load_config(data=method_cfg(tmp_path, name, teacher={"enabled": teacher}, **params))
+        variant = build_method(cfg.method, build_backbone(cfg))
+        missing, _ = variant.student.load_state_dict(bam.student.state_dict(), strict=False)
+        assert all(k.startswith(("local_projector", "neck")) for k in missing)
+        t_var = make_teacher(variant.student, variant.teacher_exclude) if teacher else None
+        if teacher:
+            t_var.load_state_dict(t_bam.state_dict(), strict=False)
+        loss, terms = _step(variant, crops, t_var, 2, 4)
+        if equal:
+            assert loss.item() == expected.item()
+        else:
+            assert loss.item() != pytest.approx(expected.item()) and len(terms) == 2
+
+
+def test_gradients_reach_only_the_online_branch(tmp_path):
+    for name in ("lewel_b", "co_byol", "co_bam", "lewel_bam"):
+        cfg = load_config(data=method_cfg(tmp_path, name))
+        method = build_method(cfg.method, build_backbone(cfg))
+        teacher = make_teacher(method.student, method.teacher_exclude)
+        crops = _two_views() if name in ("lewel_b", "co_byol") else _crops_multicrop()
+        n_crops = len(crops)
+        loss, _ = _step(method, crops, teacher, 2, n_crops)
+        loss.backward()
+        assert all(p.grad is None for p in teacher.parameters()), name
+        trained = [n for n, p in method.student.named_parameters() if p.requires_grad and p.grad is not None]
+        assert any(n.startswith("backbone.blocks") for n in trained), name
+        for head in ("predictor", "local_predictor", "local_projector", "neck"):
+            if getattr(method.student, head, None) is not None:
+                assert any(n.startswith(head) for n in trained), (name, head)
+
+
+def test_eman_teacher_runs_in_eval_mode_and_follows_bn_statistics(tmp_path):
+    cfg = method_cfg(tmp_path, "lewel_b", teacher={"enabled": True, "buffers": "params_and_buffers", "eval_mode": True,
+                                                    "momentum": 0.5})
+    trainer = Trainer(load_config(data=cfg))
+    before = {k: v.clone() for k, v in trainer.teacher.state_dict().items() if "running_mean" in k}
+    trainer.train()
+    assert not trainer.teacher.training
+    after = trainer.teacher.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # BN statistics are averaged (EMAN)
+    cfg2 = method_cfg(tmp_path / "b", "lewel_b", teacher={"enabled": True, "buffers": "params", "momentum": 0.5})
+    plain = Trainer(load_config(data=cfg2))
+    plain.train()
+    assert plain.teacher.training  # BYOL/LEWEL_B(SyncBN): the target normalises with its own batch statistics
+
+
+# ---------------------------------------------------------------------------- distributed
+@pytest.mark.parametrize("name", ["byol", "lewel_b", "co_byol", "co_bam", "lewel_bam"])
+def test_two_processes_equal_one_for_every_method(tmp_path, name):
+    cfg = method_cfg(tmp_path / "run", name, bn=False)  # per-process BatchNorm would differ by design
+    n_local = cfg["data"]["views"]["local_crops"]
+    gen = torch.Generator().manual_seed(0)
+    size = cfg["data"]["views"]["global_size"]
+    crops = [torch.randn(6, 3, size, size, generator=gen) for _ in range(2)]
+    crops += [torch.randn(6, 3, 8, 8, generator=gen) for _ in range(n_local)]
+    single = method_param_grads(0, 1, cfg, crops, seed=3)
+    results = run_world(method_param_grads, 2, (cfg, crops, 3), tmp_path)
+    for res in results:
+        assert res["loss"] == pytest.approx(single["loss"], rel=1e-5)
+        for key, grad in single["grads"].items():
+            torch.testing.assert_close(res["grads"][key], grad, rtol=1e-4, atol=1e-5, msg=lambda m, k=key: f"{k}: {m}")
+
+
+# ---------------------------------------------------------------------------- training from the shipped tiny configs
+@pytest.mark.parametrize("config", ["byol_tiny_cpu.yaml", "lewel_b_tiny_cpu.yaml", "co_byol_tiny_cpu.yaml",
+                                    "co_bam_tiny_cpu.yaml", "lewel_bam_tiny_cpu.yaml"])
+def test_tiny_configs_train_with_a_falling_loss(tmp_path, config):
+    from conftest import REPO
+
+    cfg = load_config(REPO / "configs" / "pretrain" / config, [
+        f"run.output_dir={tmp_path}", "run.progress=false", "run.tensorboard=false", "data.num_workers=0",
+        "data.synthetic.num_images=256", "data.batch_size_per_gpu=32", "run.log_every=1", "optim.epochs=3",
+        "optim.warmup_epochs=1", "eval.knn.enabled=false",
+        "eval.random_init_baseline=false"])
+    trainer = Trainer(cfg)
+    trainer.train()
+    import json
+
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+              if json.loads(line)["kind"] == "train"]
+    assert all(math.isfinite(v) for v in losses)
+    k = max(1, len(losses) // 3)
+    assert sum(losses[-k:]) / k < sum(losses[:k]) / k, losses
