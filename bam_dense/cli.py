@@ -191,6 +191,25 @@ def _demo(sub) -> None:
     p.add_argument("--skip", nargs="*", default=[], help="skip steps: seg det davis")
 
 
+def _probe(sub) -> None:
+    p = _add(
+        sub,
+        "probe",
+        "bam_dense.eval.dense_probe:cli_main",
+        "cheap dense evaluation: linear per-patch segmentation probe (mIoU) and DAVIS label propagation (J&F)",
+    )
+    p.add_argument("--checkpoint", required=True, help="pretraining or converted checkpoint")
+    p.add_argument("--arch", help="timm architecture when the checkpoint does not record it")
+    p.add_argument("--which", choices=["student", "teacher"], default=None)
+    p.add_argument("--ade-root", help="ADE20K-layout folder (ADEChallengeData2016) for the linear probe")
+    p.add_argument("--davis-root", help="DAVIS-layout folder for label propagation")
+    p.add_argument("--image-size", type=int, default=64, help="probe input size (default 64)")
+    p.add_argument("--davis-resolution", type=int, default=96, help="DAVIS short side (default 96)")
+    p.add_argument("--random-baseline", action="store_true", help="also score the same encoder at its random initialisation")
+    p.add_argument("--out", help="write the numbers as JSON")
+    p.add_argument("--trust-source", action="store_true")
+
+
 def _tools(sub) -> None:
     d = _add(sub, "doctor", "bam_dense.doctor:cli_main", "report versions and which features can run here, with the fix for each")
     d.add_argument("--json", action="store_true", help="machine-readable output")
@@ -224,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"bam-dense {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_pretrain, _convert, _davis, _seg, _det, _bench, _demo, _tools):
+    for add in (_pretrain, _convert, _davis, _seg, _det, _bench, _demo, _probe, _tools):
         add(sub)
     return parser
 

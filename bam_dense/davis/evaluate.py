@@ -211,11 +211,23 @@ def evaluate(davis_root: str | Path, results: str | Path, task: str = "semi-supe
     return aggregate(scores)
 
 
+def write_metrics_json(res: Results, path: Path, args: argparse.Namespace) -> Path:
+    """The global numbers as JSON (what ``bam-dense bench report`` reads)."""
+    import json
+
+    from bam_dense.atomic import atomic_write_text
+
+    payload = {"task": f"davis_{args.task}", "davis_root": str(args.davis_root), "results": str(args.results), "set": args.set,
+               "metrics": dict(zip(GLOBAL_COLUMNS, res.global_row)), "per_object": res.objects}
+    return atomic_write_text(path, json.dumps(payload, indent=1))
+
+
 def cli_main(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.results)
     res = evaluate(args.davis_root, args.results, args.task, args.set, args.sequences, args.workers)
     gp, sp = write_csvs(res, out, args.set)
     chart = plot_per_sequence(res, out / f"per-sequence_results-{args.set}.png")
+    write_metrics_json(res, out / "metrics.json", args)
     sys.stdout.write(f"--------------------------- Global results for {args.set} ---------------------------\n")
     print(res.table())
     print(f"\n[bam-dense] {gp}\n[bam-dense] {sp}\n[bam-dense] {chart}")

@@ -51,6 +51,11 @@ def train(config: str, checkpoint: str, work_dir: str | None = None, cfg_options
 def test(config: str, checkpoint: str, work_dir: str | None = None, cfg_options: list[str] | None = None,
          out: str | None = None, launcher: str = "none", data_root: str | None = None) -> dict:
     """Evaluate a fine-tuned model; writes and returns the metrics."""
+    if Path(checkpoint).is_dir():  # a work dir: its latest checkpoint
+        found = latest_checkpoint(checkpoint)
+        if found is None:
+            raise UserFacingError(f"--checkpoint {checkpoint}: no checkpoint in this work dir")
+        checkpoint = found
     if not Path(checkpoint).is_file():
         raise UserFacingError(f"--checkpoint {checkpoint} does not exist")
     cfg = load_config(config, cfg_options or [], work_dir, launcher, data_root)

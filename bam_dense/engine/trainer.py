@@ -15,6 +15,7 @@ Checkpoint layout (``<output_dir>/checkpoints/last.pth``, loadable with ``weight
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import random
@@ -494,10 +495,8 @@ class Trainer:
                     self.save()
                 if self.step >= max_steps:
                     break
-            else:
+            if self.batch_in_epoch >= self.steps_per_epoch:  # the epoch ran to its end (also on the last step)
                 self._end_epoch()
-                continue
-            break
         if not self.summary.preempted:
             self.summary.checkpoint = str(self.save())
         self.summary.steps = self.step
@@ -532,6 +531,10 @@ def run(cfg: PretrainConfig) -> Summary:
     trainer = Trainer(cfg)
     try:
         summary = trainer.train()
+        if dist.is_main():
+            payload = dict(dataclasses.asdict(summary), completed=not summary.preempted, method=cfg.method.name,
+                           arch=cfg.model.arch)
+            atomic_write(Path(cfg.run.output_dir) / "summary.json", lambda fh: fh.write(json.dumps(payload, indent=1).encode()))
     finally:
         dist.destroy()
     return summary

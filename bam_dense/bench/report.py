@@ -1,0 +1,138 @@
+"""``bam-dense bench report RUN_DIR [RUN_DIR ...]``: report.md and charts, beside the published numbers.
+
+For every benchmark a plan step names, the report lists each run's number, the mean and spread over runs
+of the same method (seeds), and the published numbers of the same protocol with their sources and notes.
+Several run directories are reported side by side. Failed steps appear with their error, not as zeros.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from bam_dense.bench.published import BENCHMARKS
+from bam_dense.errors import UserFacingError
+
+
+@dataclass
+class Entry:
+    run: str
+    method: str
+    step: str
+    benchmark: str | None
+    value: float | None
+    error: str | None = None
+
+
+def collect(run_dir: Path) -> list[Entry]:
+    plan_file = run_dir / "plan.yaml"
+    if not plan_file.is_file():
+        raise UserFacingError(f"{run_dir} has no plan.yaml (not a bam-dense bench run directory)")
+    plan = yaml.safe_load(plan_file.read_text())
+    entries = []
+    for run in plan.get("runs", []):
+        for step in plan.get("steps", []):
+            bench = BENCHMARKS.get(step.get("benchmark") or "")
+            out = run_dir / run["name"] / step["name"]
+            value, error = None, None
+            if (out / "metrics.json").is_file():
+                metrics = json.loads((out / "metrics.json").read_text()).get("metrics", {})
+                key = bench.metric if bench else next(iter(metrics), None)
+                value = metrics.get(key)
+            elif (out / "error.txt").is_file():
+                error = (out / "error.txt").read_text().strip().splitlines()[0]
+            else:
+                error = "not run"
+            entries.append(Entry(run["name"], run.get("method", run["name"]), step["name"], step.get("benchmark"), value, error))
+    return entries
+
+
+def _fmt(value: float | None, unit: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.2f}" if unit == "%" else f"{value:.3f}"
+
+
+def _chart(bench, rows: list[tuple[str, float, bool]], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.2))
+    labels = [r[0] for r in rows]
+    values = [r[1] for r in rows]
+    colors = ["tab:blue" if ours else "tab:gray" for _, _, ours in rows]
+    ax.barh(range(len(rows)), values, color=colors)
+    ax.set_yticks(range(len(rows)), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"{bench.metric}{' (%)' if bench.unit == '%' else ''}")
+    ax.set_title(bench.title + "\n(blue: these runs, grey: published)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_report(run_dirs: list[Path], out: Path) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    entries = [e for d in run_dirs for e in collect(d)]
+    lines = ["# bam-dense benchmark report", "", f"Run directories: {', '.join(str(d) for d in run_dirs)}", ""]
+    benchmarks = []
+    for e in entries:
+        if e.benchmark not in benchmarks:
+            benchmarks.append(e.benchmark)
+    synthetic = any(b and b.startswith("synthetic") for b in benchmarks)
+    if synthetic:
+        lines += ["> **Synthetic data checks the pipeline; it is not a benchmark.** Numbers on generated data say that every",
+                  "> stage ran end to end, not how good an encoder is.", ""]
+    for bench_id in benchmarks:
+        bench = BENCHMARKS.get(bench_id or "")
+        rows = [e for e in entries if e.benchmark == bench_id]
+        title = bench.title if bench else f"step {rows[0].step}"
+        unit = bench.unit if bench else ""
+        lines += [f"## {title}", ""]
+        if bench:
+            lines += [f"Protocol: {bench.protocol}. Metric: `{bench.metric}`.", ""]
+        lines += ["| encoder | method | value | note |", "|---|---|---|---|"]
+        chart_rows = []
+        for e in rows:
+            lines.append(f"| {e.run} | {e.method} | {_fmt(e.value, unit)} | {e.error or ''} |")
+            if e.value is not None:
+                chart_rows.append((e.run, e.value, True))
+        by_method: dict[str, list[float]] = {}
+        for e in rows:
+            if e.value is not None:
+                by_method.setdefault(e.method, []).append(e.value)
+        multi = {m: v for m, v in by_method.items() if len(v) > 1}
+        if multi:
+            lines += ["", "| method | runs | mean | std | min | max |", "|---|---|---|---|---|---|"]
+            for m, v in multi.items():
+                lines.append(f"| {m} | {len(v)} | {_fmt(statistics.mean(v), unit)} | {_fmt(statistics.stdev(v), unit)} | "
+                             f"{_fmt(min(v), unit)} | {_fmt(max(v), unit)} |")
+        if bench and bench.results:
+            lines += ["", "Published, same protocol:", "", "| method | value | source | note |", "|---|---|---|---|"]
+            for p in bench.results:
+                lines.append(f"| {p.method} | {_fmt(p.value, unit)} | {p.source} | {p.note} |")
+                chart_rows.append((p.method, p.value, False))
+        if bench and chart_rows:
+            png = _chart(bench, chart_rows, out / f"{bench_id}.png")
+            lines += ["", f"![{title}]({png.name})"]
+        lines.append("")
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def cli_main(args: argparse.Namespace) -> int:
+    dirs = [Path(d) for d in args.run_dirs]
+    out = Path(args.out) if args.out else dirs[0]
+    path = write_report(dirs, out)
+    print(f"[bam-dense] report: {path}")
+    return 0

@@ -1,0 +1,163 @@
+"""Cheap dense evaluations for development and the demo: the signal spatially aligned methods exist for.
+
+* :func:`linear_seg_probe`: a linear per-patch classifier trained on frozen dense features of an
+  ADE20K-layout folder (labels reduced as mmseg does: 0 ignored, 1..150 -> 0..149), scored by mIoU on the
+  validation split after bilinear upsampling of the logits to the label resolution (IoU summed over the
+  split, mean over classes present in the ground truth or the prediction, as mmseg's IoUMetric).
+* :func:`davis_probe`: label propagation on a DAVIS-layout folder, scored by J&F-Mean.
+
+``bam-dense probe`` runs both for a checkpoint and, with ``--random-baseline``, for the same encoder at
+its random initialisation, and prints them side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from bam_dense.errors import UserFacingError
+from bam_dense.models.backbones import features
+
+MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+NUM_CLASSES = 150
+
+
+@dataclass
+class ProbeResult:
+    miou: float | None = None
+    davis_jf: float | None = None
+
+    def as_dict(self) -> dict:
+        return {"linear_probe_miou": self.miou, "davis_jf": self.davis_jf}
+
+
+def _load_split(root: Path, split: str, size: int):
+    images, labels = [], []
+    img_dir, ann_dir = root / "images" / split, root / "annotations" / split
+    files = sorted(img_dir.glob("*.jpg"))
+    if not files:
+        raise UserFacingError(f"no images in {img_dir} (an ADE20K-layout folder: ADEChallengeData2016/)")
+    for path in files:
+        img = Image.open(path).convert("RGB").resize((size, size), Image.BILINEAR)
+        images.append((torch.from_numpy(np.asarray(img, np.float32) / 255.0).permute(2, 0, 1) - MEAN) / STD)
+        label = np.asarray(Image.open(ann_dir / f"{path.stem}.png").resize((size, size), Image.NEAREST)).astype(np.int64)
+        label = np.where(label == 0, 255, label - 1)  # reduce_zero_label
+        labels.append(torch.from_numpy(label))
+    return torch.stack(images), torch.stack(labels)
+
+
+@torch.no_grad()
+def _dense(backbone, images: torch.Tensor, batch: int = 32) -> torch.Tensor:
+    backbone.eval()
+    return torch.cat([features(backbone, images[i:i + batch]).dense.float() for i in range(0, len(images), batch)])
+
+
+def _grid_labels(labels: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    return F.interpolate(labels[:, None].float(), size=(h, w), mode="nearest")[:, 0].long()
+
+
+def miou(pred: torch.Tensor, label: torch.Tensor, num_classes: int = NUM_CLASSES) -> float:
+    """mmseg-style mIoU: intersections and unions summed over the split, nanmean over classes, 255 ignored."""
+    keep = label != 255
+    p, g = pred[keep], label[keep]
+    inter = torch.bincount(g[p == g], minlength=num_classes).double()
+    area_p = torch.bincount(p, minlength=num_classes).double()
+    area_g = torch.bincount(g, minlength=num_classes).double()
+    union = area_p + area_g - inter
+    iou = inter / union
+    return float(np.nanmean(iou.numpy()))
+
+
+def linear_seg_probe(backbone, ade_root: str | Path, image_size: int = 64, steps: int = 300, lr: float = 0.01,
+                     seed: int = 0) -> float:
+    """mIoU (in [0, 1]) of a linear per-patch classifier on frozen features."""
+    root = Path(ade_root)
+    tr_x, tr_y = _load_split(root, "training", image_size)
+    va_x, va_y = _load_split(root, "validation", image_size)
+    tr_f, va_f = _dense(backbone, tr_x), _dense(backbone, va_x)
+    h, w = tr_f.shape[-2:]
+    x = tr_f.permute(0, 2, 3, 1).reshape(-1, tr_f.shape[1])
+    y = _grid_labels(tr_y, h, w).reshape(-1)
+    keep = y != 255
+    x, y = x[keep], y[keep]
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    torch.manual_seed(seed)
+    clf = torch.nn.Linear(x.shape[1], NUM_CLASSES)
+    opt = torch.optim.Adam(clf.parameters(), lr=lr)
+    for _ in range(steps):
+        opt.zero_grad()
+        F.cross_entropy(clf((x - mean) / std), y).backward()
+        opt.step()
+    with torch.no_grad():
+        v = (va_f.permute(0, 2, 3, 1) - mean) / std
+        logits = clf(v).permute(0, 3, 1, 2)
+        logits = F.interpolate(logits, size=va_y.shape[-2:], mode="bilinear", align_corners=False)
+        return miou(logits.argmax(1), va_y)
+
+
+def davis_probe(backbone, davis_root: str | Path, resolution: int = 96) -> float:
+    from bam_dense.davis.evaluate import evaluate
+    from bam_dense.davis.propagate import FeatureExtractor, PropagationParams, run
+
+    extractor = FeatureExtractor(backbone, torch.device("cpu"))
+    with tempfile.TemporaryDirectory() as tmp:
+        run("probe", str(davis_root), tmp, params=PropagationParams(resolution=resolution), extractor=extractor)
+        return evaluate(davis_root, tmp, workers=1).global_row[0]
+
+
+def probe(backbone, ade_root: str | None, davis_root: str | None, image_size: int = 64, davis_resolution: int = 96) -> ProbeResult:
+    result = ProbeResult()
+    if ade_root:
+        result.miou = linear_seg_probe(backbone, ade_root, image_size)
+    if davis_root:
+        result.davis_jf = davis_probe(backbone, davis_root, davis_resolution)
+    return result
+
+
+def random_init_like(checkpoint: str) -> torch.nn.Module:
+    """The encoder a bam-dense run started from: its config's backbone, built with its seed."""
+    from bam_dense.engine.config import load_config
+    from bam_dense.engine.trainer import build_backbone
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    if state.get("format") != "bam-dense":
+        raise UserFacingError(f"--random-baseline needs a bam-dense pretraining checkpoint, {checkpoint} is not one")
+    cfg = load_config(data=state["config"])
+    torch.manual_seed(cfg.run.seed)
+    return build_backbone(cfg)
+
+
+def cli_main(args: argparse.Namespace) -> int:
+    from bam_dense.davis.propagate import load_backbone
+
+    if not args.ade_root and not args.davis_root:
+        raise UserFacingError("give --ade-root and/or --davis-root")
+    rows = {"checkpoint": probe(load_backbone(args.checkpoint, args.arch, args.which, args.trust_source),
+                                args.ade_root, args.davis_root, args.image_size, args.davis_resolution)}
+    if args.random_baseline:
+        rows["random init"] = probe(random_init_like(args.checkpoint), args.ade_root, args.davis_root, args.image_size,
+                                    args.davis_resolution)
+    print(f"{'encoder':<12} {'linear-probe mIoU':>18} {'DAVIS J&F':>10}")
+    for name, r in rows.items():
+        m = "-" if r.miou is None else f"{100 * r.miou:.2f}"
+        d = "-" if r.davis_jf is None else f"{r.davis_jf:.3f}"
+        print(f"{name:<12} {m:>18} {d:>10}")
+    if args.out:
+        payload = {"task": "dense_probe", "checkpoint": args.checkpoint, "metrics": rows["checkpoint"].as_dict()}
+        if "random init" in rows:
+            payload["random_init"] = rows["random init"].as_dict()
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(payload, indent=1))
+    return 0
+
+
+__all__ = ["ProbeResult", "davis_probe", "linear_seg_probe", "miou", "probe"]
