@@ -1,0 +1,16 @@
+#!/usr/bin/env python
+"""`bam-dense det test` as a script, for launchers (single process, torchrun, srun).
+
+    python downstream/mmdet/test.py CONFIG --checkpoint CKPT [options]
+    torchrun --nproc_per_node=8 downstream/mmdet/test.py CONFIG --checkpoint CKPT --launcher pytorch
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a clone without installing
+
+from bam_dense.cli import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main(["det", "test", *sys.argv[1:]]))

@@ -1,0 +1,157 @@
+"""Leaderboard plans and reports, the demo, and the docs' commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import PYTHON, REPO, tiny_pretrain_dict
+
+from bam_dense.engine.config import load_config
+from bam_dense.engine.trainer import Trainer
+
+
+def _env():
+    return dict(os.environ, PYTHONPATH=str(REPO))
+
+
+@pytest.fixture(scope="module")
+def two_checkpoints(tmp_path_factory) -> dict[str, Path]:
+    out = {}
+    for name, method in (("bam", {}), ("lewel_bam", {"neck": {"layers": 2, "hidden_dim": 32, "out_dim": 16, "bn": True,
+                                                                "bias": False, "act": "relu"}, "num_heads": 4})):
+        root = tmp_path_factory.mktemp(name)
+        cfg = tiny_pretrain_dict(root, method_name=name, run={"max_steps": 2})
+        cfg["method"].update(method)
+        Trainer(load_config(data=cfg)).train()
+        out[name] = root / "checkpoints" / "last.pth"
+    return out
+
+
+def _plan(tmp_path: Path, checkpoints: dict, synthetic_root: Path, broken: bool = False) -> Path:
+    plan = {
+        "name": "two-methods",
+        "runs": [{"name": "bam-s0", "method": "bam", "checkpoint": str(checkpoints["bam"])},
+                 {"name": "lewel-bam-s0", "method": "lewel_bam", "checkpoint": str(checkpoints["lewel_bam"])}],
+        "steps": [
+            {"name": "probe", "kind": "probe", "benchmark": "synthetic_linear_probe",
+             "ade_root": str(synthetic_root / "ade20k" / "ADEChallengeData2016"), "options": ["--image-size", "32"]},
+            {"name": "davis", "kind": "davis", "benchmark": "synthetic_davis", "davis_root": str(synthetic_root / "davis"),
+             "options": ["--resolution", "64", "--device", "cpu"]},
+        ],
+    }
+    if broken:
+        plan["steps"].insert(0, {"name": "seg", "kind": "seg", "benchmark": "ade20k_upernet_vitb16",
+                                 "config": str(tmp_path / "no_such_config.py"), "data_root": str(tmp_path)})
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump(plan))
+    return path
+
+
+def test_a_plan_of_two_methods_gives_a_side_by_side_report(two_checkpoints, synthetic_root, tmp_path):
+    plan = _plan(tmp_path, two_checkpoints, synthetic_root)
+    run_dir = tmp_path / "run"
+    proc = subprocess.run([PYTHON, "-m", "bam_dense.cli", "bench", "run", str(plan), "--run-dir", str(run_dir)],
+                          capture_output=True, text=True, env=_env())
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for run in ("bam-s0", "lewel-bam-s0"):
+        for step in ("probe", "davis"):
+            metrics = json.loads((run_dir / run / step / "metrics.json").read_text())["metrics"]
+            assert metrics
+    again = subprocess.run([PYTHON, "-m", "bam_dense.cli", "bench", "run", str(plan), "--run-dir", str(run_dir)],
+                           capture_output=True, text=True, env=_env())
+    assert again.stdout.count("skipped") == 4  # finished steps are not re-run
+    rep = subprocess.run([PYTHON, "-m", "bam_dense.cli", "bench", "report", str(run_dir)], capture_output=True, text=True, env=_env())
+    assert rep.returncode == 0, rep.stderr
+    report = (run_dir / "report.md").read_text()
+    assert "Synthetic data checks the pipeline; it is not a benchmark" in report
+    for text in ("bam-s0", "lewel-bam-s0", "Synthetic DAVIS layout", "linear per-patch probe"):
+        assert text in report
+    assert (run_dir / "synthetic_davis.png").exists()
+
+
+def test_a_failing_step_keeps_the_other_results_and_says_why(two_checkpoints, synthetic_root, tmp_path):
+    plan = _plan(tmp_path, {"bam": two_checkpoints["bam"], "lewel_bam": two_checkpoints["lewel_bam"]}, synthetic_root, broken=True)
+    run_dir = tmp_path / "run"
+    proc = subprocess.run([PYTHON, "-m", "bam_dense.cli", "bench", "run", str(plan), "--run-dir", str(run_dir), "--steps", "seg",
+                           "probe"], capture_output=True, text=True, env=_env())
+    assert proc.returncode == 1
+    assert "2 step(s) failed" in proc.stderr
+    error = (run_dir / "bam-s0" / "seg" / "error.txt").read_text()
+    assert "no_such_config.py does not exist" in error
+    assert (run_dir / "bam-s0" / "probe" / "metrics.json").exists()
+    subprocess.run([PYTHON, "-m", "bam_dense.cli", "bench", "report", str(run_dir)], check=True, capture_output=True, env=_env())
+    report = (run_dir / "report.md").read_text()
+    assert "command failed with exit status" in report and "ADE20K, UperNet ViT-B/16" in report
+    assert "| BAM (ViT-B/16) | 46.10 |" in report  # published numbers of the protocol, beside the failed run
+
+
+def test_slurm_commands_are_printed_with_dependencies(tmp_path):
+    plan = {"name": "cluster", "slurm": {"partition": "gpu", "gpus_per_node": 8, "nodes": 2},
+            "runs": [{"name": "bam-vits", "pretrain": {"config": "configs/pretrain/bam_vit_small_16gpu.yaml"}}],
+            "steps": [{"name": "davis", "kind": "davis", "benchmark": "davis17_val", "davis_root": "/data/DAVIS"},
+                      {"name": "ade", "kind": "seg", "benchmark": "ade20k_upernet_vits16",
+                       "config": "configs/mmseg/upernet_vit-s16_ade20k-512x512_160k.py", "data_root": "/data/ade", "nproc": 8}]}
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump(plan))
+    proc = subprocess.run([PYTHON, "-m", "bam_dense.cli", "bench", "run", str(path), "--run-dir", str(tmp_path / "r"),
+                           "--print-slurm"], capture_output=True, text=True, env=_env())
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    pre = next(line for line in lines if "PRE_BAM_VITS=$(sbatch" in line)
+    assert "--nodes=2" in pre and "pretrain/slurm.sh" in pre and "--partition=gpu" in pre
+    jobs = [line for line in lines if line.startswith("sbatch --dependency=afterok:$PRE_BAM_VITS")]
+    assert len(jobs) == 2 and "davis propagate" in jobs[0] and "seg train" in jobs[1]
+
+
+def test_reduced_demo_writes_a_report_with_every_section(tmp_path):
+    proc = subprocess.run([PYTHON, "-m", "bam_dense.cli", "demo", "--reduced", "--out", str(tmp_path)], capture_output=True,
+                          text=True, env=_env(), timeout=1500)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = (tmp_path / "report.md").read_text()
+    for section in ("Synthetic data checks the pipeline; it is not a benchmark", "## Summary table (pretrained vs random init)",
+                    "## Pretraining", "## BAM attention and its balanced target", "## Conversion coverage", "## DAVIS overlays",
+                    "## Steps"):
+        assert section in report, section
+    for fig in re.findall(r"\(figures/([^)]+)\)", report):
+        assert (tmp_path / "figures" / fig).stat().st_size > 0
+    assert "davis_" in report and "(100.0%)" in report
+    table = report.split("```")[1]
+    assert "bam_tiny" in table and "random_init" in table
+    assert "failed" not in report.split("## Steps")[1]
+    assert (tmp_path / "runs" / "report.md").exists()
+
+
+DOC_FILES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+
+
+def _doc_commands() -> list[tuple[str, list[str]]]:
+    commands = []
+    for doc in DOC_FILES:
+        text = doc.read_text()
+        for block in re.findall(r"```(?:bash|sh|console)\n(.*?)```", text, flags=re.S):
+            joined = re.sub(r"\\\n\s*", " ", block)
+            for line in joined.splitlines():
+                line = line.strip()
+                if line.startswith("bam-dense "):
+                    commands.append((doc.name, shlex.split(line, comments=True)[1:]))
+    return commands
+
+
+def test_every_bam_dense_command_in_the_docs_parses_with_the_current_cli():
+    from bam_dense.cli import build_parser
+
+    commands = _doc_commands()
+    assert len(commands) >= 15, "the docs should show the commands for every task"
+    parser = build_parser()
+    for doc, argv in commands:
+        try:
+            parser.parse_args(argv)
+        except SystemExit as err:
+            pytest.fail(f"{doc}: `bam-dense {shlex.join(argv)}` does not parse (exit {err.code})")
