@@ -118,50 +118,39 @@ def _davis(sub) -> None:
     ev.add_argument("--workers", type=int, default=None, help="processes (default: CPU count)")
 
 
-def _seg(sub) -> None:
-    p = sub.add_parser("seg", help="semantic segmentation with MMSegmentation (ADE20K, VOC)", description="MMSegmentation fine-tuning and testing")
-    ssub = p.add_subparsers(dest="seg_command", required=True, metavar="{train,test}")
-    tr = _add(ssub, "train", "bam_dense.downstream.seg:cli_train", "fine-tune a segmentation model from a pretrained backbone")
-    tr.add_argument("config", help="mmengine config, e.g. configs/mmseg/upernet_vit-b16_ade20k-512x512_160k.py")
-    tr.add_argument("--checkpoint", required=True, help="pretraining checkpoint (converted on the fly) or converted mmseg file")
+def _finetune(sub, name: str, module: str, title: str, example: str, data_root_help: str) -> None:
+    """``seg`` and ``det``: the same train/test commands over MMSegmentation or MMDetection."""
+    p = sub.add_parser(name, help=title, description=title)
+    msub = p.add_subparsers(dest=f"{name}_command", required=True, metavar="{train,test}")
+    tr = _add(msub, "train", f"{module}:cli_train", "fine-tune from a pretrained backbone (the weight check runs first)")
+    tr.add_argument("config", help=f"mmengine config, e.g. {example}")
+    tr.add_argument("--checkpoint", required=True, help="pretraining checkpoint (converted on the fly) or an already converted file")
     tr.add_argument("--work-dir", help="work directory (default work_dirs/<config name>)")
     tr.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE", help="mmengine config overrides")
     tr.add_argument("--amp", action="store_true", help="mixed precision (AmpOptimWrapper)")
     tr.add_argument("--resume", action="store_true", help="resume from the latest checkpoint in the work dir")
     tr.add_argument("--launcher", choices=["none", "pytorch", "slurm"], default="none", help="job launcher (torchrun: pytorch)")
-    tr.add_argument("--data-root", help="dataset root in the official layout (overrides the config's data_root)")
+    tr.add_argument("--data-root", help=data_root_help)
     tr.add_argument("--trust-source", action="store_true", help="allow legacy pickles (trusted files only)")
-    te = _add(ssub, "test", "bam_dense.downstream.seg:cli_test", "evaluate a fine-tuned segmentation model and write metrics JSON")
+    te = _add(msub, "test", f"{module}:cli_test", "evaluate a fine-tuned model and write metrics JSON")
     te.add_argument("config")
-    te.add_argument("--checkpoint", required=True, help="fine-tuned model checkpoint")
+    te.add_argument("--checkpoint", required=True, help="fine-tuned checkpoint, or a work dir (its latest checkpoint)")
     te.add_argument("--work-dir")
     te.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE")
     te.add_argument("--out", help="metrics JSON path (default <work-dir>/metrics.json)")
     te.add_argument("--launcher", choices=["none", "pytorch", "slurm"], default="none")
-    te.add_argument("--data-root", help="dataset root in the official layout")
+    te.add_argument("--data-root", help=data_root_help)
+
+
+def _seg(sub) -> None:
+    _finetune(sub, "seg", "bam_dense.downstream.seg", "semantic segmentation with MMSegmentation (ADE20K, VOC)",
+              "configs/mmseg/upernet_vit-b16_ade20k-512x512_160k.py",
+              "dataset root in the official layout (overrides the config's data_root)")
 
 
 def _det(sub) -> None:
-    p = sub.add_parser("det", help="COCO detection with MMDetection", description="MMDetection fine-tuning and testing")
-    dsub = p.add_subparsers(dest="det_command", required=True, metavar="{train,test}")
-    tr = _add(dsub, "train", "bam_dense.downstream.det:cli_train", "fine-tune a detector from a pretrained backbone")
-    tr.add_argument("config", help="mmengine config, e.g. configs/mmdet/mask-rcnn_r50_fpn_1x_coco.py")
-    tr.add_argument("--checkpoint", required=True, help="pretraining checkpoint (converted on the fly) or converted mmdet file")
-    tr.add_argument("--work-dir")
-    tr.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE")
-    tr.add_argument("--amp", action="store_true")
-    tr.add_argument("--resume", action="store_true")
-    tr.add_argument("--launcher", choices=["none", "pytorch", "slurm"], default="none")
-    tr.add_argument("--data-root", help="COCO root: annotations/, train2017/, val2017/")
-    tr.add_argument("--trust-source", action="store_true")
-    te = _add(dsub, "test", "bam_dense.downstream.det:cli_test", "evaluate a detector with COCO metrics and write metrics JSON")
-    te.add_argument("config")
-    te.add_argument("--checkpoint", required=True)
-    te.add_argument("--work-dir")
-    te.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE")
-    te.add_argument("--out", help="metrics JSON path (default <work-dir>/metrics.json)")
-    te.add_argument("--launcher", choices=["none", "pytorch", "slurm"], default="none")
-    te.add_argument("--data-root", help="COCO root")
+    _finetune(sub, "det", "bam_dense.downstream.det", "COCO detection with MMDetection", "configs/mmdet/mask-rcnn_r50_fpn_1x_coco.py",
+              "COCO root: annotations/, train2017/, val2017/")
 
 
 def _bench(sub) -> None:

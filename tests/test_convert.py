@@ -249,8 +249,8 @@ def test_detectron2_checkpointer_loads_every_backbone_tensor(resnet50_tv, tmp_pa
     pytest.importorskip("detectron2")
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.config import get_cfg
-    from detectron2.modeling import build_resnet_backbone
     from detectron2.layers import ShapeSpec
+    from detectron2.modeling import build_resnet_backbone
 
     path, original = resnet50_tv
     out = tmp_path / "r50_d2.pkl"

@@ -8,7 +8,6 @@ import math
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -153,7 +152,7 @@ def _write_odd_images(root: Path) -> dict[str, str]:
     Image.fromarray(rgb).convert("CMYK").save(cls / "cmyk.jpg")
     Image.fromarray(rgb).convert("L").save(cls / "gray.png")
     Image.fromarray(rgb).convert("RGBA").save(cls / "rgba.png")
-    Image.fromarray((np.arange(24 * 24, dtype=np.uint16).reshape(24, 24) * 100)).save(cls / "sixteen.png")
+    Image.fromarray(np.arange(24 * 24, dtype=np.uint16).reshape(24, 24) * 100).save(cls / "sixteen.png")
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="JPEG")
     (cls / "truncated.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])

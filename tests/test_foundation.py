@@ -141,7 +141,7 @@ def _digest(root: Path) -> str:
 def test_same_seed_writes_byte_identical_files(tmp_path, layout):
     a = synthetic.make(layout, tmp_path / "a", num=3, seed=5)
     b = synthetic.make(layout, tmp_path / "b", num=3, seed=5)
-    c = synthetic.make(layout, tmp_path / "c", num=3, seed=6)
+    synthetic.make(layout, tmp_path / "c", num=3, seed=6)
     assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
     assert _digest(tmp_path / "a") != _digest(tmp_path / "c")
     assert a.relative_to(tmp_path / "a") == b.relative_to(tmp_path / "b")
@@ -231,7 +231,7 @@ def test_davis_layout_frames_masks_and_objects(synthetic_root):
     for split in ("train", "val"):
         seqs = (root / "ImageSets" / "2017" / f"{split}.txt").read_text().split()
         assert len(seqs) == 3
-        for i, seq in enumerate(seqs):
+        for seq in seqs:
             frames = sorted((root / "JPEGImages" / "480p" / seq).glob("*.jpg"))
             masks = sorted((root / "Annotations" / "480p" / seq).glob("*.png"))
             assert [f.stem for f in frames] == [m.stem for m in masks] == [f"{t:05d}" for t in range(10)]

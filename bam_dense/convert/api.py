@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from bam_dense.atomic import atomic_write
 from bam_dense.convert.maps import targets_for
 from bam_dense.convert.sources import ConversionError, Source, extract_backbone, infer_arch, read_checkpoint
-from bam_dense.atomic import atomic_write
 from bam_dense.engine.checkpoint import atomic_save
 
 TARGETS = ("timm", "timm-folder", "torchvision", "mmseg", "mmseg-mae", "mmdet", "detectron2", "safetensors")

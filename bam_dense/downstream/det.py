@@ -14,14 +14,11 @@ from pathlib import Path
 
 from bam_dense.downstream.mm_common import (
     DET_TARGETS,
-    add_hooks,
-    enable_amp,
-    latest_checkpoint,
     load_config,
-    prepare_pretrained,
+    prepare_test,
+    prepare_train,
     write_metrics,
 )
-from bam_dense.errors import UserFacingError
 
 COCO_KEYS = ("mAP", "mAP_50", "mAP_75", "mAP_s", "mAP_m", "mAP_l")
 
@@ -52,12 +49,7 @@ def train(config: str, checkpoint: str, work_dir: str | None = None, cfg_options
           trust_source: bool = False):
     cfg = load_config(config, cfg_options or [], work_dir, launcher)
     _coco_root(cfg, data_root)
-    prepare_pretrained(cfg, checkpoint, DET_TARGETS, trust_source)
-    if amp:
-        enable_amp(cfg)
-    if resume:
-        cfg.resume = True
-        cfg.load_from = latest_checkpoint(cfg.work_dir)
+    prepare_train(cfg, checkpoint, DET_TARGETS, amp, resume, trust_source)
     runner = _runner(cfg)
     runner.train()
     return runner
@@ -65,19 +57,9 @@ def train(config: str, checkpoint: str, work_dir: str | None = None, cfg_options
 
 def test(config: str, checkpoint: str, work_dir: str | None = None, cfg_options: list[str] | None = None,
          out: str | None = None, launcher: str = "none", data_root: str | None = None) -> dict:
-    if Path(checkpoint).is_dir():  # a work dir: its latest checkpoint
-        found = latest_checkpoint(checkpoint)
-        if found is None:
-            raise UserFacingError(f"--checkpoint {checkpoint}: no checkpoint in this work dir")
-        checkpoint = found
-    if not Path(checkpoint).is_file():
-        raise UserFacingError(f"--checkpoint {checkpoint} does not exist")
     cfg = load_config(config, cfg_options or [], work_dir, launcher)
     _coco_root(cfg, data_root)
-    cfg.load_from = checkpoint
-    cfg.model.backbone.pop("init_cfg", None)
-    cfg.custom_hooks = [h for h in (cfg.get("custom_hooks") or []) if h.get("type") != "PretrainedWeightCheckHook"]
-    add_hooks(cfg)
+    checkpoint = prepare_test(cfg, checkpoint)
     runner = _runner(cfg)
     metrics = runner.test()
     from mmengine.dist import is_main_process

@@ -131,6 +131,34 @@ def add_hooks(cfg, *names: str) -> None:
     cfg.custom_hooks = hooks
 
 
+def prepare_train(cfg, checkpoint: str, targets: dict[str, str], amp: bool, resume: bool, trust_source: bool) -> None:
+    """Pretrained backbone (converted if needed) and its check, AMP, resume from the work dir."""
+    prepare_pretrained(cfg, checkpoint, targets, trust_source)
+    if amp:
+        enable_amp(cfg)
+    if resume:
+        cfg.resume = True
+        cfg.load_from = latest_checkpoint(cfg.work_dir)
+
+
+def prepare_test(cfg, checkpoint: str) -> str:
+    """Load the fine-tuned ``checkpoint`` (a file, or a work dir's latest); no pretrained init, no weight check."""
+    if Path(checkpoint).is_dir():
+        found = latest_checkpoint(checkpoint)
+        if found is None:
+            raise UserFacingError(f"--checkpoint {checkpoint}: no checkpoint in this work dir")
+        checkpoint = found
+    if not Path(checkpoint).is_file():
+        raise UserFacingError(f"--checkpoint {checkpoint} does not exist")
+    cfg.load_from = checkpoint
+    if "pretrained" in cfg.model:
+        cfg.model.pretrained = None
+    cfg.model.backbone.pop("init_cfg", None)  # the fine-tuned weights come from load_from
+    cfg.custom_hooks = [h for h in (cfg.get("custom_hooks") or []) if h.get("type") != "PretrainedWeightCheckHook"]
+    add_hooks(cfg)
+    return checkpoint
+
+
 def enable_amp(cfg) -> None:
     ow = cfg.optim_wrapper
     if ow.get("type", "OptimWrapper") == "AmpOptimWrapper":

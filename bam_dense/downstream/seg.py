@@ -14,14 +14,11 @@ from pathlib import Path
 
 from bam_dense.downstream.mm_common import (
     SEG_TARGETS,
-    add_hooks,
-    enable_amp,
-    latest_checkpoint,
     load_config,
-    prepare_pretrained,
+    prepare_test,
+    prepare_train,
     write_metrics,
 )
-from bam_dense.errors import UserFacingError
 
 
 def _runner(cfg):
@@ -37,12 +34,7 @@ def train(config: str, checkpoint: str, work_dir: str | None = None, cfg_options
           trust_source: bool = False):
     """Fine-tune; returns the mmengine Runner after training."""
     cfg = load_config(config, cfg_options or [], work_dir, launcher, data_root)
-    prepare_pretrained(cfg, checkpoint, SEG_TARGETS, trust_source)
-    if amp:
-        enable_amp(cfg)
-    if resume:
-        cfg.resume = True
-        cfg.load_from = latest_checkpoint(cfg.work_dir)
+    prepare_train(cfg, checkpoint, SEG_TARGETS, amp, resume, trust_source)
     runner = _runner(cfg)
     runner.train()
     return runner
@@ -51,19 +43,8 @@ def train(config: str, checkpoint: str, work_dir: str | None = None, cfg_options
 def test(config: str, checkpoint: str, work_dir: str | None = None, cfg_options: list[str] | None = None,
          out: str | None = None, launcher: str = "none", data_root: str | None = None) -> dict:
     """Evaluate a fine-tuned model; writes and returns the metrics."""
-    if Path(checkpoint).is_dir():  # a work dir: its latest checkpoint
-        found = latest_checkpoint(checkpoint)
-        if found is None:
-            raise UserFacingError(f"--checkpoint {checkpoint}: no checkpoint in this work dir")
-        checkpoint = found
-    if not Path(checkpoint).is_file():
-        raise UserFacingError(f"--checkpoint {checkpoint} does not exist")
     cfg = load_config(config, cfg_options or [], work_dir, launcher, data_root)
-    cfg.load_from = checkpoint
-    cfg.model.pretrained = None
-    cfg.model.backbone.pop("init_cfg", None)  # the fine-tuned weights come from load_from
-    cfg.custom_hooks = [h for h in (cfg.get("custom_hooks") or []) if h.get("type") != "PretrainedWeightCheckHook"]
-    add_hooks(cfg)
+    checkpoint = prepare_test(cfg, checkpoint)
     runner = _runner(cfg)
     metrics = runner.test()
     from mmengine.dist import is_main_process

@@ -29,9 +29,9 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
+from bam_dense.atomic import atomic_write
 from bam_dense.data.pretrain import PretrainDataset, ResumableSampler, Views, collate, eval_transform
 from bam_dense.engine import dist
-from bam_dense.atomic import atomic_write
 from bam_dense.engine.checkpoint import atomic_save, load_own
 from bam_dense.engine.config import PretrainConfig, dump, load_config, to_dict
 from bam_dense.engine.knn import extract, knn_accuracy

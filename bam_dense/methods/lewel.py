@@ -17,7 +17,7 @@ import torch.nn as nn
 from bam_dense.losses.lewel import lewel_loss
 from bam_dense.methods.base import Method, StepContext
 from bam_dense.models.alignment import AlignmentNeck
-from bam_dense.models.backbones import features, feature_dims
+from bam_dense.models.backbones import feature_dims, features
 from bam_dense.models.heads import MLPHead
 
 
