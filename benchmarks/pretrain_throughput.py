@@ -93,7 +93,7 @@ def main() -> None:
     parser.add_argument("configs", nargs="+", help="pretraining configs, then KEY.SUB=VALUE overrides for all")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()
     configs = [c for c in args.configs if "=" not in c]
     overrides = [c for c in args.configs if "=" in c]
     rows = [profile(c, args.steps, args.warmup, overrides) for c in configs]

@@ -60,24 +60,24 @@ def sinkhorn_targets(
     process). Masked entries get exactly zero mass. Column masses are balanced across all ``W*n`` rows
     of every process (global max, global sum and per-column sums are all-reduced).
     """
-    x = logits.detach().float() / eps
+    x = logits.detach().float().div(eps)  # the one n x k buffer; every step below works in place
     if mask is not None:
-        x = x.masked_fill(mask, torch.finfo(x.dtype).min)
+        x.masked_fill_(mask, torch.finfo(x.dtype).min)
     peak = x.max().reshape(1)
     dist.all_reduce(peak, "max")
-    q = torch.exp(x - peak).t()  # k x n
+    q = x.sub_(peak).exp_().t()  # k x n view
     total = q.sum().reshape(1)
     dist.all_reduce(total, "sum")
-    q = q / total
+    q.div_(total)
     k, n = q.shape
     r = 1.0 / (k - max(0, n_masked))  # uniform target-column mass (a no-op given the final row step)
     c = 1.0 / (dist.world_size() * n)
     for _ in range(n_iters):
         u = q.sum(dim=1)
         dist.all_reduce(u, "sum")
-        q = q * (r / u).unsqueeze(1)
-        q = q * (c / q.sum(dim=0)).unsqueeze(0)
-    return (q / q.sum(dim=0, keepdim=True)).t()
+        q.mul_((r / u).unsqueeze(1))
+        q.mul_((c / q.sum(dim=0)).unsqueeze(0))
+    return q.div_(q.sum(dim=0, keepdim=True)).t()
 
 
 @torch.no_grad()
