@@ -140,7 +140,11 @@ def _doc_commands() -> list[tuple[str, list[str]]]:
             for line in joined.splitlines():
                 line = line.strip()
                 if line.startswith("bam-dense "):
-                    commands.append((doc.name, shlex.split(line, comments=True)[1:]))
+                    argv = shlex.split(line, comments=True)[1:]
+                    for stop in (">", "|", "&&"):  # shell redirections and pipes are not the command's arguments
+                        if stop in argv:
+                            argv = argv[: argv.index(stop)]
+                    commands.append((doc.name, argv))
     return commands
 
 

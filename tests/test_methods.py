@@ -265,3 +265,27 @@ def test_tiny_configs_train_with_a_falling_loss(tmp_path, config):
     assert all(math.isfinite(v) for v in losses)
     k = max(1, len(losses) // 3)
     assert sum(losses[-k:]) / k < sum(losses[:k]) / k, losses
+
+
+@pytest.mark.parametrize("name", ["bam", "byol", "lewel_b", "co_byol", "co_bam", "lewel_bam"])
+def test_every_method_trains_a_step_on_a_resnet(tmp_path, name):
+    cfg = method_cfg(tmp_path, name)
+    cfg["model"] = {"arch": "resnet18", "kwargs": {}}
+    cfg["run"]["max_steps"] = 1
+    if name in ("bam", "co_bam", "lewel_bam"):
+        cfg["data"]["views"].update(global_size=32, local_size=32)  # ResNet maps need >= 32 px for a 1x1 map
+    else:
+        cfg["data"]["views"]["global_size"] = 32
+    summary = Trainer(load_config(data=cfg)).train()
+    assert summary.steps == 1 and math.isfinite(summary.last_loss)
+
+
+def test_caformer_m36_builds_with_bams_options_and_gives_its_features():
+    from bam_dense.models.backbones import create_backbone, feature_dims, features
+
+    model = create_backbone("caformer_m36", {"mlp_act": "gelu", "res_scale_init_values": [None, None, None, None]})
+    assert feature_dims(model) == (576, 576)
+    assert isinstance(model.stages[0].blocks[0].mlp.act, torch.nn.GELU)
+    with torch.no_grad():
+        feats = features(model.eval(), torch.randn(1, 3, 64, 64))
+    assert feats.pooled.shape == (1, 576) and feats.dense.shape == (1, 576, 2, 2)
