@@ -114,8 +114,8 @@ def collect() -> Report:
             "detectron2",
             d2_ok,
             "detectron2 importable" if d2_ok else "detectron2 is not installed (it is not on the package index)",
-            "" if d2_ok else "build it from https://github.com/facebookresearch/detectron2 "
-            "(pip install --no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git')",
+            "" if d2_ok else "not on the package index: build it from source following INSTALL.md of "
+            "https://github.com/facebookresearch/detectron2 (needed only for the detectron2 path)",
         )
     )
     if not torch_ok:

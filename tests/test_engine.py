@@ -311,3 +311,23 @@ def test_torchrun_with_two_cpu_processes_trains(tmp_path):
     assert "2 process(es) on cpu" in proc.stdout
     state = torch.load(tmp_path / "run" / "checkpoints" / "last.pth", weights_only=True)
     assert state["step"] == 3 and state["world_size"] == 2 and len(state["rng"]) == 2
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tmp_path):
+    from bam_dense.engine.trainer import build_backbone
+    from bam_dense.methods import build_method
+    from bam_dense.methods.base import StepContext
+
+    crops = [torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    crops += [torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(9 + i)) for i in range(2)]
+    grads = []
+    for flag in (False, True):
+        cfg = load_config(data=tiny_pretrain_dict(tmp_path, model={"grad_checkpointing": flag}, teacher={"enabled": False}))
+        torch.manual_seed(0)
+        method = build_method(cfg.method, build_backbone(cfg))
+        loss, _ = method.loss(method.student(crops), None, StepContext(0, 0, 2, 4))
+        loss.backward()
+        grads.append((loss.item(), {n: p.grad.clone() for n, p in method.student.named_parameters() if p.grad is not None}))
+    assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-6)
+    for name, g in grads[0][1].items():
+        torch.testing.assert_close(grads[1][1][name], g, rtol=1e-5, atol=1e-6)
