@@ -82,3 +82,13 @@ def method_param_grads(rank: int, world: int, cfg_dict, crops_full, seed: int):
     if world > 1:
         dist.all_reduce(total)
     return {"loss": (total / world).item(), "grads": {n: p.grad.clone() for n, p in student.named_parameters() if p.grad is not None}}
+
+
+def trainer_weights(rank: int, world: int, cfg_dict):
+    """Build the engine's Trainer on every rank; return checksums of the student and teacher weights."""
+    from bam_dense.engine.config import load_config
+    from bam_dense.engine.trainer import Trainer
+
+    trainer = Trainer(load_config(data=cfg_dict))
+    return {part: sum(float(v.double().sum()) for v in getattr(trainer, part).state_dict().values() if v.is_floating_point())
+            for part in ("student", "teacher")}

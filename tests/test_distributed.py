@@ -52,3 +52,11 @@ def test_every_parameter_gradient_matches_single_process_under_ddp(tmp_path, tea
         assert res["grads"].keys() == single["grads"].keys()
         for name, grad in single["grads"].items():
             torch.testing.assert_close(res["grads"][name], grad, rtol=1e-4, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_every_rank_starts_from_the_same_student_and_teacher(tmp_path):
+    from dist_helpers import trainer_weights
+
+    cfg = tiny_pretrain_dict(tmp_path / "run", run={"seed": 3})
+    sums = run_world(trainer_weights, 2, (cfg,), tmp_path)
+    assert sums[0] == sums[1]

@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import random
 import signal
 import sys
@@ -116,7 +117,7 @@ class Trainer:
         self.cfg = cfg
         self.device = dist.init_from_env(cfg.run.device)
         self.world, self.rank = dist.world_size(), dist.rank()
-        _seed_everything(cfg.run.seed + self.rank)
+        _seed_everything(cfg.run.seed)  # the same initial weights on every rank (student and teacher)
         self.out = Path(cfg.run.output_dir)
         self.ckpt_dir = self.out / "checkpoints"
         self.use_cuda = self.device.type == "cuda"
@@ -154,6 +155,7 @@ class Trainer:
             self.teacher = make_teacher(self.student, self.method.teacher_exclude).to(self.device)
             self.ema = EMATeacher(self.student, self.teacher, cfg.teacher.momentum, cfg.teacher.momentum_end,
                                   self.total_steps, cfg.teacher.buffers, cfg.teacher.eval_mode)
+        _seed_everything(cfg.run.seed + self.rank)  # from here on each rank draws its own random numbers
         self.model = self.student
         if self.world > 1:
             self.model = nn.parallel.DistributedDataParallel(
@@ -545,8 +547,9 @@ def cli_main(args: argparse.Namespace) -> int:
     if args.print_config:
         print(dump(cfg))
         return 0
+    main_process = int(os.environ.get("RANK", "0")) == 0  # the process group is gone after run()
     summary = run(cfg)
-    if dist.rank() == 0:
+    if main_process:
         if summary.first_loss is not None:
             print(f"[bam-dense] loss {summary.first_loss:.4f} -> {summary.last_loss:.4f} over {summary.steps} steps")
         if summary.knn:
