@@ -72,20 +72,21 @@ def check_backbone(backbone: torch.nn.Module, checkpoint_path: str, prefix: str 
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
     backbone_type = backbone_type or type(backbone).__name__
     expected = expected_tensors(checkpoint, backbone_type, prefix)
-    result = CheckResult()
     state = backbone.state_dict()
-    for name, tensor in state.items():
-        if name not in expected:
-            if any(p.search(name) for p in FRAMEWORK_INITIALISED):
-                result.skipped.append(name)
-            else:
-                result.random.append(name)
+    return _tally(state, {name: expected.get(name) for name in state}, [k for k in expected if k not in state])
+
+
+def _tally(model_state: dict[str, torch.Tensor], references: dict[str, torch.Tensor | None], unused: list[str]) -> CheckResult:
+    """Compare each model tensor with its reference (None: the checkpoint has none) and count the outcomes."""
+    result = CheckResult(unused=sorted(unused))
+    for name, tensor in model_state.items():
+        ref = references.get(name)
+        if ref is None:
+            (result.skipped if any(p.search(name) for p in FRAMEWORK_INITIALISED) else result.random).append(name)
             continue
         result.checked += 1
-        ref = expected[name]
         if ref.shape != tensor.shape or not torch.equal(ref.to(tensor.device, tensor.dtype), tensor.detach()):
             result.differ.append(name)
-    result.unused = sorted(k for k in expected if k not in state)
     return result
 
 
@@ -139,20 +140,10 @@ def check_suffix_matched(model_state: dict[str, torch.Tensor], weights: str, pre
     else:
         loaded = torch.load(weights, map_location="cpu", weights_only=True)
         ckpt = loaded.get("model", loaded)
-    result = CheckResult()
-    used = set()
-    for name, tensor in model_state.items():
-        if not name.startswith(prefixes):
-            continue
+    state = {name: tensor for name, tensor in model_state.items() if name.startswith(prefixes)}
+    matched: dict[str, str | None] = {}
+    for name in state:
         matches = [k for k in ckpt if name == k or name.endswith("." + k)]
-        if not matches:
-            (result.skipped if any(p.search(name) for p in FRAMEWORK_INITIALISED) else result.random).append(name)
-            continue
-        key = max(matches, key=len)
-        used.add(key)
-        result.checked += 1
-        ref = ckpt[key]
-        if ref.shape != tensor.shape or not torch.equal(ref.to(tensor.device, tensor.dtype), tensor.detach()):
-            result.differ.append(name)
-    result.unused = sorted(k for k in ckpt if k not in used)
-    return result
+        matched[name] = max(matches, key=len) if matches else None
+    used = {k for k in matched.values() if k is not None}
+    return _tally(state, {n: ckpt[k] if k else None for n, k in matched.items()}, [k for k in ckpt if k not in used])
