@@ -5,8 +5,8 @@
         [--steps 20 --warmup 3 --batch 64 --device cpu] [KEY.SUB=VALUE ...]
 
 Each config runs through the real engine (its data pipeline, method, optimizer and teacher) for
-``--warmup`` untimed and ``--steps`` timed steps. The step is split into data wait, forward (student and
-teacher, loss), backward and optimizer (with the EMA update); the first config is the baseline the
+``--warmup`` untimed and ``--steps`` timed steps. The engine's own ``train_step`` is timed by phase: data wait,
+forward (student and teacher, loss), backward (with clipping) and optimizer (with the EMA update); the first config is the baseline the
 others are compared with (e.g. BYOL vs LEWEL_B and CO-BYOL, BAM vs CO-BAM and LEWEL-BAM on the same
 device and batch).
 """
@@ -24,67 +24,39 @@ sys.path.insert(0, str(REPO))
 
 
 def profile(config: str, steps: int, warmup: int, overrides: list[str]) -> dict:
-    import torch
-
     from bam_dense.engine.config import load_config
     from bam_dense.engine.trainer import Trainer
-    from bam_dense.methods.base import StepContext
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(config, [f"run.output_dir={tmp}", "run.progress=false", "run.tensorboard=false",
                                    "eval.knn.enabled=false", *overrides])
         trainer = Trainer(cfg)
         dev = trainer.device
-
-        def sync():
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-
         split = {"data": 0.0, "forward": 0.0, "backward": 0.0, "optimizer": 0.0}
-        done = 0
         loader = iter(trainer._loader())
         if dev.type == "cuda":
+            import torch
+
             torch.cuda.reset_peak_memory_stats(dev)
-        while done < warmup + steps:
+        while trainer.step < warmup + steps:
             t0 = time.perf_counter()
             try:
                 crops, _, _ = next(loader)
             except StopIteration:
-                trainer.epoch += 1
-                trainer.batch_in_epoch = 0
+                trainer.epoch, trainer.batch_in_epoch = trainer.epoch + 1, 0
                 loader = iter(trainer._loader())
                 continue
             crops = [c.to(dev, non_blocking=True) for c in crops]
-            sync()
-            t1 = time.perf_counter()
-            ctx = StepContext(done, trainer.epoch, trainer.views.n_global, trainer.views.n_crops)
-            with trainer._autocast():
-                s_out = trainer.model(crops)
-                t_out = None
-                if trainer.teacher is not None:
-                    with torch.no_grad():
-                        t_out = trainer.method.teacher_forward(trainer.teacher, crops)
-                loss, _ = trainer.method.loss(s_out, t_out, ctx)
-            sync()
-            t2 = time.perf_counter()
-            trainer.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            sync()
-            t3 = time.perf_counter()
-            trainer.optimizer.step()
-            if trainer.ema is not None:
-                trainer.ema.update(done)
-            sync()
-            t4 = time.perf_counter()
-            if done >= warmup:
-                for key, dt in zip(split, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
-                    split[key] += dt
-            done += 1
+            timed = trainer.step >= warmup
+            if timed:
+                split["data"] += time.perf_counter() - t0
+            trainer.train_step(crops, split if timed else None)  # the engine's own step, timed by phase
+            trainer.step += 1
+            trainer.batch_in_epoch += 1
         total = sum(split.values())
-        peak = trainer._peak_memory_mb()
         return {"config": Path(config).name, "method": cfg.method.name, "images_per_s": steps * trainer.global_batch / total,
                 "crops_per_s": steps * trainer.global_batch * trainer.views.n_crops / total, "step_s": total / steps,
-                "split": {k: v / total for k, v in split.items()}, "peak_mib": peak, "device": str(dev),
+                "split": {k: v / total for k, v in split.items()}, "peak_mib": trainer._peak_memory_mb(), "device": str(dev),
                 "batch": trainer.global_batch}
 
 

@@ -351,8 +351,23 @@ class Trainer:
             return torch.autocast(device_type=self.device.type, enabled=False)
         return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
 
-    def train_step(self, crops: list[torch.Tensor]) -> tuple[dict[str, float], float, bool]:
-        """One optimizer step; returns (loss terms, grad norm, finite)."""
+    def _mark(self, timings: dict | None, phase: str, since: float) -> float:
+        """Add the time since ``since`` to ``timings[phase]`` (synchronising CUDA); no-op without timings."""
+        if timings is None:
+            return since
+        if self.use_cuda:
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        timings[phase] = timings.get(phase, 0.0) + now - since
+        return now
+
+    def train_step(self, crops: list[torch.Tensor], timings: dict | None = None) -> tuple[dict[str, float], float, bool]:
+        """One optimizer step; returns (loss terms, grad norm, finite).
+
+        ``timings`` (benchmarks) accumulates seconds per phase: forward (student, teacher, loss), backward
+        (with unscaling and clipping), optimizer (with the EMA update).
+        """
+        t = time.perf_counter()
         lr, wd = self.lr_at(self.step), self.wd_at(self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -365,6 +380,7 @@ class Trainer:
                 with torch.no_grad():
                     t_out = self.method.teacher_forward(self.teacher, crops)
             loss, terms = self.method.loss(s_out, t_out, ctx)
+        t = self._mark(timings, "forward", t)
         values = torch.stack([loss.detach().float()] + [v.float() for v in terms.values()])
         finite = torch.isfinite(values).all().float().reshape(1)
         flags = torch.cat([1.0 - finite, torch.tensor([float(self._terminate)], device=finite.device)])
@@ -384,6 +400,7 @@ class Trainer:
             loss.backward()
         clip = self.cfg.optim.clip_grad
         grad_norm = torch.nn.utils.clip_grad_norm_(self.student.parameters(), clip if clip else float("inf"))
+        t = self._mark(timings, "backward", t)
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -391,6 +408,7 @@ class Trainer:
             self.optimizer.step()
         if self.ema is not None:
             term_values["teacher_momentum"] = self.ema.update(self.step)
+        self._mark(timings, "optimizer", t)
         term_values["lr"], term_values["wd"] = lr, wd
         return term_values, float(grad_norm), True
 
