@@ -59,7 +59,7 @@ def export_random_init(checkpoint: Path, out: Path) -> Path:
     """A bam-dense checkpoint holding the encoder the run started from (its config's backbone and seed)."""
     import torch
 
-    from bam_dense.atomic import atomic_write
+    from bam_dense.engine.checkpoint import atomic_save
     from bam_dense.eval.dense_probe import random_init_like
 
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
@@ -68,7 +68,7 @@ def export_random_init(checkpoint: Path, out: Path) -> Path:
     payload = {"format": "bam-dense", "version": state["version"], "arch": state["arch"], "model_kwargs": state["model_kwargs"],
                "family": state["family"], "method": "random_init", "config": state["config"], "student": weights,
                "teacher": weights, "step": 0, "epoch": 0}
-    atomic_write(out, lambda fh: torch.save(payload, fh))
+    atomic_save(payload, out)
     return out
 
 

@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from bam_dense.atomic import atomic_write
+from bam_dense.atomic import atomic_write, atomic_write_text
 from bam_dense.convert.maps import targets_for
-from bam_dense.convert.sources import ConversionError, Source, extract_backbone, infer_arch, read_checkpoint
+from bam_dense.convert.sources import ConversionError, Source, extract_backbone, read_checkpoint, resolve_arch
 from bam_dense.engine.checkpoint import atomic_save
 
 TARGETS = ("timm", "timm-folder", "torchvision", "mmseg", "mmseg-mae", "mmdet", "detectron2", "safetensors")
@@ -124,14 +124,9 @@ def convert_source(source: Source, to: str, out: str | Path, arch: str | None = 
     from bam_dense.models.backbones import family
 
     out = Path(out)
-    kwargs = dict(source.model_kwargs)
-    if arch is None:
-        arch = source.arch
-    if arch is None:
-        arch, inferred = infer_arch(source.backbone)
-        kwargs = {**inferred, **kwargs}
-    elif source.arch is not None and arch != source.arch:
+    if arch is not None and source.arch is not None and arch != source.arch:
         raise ConversionError(f"--arch {arch} contradicts the checkpoint, which records {source.arch}")
+    arch, kwargs = resolve_arch(source, arch)
     if to == "detectron2" and out.suffix != ".pkl":
         raise ConversionError(f"detectron2 reads pickles only from files ending in .pkl, got {out}")
     backbone = dict(source.backbone)
@@ -206,7 +201,7 @@ def _write_report(report: ConversionReport, out: Path) -> Path:
     path = report_path(out, report.target)
     payload = asdict(report)
     payload["coverage"] = report.coverage
-    atomic_write(path, lambda fh: fh.write(json.dumps(payload, indent=1).encode()))
+    atomic_write_text(path, json.dumps(payload, indent=1))
     return path
 
 
@@ -235,7 +230,7 @@ def _write_target(to: str, sd: dict[str, torch.Tensor], out: Path, arch: str, kw
                                "crop_pct": 0.875, "num_classes": 0},
         }
         atomic_write(out / "model.safetensors", lambda fh: fh.write(save(sd, metadata={"arch": arch, "format": "pt"})))
-        atomic_write(out / "config.json", lambda fh: fh.write(json.dumps(config, indent=2).encode()))
+        atomic_write_text(out / "config.json", json.dumps(config, indent=2))
     elif to in ("mmseg", "mmseg-mae"):
         atomic_save({"state_dict": sd}, out)
     elif to == "mmdet":

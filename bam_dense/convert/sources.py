@@ -279,6 +279,16 @@ def extract_backbone(obj: object, path: str, source_format: str = "auto", which:
     return Source(path=str(path), format=fmt, which=which, backbone=backbone, arch=arch, model_kwargs=kwargs, dropped=dropped)
 
 
+def resolve_arch(source: Source, arch: str | None = None) -> tuple[str, dict]:
+    """(timm architecture, constructor kwargs): ``arch`` if given, else the recorded one, else inferred from shapes."""
+    kwargs = dict(source.model_kwargs)
+    name = arch or source.arch
+    if name is None:
+        name, inferred = infer_arch(source.backbone)
+        kwargs = {**inferred, **kwargs}
+    return name, kwargs
+
+
 VIT_SIZES = {192: "tiny", 384: "small", 768: "base", 1024: "large"}
 RESNET_BLOCKS = {((2, 2, 2, 2), False): "resnet18", ((3, 4, 6, 3), False): "resnet34", ((3, 4, 6, 3), True): "resnet50",
                  ((3, 4, 23, 3), True): "resnet101", ((3, 8, 36, 3), True): "resnet152"}

@@ -155,14 +155,14 @@ def aggregate(all_scores: list[SequenceScores]) -> Results:
 
 def write_csvs(results: Results, out_dir: Path, subset: str) -> tuple[Path, Path]:
     """``global_results-<set>.csv`` and ``per-sequence_results-<set>.csv`` as the official script writes them."""
-    from bam_dense.atomic import atomic_write
+    from bam_dense.atomic import atomic_write_text
 
     out_dir.mkdir(parents=True, exist_ok=True)
     g = ",".join(GLOBAL_COLUMNS) + "\n" + ",".join(_fmt(v) for v in results.global_row) + "\n"
     s = ",".join(SEQUENCE_COLUMNS) + "\n" + "".join(f"{n},{_fmt(j)},{_fmt(f)}\n" for n, j, f in results.per_object)
     gp, sp = out_dir / f"global_results-{subset}.csv", out_dir / f"per-sequence_results-{subset}.csv"
-    atomic_write(gp, lambda fh: fh.write(g.encode()))
-    atomic_write(sp, lambda fh: fh.write(s.encode()))
+    atomic_write_text(gp, g)
+    atomic_write_text(sp, s)
     return gp, sp
 
 

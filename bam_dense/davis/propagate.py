@@ -187,7 +187,7 @@ class FeatureExtractor:
 def load_backbone(checkpoint: str, arch: str | None, which: str | None, trust_source: bool) -> torch.nn.Module:
     """A timm backbone with the checkpoint's weights (strict), or at random init for ``checkpoint='random'``."""
     from bam_dense.convert import load_source
-    from bam_dense.convert.sources import infer_arch
+    from bam_dense.convert.sources import resolve_arch
     from bam_dense.models.backbones import create_backbone
 
     if checkpoint == "random":
@@ -195,11 +195,7 @@ def load_backbone(checkpoint: str, arch: str | None, which: str | None, trust_so
             raise UserFacingError("--checkpoint random needs --arch")
         return create_backbone(arch, pos_embed="learned")
     source = load_source(checkpoint, which=which, trust_source=trust_source)
-    kwargs = dict(source.model_kwargs)
-    name = arch or source.arch
-    if name is None:
-        name, inferred = infer_arch(source.backbone)
-        kwargs = {**inferred, **kwargs}
+    name, kwargs = resolve_arch(source, arch)
     backbone = create_backbone(name, kwargs, pos_embed="learned")
     missing, unexpected = backbone.load_state_dict(source.backbone, strict=False)
     if missing or unexpected:

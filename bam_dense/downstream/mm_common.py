@@ -168,7 +168,7 @@ def enable_amp(cfg) -> None:
 
 
 def write_metrics(path: str | Path, task: str, metrics: dict, config: str, checkpoint: str, extra: dict | None = None) -> Path:
-    from bam_dense.atomic import atomic_write
+    from bam_dense.atomic import atomic_write_text
 
     payload = {
         "task": task,
@@ -180,7 +180,7 @@ def write_metrics(path: str | Path, task: str, metrics: dict, config: str, check
         **(extra or {}),
     }
     path = Path(path)
-    atomic_write(path, lambda fh: fh.write(json.dumps(payload, indent=1).encode()))
+    atomic_write_text(path, json.dumps(payload, indent=1))
     return path
 
 

@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from bam_dense.atomic import atomic_write
+from bam_dense.atomic import atomic_write_text
 from bam_dense.data.pretrain import PretrainDataset, ResumableSampler, Views, collate, eval_transform
 from bam_dense.engine import dist
 from bam_dense.engine.checkpoint import atomic_save, load_own
@@ -291,7 +291,7 @@ class Trainer:
         if not dist.is_main():
             return
         self.out.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.out / "config.yaml", lambda fh: fh.write(dump(self.cfg).encode()))
+        atomic_write_text(self.out / "config.yaml", dump(self.cfg))
         self.metrics_file = open(self.out / "metrics.jsonl", "a")
         if self.cfg.run.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -554,7 +554,7 @@ def run(cfg: PretrainConfig) -> Summary:
         if dist.is_main():
             payload = dict(dataclasses.asdict(summary), completed=not summary.preempted, method=cfg.method.name,
                            arch=cfg.model.arch)
-            atomic_write(Path(cfg.run.output_dir) / "summary.json", lambda fh: fh.write(json.dumps(payload, indent=1).encode()))
+            atomic_write_text(Path(cfg.run.output_dir) / "summary.json", json.dumps(payload, indent=1))
     finally:
         dist.destroy()
     return summary

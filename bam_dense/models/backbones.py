@@ -152,8 +152,3 @@ def resnet_stage_features(backbone: nn.Module, x: torch.Tensor, stage: int) -> t
     for i in range(1, stage + 1):
         x = getattr(backbone, f"layer{i}")(x)
     return x
-
-
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
