@@ -219,6 +219,9 @@ def _tools(sub) -> None:
     m.add_argument("--num", type=int, default=None, help="images (sequences for davis) per split")
     m.add_argument("--size", type=int, default=None, help="image size (short side)")
     m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--colors", choices=["class", "instance"], default="class",
+                   help="object colours: fixed per class, or random per object so that only shape and texture "
+                        "tell the classes apart (default: %(default)s)")
 
 
 def build_parser() -> argparse.ArgumentParser:

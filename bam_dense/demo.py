@@ -93,7 +93,7 @@ def attention_figure(checkpoint: Path, path: Path, n_images: int = 16) -> Path:
     method.student.load_state_dict(state["teacher"] or state["student"])
     method.student.eval()
     views = Views(cfg.data.views)
-    src = SyntheticImageNet(n_images, cfg.data.synthetic.size, seed=123, num_classes=cfg.data.synthetic.num_classes)
+    src = SyntheticImageNet.from_config(cfg.data.synthetic, num_images=n_images, seed=123)
     torch.manual_seed(0)
     samples = [views(src.load(i)[0]) for i in range(n_images)]
     crops = [torch.stack([s[v] for s in samples]) for v in range(views.n_crops)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import colorsys
 import hashlib
 import json
 import os
@@ -145,6 +146,45 @@ def test_same_seed_writes_byte_identical_files(tmp_path, layout):
     assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
     assert _digest(tmp_path / "a") != _digest(tmp_path / "c")
     assert a.relative_to(tmp_path / "a") == b.relative_to(tmp_path / "b")
+
+
+def _mean_object_colors(colors: str) -> np.ndarray:
+    """Mean RGB over the visible pixels of each "solid" red_disc drawn in 40 scenes (texture shade 1)."""
+    means = []
+    for i in range(40):
+        rng = np.random.default_rng([9, i])
+        objects = synthetic.random_objects(rng, 48, 48, 1, classes=[0], min_radius=0.3, max_radius=0.4, colors=colors)
+        image, instances, _, _ = synthetic.render(rng, 48, 48, objects)
+        means.append(image[instances == 1].astype(np.float64).mean(0))
+    return np.stack(means)
+
+
+def test_instance_colors_make_colour_uninformative_and_class_colors_stay_fixed():
+    fixed, free = _mean_object_colors("class"), _mean_object_colors("instance")
+    # Class mode: every red_disc is its class colour (up to the rendering noise, sigma 4).
+    assert np.abs(fixed - np.array(synthetic.OBJECT_CLASSES[0].color)).max() < 3
+    # Instance mode: hues spread around the circle, far from one colour.
+    hues = [colorsys.rgb_to_hsv(*(c / 255.0))[0] for c in free]
+    assert np.histogram(hues, bins=4, range=(0, 1))[0].min() >= 2, hues  # class mode: all 40 in one bin
+    assert free.std(0).min() > 40
+    # The DAVIS tracks keep one colour per object through the sequence.
+    frames = list(synthetic.davis_sequence(3, 0, 48, 64, 4, 1, colors="instance"))
+    first, last = (img[ann == 1].astype(np.float64).mean(0) for img, ann in (frames[0], frames[-1]))
+    assert np.abs(first - last).max() < 25
+    with pytest.raises(ValueError, match="colors must be one of"):
+        synthetic.make("ade20k", "/nonexistent", colors="hue")
+
+
+def test_pretraining_config_selects_the_colour_mode():
+    from bam_dense.engine.config import ConfigError, load_config
+    from bam_dense.engine.trainer import build_source
+
+    config = REPO / "configs" / "pretrain" / "bam_tiny_cpu.yaml"
+    image = {c: np.asarray(build_source(load_config(config, [f"data.synthetic.colors={c}"])).load(0)[0]) for c in ("class", "instance")}
+    assert image["class"].shape == image["instance"].shape and (image["class"] != image["instance"]).any()
+    assert np.array_equal(image["class"], np.asarray(synthetic.classification_image(0, 0, 0, 64)))
+    with pytest.raises(ConfigError, match=r"data\.synthetic\.colors: 'hue' is not one of class, instance"):
+        load_config(config, ["data.synthetic.colors=hue"])
 
 
 def test_imagenet_layout_is_read_by_torchvision_image_folder(synthetic_root):

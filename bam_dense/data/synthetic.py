@@ -1,8 +1,10 @@
 """Procedural scenes with learnable structure, written in the on-disk layouts of the real datasets.
 
 A scene is a textured two-region background ("stuff") with several objects ("things") drawn over it in
-depth order. Each object class is recognisable by its shape, its colour and its texture; objects vary in
-position, scale, rotation and aspect, and later objects occlude earlier ones. Textures live in the
+depth order. Each object class is recognisable by its shape and its texture, and (``colors="class"``) by
+its colour; with ``colors="instance"`` every object gets its own random colour, so that, as in real data,
+colour says nothing about the class and a dense probe on raw pixels cannot tell the classes apart.
+Objects vary in position, scale, rotation and aspect, and later objects occlude earlier ones. Textures live in the
 object's own coordinates, so they move and rotate with it. Everything is a pure function of the seed:
 the same seed writes byte-identical files.
 
@@ -86,6 +88,23 @@ class ObjectSpec:
     radius: float  # half extent in pixels
     angle: float  # radians
     aspect: float = 1.0  # horizontal stretch in the object frame
+    color: tuple[int, int, int] | None = None  # None: the class colour
+
+
+COLOR_MODES = ("class", "instance")
+
+
+def _check_colors(colors: str) -> None:
+    if colors not in COLOR_MODES:
+        raise ValueError(f"colors must be one of {COLOR_MODES}, got {colors!r}")
+
+
+def instance_color(rng: np.random.Generator) -> tuple[int, int, int]:
+    """A random saturated colour (uniform hue), independent of the object's class."""
+    import colorsys
+
+    r, g, b = colorsys.hsv_to_rgb(rng.random(), rng.uniform(0.45, 0.95), rng.uniform(0.55, 1.0))
+    return int(round(255 * r)), int(round(255 * g)), int(round(255 * b))
 
 
 def _shape_mask(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -187,7 +206,7 @@ def render(
         if not mask.any():
             continue
         shade = 0.55 + 0.45 * _texture(cls.texture, u, v)
-        color = np.asarray(cls.color, np.float32)
+        color = np.asarray(cls.color if obj.color is None else obj.color, np.float32)
         patch = image[y0:y1, x0:x1]
         patch[mask] = color[None, :] * shade[mask][:, None]
         instances[y0:y1, x0:x1][mask] = k + 1
@@ -203,7 +222,9 @@ def random_objects(
     classes: list[int] | None = None,
     min_radius: float = 0.08,
     max_radius: float = 0.22,
+    colors: str = "class",
 ) -> list[ObjectSpec]:
+    _check_colors(colors)
     short = min(height, width)
     specs = []
     for i in range(n_objects):
@@ -217,19 +238,21 @@ def random_objects(
                 radius=float(radius),
                 angle=float(rng.uniform(0, 2 * math.pi)),
                 aspect=float(rng.uniform(0.8, 1.25)),
+                color=instance_color(rng) if colors == "instance" else None,
             )
         )
     return specs
 
 
-def classification_image(seed: int, index: int, label: int, size: int) -> Image.Image:
+def classification_image(seed: int, index: int, label: int, size: int, colors: str = "class") -> Image.Image:
     """One ImageNet-style image whose label is the class of its large main object (plus small distractors)."""
     rng = np.random.default_rng([seed, index, label])
-    main = random_objects(rng, size, size, 1, classes=[label], min_radius=0.2, max_radius=0.34)
+    main = random_objects(rng, size, size, 1, classes=[label], min_radius=0.2, max_radius=0.34, colors=colors)
     n_distract = int(rng.integers(0, 3))
     others = [c for c in range(len(OBJECT_CLASSES)) if c != label]
     distract = random_objects(
-        rng, size, size, n_distract, classes=list(rng.choice(others, n_distract)), min_radius=0.06, max_radius=0.1
+        rng, size, size, n_distract, classes=list(rng.choice(others, n_distract)), min_radius=0.06, max_radius=0.1,
+        colors=colors,
     )
     # Distractors behind the main object half of the time, in front otherwise.
     objects = distract + main if rng.random() < 0.5 else main + distract
@@ -278,13 +301,14 @@ def wnid(label: int) -> str:
     return f"n{WNID_BASE + label:08d}"
 
 
-def make_imagenet(root: Path, num: int = 8, size: int = 64, seed: int = 0, num_classes: int | None = None) -> Path:
+def make_imagenet(root: Path, num: int = 8, size: int = 64, seed: int = 0, num_classes: int | None = None,
+                  colors: str = "class") -> Path:
     """ImageNet-style folders: ``num`` train and ``max(2, num // 4)`` val images per class."""
     n_cls = num_classes or len(OBJECT_CLASSES)
     for split, count, offset in (("train", num, 0), ("val", max(2, num // 4), 10_000)):
         for label in range(n_cls):
             for i in range(count):
-                img = classification_image(seed, offset + i, label, size)
+                img = classification_image(seed, offset + i, label, size, colors)
                 _save_jpeg(img, root / split / wnid(label) / f"{wnid(label)}_{offset + i:05d}.JPEG")
     return root
 
@@ -295,19 +319,20 @@ ADE_STUFF_IDS = {"wall": 1, "floor": 4, "sky": 3, "grass": 10}
 ADE_THING_IDS = [13, 16, 20, 21, 23, 24, 28, 32, 37, 45]  # one per OBJECT_CLASSES entry
 
 
-def _scene(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[ObjectSpec], tuple[int, int]]:
+def _scene(rng: np.random.Generator, size: int, colors: str = "class"
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[ObjectSpec], tuple[int, int]]:
     height, width = size, int(size * 4 / 3)
-    objects = random_objects(rng, height, width, int(rng.integers(2, 5)))
+    objects = random_objects(rng, height, width, int(rng.integers(2, 5)), colors=colors)
     image, instances, region, stuff = render(rng, height, width, objects)
     return image, instances, region, objects, stuff
 
 
-def make_ade20k(root: Path, num: int = 8, size: int = 96, seed: int = 0) -> Path:
+def make_ade20k(root: Path, num: int = 8, size: int = 96, seed: int = 0, colors: str = "class") -> Path:
     base = root / "ADEChallengeData2016"
     for split, folder, count, offset in (("train", "training", num, 0), ("val", "validation", max(2, num // 2), 50_000)):
         for i in range(count):
             rng = np.random.default_rng([seed, offset + i, 150])
-            image, instances, region, objects, stuff = _scene(rng, size)
+            image, instances, region, objects, stuff = _scene(rng, size, colors)
             label = np.where(region == 0, ADE_STUFF_IDS[STUFF_CLASSES[stuff[0]]], ADE_STUFF_IDS[STUFF_CLASSES[stuff[1]]])
             for k, obj in enumerate(objects):
                 label[instances == k + 1] = ADE_THING_IDS[obj.class_index]
@@ -319,7 +344,7 @@ def make_ade20k(root: Path, num: int = 8, size: int = 96, seed: int = 0) -> Path
     return base
 
 
-def make_voc(root: Path, num: int = 8, size: int = 96, seed: int = 0) -> Path:
+def make_voc(root: Path, num: int = 8, size: int = 96, seed: int = 0, colors: str = "class") -> Path:
     """VOC 2012 with SegmentationClass (palette, 255 borders) and SegmentationClassAug (no borders)."""
     base = root / "VOCdevkit" / "VOC2012"
     palette = voc_palette()
@@ -329,7 +354,7 @@ def make_voc(root: Path, num: int = 8, size: int = 96, seed: int = 0) -> Path:
     for split in ("train", "val", "aug"):
         for _ in range(counts[split]):
             rng = np.random.default_rng([seed, index, 21])
-            image, instances, _, objects, _ = _scene(rng, size)
+            image, instances, _, objects, _ = _scene(rng, size, colors)
             label = np.zeros(instances.shape, np.uint8)
             for k, obj in enumerate(objects):
                 label[instances == k + 1] = obj.class_index + 1  # VOC: 0 background, 1..20 objects
@@ -379,7 +404,7 @@ def _mask_polygons(mask: np.ndarray) -> list[list[float]]:
     return polygons
 
 
-def make_coco(root: Path, num: int = 8, size: int = 128, seed: int = 0, min_area: int = 24) -> Path:
+def make_coco(root: Path, num: int = 8, size: int = 128, seed: int = 0, min_area: int = 24, colors: str = "class") -> Path:
     """COCO instances with polygon segmentations, bbox, area and iscrowd, from the visible object masks."""
     ann_dir = root / "annotations"
     ann_dir.mkdir(parents=True, exist_ok=True)
@@ -387,7 +412,7 @@ def make_coco(root: Path, num: int = 8, size: int = 128, seed: int = 0, min_area
         images, annotations = [], []
         for i in range(count):
             rng = np.random.default_rng([seed, offset + i, 80])
-            image, instances, _, objects, _ = _scene(rng, size)
+            image, instances, _, objects, _ = _scene(rng, size, colors)
             image_id = offset + i + 1
             file_name = f"{image_id:012d}.jpg"
             _save_jpeg(image, root / split / file_name)
@@ -445,17 +470,20 @@ class Track:
             radius=s.radius * (1.0 + 0.15 * math.sin(self.breathe * t)),
             angle=s.angle + self.spin * t,
             aspect=s.aspect * (1.0 + 0.2 * math.sin(0.5 * self.breathe * t + 1.0)),
+            color=s.color,
         )
 
 
 def davis_sequence(
-    seed: int, index: int, height: int, width: int, n_frames: int, n_objects: int, void_border: bool = False
+    seed: int, index: int, height: int, width: int, n_frames: int, n_objects: int, void_border: bool = False,
+    colors: str = "class",
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Frames (RGB uint8) and annotations (0 background, 1..K objects, optional 255 void borders).
 
     Objects move, spin and deform, occlude each other (fixed depth order) and the last one heads out of
     the frame. All K objects are visible in frame 0, as DAVIS requires (K = max id of frame 0).
     """
+    _check_colors(colors)
     rng = np.random.default_rng([seed, index, 2017])
     classes = list(rng.choice(len(OBJECT_CLASSES), size=n_objects, replace=False))
     short = min(height, width)
@@ -468,9 +496,11 @@ def davis_sequence(
         heading = rng.uniform(0, 2 * math.pi)
         if k == n_objects - 1 and n_objects > 1:
             speed = width * 1.2 / max(n_frames, 1)  # leaves the frame before the end
+        angle, aspect = float(rng.uniform(0, 6.28)), float(rng.uniform(0.85, 1.2))
+        color = instance_color(rng) if colors == "instance" else None
         tracks.append(
             Track(
-                ObjectSpec(int(classes[k]), float(cx), float(cy), float(radius), float(rng.uniform(0, 6.28)), float(rng.uniform(0.85, 1.2))),
+                ObjectSpec(int(classes[k]), float(cx), float(cy), float(radius), angle, aspect, color),
                 vx=float(speed * math.cos(heading)),
                 vy=float(speed * math.sin(heading) * 0.5),
                 spin=float(rng.uniform(-0.08, 0.08)),
@@ -494,7 +524,8 @@ def davis_sequence(
 
 
 def make_davis(
-    root: Path, num: int = 3, size: int = 96, seed: int = 0, n_frames: int = 10, void_border_every: int = 3
+    root: Path, num: int = 3, size: int = 96, seed: int = 0, n_frames: int = 10, void_border_every: int = 3,
+    colors: str = "class",
 ) -> Path:
     """DAVIS-2017 layout: ``num`` val and ``num`` train sequences, 1..3 objects each."""
     palette = voc_palette()
@@ -511,7 +542,8 @@ def make_davis(
                 try:
                     frames = list(
                         davis_sequence(seed, index * 100 + attempt, height, width, n_frames, n_objects,
-                                       void_border=(void_border_every > 0 and i % void_border_every == void_border_every - 1))
+                                       void_border=(void_border_every > 0 and i % void_border_every == void_border_every - 1),
+                                       colors=colors)
                     )
                     break
                 except RuntimeError:
@@ -537,7 +569,10 @@ def make_davis(
 class SyntheticImageNet:
     """``len == num_images``; item ``i`` is (PIL image, label) rendered on the fly, deterministic in (seed, i)."""
 
-    def __init__(self, num_images: int = 512, size: int = 64, seed: int = 0, num_classes: int | None = None):
+    def __init__(self, num_images: int = 512, size: int = 64, seed: int = 0, num_classes: int | None = None,
+                 colors: str = "class"):
+        _check_colors(colors)
+        self.colors = colors
         self.num_images = num_images
         self.size = size
         self.seed = seed
@@ -552,7 +587,13 @@ class SyntheticImageNet:
 
     def load(self, index: int) -> tuple[Image.Image, int]:
         label = self.targets[index]
-        return classification_image(self.seed, index, label, self.size), label
+        return classification_image(self.seed, index, label, self.size, self.colors), label
+
+    @classmethod
+    def from_config(cls, synthetic, num_images: int | None = None, seed: int | None = None) -> SyntheticImageNet:
+        """From a pretraining config's ``data.synthetic`` section, optionally with another size or seed."""
+        return cls(synthetic.num_images if num_images is None else num_images, synthetic.size,
+                   synthetic.seed if seed is None else seed, synthetic.num_classes, synthetic.colors)
 
 
 DEFAULTS = {
@@ -565,11 +606,13 @@ DEFAULTS = {
 WRITERS = {"imagenet": make_imagenet, "ade20k": make_ade20k, "voc": make_voc, "coco": make_coco, "davis": make_davis}
 
 
-def make(layout: str, root: str | Path, num: int | None = None, size: int | None = None, seed: int = 0) -> Path:
+def make(layout: str, root: str | Path, num: int | None = None, size: int | None = None, seed: int = 0,
+         colors: str = "class") -> Path:
     """Write one synthetic dataset; returns the dataset root in the real layout's terms."""
     if layout not in WRITERS:
         raise ValueError(f"unknown layout {layout!r}; choose from {sorted(WRITERS)}")
-    params = dict(DEFAULTS[layout])
+    _check_colors(colors)
+    params = dict(DEFAULTS[layout], colors=colors)
     if num is not None:
         params["num"] = num
     if size is not None:
@@ -578,6 +621,6 @@ def make(layout: str, root: str | Path, num: int | None = None, size: int | None
 
 
 def cli_main(args: argparse.Namespace) -> int:
-    out = make(args.layout, args.root, num=args.num, size=args.size, seed=args.seed)
+    out = make(args.layout, args.root, num=args.num, size=args.size, seed=args.seed, colors=args.colors)
     print(f"wrote synthetic {args.layout} to {out}")
     return 0

@@ -54,6 +54,7 @@ class SyntheticConfig:
     size: int = 64
     num_classes: int = 10
     seed: int = 0
+    colors: str = "class"  # class: a fixed colour per class; instance: a random colour per object
 
 
 @dataclass
@@ -252,6 +253,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "run.device": (),
     "run.nan_policy": ("stop", "skip"),
     "data.views.kind": ("multicrop", "two_view"),
+    "data.synthetic.colors": ("class", "instance"),
     "data.views.interpolation": ("bicubic", "bilinear"),
     "model.pos_embed": ("sincos", "learned"),
     "optim.name": ("adamw", "sgd", "lars"),

@@ -96,8 +96,7 @@ def build_source(cfg: PretrainConfig):
             raise UserFacingError(f"data.path: {err}") from None
     from bam_dense.data.synthetic import SyntheticImageNet
 
-    s = cfg.data.synthetic
-    return SyntheticImageNet(s.num_images, s.size, s.seed, s.num_classes)
+    return SyntheticImageNet.from_config(cfg.data.synthetic)
 
 
 def build_backbone(cfg: PretrainConfig) -> nn.Module:
@@ -331,8 +330,8 @@ class Trainer:
         from bam_dense.data.synthetic import SyntheticImageNet
 
         s = self.cfg.data.synthetic
-        return (SyntheticImageNet(s.num_images, s.size, s.seed, s.num_classes),
-                SyntheticImageNet(max(s.num_images // 4, s.num_classes * 4), s.size, s.seed + 7919, s.num_classes))
+        return (SyntheticImageNet.from_config(s),
+                SyntheticImageNet.from_config(s, num_images=max(s.num_images // 4, s.num_classes * 4), seed=s.seed + 7919))
 
     # ------------------------------------------------------------------ training
     def _on_sigterm(self, signum, frame) -> None:
