@@ -193,6 +193,7 @@ def _probe(sub) -> None:
     p.add_argument("--ade-root", help="ADE20K-layout folder (ADEChallengeData2016) for the linear probe")
     p.add_argument("--davis-root", help="DAVIS-layout folder for label propagation")
     p.add_argument("--image-size", type=int, default=64, help="probe input size (default 64)")
+    p.add_argument("--steps", type=int, default=1500, help="full-batch Adam steps of the linear probe (default 1500)")
     p.add_argument("--davis-resolution", type=int, default=96, help="DAVIS short side (default 96)")
     p.add_argument("--random-baseline", action="store_true", help="also score the same encoder at its random initialisation")
     p.add_argument("--out", help="write the numbers as JSON")

@@ -289,3 +289,22 @@ def test_caformer_m36_builds_with_bams_options_and_gives_its_features():
     with torch.no_grad():
         feats = features(model.eval(), torch.randn(1, 3, 64, 64))
     assert feats.pooled.shape == (1, 576) and feats.dense.shape == (1, 576, 2, 2)
+
+
+# ---------------------------------------------------------------------------- dense probe metric
+def test_probe_miou_matches_a_hand_computation():
+    from bam_dense.eval.dense_probe import miou
+
+    # 2 images of 2x3 pixels, classes 0..2 of a 150-class space, 255 ignored.
+    label = torch.tensor([[[0, 0, 1], [1, 2, 255]], [[2, 2, 0], [255, 1, 1]]])
+    pred = torch.tensor([[[0, 1, 1], [1, 2, 0]], [[2, 0, 0], [2, 1, 2]]])
+    # Over the 10 labelled pixels (summed over both images, as mmseg's IoUMetric):
+    #   class 0: GT at 3, predicted at 3, both at 2 -> IoU 2 / (3 + 3 - 2) = 2/4
+    #   class 1: GT at 4, predicted at 4, both at 3 -> 3 / 5
+    #   class 2: GT at 3, predicted at 3, both at 2 -> 2 / 4
+    # classes 3..149 are in neither -> NaN, left out of the mean. Ignored pixels' predictions do not count.
+    assert miou(pred, label) == pytest.approx((2 / 4 + 3 / 5 + 2 / 4) / 3)
+    # A class only predicted counts with IoU 0 (class 0 loses one hit: 1 / 4).
+    pred2 = pred.clone()
+    pred2[0, 0, 0] = 7
+    assert miou(pred2, label) == pytest.approx((1 / 4 + 3 / 5 + 2 / 4 + 0) / 4)
