@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from bam_dense.data.synthetic import COLOR_MODES
 from bam_dense.errors import UserFacingError
 
 
@@ -253,7 +254,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "run.device": (),
     "run.nan_policy": ("stop", "skip"),
     "data.views.kind": ("multicrop", "two_view"),
-    "data.synthetic.colors": ("class", "instance"),
+    "data.synthetic.colors": COLOR_MODES,
     "data.views.interpolation": ("bicubic", "bilinear"),
     "model.pos_embed": ("sincos", "learned"),
     "optim.name": ("adamw", "sgd", "lars"),
