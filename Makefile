@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS) | $(PY)
 # The OpenMMLab stack: the installer is a no-op when mmcv 2.1.0 with working ops is present,
 # and installs the cached wheel (~/.cache/bam-dense/wheels) in seconds when it is not.
 install: $(STAMP)
-	$(PY) -m bam_dense.install_openmmlab
+	$(PY) -m bam_dense install-openmmlab
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -33,6 +33,7 @@ demo: install
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check bam_dense pretrain downstream tests benchmarks
+	$(VENV)/bin/lint-imports
 
 clean-venv:
 	rm -rf $(VENV)

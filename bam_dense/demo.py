@@ -16,13 +16,12 @@ tests).
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import time
 from pathlib import Path
 
-from bam_dense.paths import CONFIG_ROOT
+from bam_dense.core.paths import CONFIG_ROOT
 
 SIZES = {
     "full": dict(ade=32, coco=16, davis=3, pretrain=["optim.epochs=10"], images=1024, davis_res=96),
@@ -46,7 +45,7 @@ def generate_data(root: Path, size: dict) -> dict[str, Path]:
 
 
 def pretrain(out: Path, size: dict) -> tuple[Path, object]:
-    from bam_dense.engine.config import load_config
+    from bam_dense.core.config import load_config
     from bam_dense.engine.trainer import run
 
     cfg = load_config(CONFIG_ROOT / "pretrain" / "bam_tiny_cpu.yaml", [
@@ -59,7 +58,7 @@ def export_random_init(checkpoint: Path, out: Path) -> Path:
     """A bam-dense checkpoint holding the encoder the run started from (its config's backbone and seed)."""
     import torch
 
-    from bam_dense.engine.checkpoint import atomic_save
+    from bam_dense.core.checkpoint import atomic_save
     from bam_dense.eval.dense_probe import random_init_like
 
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
@@ -80,16 +79,16 @@ def attention_figure(checkpoint: Path, path: Path, n_images: int = 16) -> Path:
     import matplotlib.pyplot as plt
     import torch
 
+    from bam_dense.core.config import load_config
     from bam_dense.data.pretrain import Views
     from bam_dense.data.synthetic import SyntheticImageNet
-    from bam_dense.engine.config import load_config
-    from bam_dense.engine.trainer import build_backbone
     from bam_dense.losses.bam import bam_loss
     from bam_dense.methods import build_method
+    from bam_dense.models.backbones import build_backbone
 
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     cfg = load_config(data=state["config"])
-    method = build_method(cfg.method, build_backbone(cfg))
+    method = build_method(cfg.method, build_backbone(cfg.model))
     method.student.load_state_dict(state["teacher"] or state["student"])
     method.student.eval()
     views = Views(cfg.data.views)
@@ -245,8 +244,3 @@ def _write_report(out: Path, runs_dir: Path, plan, ckpt: Path, summary, coverage
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path
-
-
-def cli_main(args: argparse.Namespace) -> int:
-    run_demo(Path(args.out), args.reduced, args.skip)
-    return 0

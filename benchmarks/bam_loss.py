@@ -64,7 +64,7 @@ def measure_loss(batch: int, crops: int, dim: int, device: str, repeat: int) -> 
 def measure_step(arch: str, batch: int, device: str, repeat: int) -> float:
     import torch
 
-    from bam_dense.engine.config import BAMParams, HeadConfig
+    from bam_dense.core.config import BAMParams, HeadConfig
     from bam_dense.engine.optim import build_optimizer
     from bam_dense.engine.teacher import make_teacher
     from bam_dense.methods.bam import BAM

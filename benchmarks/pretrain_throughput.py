@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO))
 
 
 def profile(config: str, steps: int, warmup: int, overrides: list[str]) -> dict:
-    from bam_dense.engine.config import load_config
+    from bam_dense.core.config import load_config
     from bam_dense.engine.trainer import Trainer
 
     with tempfile.TemporaryDirectory() as tmp:

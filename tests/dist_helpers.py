@@ -51,15 +51,15 @@ def bam_loss_and_grad(rank: int, world: int, z_full, zt_full, kwargs):
 
 def method_param_grads(rank: int, world: int, cfg_dict, crops_full, seed: int):
     """Build a method from a config, wrap the student in DDP, return every parameter gradient."""
-    from bam_dense.engine.config import load_config
+    from bam_dense.core.config import load_config
     from bam_dense.engine.teacher import make_teacher
-    from bam_dense.engine.trainer import build_backbone
     from bam_dense.methods import build_method
     from bam_dense.methods.base import StepContext
+    from bam_dense.models.backbones import build_backbone
 
     cfg = load_config(data=cfg_dict)
     torch.manual_seed(seed)
-    method = build_method(cfg.method, build_backbone(cfg))
+    method = build_method(cfg.method, build_backbone(cfg.model))
     student = method.student
     teacher = make_teacher(student, method.teacher_exclude) if cfg.teacher.enabled else None
     if teacher is not None:  # a teacher that differs from the student, as after some training
@@ -86,7 +86,7 @@ def method_param_grads(rank: int, world: int, cfg_dict, crops_full, seed: int):
 
 def trainer_weights(rank: int, world: int, cfg_dict):
     """Build the engine's Trainer on every rank; return checksums of the student and teacher weights."""
-    from bam_dense.engine.config import load_config
+    from bam_dense.core.config import load_config
     from bam_dense.engine.trainer import Trainer
 
     trainer = Trainer(load_config(data=cfg_dict))

@@ -15,11 +15,12 @@ import pytest
 import torch
 from conftest import PYTHON, tiny_pretrain_dict
 
-from bam_dense.engine import dist
-from bam_dense.engine.config import load_config
-from bam_dense.engine.trainer import Trainer, build_backbone
-from bam_dense.errors import UserFacingError
+from bam_dense.core import dist
+from bam_dense.core.config import load_config
+from bam_dense.core.errors import UserFacingError
+from bam_dense.engine.trainer import Trainer
 from bam_dense.losses.bam import bam_loss, positive_mask
+from bam_dense.models.backbones import build_backbone
 
 
 def _z(v=4, b=5, d=16, seed=0):
@@ -57,7 +58,7 @@ def test_b6_sinkhorn_iterations_setting_is_honoured(tmp_path):
     from bam_dense.methods import build_method
     from bam_dense.methods.base import StepContext
 
-    method = build_method(cfg.method, build_backbone(cfg))
+    method = build_method(cfg.method, build_backbone(cfg.model))
     assert method.bam_kwargs(StepContext(0, 0, 2, 4))["sinkhorn_iters"] == 7
 
 
@@ -67,7 +68,7 @@ def test_b8_b9_eps_comes_from_the_schedule_at_any_epoch(tmp_path):
     from bam_dense.methods import build_method
     from bam_dense.methods.base import StepContext
 
-    method = build_method(cfg.method, build_backbone(cfg))
+    method = build_method(cfg.method, build_backbone(cfg.model))
     assert method.bam_kwargs(StepContext(0, 0, 2, 4))["eps"] == pytest.approx(0.1)
     assert method.bam_kwargs(StepContext(0, 2, 2, 4))["eps"] == pytest.approx(0.1 - 0.05 * 2 / 29)
 

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from conftest import PYTHON, REPO, tiny_pretrain_dict
 
-from bam_dense.engine.config import load_config
+from bam_dense.core.config import load_config
 from bam_dense.engine.trainer import Trainer
 
 

@@ -22,7 +22,7 @@ from bam_dense.convert.maps import D2_RESNET, MMSEG_MAE, MMSEG_VIT
 @pytest.fixture(scope="module")
 def bam_checkpoint(tmp_path_factory) -> Path:
     """A real bam-dense pretraining checkpoint (tiny ViT, one step, with teacher)."""
-    from bam_dense.engine.config import load_config
+    from bam_dense.core.config import load_config
     from bam_dense.engine.trainer import Trainer
 
     out = tmp_path_factory.mktemp("bam_run")

@@ -224,7 +224,7 @@ def test_oracle_features_score_high_and_random_features_clearly_lower(synthetic_
 def test_propagate_and_eval_cli_end_to_end_with_a_checkpoint(synthetic_root, tmp_path):
     from conftest import tiny_pretrain_dict
 
-    from bam_dense.engine.config import load_config
+    from bam_dense.core.config import load_config
     from bam_dense.engine.trainer import Trainer
 
     Trainer(load_config(data=tiny_pretrain_dict(tmp_path / "run", run={"max_steps": 1}))).train()

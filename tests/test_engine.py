@@ -18,7 +18,7 @@ import yaml
 from conftest import PYTHON, REPO, tiny_pretrain_dict
 from PIL import Image
 
-from bam_dense.engine.config import ConfigError, load_config
+from bam_dense.core.config import ConfigError, load_config
 from bam_dense.engine.optim import LARS, build_optimizer, param_groups
 from bam_dense.engine.schedules import cosine, peak_lr, warmup_cosine
 from bam_dense.engine.teacher import EMATeacher, make_teacher
@@ -314,9 +314,9 @@ def test_torchrun_with_two_cpu_processes_trains(tmp_path):
 
 
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tmp_path):
-    from bam_dense.engine.trainer import build_backbone
     from bam_dense.methods import build_method
     from bam_dense.methods.base import StepContext
+    from bam_dense.models.backbones import build_backbone
 
     crops = [torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(i)) for i in range(2)]
     crops += [torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(9 + i)) for i in range(2)]
@@ -324,7 +324,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tmp_path):
     for flag in (False, True):
         cfg = load_config(data=tiny_pretrain_dict(tmp_path, model={"grad_checkpointing": flag}, teacher={"enabled": False}))
         torch.manual_seed(0)
-        method = build_method(cfg.method, build_backbone(cfg))
+        method = build_method(cfg.method, build_backbone(cfg.model))
         loss, _ = method.loss(method.student(crops), None, StepContext(0, 0, 2, 4))
         loss.backward()
         grads.append((loss.item(), {n: p.grad.clone() for n, p in method.student.named_parameters() if p.grad is not None}))

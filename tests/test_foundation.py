@@ -67,7 +67,7 @@ def test_doctor_reports_working_mmcv_ops_and_every_feature():
 
 # ---------------------------------------------------------------------------- the OpenMMLab installer
 def test_installer_uses_a_cached_wheel_without_building(tmp_path, monkeypatch):
-    from bam_dense import install_openmmlab as inst
+    from bam_dense.install import openmmlab as inst
 
     key = inst.build_key(False)
     wheel = tmp_path / key.name / "mmcv-2.1.0-cp311-cp311-linux_x86_64.whl"
@@ -86,7 +86,7 @@ def test_installer_uses_a_cached_wheel_without_building(tmp_path, monkeypatch):
 
 
 def test_installer_builds_into_the_cache_when_it_is_empty(tmp_path, monkeypatch):
-    from bam_dense import install_openmmlab as inst
+    from bam_dense.install import openmmlab as inst
 
     built = []
     checks = iter([(True, "2.1.0")])
@@ -110,7 +110,7 @@ def test_installer_builds_into_the_cache_when_it_is_empty(tmp_path, monkeypatch)
 
 
 def test_installer_raises_the_cxx_standard_the_torch_headers_need(tmp_path):
-    from bam_dense.install_openmmlab import patch_setup_py, required_cxx_standard
+    from bam_dense.install.openmmlab import patch_setup_py, required_cxx_standard
 
     (tmp_path / "ATen").mkdir()
     (tmp_path / "ATen" / "ATen.h").write_text("#if !defined(_MSC_VER) && __cplusplus < 202002L\n#error C++20\n#endif\n")
@@ -124,7 +124,7 @@ def test_installer_raises_the_cxx_standard_the_torch_headers_need(tmp_path):
 def test_the_real_torch_headers_need_cxx20():
     import torch
 
-    from bam_dense.install_openmmlab import required_cxx_standard
+    from bam_dense.install.openmmlab import required_cxx_standard
 
     assert required_cxx_standard(Path(torch.__file__).parent / "include") == "c++20"
 
@@ -176,7 +176,7 @@ def test_instance_colors_make_colour_uninformative_and_class_colors_stay_fixed()
 
 
 def test_pretraining_config_selects_the_colour_mode():
-    from bam_dense.engine.config import ConfigError, load_config
+    from bam_dense.core.config import ConfigError, load_config
     from bam_dense.engine.trainer import build_source
 
     config = REPO / "configs" / "pretrain" / "bam_tiny_cpu.yaml"

@@ -11,13 +11,14 @@ import torch.nn.functional as F
 from conftest import tiny_pretrain_dict
 from dist_helpers import method_param_grads, run_world
 
-from bam_dense.engine.config import HeadConfig, load_config
+from bam_dense.core.config import HeadConfig, load_config
 from bam_dense.engine.teacher import make_teacher
-from bam_dense.engine.trainer import Trainer, build_backbone
+from bam_dense.engine.trainer import Trainer
 from bam_dense.losses.lewel import lewel_loss
 from bam_dense.methods import build_method
 from bam_dense.methods.base import StepContext
 from bam_dense.models.alignment import AlignmentNeck, alignment_maps, multi_head_pooling
+from bam_dense.models.backbones import build_backbone
 from bam_dense.models.heads import MLPHead
 
 FIXTURE = Path(__file__).parent / "fixtures" / "lewel_official.pt"
@@ -138,7 +139,7 @@ def test_loss_weight_one_is_byol(tmp_path):
     for name, extra in (("byol", {}), ("lewel_b", {"loss_weight": 1.0})):
         cfg = load_config(data=method_cfg(tmp_path, name, **extra))
         torch.manual_seed(0)
-        method = build_method(cfg.method, build_backbone(cfg))
+        method = build_method(cfg.method, build_backbone(cfg.model))
         teacher = make_teacher(method.student, method.teacher_exclude)
         crops = _two_views()
         loss, _ = _step(method, crops, teacher)
@@ -151,9 +152,9 @@ def test_loss_weight_one_is_byol(tmp_path):
 def test_co_byol_with_zero_local_weight_is_byol(tmp_path):
     torch.manual_seed(0)
     byol_cfg = load_config(data=method_cfg(tmp_path, "byol"))
-    byol = build_method(byol_cfg.method, build_backbone(byol_cfg))
+    byol = build_method(byol_cfg.method, build_backbone(byol_cfg.model))
     co_cfg = load_config(data=method_cfg(tmp_path, "co_byol", local_weight=0.0))
-    co = build_method(co_cfg.method, build_backbone(co_cfg))
+    co = build_method(co_cfg.method, build_backbone(co_cfg.model))
     co.student.backbone.load_state_dict(byol.student.backbone.state_dict())
     co.student.projector.load_state_dict(byol.student.neck.proj.state_dict())
     co.student.predictor.load_state_dict(byol.student.predictor.state_dict())
@@ -178,12 +179,12 @@ def test_spatial_bam_variants_reduce_exactly_to_bam(tmp_path, name, neutral, act
     crops = _crops_multicrop()
     torch.manual_seed(0)
     bam_cfg = load_config(data=tiny_pretrain_dict(tmp_path, teacher={"enabled": teacher}))
-    bam = build_method(bam_cfg.method, build_backbone(bam_cfg))
+    bam = build_method(bam_cfg.method, build_backbone(bam_cfg.model))
     t_bam = make_teacher(bam.student) if teacher else None
     expected, _ = _step(bam, crops, t_bam, 2, 4)
     for params, equal in ((neutral, True), (active, False)):
         cfg = load_config(data=method_cfg(tmp_path, name, teacher={"enabled": teacher}, **params))
-        variant = build_method(cfg.method, build_backbone(cfg))
+        variant = build_method(cfg.method, build_backbone(cfg.model))
         missing, _ = variant.student.load_state_dict(bam.student.state_dict(), strict=False)
         assert all(k.startswith(("local_projector", "neck")) for k in missing)
         t_var = make_teacher(variant.student, variant.teacher_exclude) if teacher else None
@@ -199,7 +200,7 @@ def test_spatial_bam_variants_reduce_exactly_to_bam(tmp_path, name, neutral, act
 def test_gradients_reach_only_the_online_branch(tmp_path):
     for name in ("lewel_b", "co_byol", "co_bam", "lewel_bam"):
         cfg = load_config(data=method_cfg(tmp_path, name))
-        method = build_method(cfg.method, build_backbone(cfg))
+        method = build_method(cfg.method, build_backbone(cfg.model))
         teacher = make_teacher(method.student, method.teacher_exclude)
         crops = _two_views() if name in ("lewel_b", "co_byol") else _crops_multicrop()
         n_crops = len(crops)

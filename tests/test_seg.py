@@ -20,7 +20,7 @@ CONFIGS = REPO / "configs" / "mmseg"
 @pytest.fixture(scope="module")
 def vit_checkpoint(tmp_path_factory) -> Path:
     """A bam-dense checkpoint of the tiny ViT the tiny seg config expects (96 wide, 4 blocks, 4 heads, patch 4)."""
-    from bam_dense.engine.config import load_config
+    from bam_dense.core.config import load_config
     from bam_dense.engine.trainer import Trainer
 
     out = tmp_path_factory.mktemp("vit_run")

@@ -18,7 +18,6 @@ error and log, and the other steps still run. Adding a benchmark: an entry in
 
 from __future__ import annotations
 
-import argparse
 import shlex
 import shutil
 import subprocess
@@ -29,8 +28,8 @@ from pathlib import Path
 import yaml
 
 from bam_dense.bench.published import BENCHMARKS
-from bam_dense.errors import UserFacingError
-from bam_dense.paths import REPO_ROOT
+from bam_dense.core.errors import UserFacingError
+from bam_dense.core.paths import REPO_ROOT
 
 BAM = [sys.executable, "-m", "bam_dense.cli"]
 
@@ -265,22 +264,3 @@ def slurm_script(plan: Plan, plan_path: str, run_dir: Path) -> str:
             lines.append(f"sbatch {dep}--job-name={run.name}-{step.name} --nodes=1 --gpus-per-node={step.nproc} "
                          f"{' '.join(common)} --output={out}.slurm-%j.out --wrap {shlex.quote(cmds)}")
     return "\n".join(lines) + "\n"
-
-
-def cli_run(args: argparse.Namespace) -> int:
-    plan = load_plan(args.plan)
-    run_dir = Path(args.run_dir)
-    if args.print_slurm:
-        print(slurm_script(plan, args.plan, run_dir.resolve()))
-        return 0
-    run_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(args.plan, run_dir / "plan.yaml")
-    outcomes = run_plan(plan, run_dir, args.steps, args.skip, args.force)
-    failed = [o for o in outcomes if o.status == "failed"]
-    for o in outcomes:
-        print(f"[bam-dense] {o.run:<20} {o.step:<20} {o.status:<8} {o.detail}")
-    if failed:
-        print(f"[bam-dense] {len(failed)} step(s) failed; the others' results are in {run_dir}", file=sys.stderr)
-        return 1
-    print(f"[bam-dense] done; report: bam-dense bench report {run_dir}")
-    return 0

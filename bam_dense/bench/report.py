@@ -7,7 +7,6 @@ Several run directories are reported side by side. Failed steps appear with thei
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import statistics
@@ -17,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from bam_dense.bench.published import BENCHMARKS
-from bam_dense.errors import UserFacingError
+from bam_dense.core.errors import UserFacingError
 
 
 @dataclass
@@ -128,11 +127,3 @@ def write_report(run_dirs: list[Path], out: Path) -> Path:
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path
-
-
-def cli_main(args: argparse.Namespace) -> int:
-    dirs = [Path(d) for d in args.run_dirs]
-    out = Path(args.out) if args.out else dirs[0]
-    path = write_report(dirs, out)
-    print(f"[bam-dense] report: {path}")
-    return 0

@@ -10,21 +10,19 @@ every mapped, dropped and filled tensor and every shape change.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import pickle
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from bam_dense.atomic import atomic_write, atomic_write_text
 from bam_dense.convert.maps import targets_for
 from bam_dense.convert.sources import ConversionError, Source, extract_backbone, read_checkpoint, resolve_arch
-from bam_dense.engine.checkpoint import atomic_save
+from bam_dense.core.atomic import atomic_write, atomic_write_text
+from bam_dense.core.checkpoint import atomic_save
 
 TARGETS = ("timm", "timm-folder", "torchvision", "mmseg", "mmseg-mae", "mmdet", "detectron2", "safetensors")
 
@@ -238,17 +236,3 @@ def _write_target(to: str, sd: dict[str, torch.Tensor], out: Path, arch: str, kw
     elif to == "detectron2":
         payload = {"model": {k: v.numpy() for k, v in sd.items()}, "__author__": "bam-dense", "matching_heuristics": True}
         atomic_write(out, lambda fh: pickle.dump(payload, fh, protocol=4))
-
-
-def cli_main(args: argparse.Namespace) -> int:
-    report = convert(args.src, args.to, args.out, arch=args.arch, which=args.which, img_size=args.img_size,
-                     source_format=args.source_format, trust_source=args.trust_source)
-    print(report.summary())
-    print(f"  report       {report_path(args.out, args.to)}")
-    return 0
-
-
-if __name__ == "__main__":
-    from bam_dense.cli import main
-
-    sys.exit(main(["convert", *sys.argv[1:]]))

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from bam_dense.errors import UserFacingError
+from bam_dense.core.errors import UserFacingError
 
 FORMATS = ("bam-dense", "bam-official", "lewel-official", "dino", "timm", "torchvision")
 WRAPPER_TOKENS = ("module.", "_orig_mod.")

@@ -17,8 +17,8 @@ from PIL import Image, ImageFilter
 from torch.utils.data import Dataset, DistributedSampler
 from torchvision import transforms as T
 
+from bam_dense.core.config import ViewsConfig
 from bam_dense.data.images import BadImage
-from bam_dense.engine.config import ViewsConfig
 
 
 class RandomPILBlur:

@@ -18,7 +18,6 @@ Layouts (what the real consumers read):
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from collections.abc import Iterator
@@ -27,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from bam_dense.core.config import COLOR_MODES
 
 # ---------------------------------------------------------------------------------------------
 # Object and background classes
@@ -89,9 +90,6 @@ class ObjectSpec:
     angle: float  # radians
     aspect: float = 1.0  # horizontal stretch in the object frame
     color: tuple[int, int, int] | None = None  # None: the class colour
-
-
-COLOR_MODES = ("class", "instance")
 
 
 def _check_colors(colors: str) -> None:
@@ -618,9 +616,3 @@ def make(layout: str, root: str | Path, num: int | None = None, size: int | None
     if size is not None:
         params["size"] = size
     return WRITERS[layout](Path(root), seed=seed, **params)
-
-
-def cli_main(args: argparse.Namespace) -> int:
-    out = make(args.layout, args.root, num=args.num, size=args.size, seed=args.seed, colors=args.colors)
-    print(f"wrote synthetic {args.layout} to {out}")
-    return 0

@@ -14,9 +14,7 @@ and the boundary measure works on cropped windows (identical values, see :mod:`b
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,8 +22,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from bam_dense.core.errors import UserFacingError
 from bam_dense.davis.metrics import db_eval_boundary, db_eval_iou, db_statistics
-from bam_dense.errors import UserFacingError
 
 GLOBAL_COLUMNS = ["J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay"]
 SEQUENCE_COLUMNS = ["Sequence", "J-Mean", "F-Mean"]
@@ -155,7 +153,7 @@ def aggregate(all_scores: list[SequenceScores]) -> Results:
 
 def write_csvs(results: Results, out_dir: Path, subset: str) -> tuple[Path, Path]:
     """``global_results-<set>.csv`` and ``per-sequence_results-<set>.csv`` as the official script writes them."""
-    from bam_dense.atomic import atomic_write_text
+    from bam_dense.core.atomic import atomic_write_text
 
     out_dir.mkdir(parents=True, exist_ok=True)
     g = ",".join(GLOBAL_COLUMNS) + "\n" + ",".join(_fmt(v) for v in results.global_row) + "\n"
@@ -211,24 +209,13 @@ def evaluate(davis_root: str | Path, results: str | Path, task: str = "semi-supe
     return aggregate(scores)
 
 
-def write_metrics_json(res: Results, path: Path, args: argparse.Namespace) -> Path:
+def write_metrics_json(res: Results, path: Path, davis_root: str | Path, results: str | Path, task: str = "semi-supervised",
+                       subset: str = "val") -> Path:
     """The global numbers as JSON (what ``bam-dense bench report`` reads)."""
     import json
 
-    from bam_dense.atomic import atomic_write_text
+    from bam_dense.core.atomic import atomic_write_text
 
-    payload = {"task": f"davis_{args.task}", "davis_root": str(args.davis_root), "results": str(args.results), "set": args.set,
+    payload = {"task": f"davis_{task}", "davis_root": str(davis_root), "results": str(results), "set": subset,
                "metrics": dict(zip(GLOBAL_COLUMNS, res.global_row)), "per_object": res.objects}
     return atomic_write_text(path, json.dumps(payload, indent=1))
-
-
-def cli_main(args: argparse.Namespace) -> int:
-    out = Path(args.out) if args.out else Path(args.results)
-    res = evaluate(args.davis_root, args.results, args.task, args.set, args.sequences, args.workers)
-    gp, sp = write_csvs(res, out, args.set)
-    chart = plot_per_sequence(res, out / f"per-sequence_results-{args.set}.png")
-    write_metrics_json(res, out / "metrics.json", args)
-    sys.stdout.write(f"--------------------------- Global results for {args.set} ---------------------------\n")
-    print(res.table())
-    print(f"\n[bam-dense] {gp}\n[bam-dense] {sp}\n[bam-dense] {chart}")
-    return 0

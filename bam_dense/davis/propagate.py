@@ -23,9 +23,7 @@ band only meets the source rows within the neighbourhood radius, so memory is bo
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from bam_dense.core.errors import UserFacingError
 from bam_dense.data.synthetic import voc_palette
-from bam_dense.errors import UserFacingError
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.228, 0.224, 0.225)  # DINO's value (0.229 elsewhere), kept for comparability
@@ -308,17 +306,3 @@ def run(checkpoint: str, davis_root: str, out: str, arch: str | None = None, sub
         (seq_out / ".done").write_text("")
         done_now.append(seq)
     return done_now
-
-
-def cli_main(args: argparse.Namespace) -> int:
-    params = PropagationParams(args.n_last_frames, args.size_mask_neighborhood, args.topk, args.temperature, args.resolution)
-    done = run(args.checkpoint, args.davis_root, args.out, args.arch, args.set, args.sequences, params, args.patch_size,
-               args.resnet_stage, args.which, args.device, args.save_overlays, args.trust_source)
-    print(f"[bam-dense] propagated {len(done)} sequence(s) into {args.out}")
-    return 0
-
-
-if __name__ == "__main__":
-    from bam_dense.cli import main
-
-    sys.exit(main(["davis", "propagate", *sys.argv[1:]]))

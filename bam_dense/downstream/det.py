@@ -7,9 +7,7 @@ AP, AP50, AP75, APs/m/l, the config, the checkpoint and its SHA-256.
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 from pathlib import Path
 
 from bam_dense.downstream.mm_common import (
@@ -77,20 +75,3 @@ def test(config: str, checkpoint: str, work_dir: str | None = None, cfg_options:
         print(f"[bam-dense] COCO: box AP {summary.get('bbox_AP', float('nan')):.2f}, mask AP "
               f"{summary.get('segm_AP', float('nan')):.2f} -> {path}")
     return metrics
-
-
-def cli_train(args: argparse.Namespace) -> int:
-    train(args.config, args.checkpoint, args.work_dir, args.cfg_options, args.amp, args.resume, args.launcher,
-          args.data_root, args.trust_source)
-    return 0
-
-
-def cli_test(args: argparse.Namespace) -> int:
-    test(args.config, args.checkpoint, args.work_dir, args.cfg_options, args.out, args.launcher, args.data_root)
-    return 0
-
-
-if __name__ == "__main__":
-    from bam_dense.cli import main
-
-    sys.exit(main(["det", *sys.argv[1:]]))

@@ -16,7 +16,7 @@ import os
 import warnings
 from pathlib import Path
 
-from bam_dense.errors import UserFacingError
+from bam_dense.core.errors import UserFacingError
 
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
 
@@ -168,7 +168,7 @@ def enable_amp(cfg) -> None:
 
 
 def write_metrics(path: str | Path, task: str, metrics: dict, config: str, checkpoint: str, extra: dict | None = None) -> Path:
-    from bam_dense.atomic import atomic_write_text
+    from bam_dense.core.atomic import atomic_write_text
 
     payload = {
         "task": task,

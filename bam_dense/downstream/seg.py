@@ -8,8 +8,6 @@ several through ``--launcher pytorch`` under torchrun / ``--launcher slurm`` und
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
 from bam_dense.downstream.mm_common import (
@@ -58,20 +56,3 @@ def test(config: str, checkpoint: str, work_dir: str | None = None, cfg_options:
                       {"dataset": dataset, "per_class_iou": per_class, "num_classes": len(per_class)})
         print(f"[bam-dense] {dataset}: mIoU {summary.get('mIoU')} mAcc {summary.get('mAcc')} aAcc {summary.get('aAcc')} -> {path}")
     return metrics
-
-
-def cli_train(args: argparse.Namespace) -> int:
-    train(args.config, args.checkpoint, args.work_dir, args.cfg_options, args.amp, args.resume, args.launcher,
-          args.data_root, args.trust_source)
-    return 0
-
-
-def cli_test(args: argparse.Namespace) -> int:
-    test(args.config, args.checkpoint, args.work_dir, args.cfg_options, args.out, args.launcher, args.data_root)
-    return 0
-
-
-if __name__ == "__main__":
-    from bam_dense.cli import main
-
-    sys.exit(main(["seg", *sys.argv[1:]]))

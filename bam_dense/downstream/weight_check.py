@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from bam_dense.errors import UserFacingError
+from bam_dense.core.errors import UserFacingError
 
 # Tensors a backbone creates for fine-tuning that no pretraining checkpoint holds.
 FRAMEWORK_INITIALISED = (

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from bam_dense.engine import dist
+from bam_dense.core import dist
 from bam_dense.models.backbones import features
 
 

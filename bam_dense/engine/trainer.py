@@ -14,11 +14,9 @@ Checkpoint layout (``<output_dir>/checkpoints/last.pth``, loadable with ``weight
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
-import os
 import random
 import signal
 import sys
@@ -30,19 +28,19 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from bam_dense.atomic import atomic_write_text
+from bam_dense.core import dist
+from bam_dense.core.atomic import atomic_write_text
+from bam_dense.core.checkpoint import atomic_save, load_own
+from bam_dense.core.config import PretrainConfig, dump, to_dict
+from bam_dense.core.errors import UserFacingError
 from bam_dense.data.pretrain import PretrainDataset, ResumableSampler, Views, collate, eval_transform
-from bam_dense.engine import dist
-from bam_dense.engine.checkpoint import atomic_save, load_own
-from bam_dense.engine.config import PretrainConfig, dump, load_config, to_dict
 from bam_dense.engine.knn import extract, knn_accuracy
 from bam_dense.engine.optim import build_optimizer
 from bam_dense.engine.schedules import cosine, peak_lr, warmup_cosine
 from bam_dense.engine.teacher import EMATeacher, make_teacher
-from bam_dense.errors import UserFacingError
 from bam_dense.methods import build_method
 from bam_dense.methods.base import StepContext
-from bam_dense.models.backbones import create_backbone, family
+from bam_dense.models.backbones import build_backbone, family
 
 CHECKPOINT_FORMAT = "bam-dense"
 CHECKPOINT_VERSION = 1
@@ -99,18 +97,6 @@ def build_source(cfg: PretrainConfig):
     return SyntheticImageNet.from_config(cfg.data.synthetic)
 
 
-def build_backbone(cfg: PretrainConfig) -> nn.Module:
-    m = cfg.model
-    try:
-        backbone = create_backbone(m.arch, m.kwargs, pos_embed=m.pos_embed, freeze_patch_embed=m.freeze_patch_embed,
-                                   drop_path_rate=m.drop_path_rate)
-    except (ValueError, TypeError) as err:
-        raise UserFacingError(f"model: cannot build {m.arch!r} with kwargs {m.kwargs}: {err}") from None
-    if m.grad_checkpointing:
-        backbone.set_grad_checkpointing(True)
-    return backbone
-
-
 class Trainer:
     def __init__(self, cfg: PretrainConfig):
         self.cfg = cfg
@@ -141,7 +127,7 @@ class Trainer:
         self.bad_budget = cfg.data.max_bad_fraction * len(self.dataset)
 
         # model
-        backbone = build_backbone(cfg)
+        backbone = build_backbone(cfg.model)
         self.family = family(backbone)
         self.method = build_method(cfg.method, backbone)
         self.student = self.method.student.to(self.device)
@@ -557,33 +543,3 @@ def run(cfg: PretrainConfig) -> Summary:
     finally:
         dist.destroy()
     return summary
-
-
-def cli_main(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, args.overrides)
-    if args.print_config:
-        print(dump(cfg))
-        return 0
-    main_process = int(os.environ.get("RANK", "0")) == 0  # the process group is gone after run()
-    summary = run(cfg)
-    if main_process:
-        if summary.first_loss is not None:
-            print(f"[bam-dense] loss {summary.first_loss:.4f} -> {summary.last_loss:.4f} over {summary.steps} steps")
-        if summary.knn:
-            line = f"[bam-dense] k-NN top-1: trained {100 * summary.knn[-1]['knn_top1']:.2f}%"
-            if summary.knn_random_init is not None:
-                line += f", random init {100 * summary.knn_random_init:.2f}%"
-            print(line)
-        print(f"[bam-dense] checkpoint: {summary.checkpoint}")
-    return PREEMPTED_EXIT if summary.preempted else 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``pretrain/train.py`` (also under torchrun)."""
-    from bam_dense.cli import main as cli
-
-    return cli(["pretrain", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -13,8 +13,6 @@ its random initialisation, and prints them side by side.
 
 from __future__ import annotations
 
-import argparse
-import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from bam_dense.errors import UserFacingError
+from bam_dense.core.errors import UserFacingError
 from bam_dense.models.backbones import features
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
@@ -128,39 +126,15 @@ def probe(backbone, ade_root: str | None, davis_root: str | None, image_size: in
 
 def random_init_like(checkpoint: str) -> torch.nn.Module:
     """The encoder a bam-dense run started from: its config's backbone, built with its seed."""
-    from bam_dense.engine.config import load_config
-    from bam_dense.engine.trainer import build_backbone
+    from bam_dense.core.config import load_config
+    from bam_dense.models.backbones import build_backbone
 
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     if state.get("format") != "bam-dense":
         raise UserFacingError(f"--random-baseline needs a bam-dense pretraining checkpoint, {checkpoint} is not one")
     cfg = load_config(data=state["config"])
     torch.manual_seed(cfg.run.seed)
-    return build_backbone(cfg)
-
-
-def cli_main(args: argparse.Namespace) -> int:
-    from bam_dense.davis.propagate import load_backbone
-
-    if not args.ade_root and not args.davis_root:
-        raise UserFacingError("give --ade-root and/or --davis-root")
-    rows = {"checkpoint": probe(load_backbone(args.checkpoint, args.arch, args.which, args.trust_source),
-                                args.ade_root, args.davis_root, args.image_size, args.davis_resolution, args.steps)}
-    if args.random_baseline:
-        rows["random init"] = probe(random_init_like(args.checkpoint), args.ade_root, args.davis_root, args.image_size,
-                                    args.davis_resolution, args.steps)
-    print(f"{'encoder':<12} {'linear-probe mIoU':>18} {'DAVIS J&F':>10}")
-    for name, r in rows.items():
-        m = "-" if r.miou is None else f"{100 * r.miou:.2f}"
-        d = "-" if r.davis_jf is None else f"{r.davis_jf:.3f}"
-        print(f"{name:<12} {m:>18} {d:>10}")
-    if args.out:
-        payload = {"task": "dense_probe", "checkpoint": args.checkpoint, "metrics": rows["checkpoint"].as_dict()}
-        if "random init" in rows:
-            payload["random_init"] = rows["random init"].as_dict()
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(payload, indent=1))
-    return 0
+    return build_backbone(cfg.model)
 
 
 __all__ = ["ProbeResult", "davis_probe", "linear_seg_probe", "miou", "probe"]

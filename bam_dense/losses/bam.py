@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from bam_dense.engine import dist
+from bam_dense.core import dist
 
 
 def positive_mask(

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bam_dense.engine.config import COBAMParams
+from bam_dense.core.config import COBAMParams
 from bam_dense.losses.bam import attention_cross_entropy, balanced_targets, eps_at_epoch
 from bam_dense.methods.base import Method, StepContext, multicrop_features
 from bam_dense.methods.co_byol import local_cells

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bam_dense.engine.config import COBYOLParams
+from bam_dense.core.config import COBYOLParams
 from bam_dense.losses.byol import byol_loss
 from bam_dense.methods.base import Method, StepContext
 from bam_dense.models.backbones import feature_dims, features

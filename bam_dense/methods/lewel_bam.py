@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from bam_dense.engine.config import LEWELBAMParams
+from bam_dense.core.config import LEWELBAMParams
 from bam_dense.losses.bam import bam_loss, eps_at_epoch
 from bam_dense.methods.base import Method, StepContext, multicrop_features
 from bam_dense.models.alignment import AlignmentNeck

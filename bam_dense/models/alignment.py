@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bam_dense.engine.config import HeadConfig
+from bam_dense.core.config import HeadConfig
 from bam_dense.models.heads import MLPHead
 
 

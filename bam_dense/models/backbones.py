@@ -21,6 +21,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from bam_dense.core.config import ModelConfig
+from bam_dense.core.errors import UserFacingError
 from bam_dense.models.heads import ACTIVATIONS
 
 
@@ -109,6 +111,18 @@ def create_backbone(
             if model.patch_embed.proj.bias is not None:
                 model.patch_embed.proj.bias.requires_grad_(False)
     return model
+
+
+def build_backbone(m: ModelConfig) -> nn.Module:
+    """The backbone a pretraining config's ``model`` section describes (random init, seeded by the caller)."""
+    try:
+        backbone = create_backbone(m.arch, m.kwargs, pos_embed=m.pos_embed, freeze_patch_embed=m.freeze_patch_embed,
+                                   drop_path_rate=m.drop_path_rate)
+    except (ValueError, TypeError) as err:
+        raise UserFacingError(f"model: cannot build {m.arch!r} with kwargs {m.kwargs}: {err}") from None
+    if m.grad_checkpointing:
+        backbone.set_grad_checkpointing(True)
+    return backbone
 
 
 def feature_dims(backbone: nn.Module) -> tuple[int, int]:

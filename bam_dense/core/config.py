@@ -21,12 +21,14 @@ from typing import Any
 
 import yaml
 
-from bam_dense.data.synthetic import COLOR_MODES
-from bam_dense.errors import UserFacingError
+from bam_dense.core.errors import UserFacingError
 
 
 class ConfigError(UserFacingError):
     pass
+
+
+COLOR_MODES = ("class", "instance")  # data.synthetic.colors: fixed per class, or random per object
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """The ``bam-dense`` command line.
 
 Only argparse is imported here, so ``bam-dense --help`` stays fast with nothing but the core installed.
-Each subcommand names the function that runs it as ``"module:function"``; the module is imported only
-when that subcommand runs.
+Each subcommand names the function of :mod:`bam_dense.cli.commands` that runs it; that module and the
+library code it calls are imported only when the subcommand runs. Nothing in the library imports this package.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import importlib
 import sys
 from collections.abc import Callable, Sequence
 
-from bam_dense.errors import UserFacingError
+from bam_dense.core.errors import UserFacingError
 
 Handler = str  # "package.module:function", called with the parsed argparse.Namespace
 
@@ -32,7 +32,7 @@ def _pretrain(sub) -> None:
     p = _add(
         sub,
         "pretrain",
-        "bam_dense.engine.trainer:cli_main",
+        "bam_dense.cli.commands:pretrain",
         "pretrain an encoder (BAM, BYOL, LEWEL_B, CO-BYOL, CO-BAM, LEWEL-BAM)",
         "Pretrain an encoder from a YAML config (configs/pretrain/*.yaml).\n\n"
         "Overrides are KEY.SUB=VALUE pairs, VALUE parsed as YAML, e.g.\n"
@@ -48,7 +48,7 @@ def _convert(sub) -> None:
     p = _add(
         sub,
         "convert",
-        "bam_dense.convert.api:cli_main",
+        "bam_dense.cli.commands:convert",
         "convert a pretraining checkpoint for timm, torchvision, MMSeg, MMDet, detectron2 or safetensors",
         "Convert a checkpoint's backbone for a downstream framework and write a coverage report\n"
         "(PATH.report.json) listing every mapped, dropped and filled tensor. Exits non-zero, naming the\n"
@@ -82,7 +82,7 @@ def _davis(sub) -> None:
     prop = _add(
         dsub,
         "propagate",
-        "bam_dense.davis.propagate:cli_main",
+        "bam_dense.cli.commands:davis_propagate",
         "propagate first-frame masks with frozen features (the DINO protocol)",
     )
     prop.add_argument("--checkpoint", required=True, help="pretraining or converted checkpoint; 'random' for a random-init encoder of --arch")
@@ -106,7 +106,7 @@ def _davis(sub) -> None:
     ev = _add(
         dsub,
         "eval",
-        "bam_dense.davis.evaluate:cli_main",
+        "bam_dense.cli.commands:davis_eval",
         "score results with J and F exactly as davis2017-evaluation does",
     )
     ev.add_argument("--davis-root", required=True, help="DAVIS folder")
@@ -118,11 +118,11 @@ def _davis(sub) -> None:
     ev.add_argument("--workers", type=int, default=None, help="processes (default: CPU count)")
 
 
-def _finetune(sub, name: str, module: str, title: str, example: str, data_root_help: str) -> None:
+def _finetune(sub, name: str, title: str, example: str, data_root_help: str) -> None:
     """``seg`` and ``det``: the same train/test commands over MMSegmentation or MMDetection."""
     p = sub.add_parser(name, help=title, description=title)
     msub = p.add_subparsers(dest=f"{name}_command", required=True, metavar="{train,test}")
-    tr = _add(msub, "train", f"{module}:cli_train", "fine-tune from a pretrained backbone (the weight check runs first)")
+    tr = _add(msub, "train", "bam_dense.cli.commands:finetune_train", "fine-tune from a pretrained backbone (the weight check runs first)")
     tr.add_argument("config", help=f"mmengine config, e.g. {example}")
     tr.add_argument("--checkpoint", required=True, help="pretraining checkpoint (converted on the fly) or an already converted file")
     tr.add_argument("--work-dir", help="work directory (default work_dirs/<config name>)")
@@ -132,7 +132,7 @@ def _finetune(sub, name: str, module: str, title: str, example: str, data_root_h
     tr.add_argument("--launcher", choices=["none", "pytorch", "slurm"], default="none", help="job launcher (torchrun: pytorch)")
     tr.add_argument("--data-root", help=data_root_help)
     tr.add_argument("--trust-source", action="store_true", help="allow legacy pickles (trusted files only)")
-    te = _add(msub, "test", f"{module}:cli_test", "evaluate a fine-tuned model and write metrics JSON")
+    te = _add(msub, "test", "bam_dense.cli.commands:finetune_test", "evaluate a fine-tuned model and write metrics JSON")
     te.add_argument("config")
     te.add_argument("--checkpoint", required=True, help="fine-tuned checkpoint, or a work dir (its latest checkpoint)")
     te.add_argument("--work-dir")
@@ -143,27 +143,27 @@ def _finetune(sub, name: str, module: str, title: str, example: str, data_root_h
 
 
 def _seg(sub) -> None:
-    _finetune(sub, "seg", "bam_dense.downstream.seg", "semantic segmentation with MMSegmentation (ADE20K, VOC)",
+    _finetune(sub, "seg", "semantic segmentation with MMSegmentation (ADE20K, VOC)",
               "configs/mmseg/upernet_vit-b16_ade20k-512x512_160k.py",
               "dataset root in the official layout (overrides the config's data_root)")
 
 
 def _det(sub) -> None:
-    _finetune(sub, "det", "bam_dense.downstream.det", "COCO detection with MMDetection", "configs/mmdet/mask-rcnn_r50_fpn_1x_coco.py",
+    _finetune(sub, "det", "COCO detection with MMDetection", "configs/mmdet/mask-rcnn_r50_fpn_1x_coco.py",
               "COCO root: annotations/, train2017/, val2017/")
 
 
 def _bench(sub) -> None:
     p = sub.add_parser("bench", help="run a benchmark plan and report against the published leaderboard", description="Leaderboard reproduction")
     bsub = p.add_subparsers(dest="bench_command", required=True, metavar="{run,report}")
-    run = _add(bsub, "run", "bam_dense.bench.plan:cli_run", "run (or print) the steps of a plan file")
+    run = _add(bsub, "run", "bam_dense.cli.commands:bench_run", "run (or print) the steps of a plan file")
     run.add_argument("plan", help="configs/bench/*.yaml")
     run.add_argument("--run-dir", required=True, help="where every step writes its outputs and metrics")
     run.add_argument("--steps", nargs="*", help="only these steps (default: all)")
     run.add_argument("--skip", nargs="*", default=[], help="skip these steps")
     run.add_argument("--force", action="store_true", help="re-run steps that already have results")
     run.add_argument("--print-slurm", action="store_true", help="print one sbatch command per step instead of running")
-    rep = _add(bsub, "report", "bam_dense.bench.report:cli_main", "write report.md and charts for one or more run directories")
+    rep = _add(bsub, "report", "bam_dense.cli.commands:bench_report", "write report.md and charts for one or more run directories")
     rep.add_argument("run_dirs", nargs="+", help="run directories (several: side by side)")
     rep.add_argument("--out", help="report folder (default: the first run directory)")
 
@@ -172,7 +172,7 @@ def _demo(sub) -> None:
     p = _add(
         sub,
         "demo",
-        "bam_dense.demo:cli_main",
+        "bam_dense.cli.commands:demo",
         "run the whole chain on generated synthetic data (a pipeline check, not a benchmark)",
     )
     p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
@@ -184,7 +184,7 @@ def _probe(sub) -> None:
     p = _add(
         sub,
         "probe",
-        "bam_dense.eval.dense_probe:cli_main",
+        "bam_dense.cli.commands:probe",
         "cheap dense evaluation: linear per-patch segmentation probe (mIoU) and DAVIS label propagation (J&F)",
     )
     p.add_argument("--checkpoint", required=True, help="pretraining or converted checkpoint")
@@ -201,12 +201,12 @@ def _probe(sub) -> None:
 
 
 def _tools(sub) -> None:
-    d = _add(sub, "doctor", "bam_dense.doctor:cli_main", "report versions and which features can run here, with the fix for each")
+    d = _add(sub, "doctor", "bam_dense.cli.commands:doctor", "report versions and which features can run here, with the fix for each")
     d.add_argument("--json", action="store_true", help="machine-readable output")
     i = _add(
         sub,
         "install-openmmlab",
-        "bam_dense.install_openmmlab:cli_main",
+        "bam_dense.cli.commands:install_openmmlab",
         "build (or take from cache) mmcv 2.1.0 with ops, then install mmengine, mmsegmentation and mmdet",
     )
     i.add_argument("--cache-dir", default=None, help="wheel cache (default ~/.cache/bam-dense/wheels or $BAM_DENSE_CACHE)")
@@ -214,7 +214,7 @@ def _tools(sub) -> None:
     i.add_argument("--jobs", type=int, default=None, help="parallel compile jobs (default: CPU count)")
     i.add_argument("--force-rebuild", action="store_true", help="ignore the cached wheel")
     i.add_argument("--log", default=None, help="build log file (default <cache-dir>/logs/...)")
-    m = _add(sub, "make-synthetic", "bam_dense.data.synthetic:cli_main", "write a synthetic dataset in a real dataset's on-disk layout")
+    m = _add(sub, "make-synthetic", "bam_dense.cli.commands:make_synthetic", "write a synthetic dataset in a real dataset's on-disk layout")
     m.add_argument("layout", choices=["imagenet", "ade20k", "voc", "coco", "davis"])
     m.add_argument("--root", required=True, help="output folder")
     m.add_argument("--num", type=int, default=None, help="images (sequences for davis) per split")
@@ -259,7 +259,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bam-dense {args.command}: error: {err}", file=sys.stderr)
         return 2
     return int(status or 0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

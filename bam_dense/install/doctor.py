@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import importlib.metadata as md
-import json
 import platform
 import shutil
-import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -90,7 +87,7 @@ def collect() -> Report:
     if mmcv_ver is None:
         ops_ok, ops_detail = False, "mmcv not installed"
     else:
-        from bam_dense.install_openmmlab import mmcv_ops_work
+        from bam_dense.install.openmmlab import mmcv_ops_work
 
         ops_ok, ops_detail = mmcv_ops_work()
         ops_detail = f"mmcv {mmcv_ver}: compiled ops {'work' if ops_ok else 'FAIL: ' + ops_detail}"
@@ -137,17 +134,3 @@ def render(report: Report) -> str:
         if f.fix:
             lines.append(f"            fix: {f.fix}")
     return "\n".join(lines)
-
-
-def cli_main(args: argparse.Namespace) -> int:
-    report = collect()
-    if args.json:
-        print(json.dumps({"versions": report.versions, "hardware": report.hardware,
-                          "features": [asdict(f) for f in report.features], "core_ok": report.core_ok}, indent=2))
-    else:
-        print(render(report))
-    return 0 if report.core_ok else 1
-
-
-if __name__ == "__main__":
-    sys.exit(cli_main(argparse.Namespace(json=False)))

@@ -1,6 +1,6 @@
 """Checkpoints that are never half-written, and loading that never runs code from a file.
 
-Writes go through :func:`bam_dense.atomic.atomic_write` (temporary file, fsync, rename), so a crash at any
+Writes go through :func:`bam_dense.core.atomic.atomic_write` (temporary file, fsync, rename), so a crash at any
 moment leaves either the previous file or the new one.
 """
 
@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from bam_dense.atomic import atomic_write
+from bam_dense.core.atomic import atomic_write
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:

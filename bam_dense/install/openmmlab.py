@@ -18,7 +18,6 @@ Steps, each named in the progress lines and, on failure, in the error with its l
 
 from __future__ import annotations
 
-import argparse
 import importlib.metadata as md
 import os
 import re
@@ -31,7 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bam_dense.errors import UserFacingError
+from bam_dense.core.errors import UserFacingError
 
 MMCV_VERSION = "2.1.0"
 # ftfy and regex: mmseg.apis imports its tokenizer at import time. setuptools < 81: mmengine resolves
@@ -247,15 +246,3 @@ class Installer:
         req = Requirement(requirement)
         version = _installed_version(req.name)
         return version is not None and req.specifier.contains(version, prereleases=True)
-
-
-def cli_main(args: argparse.Namespace) -> int:
-    cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
-    installer = Installer(cache, args.cuda, args.jobs, args.force_rebuild, Path(args.log) if args.log else None)
-    return installer.run()
-
-
-if __name__ == "__main__":  # used by the Makefile before the console script exists
-    from bam_dense.cli import main
-
-    sys.exit(main(["install-openmmlab", *sys.argv[1:]]))

@@ -1,0 +1,189 @@
+"""What each ``bam-dense`` subcommand does with its parsed arguments.
+
+The library modules expose plain functions; this module is the only place that reads an
+``argparse.Namespace``, prints for the terminal and turns results into exit codes. Every import is local
+to its command, so ``bam-dense --help`` imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from argparse import Namespace
+from pathlib import Path
+
+from bam_dense.core.errors import UserFacingError
+
+
+def pretrain(args: Namespace) -> int:
+    from bam_dense.core.config import dump, load_config
+    from bam_dense.engine.trainer import PREEMPTED_EXIT, run
+
+    cfg = load_config(args.config, args.overrides)
+    if args.print_config:
+        print(dump(cfg))
+        return 0
+    main_process = int(os.environ.get("RANK", "0")) == 0  # the process group is gone after run()
+    summary = run(cfg)
+    if main_process:
+        if summary.first_loss is not None:
+            print(f"[bam-dense] loss {summary.first_loss:.4f} -> {summary.last_loss:.4f} over {summary.steps} steps")
+        if summary.knn:
+            line = f"[bam-dense] k-NN top-1: trained {100 * summary.knn[-1]['knn_top1']:.2f}%"
+            if summary.knn_random_init is not None:
+                line += f", random init {100 * summary.knn_random_init:.2f}%"
+            print(line)
+        print(f"[bam-dense] checkpoint: {summary.checkpoint}")
+    return PREEMPTED_EXIT if summary.preempted else 0
+
+
+def convert(args: Namespace) -> int:
+    from bam_dense.convert import convert as run_convert
+    from bam_dense.convert import report_path
+
+    report = run_convert(args.src, args.to, args.out, arch=args.arch, which=args.which, img_size=args.img_size,
+                         source_format=args.source_format, trust_source=args.trust_source)
+    print(report.summary())
+    print(f"  report       {report_path(args.out, args.to)}")
+    return 0
+
+
+def davis_propagate(args: Namespace) -> int:
+    from bam_dense.davis.propagate import PropagationParams, run
+
+    params = PropagationParams(args.n_last_frames, args.size_mask_neighborhood, args.topk, args.temperature, args.resolution)
+    done = run(args.checkpoint, args.davis_root, args.out, args.arch, args.set, args.sequences, params, args.patch_size,
+               args.resnet_stage, args.which, args.device, args.save_overlays, args.trust_source)
+    print(f"[bam-dense] propagated {len(done)} sequence(s) into {args.out}")
+    return 0
+
+
+def davis_eval(args: Namespace) -> int:
+    from bam_dense.davis.evaluate import evaluate, plot_per_sequence, write_csvs, write_metrics_json
+
+    out = Path(args.out) if args.out else Path(args.results)
+    res = evaluate(args.davis_root, args.results, args.task, args.set, args.sequences, args.workers)
+    gp, sp = write_csvs(res, out, args.set)
+    chart = plot_per_sequence(res, out / f"per-sequence_results-{args.set}.png")
+    write_metrics_json(res, out / "metrics.json", args.davis_root, args.results, args.task, args.set)
+    sys.stdout.write(f"--------------------------- Global results for {args.set} ---------------------------\n")
+    print(res.table())
+    print(f"\n[bam-dense] {gp}\n[bam-dense] {sp}\n[bam-dense] {chart}")
+    return 0
+
+
+def _finetune_module(args: Namespace):
+    if args.command == "seg":
+        from bam_dense.downstream import seg
+
+        return seg
+    from bam_dense.downstream import det
+
+    return det
+
+
+def finetune_train(args: Namespace) -> int:
+    _finetune_module(args).train(args.config, args.checkpoint, args.work_dir, args.cfg_options, args.amp, args.resume,
+                                 args.launcher, args.data_root, args.trust_source)
+    return 0
+
+
+def finetune_test(args: Namespace) -> int:
+    _finetune_module(args).test(args.config, args.checkpoint, args.work_dir, args.cfg_options, args.out, args.launcher,
+                                args.data_root)
+    return 0
+
+
+def bench_run(args: Namespace) -> int:
+    from bam_dense.bench.plan import load_plan, run_plan, slurm_script
+
+    plan = load_plan(args.plan)
+    run_dir = Path(args.run_dir)
+    if args.print_slurm:
+        print(slurm_script(plan, args.plan, run_dir.resolve()))
+        return 0
+    run_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(args.plan, run_dir / "plan.yaml")
+    outcomes = run_plan(plan, run_dir, args.steps, args.skip, args.force)
+    failed = [o for o in outcomes if o.status == "failed"]
+    for o in outcomes:
+        print(f"[bam-dense] {o.run:<20} {o.step:<20} {o.status:<8} {o.detail}")
+    if failed:
+        print(f"[bam-dense] {len(failed)} step(s) failed; the others' results are in {run_dir}", file=sys.stderr)
+        return 1
+    print(f"[bam-dense] done; report: bam-dense bench report {run_dir}")
+    return 0
+
+
+def bench_report(args: Namespace) -> int:
+    from bam_dense.bench.report import write_report
+
+    dirs = [Path(d) for d in args.run_dirs]
+    path = write_report(dirs, Path(args.out) if args.out else dirs[0])
+    print(f"[bam-dense] report: {path}")
+    return 0
+
+
+def demo(args: Namespace) -> int:
+    from bam_dense.demo import run_demo
+
+    run_demo(Path(args.out), args.reduced, args.skip)
+    return 0
+
+
+def probe(args: Namespace) -> int:
+    from bam_dense.davis.propagate import load_backbone
+    from bam_dense.eval.dense_probe import probe as run_probe
+    from bam_dense.eval.dense_probe import random_init_like
+
+    if not args.ade_root and not args.davis_root:
+        raise UserFacingError("give --ade-root and/or --davis-root")
+    rows = {"checkpoint": run_probe(load_backbone(args.checkpoint, args.arch, args.which, args.trust_source),
+                                    args.ade_root, args.davis_root, args.image_size, args.davis_resolution, args.steps)}
+    if args.random_baseline:
+        rows["random init"] = run_probe(random_init_like(args.checkpoint), args.ade_root, args.davis_root, args.image_size,
+                                        args.davis_resolution, args.steps)
+    print(f"{'encoder':<12} {'linear-probe mIoU':>18} {'DAVIS J&F':>10}")
+    for name, r in rows.items():
+        m = "-" if r.miou is None else f"{100 * r.miou:.2f}"
+        d = "-" if r.davis_jf is None else f"{r.davis_jf:.3f}"
+        print(f"{name:<12} {m:>18} {d:>10}")
+    if args.out:
+        payload = {"task": "dense_probe", "checkpoint": args.checkpoint, "metrics": rows["checkpoint"].as_dict()}
+        if "random init" in rows:
+            payload["random_init"] = rows["random init"].as_dict()
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(payload, indent=1))
+    return 0
+
+
+def doctor(args: Namespace) -> int:
+    from dataclasses import asdict
+
+    from bam_dense.install.doctor import collect, render
+
+    report = collect()
+    if args.json:
+        print(json.dumps({"versions": report.versions, "hardware": report.hardware,
+                          "features": [asdict(f) for f in report.features], "core_ok": report.core_ok}, indent=2))
+    else:
+        print(render(report))
+    return 0 if report.core_ok else 1
+
+
+def install_openmmlab(args: Namespace) -> int:
+    from bam_dense.install.openmmlab import Installer, default_cache_dir
+
+    cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    installer = Installer(cache, args.cuda, args.jobs, args.force_rebuild, Path(args.log) if args.log else None)
+    return installer.run()
+
+
+def make_synthetic(args: Namespace) -> int:
+    from bam_dense.data.synthetic import make
+
+    out = make(args.layout, args.root, num=args.num, size=args.size, seed=args.seed, colors=args.colors)
+    print(f"wrote synthetic {args.layout} to {out}")
+    return 0
