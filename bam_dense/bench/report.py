@@ -1,7 +1,10 @@
 """``bam-dense bench report RUN_DIR [RUN_DIR ...]``: report.md and charts, beside the published numbers.
 
 For every benchmark a plan step names, the report lists each run's number, the mean and spread over runs
-of the same method (seeds), and the published numbers of the same protocol with their sources and notes.
+of the same method (seeds), and the published numbers of that benchmark with their sources, notes and
+recipes. A published row is called "same recipe" only when every run's resolved config (recorded by
+``seg test`` / ``det test``) has every value the row's recipe requires; otherwise the report says which
+values differ, or that the recipe could not be checked.
 Several run directories are reported side by side. Failed steps appear with their error, not as zeros.
 """
 
@@ -15,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from bam_dense.bench.published import BENCHMARKS
+from bam_dense.bench.published import BENCHMARKS, Recipe
 from bam_dense.core.errors import UserFacingError
 
 
@@ -27,6 +30,7 @@ class Entry:
     benchmark: str | None
     value: float | None
     error: str | None = None
+    resolved_config: dict | None = None  # the mmengine config the step ran, when it records one
 
 
 def collect(run_dir: Path) -> list[Entry]:
@@ -39,17 +43,59 @@ def collect(run_dir: Path) -> list[Entry]:
         for step in plan.get("steps", []):
             bench = BENCHMARKS.get(step.get("benchmark") or "")
             out = run_dir / run["name"] / step["name"]
-            value, error = None, None
+            value, error, resolved = None, None, None
             if (out / "metrics.json").is_file():
-                metrics = json.loads((out / "metrics.json").read_text()).get("metrics", {})
+                payload = json.loads((out / "metrics.json").read_text())
+                metrics = payload.get("metrics", {})
                 key = bench.metric if bench else next(iter(metrics), None)
                 value = metrics.get(key)
+                resolved = payload.get("resolved_config")
             elif (out / "error.txt").is_file():
                 error = (out / "error.txt").read_text().strip().splitlines()[0]
             else:
                 error = "not run"
-            entries.append(Entry(run["name"], run.get("method", run["name"]), step["name"], step.get("benchmark"), value, error))
+            entries.append(Entry(run["name"], run.get("method", run["name"]), step["name"], step.get("benchmark"), value, error,
+                                 resolved))
     return entries
+
+
+_MISSING = object()
+
+
+def _lookup(config: dict, dotted: str):
+    node = config
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+def _same_value(run_value, wanted) -> bool:
+    if isinstance(wanted, float) and isinstance(run_value, (int, float)) and not isinstance(run_value, bool):
+        return math.isclose(run_value, wanted, rel_tol=1e-9)
+    return run_value == wanted
+
+
+def recipe_check(recipe: Recipe, resolved_configs: list[dict | None]) -> tuple[bool, str]:
+    """(same recipe?, words): whether every run's config has every value ``recipe`` requires."""
+    if not recipe.requires:
+        return False, f"not checked: {recipe.note or 'the recipe states no config values'}"
+    configs = [c for c in resolved_configs if c is not None]
+    if not configs:
+        return False, "not checked: these runs recorded no config"
+    differences = []
+    for config in configs:
+        for key, wanted in recipe.requires.items():
+            got = _lookup(config, key)
+            if got is _MISSING or not _same_value(got, wanted):
+                shown = "missing" if got is _MISSING else repr(got)
+                item = f"`{key}` {shown} (recipe {wanted!r})"
+                if item not in differences:
+                    differences.append(item)
+    if differences:
+        return False, "different recipe: " + "; ".join(differences)
+    return True, f"same recipe ({len(recipe.requires)} values checked)"
 
 
 def _fmt(value: float | None, unit: str) -> str:
@@ -116,9 +162,13 @@ def write_report(run_dirs: list[Path], out: Path) -> Path:
                 lines.append(f"| {m} | {len(v)} | {_fmt(statistics.mean(v), unit)} | {_fmt(statistics.stdev(v), unit)} | "
                              f"{_fmt(min(v), unit)} | {_fmt(max(v), unit)} |")
         if bench and bench.results:
-            lines += ["", "Published, same protocol:", "", "| method | value | source | note |", "|---|---|---|---|"]
+            lines += ["", "Published (a row is the same protocol as these runs only where it says \"same recipe\"):", "",
+                      "| method | value | recipe | against these runs | source | note |", "|---|---|---|---|---|---|"]
             for p in bench.results:
-                lines.append(f"| {p.method} | {_fmt(p.value, unit)} | {p.source} | {p.note} |")
+                recipe = bench.recipe_of(p)
+                _, words = recipe_check(recipe, [e.resolved_config for e in rows if e.value is not None])
+                lines.append(f"| {p.method} | {_fmt(p.value, unit)} | {recipe.id} ({recipe.source}) | {words} | {p.source} | "
+                             f"{p.note} |")
                 chart_rows.append((p.method, p.value, False))
         if bench and chart_rows:
             png = _chart(bench, chart_rows, out / f"{bench_id}.png")

@@ -15,6 +15,7 @@ from bam_dense.downstream.mm_common import (
     load_config,
     prepare_test,
     prepare_train,
+    resolved_config,
     write_metrics,
 )
 
@@ -71,7 +72,8 @@ def test(config: str, checkpoint: str, work_dir: str | None = None, cfg_options:
                     summary[f"{kind}_{key.replace('mAP', 'AP')}"] = float(value) * 100.0
         path = Path(out) if out else Path(cfg.work_dir) / "metrics.json"
         write_metrics(path, "instance_segmentation", summary, config, checkpoint,
-                      {"dataset": cfg.test_dataloader.dataset.get("type", ""), "ap_scale": "percent"})
+                      {"dataset": cfg.test_dataloader.dataset.get("type", ""), "ap_scale": "percent",
+                       "resolved_config": resolved_config(cfg)})
         print(f"[bam-dense] COCO: box AP {summary.get('bbox_AP', float('nan')):.2f}, mask AP "
               f"{summary.get('segm_AP', float('nan')):.2f} -> {path}")
     return metrics

@@ -167,6 +167,11 @@ def enable_amp(cfg) -> None:
     ow.setdefault("loss_scale", "dynamic")
 
 
+def resolved_config(cfg) -> dict:
+    """The config a run used, as JSON-safe data (what the report checks recipes against)."""
+    return json.loads(json.dumps(cfg.to_dict(), default=str))
+
+
 def write_metrics(path: str | Path, task: str, metrics: dict, config: str, checkpoint: str, extra: dict | None = None) -> Path:
     from bam_dense.core.atomic import atomic_write_text
 

@@ -15,6 +15,7 @@ from bam_dense.downstream.mm_common import (
     load_config,
     prepare_test,
     prepare_train,
+    resolved_config,
     write_metrics,
 )
 
@@ -53,6 +54,7 @@ def test(config: str, checkpoint: str, work_dir: str | None = None, cfg_options:
         dataset = cfg.test_dataloader.dataset.get("type", "")
         path = Path(out) if out else Path(cfg.work_dir) / "metrics.json"
         write_metrics(path, "semantic_segmentation", summary, config, checkpoint,
-                      {"dataset": dataset, "per_class_iou": per_class, "num_classes": len(per_class)})
+                      {"dataset": dataset, "per_class_iou": per_class, "num_classes": len(per_class),
+                       "resolved_config": resolved_config(cfg)})
         print(f"[bam-dense] {dataset}: mIoU {summary.get('mIoU')} mAcc {summary.get('mAcc')} aAcc {summary.get('aAcc')} -> {path}")
     return metrics

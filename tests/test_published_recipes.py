@@ -1,0 +1,106 @@
+"""Published rows carry the recipe that produced them, and the report says "same recipe" only when it is.
+
+Source of the iBOT recipe: bytedance/ibot@da316d8 evaluation/semantic_segmentation/configs/upernet/
+vit_small_512_ade20k_160k.py (+ its _base_ files) and mmcv_custom/register_backbone.py (taps without norm).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO
+
+from bam_dense.bench.published import BENCHMARKS, RECIPES, Recipe
+from bam_dense.bench.report import recipe_check, write_report
+
+MMSEG = REPO / "configs" / "mmseg"
+
+
+def _resolved(name: str) -> dict:
+    from mmengine.config import Config
+
+    from bam_dense.downstream.mm_common import resolved_config
+
+    return resolved_config(Config.fromfile(MMSEG / name))
+
+
+def test_every_published_row_names_a_known_recipe_with_a_source():
+    for bench in BENCHMARKS.values():
+        assert bench.recipe in RECIPES, bench.id
+        for row in bench.results:
+            recipe = bench.recipe_of(row)
+            assert recipe.source, (bench.id, row.method)
+
+
+def test_recipe_check_names_each_differing_value():
+    recipe = Recipe("r", "src", {"a.lr": 3e-5, "a.kind": "VisionTransformer"})
+    assert recipe_check(recipe, [{"a": {"lr": 3e-5, "kind": "VisionTransformer"}}]) == (True, "same recipe (2 values checked)")
+    same, words = recipe_check(recipe, [{"a": {"lr": 1e-4, "kind": "VisionTransformer"}}])
+    assert not same and "`a.lr` 0.0001 (recipe 3e-05)" in words and "a.kind" not in words
+    same, words = recipe_check(recipe, [{"a": {"lr": 3e-5}}])
+    assert not same and "`a.kind` missing" in words
+    assert recipe_check(recipe, [None]) == (False, "not checked: these runs recorded no config")
+    assert not recipe_check(RECIPES["unverified"], [{"a": {}}])[0]
+
+
+def test_ibot_vits_config_is_the_ibot_recipe_and_the_mae_style_one_is_not():
+    ibot, mae_style = RECIPES["ibot-upernet-vits"], _resolved("upernet_vit-s16_ade20k-512x512_160k.py")
+    assert recipe_check(ibot, [_resolved("upernet_vit-s16_ibot_ade20k-512x512_160k.py")])[0]
+    same, words = recipe_check(ibot, [mae_style])
+    assert not same and "optim_wrapper.optimizer.lr" in words and "model.backbone.type" in words
+    assert recipe_check(RECIPES["mae-upernet-vit"], [_resolved("upernet_vit-b16_ade20k-512x512_160k.py")])[0]
+
+
+def test_ibot_vits_config_builds_the_ibot_network_and_layer_decay():
+    from mmengine.config import Config
+    from mmengine.optim import build_optim_wrapper
+    from mmseg.registry import MODELS
+    from mmseg.utils import register_all_modules
+
+    register_all_modules()
+    cfg = Config.fromfile(MMSEG / "upernet_vit-s16_ibot_ade20k-512x512_160k.py")
+    b = cfg.model.backbone
+    assert (b.type, b.embed_dims, b.num_heads, b.out_indices, b.drop_path_rate, b.final_norm) == (
+        "VisionTransformer", 384, 6, [3, 5, 7, 11], 0.1, False)
+    assert "init_values" not in b  # no layer scale: the MAE base's key must not leak through
+    assert [s.type for s in cfg.param_scheduler] == ["LinearLR", "PolyLR"]
+    assert (cfg.param_scheduler[0].end, cfg.param_scheduler[0].start_factor, cfg.param_scheduler[1].power) == (1500, 1e-6, 1.0)
+    model = MODELS.build(cfg.model)
+    names = [n for n, _ in model.named_parameters()]
+    assert not any("gamma" in n or "ls1" in n for n in names)  # no LayerScale anywhere
+    assert not any(n.startswith("backbone.ln1") or n.startswith("backbone.norm") for n in names)  # no final norm
+    assert model.decode_head.channels == 384 and model.auxiliary_head.channels == 256
+    wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    lr_of = {}
+    for group in wrapper.optimizer.param_groups:
+        for p in group["params"]:
+            lr_of[id(p)] = group["lr"]
+    params = dict(model.named_parameters())
+    # mmseg's layer decay: num_layers + 2 ids; block i has id i + 1, heads the last id (scale 1)
+    assert math.isclose(lr_of[id(params["backbone.layers.0.ffn.layers.1.weight"])], 3e-5 * 0.9 ** 12, rel_tol=1e-6)
+    assert math.isclose(lr_of[id(params["backbone.layers.11.ffn.layers.1.weight"])], 3e-5 * 0.9 ** 1, rel_tol=1e-6)
+    assert math.isclose(lr_of[id(params["decode_head.conv_seg.weight"])], 3e-5, rel_tol=1e-6)
+
+
+def _run_dir(tmp_path: Path, resolved: dict) -> Path:
+    run_dir = tmp_path / "run"
+    plan = {"name": "p", "runs": [{"name": "ours", "method": "bam"}],
+            "steps": [{"name": "ade", "kind": "seg", "benchmark": "ade20k_upernet_vits16", "config": "x.py"}]}
+    (run_dir / "ours" / "ade").mkdir(parents=True)
+    (run_dir / "plan.yaml").write_text(yaml.safe_dump(plan))
+    (run_dir / "ours" / "ade" / "metrics.json").write_text(json.dumps({"metrics": {"mIoU": 44.0}, "resolved_config": resolved}))
+    return run_dir
+
+
+@pytest.mark.parametrize(("config", "verdict"), [("upernet_vit-s16_ibot_ade20k-512x512_160k.py", "same recipe"),
+                                                 ("upernet_vit-s16_ade20k-512x512_160k.py", "different recipe")])
+def test_report_calls_the_ibot_row_same_recipe_only_for_the_ibot_config(tmp_path, config, verdict):
+    run_dir = _run_dir(tmp_path, _resolved(config))
+    report = write_report([run_dir], run_dir).read_text()
+    row = next(line for line in report.splitlines() if line.startswith("| iBOT ViT-S/16 |"))
+    assert verdict in row and "ibot-upernet-vits" in row
+    assert "Published, same protocol" not in report
