@@ -252,3 +252,128 @@ def test_propagate_and_eval_cli_end_to_end_with_a_checkpoint(synthetic_root, tmp
     header, values = (out / "global_results-val.csv").read_text().splitlines()
     assert header == "J&F-Mean,J-Mean,J-Recall,J-Decay,F-Mean,F-Recall,F-Decay"
     assert 0.0 <= float(values.split(",")[0]) <= 1.0
+
+
+# ---------------------------------------------------------------------------- position-embedding resampling
+DINO_POS = torch.load(Path(__file__).parent / "fixtures" / "dino_pos.pt", weights_only=True)  # see its provenance
+
+
+def _tiny_state() -> dict[str, torch.Tensor]:
+    return DINO_POS["tiny"]["state_dict"]
+
+
+def _dino_checkpoint(path: Path) -> Path:
+    """DINO's training-checkpoint layout around the fixture's official weights (DINO's names are timm's)."""
+    state = _tiny_state()
+    head = {"head.last_layer.weight": torch.zeros(4, 16)}
+    torch.save({"student": {f"module.backbone.{k}": v for k, v in state.items()} | {f"module.{k}": v for k, v in head.items()},
+                "teacher": {f"backbone.{k}": v for k, v in state.items()} | head, "epoch": 1}, path)
+    return path
+
+
+@pytest.fixture
+def tiny_dino_arch(monkeypatch):
+    """Shapes cannot tell the fixture's width-16 ViT (DINO checkpoints record no architecture): say it."""
+    from bam_dense.convert import sources
+
+    monkeypatch.setattr(sources, "infer_arch", lambda backbone: ("vit_small_patch16_224", dict(DINO_POS["tiny"]["config"])))
+
+
+def _bam_dense_checkpoint(path: Path) -> Path:
+    state = {f"backbone.{k}": v for k, v in _tiny_state().items()}
+    cfg = DINO_POS["tiny"]["config"]
+    torch.save({"format": "bam-dense", "student": state, "teacher": state, "arch": "vit_small_patch16_224",
+                "model_kwargs": dict(cfg)}, path)
+    return path
+
+
+_POS_CASES = [("tiny", name) for name in DINO_POS["tiny"]["sizes"]] + [("davis", name) for name in DINO_POS["davis"]["sizes"]]
+
+
+@pytest.mark.parametrize("part,name", _POS_CASES)
+def test_dino_pos_resampling_equals_the_official_interpolate_pos_encoding(part, name):
+    from timm.layers import resample_abs_pos_embed
+
+    from bam_dense.models.pos_embed import dino_resample_pos_embed
+
+    rec = DINO_POS[part]
+    table = rec["state_dict"]["pos_embed"] if part == "tiny" else rec["pos_embed"]
+    patch, side = rec["config"]["patch_size"], rec["config"]["img_size"] // rec["config"]["patch_size"]
+    h, w = rec["sizes"][name]
+    official = rec["pos"][name]
+    torch.testing.assert_close(dino_resample_pos_embed(table, (h, w), patch), official, rtol=0, atol=1e-6)
+    timm_table = resample_abs_pos_embed(table, [h // patch, w // patch], [side, side], num_prefix_tokens=1)
+    gap = (timm_table - official).abs().max().item()
+    if (h, w) == (side * patch, side * patch):
+        assert gap == 0  # the pretraining grid: neither resamples
+    else:
+        assert gap > 0.1, gap  # timm's resampling is another table: the old behaviour fails the check above
+
+
+def test_dino_mode_features_equal_the_official_extract_feature(tmp_path, tiny_dino_arch):
+    from bam_dense.davis.propagate import FeatureExtractor, load_extractor
+
+    extractor = load_extractor(str(_dino_checkpoint(tmp_path / "dino.pth")), None, None, False, torch.device("cpu"))
+    assert extractor.pos_resample == "dino"  # auto, from the DINO layout
+    timm_mode = FeatureExtractor(extractor.backbone, torch.device("cpu"), pos_resample="timm")
+    rec = DINO_POS["tiny"]
+    for name, frame in rec["frames"].items():
+        official = rec["features"][name]  # h*w x D, as extract_feature returns it
+        ours = extractor(frame[None])[0].flatten(1).t()
+        torch.testing.assert_close(ours, official, rtol=0, atol=2e-5)
+        gap = (timm_mode(frame[None])[0].flatten(1).t() - official).abs().max().item()
+        assert gap < 2e-5 if name == "same_8x8" else gap > 0.1, (name, gap)
+
+
+def test_dino_path_is_timms_forward_with_only_the_table_changed():
+    """The DINO path rebuilds timm's forward_features around another table: with timm's table it is timm's."""
+    from timm.layers import resample_abs_pos_embed
+
+    from bam_dense.models.backbones import create_backbone
+    from bam_dense.models.pos_embed import _vit_tokens_with_pos
+
+    cfg = dict(DINO_POS["tiny"]["config"])
+    torch.manual_seed(0)
+    for extra in ({}, {"reg_tokens": 2, "no_embed_class": True}):
+        vit = create_backbone("vit_small_patch16_224", cfg | extra, pos_embed="learned").eval()
+        x = torch.randn(2, 3, 24, 40)
+        n_prefix = 0 if vit.no_embed_class else vit.num_prefix_tokens
+        table = resample_abs_pos_embed(vit.pos_embed, [6, 10], [8, 8], num_prefix_tokens=n_prefix)
+        with torch.no_grad():
+            ours = _vit_tokens_with_pos(vit, vit.patch_embed(x).flatten(1, 2), table)
+            torch.testing.assert_close(ours, vit.forward_features(x), rtol=0, atol=0)
+
+
+def test_auto_pos_resample_follows_the_source_format(tmp_path, tiny_dino_arch):
+    from bam_dense.convert.sources import FORMATS, resolve_pos_resample
+    from bam_dense.core.errors import UserFacingError
+    from bam_dense.davis.propagate import load_extractor
+
+    assert {f: resolve_pos_resample("auto", f) for f in FORMATS} == {f: "dino" if f == "dino" else "timm" for f in FORMATS}
+    assert resolve_pos_resample("auto", None) == "timm"  # --checkpoint random
+    assert resolve_pos_resample("timm", "dino") == "timm" and resolve_pos_resample("dino", "bam-dense") == "dino"
+    with pytest.raises(UserFacingError):
+        resolve_pos_resample("bilinear", "dino")
+    cpu = torch.device("cpu")
+    dino, bam = _dino_checkpoint(tmp_path / "dino.pth"), _bam_dense_checkpoint(tmp_path / "bam.pth")
+    assert load_extractor(str(dino), None, None, False, cpu).pos_resample == "dino"
+    assert load_extractor(str(bam), None, None, False, cpu).pos_resample == "timm"
+    assert load_extractor(str(dino), None, None, False, cpu, pos_resample="timm").pos_resample == "timm"
+    assert load_extractor(str(bam), None, None, False, cpu, pos_resample="dino").pos_resample == "dino"
+
+
+def test_propagate_cli_takes_pos_resample(synthetic_root, tmp_path, tiny_dino_arch):
+    from bam_dense.cli import main
+
+    root = synthetic_root / "davis"
+    seq = (root / "ImageSets" / "2017" / "val.txt").read_text().split()[0]
+    ckpt = str(_dino_checkpoint(tmp_path / "dino.pth"))
+    base = ["davis", "propagate", "--checkpoint", ckpt, "--davis-root", str(root), "--sequences", seq, "--resolution", "64",
+            "--device", "cpu"]
+    for option, expected in (([], "dino"), (["--pos-resample", "timm"], "timm"), (["--pos-resample", "dino"], "dino")):
+        out = tmp_path / f"out_{expected}_{len(option)}"
+        assert main(base + ["--out", str(out)] + option) == 0
+        assert json.loads((out / "propagation.json").read_text())["pos_resample"] == expected
+        assert len(list((out / seq).glob("*.png"))) == len(list((root / "JPEGImages" / "480p" / seq).glob("*.jpg")))
+    with pytest.raises(SystemExit):
+        main(base + ["--out", str(tmp_path / "bad"), "--pos-resample", "bilinear"])

@@ -98,6 +98,10 @@ def _davis(sub) -> None:
     prop.add_argument("--resolution", type=int, default=480, help="short side of the resized frames (default 480)")
     prop.add_argument("--patch-size", type=int, default=None, help="ViT patch size / CNN stride (read from the model by default)")
     prop.add_argument("--resnet-stage", type=int, default=4, help="ResNet stage whose dense map is used (1-4, default 4)")
+    prop.add_argument("--pos-resample", choices=["auto", "timm", "dino"], default="auto",
+                      help="how a ViT's position embedding is resampled to the frame size: dino = DINO's "
+                           "interpolate_pos_encoding (DINO, iBOT), timm = timm's dynamic-size resampling (BAM); "
+                           "auto (default) = the checkpoint's source format: dino for DINO-format checkpoints, else timm")
     prop.add_argument("--which", choices=["student", "teacher"], default=None, help="network of a pretraining checkpoint (default teacher)")
     prop.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
     prop.add_argument("--save-overlays", action="store_true", help="also write overlay JPEGs and a GIF per sequence")

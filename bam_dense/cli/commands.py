@@ -55,7 +55,8 @@ def davis_propagate(args: Namespace) -> int:
 
     params = PropagationParams(args.n_last_frames, args.size_mask_neighborhood, args.topk, args.temperature, args.resolution)
     done = run(args.checkpoint, args.davis_root, args.out, args.arch, args.set, args.sequences, params, args.patch_size,
-               args.resnet_stage, args.which, args.device, args.save_overlays, args.trust_source)
+               args.resnet_stage, args.which, args.device, args.save_overlays, args.trust_source,
+               pos_resample=args.pos_resample)
     print(f"[bam-dense] propagated {len(done)} sequence(s) into {args.out}")
     return 0
 

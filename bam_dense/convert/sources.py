@@ -279,6 +279,23 @@ def extract_backbone(obj: object, path: str, source_format: str = "auto", which:
     return Source(path=str(path), format=fmt, which=which, backbone=backbone, arch=arch, model_kwargs=kwargs, dropped=dropped)
 
 
+# How each source's own evaluation resamples a ViT's position table to other input sizes (see
+# bam_dense.models.pos_embed): DINO with its interpolate_pos_encoding (iBOT, same function, saves training
+# checkpoints in DINO's student/teacher layout, so they are detected as "dino"); BAM's evaluation goes
+# through timm, as do bam-dense checkpoints and plain timm files (which no longer say where they came from).
+NATIVE_POS_RESAMPLE = {"dino": "dino"}
+POS_RESAMPLE_CHOICES = ("auto", "timm", "dino")
+
+
+def resolve_pos_resample(mode: str, source_format: str | None) -> str:
+    """``timm`` or ``dino``: ``mode`` itself, or for ``auto`` the way the checkpoint's source evaluates."""
+    if mode not in POS_RESAMPLE_CHOICES:
+        raise UserFacingError(f"unknown position-embedding resampling {mode!r}; choose from {', '.join(POS_RESAMPLE_CHOICES)}")
+    if mode != "auto":
+        return mode
+    return NATIVE_POS_RESAMPLE.get(source_format or "", "timm")
+
+
 def resolve_arch(source: Source, arch: str | None = None) -> tuple[str, dict]:
     """(timm architecture, constructor kwargs): ``arch`` if given, else the recorded one, else inferred from shapes."""
     kwargs = dict(source.model_kwargs)

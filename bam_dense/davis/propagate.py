@@ -8,6 +8,9 @@ The DINO protocol (DOWNSTREAM.md 4.2), for ViT and ResNet encoders:
 2. The first frame's mask is resized (nearest) to the feature grid and one-hot encoded with
    ``max label + 1`` channels (void, 255, counts as background).
 3. Features: ViT patch tokens of the last block after the final norm; ResNet: the map after a chosen stage.
+   The ViT's position table is resampled to the frame's grid the way the checkpoint's source evaluates
+   (``pos_resample``: ``dino`` = DINO's ``interpolate_pos_encoding``, ``timm`` = timm's dynamic-size
+   resampling; ``auto`` picks by source format, see :mod:`bam_dense.models.pos_embed`).
 4. Context: the first frame plus the ``n_last_frames`` previous frames with their *soft* label maps.
 5. Affinity ``exp(<f_t, f_s> / T)`` of L2-normalised features, restricted to sources within
    ``size_mask_neighborhood`` patches (Chebyshev distance) of the target position, keeping for each target
@@ -155,15 +158,22 @@ def norm_mask(mask: torch.Tensor) -> torch.Tensor:
 
 
 class FeatureExtractor:
-    """Frozen dense features: ViT patch tokens after the final norm, or a ResNet stage's map."""
+    """Frozen dense features: ViT patch tokens after the final norm, or a ResNet stage's map.
 
-    def __init__(self, backbone: torch.nn.Module, device: torch.device, resnet_stage: int = 4):
+    ``pos_resample`` (``timm`` or ``dino``) is how a ViT's position table meets the frame size.
+    """
+
+    def __init__(self, backbone: torch.nn.Module, device: torch.device, resnet_stage: int = 4, pos_resample: str = "timm"):
         from bam_dense.models.backbones import family, patch_size
+        from bam_dense.models.pos_embed import POS_RESAMPLE
 
+        if pos_resample not in POS_RESAMPLE:
+            raise UserFacingError(f"unknown position-embedding resampling {pos_resample!r}; choose from {', '.join(POS_RESAMPLE)}")
         self.backbone = backbone.eval().to(device)
         self.device = device
         self.kind = family(backbone)
         self.stage = resnet_stage
+        self.pos_resample = pos_resample
         if self.kind == "vit":
             self.patch = patch_size(backbone)
         elif self.kind == "cnn":
@@ -179,11 +189,13 @@ class FeatureExtractor:
         frames = frames.to(self.device)
         if self.kind == "cnn":
             return resnet_stage_features(self.backbone, frames, self.stage).float()
-        return features(self.backbone, frames).dense.float()
+        return features(self.backbone, frames, self.pos_resample).dense.float()
 
 
-def load_backbone(checkpoint: str, arch: str | None, which: str | None, trust_source: bool) -> torch.nn.Module:
-    """A timm backbone with the checkpoint's weights (strict), or at random init for ``checkpoint='random'``."""
+def load_backbone_and_format(checkpoint: str, arch: str | None, which: str | None,
+                             trust_source: bool) -> tuple[torch.nn.Module, str | None]:
+    """(timm backbone with the checkpoint's weights (strict), the detected source format); ``checkpoint='random'``
+    gives a random-init ``arch`` and no format."""
     from bam_dense.convert import load_source
     from bam_dense.convert.sources import resolve_arch
     from bam_dense.models.backbones import create_backbone
@@ -191,14 +203,28 @@ def load_backbone(checkpoint: str, arch: str | None, which: str | None, trust_so
     if checkpoint == "random":
         if not arch:
             raise UserFacingError("--checkpoint random needs --arch")
-        return create_backbone(arch, pos_embed="learned")
+        return create_backbone(arch, pos_embed="learned"), None
     source = load_source(checkpoint, which=which, trust_source=trust_source)
     name, kwargs = resolve_arch(source, arch)
     backbone = create_backbone(name, kwargs, pos_embed="learned")
     missing, unexpected = backbone.load_state_dict(source.backbone, strict=False)
     if missing or unexpected:
         raise UserFacingError(f"{checkpoint} does not fit {name} {kwargs}: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    return backbone
+    return backbone, source.format
+
+
+def load_backbone(checkpoint: str, arch: str | None, which: str | None, trust_source: bool) -> torch.nn.Module:
+    """A timm backbone with the checkpoint's weights (strict), or at random init for ``checkpoint='random'``."""
+    return load_backbone_and_format(checkpoint, arch, which, trust_source)[0]
+
+
+def load_extractor(checkpoint: str, arch: str | None, which: str | None, trust_source: bool, device: torch.device,
+                   resnet_stage: int = 4, pos_resample: str = "auto") -> FeatureExtractor:
+    """The extractor for a checkpoint; ``pos_resample='auto'`` resamples the way the checkpoint's source evaluates."""
+    from bam_dense.convert.sources import resolve_pos_resample
+
+    backbone, source_format = load_backbone_and_format(checkpoint, arch, which, trust_source)
+    return FeatureExtractor(backbone, device, resnet_stage, resolve_pos_resample(pos_resample, source_format))
 
 
 def overlay(frame_path: Path, mask: np.ndarray, alpha: float = 0.5) -> Image.Image:
@@ -273,8 +299,12 @@ def propagate_sequence(extractor, frame_paths: list[Path], first_mask: Path, out
 def run(checkpoint: str, davis_root: str, out: str, arch: str | None = None, subset: str = "val",
         sequences: list[str] | None = None, params: PropagationParams | None = None, patch_size: int | None = None,
         resnet_stage: int = 4, which: str | None = None, device: str | None = None, save_overlays: bool = False,
-        trust_source: bool = False, extractor=None) -> list[str]:
-    """Propagate every sequence of ``subset`` (or ``sequences``); returns the sequences processed now."""
+        trust_source: bool = False, extractor=None, pos_resample: str = "auto") -> list[str]:
+    """Propagate every sequence of ``subset`` (or ``sequences``); returns the sequences processed now.
+
+    ``pos_resample`` (``auto``, ``timm``, ``dino``): how a ViT's position table is resampled to the frames, for
+    the extractor built here from ``checkpoint`` (a given ``extractor`` carries its own).
+    """
     from tqdm import tqdm
 
     params = params or PropagationParams()
@@ -286,12 +316,14 @@ def run(checkpoint: str, davis_root: str, out: str, arch: str | None = None, sub
         sequences = [s.strip() for s in listing.read_text().splitlines() if s.strip()]
     if extractor is None:
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        extractor = FeatureExtractor(load_backbone(checkpoint, arch, which, trust_source), dev, resnet_stage)
+        extractor = load_extractor(checkpoint, arch, which, trust_source, dev, resnet_stage, pos_resample)
     if patch_size is not None and patch_size != extractor.patch:
         raise UserFacingError(f"--patch-size {patch_size} differs from the model's {extractor.patch}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "propagation.json").write_text(json.dumps({"checkpoint": checkpoint, "subset": subset, **vars(params),
-                                                          "patch_size": extractor.patch}, indent=1))
+    record = {"checkpoint": checkpoint, "subset": subset, **vars(params), "patch_size": extractor.patch}
+    if getattr(extractor, "kind", None) == "vit":
+        record["pos_resample"] = extractor.pos_resample
+    (out_dir / "propagation.json").write_text(json.dumps(record, indent=1))
     done_now = []
     for seq in sequences:
         seq_out = out_dir / seq

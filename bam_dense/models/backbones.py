@@ -7,7 +7,8 @@ names, which the converters rely on) with ``num_classes=0``; ``features(backbone
 * ViT (``VisionTransformer``): ``pooled`` = CLS token (or the average of patch tokens for
   ``global_pool='avg'``) after the final norm; ``dense`` = patch tokens after the final norm as
   ``B x C x h x w``. MoCo v3 options: fixed 2-D sin-cos position embedding and a frozen patch projection;
-  ``dynamic_img_size=True`` so local crops resample the table.
+  ``dynamic_img_size=True`` so local crops resample the table (timm's way, or DINO's with
+  ``features(..., pos_resample="dino")``, see :mod:`bam_dense.models.pos_embed`).
 * CNN (ResNet, torchvision-compatible names in timm's ``resnet50``): ``dense`` = last stage, ``pooled``
   = its global average.
 * MetaFormer (CAFormer): ``dense`` = last stage, ``pooled`` = the head's average pool + norm.
@@ -141,10 +142,14 @@ def patch_size(backbone: nn.Module) -> int:
     return int(backbone.feature_info[-1]["reduction"])
 
 
-def features(backbone: nn.Module, x: torch.Tensor) -> Features:
+def features(backbone: nn.Module, x: torch.Tensor, pos_resample: str = "timm") -> Features:
+    """The backbone's :class:`Features`; ``pos_resample`` (ViT only, see :mod:`bam_dense.models.pos_embed`) picks
+    how the position table is resampled to the input size: ``timm`` (its dynamic-size resampling) or ``dino``."""
     kind = family(backbone)
     if kind == "vit":
-        tokens = backbone.forward_features(x)  # after the final norm
+        from bam_dense.models.pos_embed import vit_forward_features
+
+        tokens = vit_forward_features(backbone, x, pos_resample)  # after the final norm
         n_prefix = backbone.num_prefix_tokens
         patches = tokens[:, n_prefix:]
         h, w = backbone.patch_embed.dynamic_feat_size(x.shape[-2:]) if backbone.dynamic_img_size else backbone.patch_embed.grid_size
