@@ -49,6 +49,9 @@ class RunConfig:
     nan_policy: str = "stop"  # stop: keep the last good checkpoint and exit | skip: drop the step
     tensorboard: bool = True
     progress: bool = True
+    tf32: bool = True  # CUDA: TF32 for fp32 matmuls and convolutions (the loss parts autocast leaves in fp32)
+    count_flops: bool = True  # count GFLOP per image on the first batch (FlopCounterMode) and log TFLOP/s, MFU
+    peak_tflops: float | None = None  # MFU denominator per device; None: the table in bam_dense/engine/flops.py
 
 
 @dataclass
@@ -102,6 +105,7 @@ class ModelConfig:
     grad_checkpointing: bool = False
     sync_bn: bool = False  # convert BatchNorm to SyncBatchNorm under DDP
     compile: bool = False  # torch.compile the student
+    channels_last: bool | None = None  # None: channels-last memory format for CNN backbones on CUDA, off otherwise
 
 
 @dataclass
@@ -119,6 +123,7 @@ class OptimConfig:
     lars_eta: float = 0.001
     clip_grad: float | None = None  # global L2 norm
     amp: str = "bf16"  # none | bf16 | fp16 (GPU only; CPU runs fp32)
+    fused: bool | None = None  # AdamW's fused kernel; None: on for CUDA, off otherwise
 
 
 @dataclass

@@ -76,10 +76,11 @@ class LARS(torch.optim.Optimizer):
 
 
 def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, betas=(0.9, 0.999),
-                    momentum: float = 0.9, lars_eta: float = 0.001) -> torch.optim.Optimizer:
+                    momentum: float = 0.9, lars_eta: float = 0.001, fused: bool = False) -> torch.optim.Optimizer:
     """Two groups: ``decay`` (``wd_scale`` 1) and ``no_decay`` (``wd_scale`` 0, no LARS adaptation).
 
     The engine sets ``group['weight_decay'] = wd * group['wd_scale']`` every step from its schedule.
+    ``fused`` selects AdamW's fused kernel (same update, one kernel launch for all parameters).
     """
     decay, no_decay = param_groups(model)
     groups = [
@@ -87,7 +88,8 @@ def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float,
         {"params": no_decay, "wd_scale": 0.0, "weight_decay": 0.0, "lars_adapt": False},
     ]
     if name == "adamw":
-        return torch.optim.AdamW([{k: v for k, v in g.items() if k != "lars_adapt"} for g in groups], lr=lr, betas=tuple(betas))
+        return torch.optim.AdamW([{k: v for k, v in g.items() if k != "lars_adapt"} for g in groups], lr=lr, betas=tuple(betas),
+                                 fused=fused)
     if name == "sgd":
         return torch.optim.SGD([{k: v for k, v in g.items() if k != "lars_adapt"} for g in groups], lr=lr, momentum=momentum)
     if name == "lars":

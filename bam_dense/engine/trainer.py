@@ -34,6 +34,7 @@ from bam_dense.core.checkpoint import atomic_save, load_own
 from bam_dense.core.config import PretrainConfig, dump, to_dict
 from bam_dense.core.errors import UserFacingError
 from bam_dense.data.pretrain import PretrainDataset, ResumableSampler, Views, collate, eval_transform
+from bam_dense.engine.flops import count_flops, device_peak_tflops, mfu
 from bam_dense.engine.knn import extract, knn_accuracy
 from bam_dense.engine.optim import build_optimizer
 from bam_dense.engine.schedules import cosine, peak_lr, warmup_cosine
@@ -107,6 +108,9 @@ class Trainer:
         self.ckpt_dir = self.out / "checkpoints"
         self.use_cuda = self.device.type == "cuda"
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.optim.amp) if self.use_cuda else None
+        if self.use_cuda:  # run.tf32: fp32 matmuls/convolutions on tensor cores
+            torch.backends.cuda.matmul.allow_tf32 = cfg.run.tf32
+            torch.backends.cudnn.allow_tf32 = cfg.run.tf32
 
         # data
         self.source = build_source(cfg)
@@ -130,7 +134,13 @@ class Trainer:
         backbone = build_backbone(cfg.model)
         self.family = family(backbone)
         self.method = build_method(cfg.method, backbone)
+        self.channels_last = cfg.model.channels_last
+        if self.channels_last is None:  # auto: CNNs on CUDA (cuDNN's fast NHWC kernels)
+            self.channels_last = self.use_cuda and self.family != "vit"
         self.student = self.method.student.to(self.device)
+        if self.channels_last:
+            self.student = self.student.to(memory_format=torch.channels_last)
+            self.method.student = self.student
         if cfg.model.sync_bn and self.world > 1:
             self.student = nn.SyncBatchNorm.convert_sync_batchnorm(self.student)
             self.method.student = self.student
@@ -148,8 +158,12 @@ class Trainer:
             )
         if cfg.model.compile:
             self.model = torch.compile(self.model)
+        fused = cfg.optim.fused if cfg.optim.fused is not None else (self.use_cuda and cfg.optim.name == "adamw")
         self.optimizer = build_optimizer(self.student, cfg.optim.name, self.peak_lr, cfg.optim.weight_decay,
-                                         cfg.optim.betas, cfg.optim.momentum, cfg.optim.lars_eta)
+                                         cfg.optim.betas, cfg.optim.momentum, cfg.optim.lars_eta, fused=fused)
+        self.terminate_flag = torch.zeros(1, device=self.device)  # SIGTERM, shared by the ranks with the step's stats
+        self.gflop_per_image: float | None = None
+        self.peak_tflops = device_peak_tflops(self.device, cfg.run.peak_tflops)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
 
         # state
@@ -346,38 +360,33 @@ class Trainer:
         timings[phase] = timings.get(phase, 0.0) + now - since
         return now
 
+    def _forward_loss(self, crops: list[torch.Tensor], model: nn.Module):
+        ctx = StepContext(step=self.step, epoch=self.epoch, n_global=self.views.n_global, n_crops=self.views.n_crops)
+        with self._autocast():
+            s_out = model(crops)
+            t_out = None
+            if self.teacher is not None:
+                with torch.no_grad():
+                    t_out = self.method.teacher_forward(self.teacher, crops)
+            return self.method.loss(s_out, t_out, ctx)
+
     def train_step(self, crops: list[torch.Tensor], timings: dict | None = None) -> tuple[dict[str, float], float, bool]:
         """One optimizer step; returns (loss terms, grad norm, finite).
 
-        ``timings`` (benchmarks) accumulates seconds per phase: forward (student, teacher, loss), backward
-        (with unscaling and clipping), optimizer (with the EMA update).
+        One host synchronisation per step: the loss terms, the grad norm and the flags (non-finite loss on any
+        rank, SIGTERM on any rank) travel to the host together, after the backward pass; a non-finite step then
+        skips the optimizer. ``timings`` (benchmarks) accumulates seconds per phase: forward (student, teacher,
+        loss), backward (with unscaling and clipping), optimizer (with the EMA update).
         """
         t = time.perf_counter()
         lr, wd = self.lr_at(self.step), self.wd_at(self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
             group["weight_decay"] = wd * group["wd_scale"]
-        ctx = StepContext(step=self.step, epoch=self.epoch, n_global=self.views.n_global, n_crops=self.views.n_crops)
-        with self._autocast():
-            s_out = self.model(crops)
-            t_out = None
-            if self.teacher is not None:
-                with torch.no_grad():
-                    t_out = self.method.teacher_forward(self.teacher, crops)
-            loss, terms = self.method.loss(s_out, t_out, ctx)
+        loss, terms = self._forward_loss(crops, self.model)
         t = self._mark(timings, "forward", t)
-        values = torch.stack([loss.detach().float()] + [v.float() for v in terms.values()])
-        finite = torch.isfinite(values).all().float().reshape(1)
-        flags = torch.cat([1.0 - finite, torch.tensor([float(self._terminate)], device=finite.device)])
-        dist.all_reduce(flags, "max")
-        nonfinite, terminate = bool(flags[0].item()), bool(flags[1].item())
-        self._terminate = terminate
+        values = torch.stack([loss.detach().float()] + [v.detach().float() for v in terms.values()])
         self.optimizer.zero_grad(set_to_none=True)
-        host = values.tolist()
-        names = ["loss", *terms.keys()]
-        term_values = dict(zip(names, host))
-        if nonfinite:
-            return term_values, float("nan"), False
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)
@@ -385,7 +394,19 @@ class Trainer:
             loss.backward()
         clip = self.cfg.optim.clip_grad
         grad_norm = torch.nn.utils.clip_grad_norm_(self.student.parameters(), clip if clip else float("inf"))
+        self.terminate_flag.fill_(float(self._terminate))
+        flags = torch.cat([(~torch.isfinite(values).all()).float().reshape(1), self.terminate_flag])
+        dist.all_reduce(flags, "max")
+        host = torch.cat([values, grad_norm.detach().float().reshape(1).to(values.device), flags]).tolist()  # the sync
         t = self._mark(timings, "backward", t)
+        term_values = dict(zip(["loss", *terms.keys()], host[: len(values)]))
+        grad_norm_value, nonfinite, terminate = host[len(values)], bool(host[-2]), bool(host[-1])
+        self._terminate = terminate
+        if nonfinite:
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.scaler is not None:
+                self.scaler.update()  # unscale_ ran: close this step's scaler bookkeeping
+            return term_values, float("nan"), False
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -395,7 +416,34 @@ class Trainer:
             term_values["teacher_momentum"] = self.ema.update(self.step)
         self._mark(timings, "optimizer", t)
         term_values["lr"], term_values["wd"] = lr, wd
-        return term_values, float(grad_norm), True
+        return term_values, grad_norm_value, True
+
+    def count_step_flops(self, crops: list[torch.Tensor]) -> float:
+        """GFLOP per image of one step (student forward + backward, teacher forward, loss) on ``crops``.
+
+        Runs outside the training state: random number generators, BatchNorm statistics and gradients are
+        restored afterwards, so a run that counts is bitwise the run that does not.
+        """
+        rng = torch.get_rng_state()
+        cuda_rng = torch.cuda.get_rng_state(self.device) if self.use_cuda else None
+        nets = [self.student] + ([self.teacher] if self.teacher is not None else [])
+        buffers = [{k: b.clone() for k, b in net.named_buffers()} for net in nets]
+
+        def step() -> None:
+            loss, _ = self._forward_loss(crops, self.student)  # the bare student: no DDP hooks, no compile
+            loss.backward()
+
+        try:
+            flops = count_flops(step)
+        finally:
+            self.optimizer.zero_grad(set_to_none=True)
+            for net, saved in zip(nets, buffers):
+                for name, buf in net.named_buffers():
+                    buf.copy_(saved[name])
+            torch.set_rng_state(rng)
+            if cuda_rng is not None:
+                torch.cuda.set_rng_state(cuda_rng, self.device)
+        return flops / 1e9 / crops[0].shape[0]
 
     def _peak_memory_mb(self) -> float:
         if self.use_cuda:
@@ -449,13 +497,17 @@ class Trainer:
         while self.epoch < cfg.optim.epochs and self.step < max_steps:
             t_data = time.perf_counter()
             for crops, _, failed in self._loader():
-                crops = [c.to(self.device, non_blocking=True) for c in crops]
+                memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+                crops = [c.to(self.device, non_blocking=True, memory_format=memory_format) for c in crops]
+                if self.gflop_per_image is None and cfg.run.count_flops:
+                    self.gflop_per_image = self.count_step_flops(crops)
+                    self.record("flops", {"gflop_per_image": self.gflop_per_image, "peak_tflops": self.peak_tflops})
+                    self.log_line(f"{self.gflop_per_image:.2f} GFLOP per image per step"
+                                  + (f"; MFU against {self.peak_tflops:g} TFLOP/s per device" if self.peak_tflops else ""))
                 t_start = time.perf_counter()
                 window["data"] += t_start - t_data
                 self._count_bad(failed)
-                terms, grad_norm, finite = self.train_step(crops)
-                if self.use_cuda:
-                    torch.cuda.synchronize(self.device)
+                terms, grad_norm, finite = self.train_step(crops)  # ends with the step's one host synchronisation
                 t_data = time.perf_counter()
                 window["step"] += t_data - t_start
                 window["n"] += 1
@@ -479,10 +531,16 @@ class Trainer:
                     progress.set_postfix(loss=f"{terms['loss']:.4f}", refresh=False)
                 if self.step % log_every == 0 or self.step == max_steps:
                     elapsed = window["data"] + window["step"]
+                    images_per_s = window["n"] * self.global_batch / max(elapsed, 1e-9)
+                    throughput = {}
+                    if self.gflop_per_image is not None:
+                        throughput["tflops_per_device"] = self.gflop_per_image * images_per_s / 1e3 / self.world
+                        throughput["mfu"] = mfu(self.gflop_per_image, images_per_s, self.peak_tflops, self.world)
                     self.record("train", {
                         **terms,
+                        **throughput,
                         "grad_norm": grad_norm,
-                        "images_per_s": window["n"] * self.global_batch / max(elapsed, 1e-9),
+                        "images_per_s": images_per_s,
                         "crops_per_s": window["n"] * self.global_batch * self.views.n_crops / max(elapsed, 1e-9),
                         "data_wait_share": window["data"] / max(elapsed, 1e-9),
                         "peak_memory_mb": self._peak_memory_mb(),
