@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+from mmseg.engine.optimizers.layer_decay_optimizer_constructor import LayerDecayOptimizerConstructor, get_layer_id_for_vit
 from mmseg.evaluation.metrics import IoUMetric
-from mmseg.registry import METRICS
+from mmseg.registry import METRICS, OPTIM_WRAPPER_CONSTRUCTORS
 
 import bam_dense.downstream.mm_hooks  # noqa: F401  (registers PretrainedWeightCheckHook)
 
@@ -29,3 +30,34 @@ class IoUMetricWithClasses(IoUMetric):
                 for name, value in zip(self.dataset_meta["classes"], np.asarray(per_class, dtype=float))
             }
         return metrics
+
+
+@OPTIM_WRAPPER_CONSTRUCTORS.register_module()
+class ViTLayerDecayOptimizerConstructor(LayerDecayOptimizerConstructor):
+    """mmseg's layer-wise lr decay, also for mmseg's ``VisionTransformer`` (mmseg 1.2.2 takes only BEiT and MAE).
+
+    The rule is mmseg's (and BEiT's / iBOT's ``layer_decay_optimizer_constructor``): with L = num_layers + 2
+    ids, the patch embedding, cls token and position embedding get id 0, block ``layers.i`` id i + 1, and
+    everything else (heads, neck) id L - 1; a group's lr is ``lr * decay ** (L - 1 - id)``. Biases and 1-d
+    parameters have no weight decay. Other backbones go to mmseg's own implementation unchanged.
+    """
+
+    def add_params(self, params, module, **kwargs):
+        if type(module.backbone).__name__ != "VisionTransformer":
+            return super().add_params(params, module, **kwargs)
+        num_ids = self.paramwise_cfg["num_layers"] + 2
+        decay = self.paramwise_cfg["decay_rate"]
+        groups: dict[str, dict] = {}
+        for name, param in module.named_parameters():
+            if not param.requires_grad:
+                continue
+            no_decay = param.ndim == 1 or name.endswith(".bias")
+            layer_id = get_layer_id_for_vit(name, num_ids)
+            key = f"layer_{layer_id}_{'no_decay' if no_decay else 'decay'}"
+            if key not in groups:
+                scale = decay ** (num_ids - layer_id - 1)
+                groups[key] = {"weight_decay": 0.0 if no_decay else self.base_wd, "params": [], "param_names": [],
+                               "lr_scale": scale, "group_name": key, "lr": scale * self.base_lr}
+            groups[key]["params"].append(param)
+            groups[key]["param_names"].append(name)
+        params.extend(groups.values())

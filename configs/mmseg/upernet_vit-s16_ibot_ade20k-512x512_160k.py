@@ -7,7 +7,9 @@
 #              ViT-S config does not set). mmseg's VisionTransformer with final_norm=False is that network.
 #   neck       deconv x2 (BN, GELU, deconv), deconv, identity, max-pool: mmseg's Feature2Pyramid.
 #   heads      UperHead channels 384 (not mmseg's 512/768), auxiliary FCN on block 7, channels 256.
-#   optimiser  AdamW lr 3e-5, betas (0.9, 0.999), wd 0.05, layer-wise lr decay 0.9 over 12 layers;
+#   optimiser  AdamW lr 3e-5, betas (0.9, 0.999), wd 0.05, layer-wise lr decay 0.9 over 12 layers (iBOT's
+#              rule; mmseg 1.2.2 implements it for BEiT/MAE only, bam-dense's ViTLayerDecayOptimizerConstructor
+#              applies the same rule to mmseg's VisionTransformer);
 #              linear warm-up 1500 iterations from ratio 1e-6, then poly (power 1, min 0); 160k iterations at
 #              batch 16 (8 GPUs x 2); sliding-window test 512/341.
 # Deliberate differences, stated: iBOT trains with apex fp16 (here: bf16/fp16 through `--amp`); mmseg's
@@ -51,5 +53,6 @@ model = dict(
 
 optim_wrapper = dict(
     optimizer=dict(type="AdamW", lr=3e-5, betas=(0.9, 0.999), weight_decay=0.05),
+    constructor="ViTLayerDecayOptimizerConstructor",  # mmseg's rule, extended to its VisionTransformer
     paramwise_cfg=dict(num_layers=12, layer_decay_rate=0.9),
 )
