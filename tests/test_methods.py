@@ -281,11 +281,21 @@ def test_every_method_trains_a_step_on_a_resnet(tmp_path, name):
     assert summary.steps == 1 and math.isfinite(summary.last_loss)
 
 
-def test_caformer_m36_builds_with_bams_options_and_gives_its_features():
-    from bam_dense.models.backbones import create_backbone, feature_dims, features
+def test_caformer_m36_recipe_builds_bams_architecture_and_gives_its_features():
+    from timm.models.metaformer import Scale, SepConv, StarReLU
 
-    model = create_backbone("caformer_m36", {"mlp_act": "gelu", "res_scale_init_values": [None, None, None, None]})
+    from bam_dense.models.backbones import feature_dims, features
+
+    # DanielShalam/BAM fd85871 utils.py get_arch: mlp_act=GELU, act1_layer=GELU (the SepConv activation of
+    # stages 1-2), res_scale_init_values=(None, None, None, None).
+    cfg = load_config(Path(__file__).parents[1] / "configs" / "pretrain" / "bam_caformer_m36.yaml")
+    model = build_backbone(cfg.model)
     assert feature_dims(model) == (576, 576)
+    assert not [n for n, m in model.named_modules() if isinstance(m, StarReLU)]
+    assert not [n for n, m in model.named_modules() if "res_scale" in n and isinstance(m, Scale)]
+    assert not [n for n, _ in model.named_parameters() if "res_scale" in n]
+    sepconvs = [m for m in model.modules() if isinstance(m, SepConv)]
+    assert len(sepconvs) == 15 and all(isinstance(m.act1, torch.nn.GELU) for m in sepconvs)
     assert isinstance(model.stages[0].blocks[0].mlp.act, torch.nn.GELU)
     with torch.no_grad():
         feats = features(model.eval(), torch.randn(1, 3, 64, 64))

@@ -66,8 +66,10 @@ def sincos_2d_position_embedding(grid_h: int, grid_w: int, dim: int, n_prefix: i
 def _timm_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     """YAML-friendly kwargs to timm's: activation names become classes."""
     out = dict(kwargs)
-    for key in ("mlp_act", "act_layer"):
+    for key in ("mlp_act", "act_layer", "act1_layer", "act2_layer"):  # act1/act2: MetaFormer's SepConv activations
         if isinstance(out.get(key), str):
+            if out[key] not in ACTIVATIONS:
+                raise ValueError(f"model.kwargs.{key}: unknown activation {out[key]!r}; choose from {sorted(ACTIVATIONS)}")
             out[key] = ACTIVATIONS[out[key]]
     if isinstance(out.get("res_scale_init_values"), list):
         out["res_scale_init_values"] = tuple(out["res_scale_init_values"])
