@@ -100,6 +100,10 @@ class ModelConfig:
     freeze_patch_embed: bool = True  # ViT: MoCo v3's frozen random patch projection
     drop_path_rate: float = 0.0
     grad_checkpointing: bool = False
+    # ResNet only: start the last BatchNorm of every residual block at zero (timm's default, and what BAM's
+    # get_arch builds, since it takes ResNets from timm) or at one (torchvision's default, zero_init_residual=False,
+    # as the official LEWEL/BYOL ResNet-50). Other architectures must leave it false.
+    zero_init_residual: bool = False
     sync_bn: bool = False  # convert BatchNorm to SyncBatchNorm under DDP
     compile: bool = False  # torch.compile the student
 
