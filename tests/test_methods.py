@@ -65,6 +65,48 @@ def _load_mlp(head: MLPHead, state: dict, prefix: str) -> None:
         getattr(head.norms[0], key).data.copy_(state[f"{prefix}.mlp.1.{key}"])
 
 
+def _official_mlp1d_weights(in_dim: int, hid: int, out: int) -> list[torch.Tensor]:
+    """The two 1x1-conv weights of LayneH/LEWEL (4ee47eb) ``MLP1D(in, hid, out)`` (bias=False, num_mlp=2) as
+    ``LEWELB_EMAN.__init__`` leaves them: built as Conv1d -> BN -> ReLU -> Conv1d (PyTorch's default init),
+    then ``init_weights()``, which (utils/init.py) gives every Conv1d kaiming normal, fan_out, relu; its
+    ``normal(0, 0.01)`` branch is for nn.Linear only and never fires here."""
+    convs = [torch.nn.Conv1d(in_dim, hid, 1, bias=False), torch.nn.Conv1d(hid, out, 1, bias=False)]
+    for conv in convs:
+        torch.nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    return [conv.weight.detach().squeeze(-1) for conv in convs]
+
+
+def test_lewel_heads_init_equals_the_official_mlp1d_with_the_same_seed():
+    torch.manual_seed(3)
+    official = _official_mlp1d_weights(8, 32, 8)
+    torch.manual_seed(3)
+    head = MLPHead.from_config(8, HeadConfig(2, 32, 8, bn=True, bias=False, act="relu"), init="kaiming_fan_out")
+    assert all(torch.equal(lin.weight.detach(), w) for lin, w in zip(head.linears, official))
+    # the recorded official module (seed 0) has the same per-layer spread: std sqrt(2 / fan_out)
+    state = _official()["state_dict"]
+    for key in ("predictor.mlp.0.weight", "predictor.mlp.3.weight", "predictor_obj.mlp.0.weight"):
+        w = state[key]
+        assert w.std().item() == pytest.approx(math.sqrt(2 / w.shape[0]), rel=0.15)
+
+
+@pytest.mark.parametrize("recipe", ["lewel_b_r50_eman_200ep", "byol_r50_eman_200ep", "co_byol_r50_100ep"])
+def test_byol_family_heads_start_as_lewels_conv1d_heads(recipe):
+    # Every head of the recipe (projectors, neck, predictors): kaiming normal fan_out, std sqrt(2 / out) for
+    # each layer (the old predictors used normal(0, 0.01)).
+    cfg = load_config(Path(__file__).parents[1] / "configs" / "pretrain" / f"{recipe}.yaml")
+    backbone = build_backbone(load_config(data={"model": {"arch": "resnet18", "kwargs": {"layers": [1, 1, 1, 1]}}}).model)
+    torch.manual_seed(0)
+    net = build_method(cfg.method, backbone).student
+    heads = {n: m for n, m in net.named_modules() if isinstance(m, MLPHead)}
+    assert any("predictor" in n for n in heads) and any("proj" in n for n in heads)
+    for name, head in heads.items():
+        for lin in head.linears:
+            w = lin.weight.detach()
+            assert w.mean().abs().item() < 1e-3, name
+            assert w.std().item() == pytest.approx(math.sqrt(2 / w.shape[0]), rel=0.03), name
+            assert w.abs().max().item() > 4 * math.sqrt(2 / w.shape[0]), name  # normal, not a bounded uniform
+
+
 def test_lewel_neck_and_loss_equal_the_official_module():
     ref = _official()
     assert "LayneH/LEWEL models/lewel.py at commit" in ref["provenance"]

@@ -10,7 +10,8 @@ the other view's global target embedding: ``g2_xi(y_b)`` (``target_head: local``
     L_l = mean_cells l(q2(g2(Y_1)), t_2) + mean_cells l(q2(g2(Y_2)), t_1)
     L   = L_g + w_s L_l          (convex: (1 - w_s) L_g + w_s L_l)
 
-With ``w_s = 0`` it is exactly BYOL.
+With ``w_s = 0`` it is exactly BYOL. CO-SSL's code is not public: all four heads are initialised as LEWEL's
+1x1-conv MLP1D heads, of the BYOL/LEWEL_B recipe this one follows (kaiming normal, fan_out).
 """
 
 from __future__ import annotations
@@ -42,9 +43,9 @@ class COBYOLNet(nn.Module):
         self.grid = params.grid
         self.local = params.local_weight > 0  # w_s = 0: no local heads in the graph (exactly BYOL)
         self.projector = MLPHead.from_config(dim, params.projector, init="kaiming_fan_out")
-        self.predictor = MLPHead.from_config(k, params.predictor, init="normal")
+        self.predictor = MLPHead.from_config(k, params.predictor, init="kaiming_fan_out")
         self.local_projector = MLPHead.from_config(dim, params.projector, init="kaiming_fan_out")
-        self.local_predictor = MLPHead.from_config(k, params.predictor, init="normal")
+        self.local_predictor = MLPHead.from_config(k, params.predictor, init="kaiming_fan_out")
 
     def view(self, x: torch.Tensor, predict: bool, local: bool) -> dict[str, torch.Tensor]:
         dense = features(self.backbone, x).dense
