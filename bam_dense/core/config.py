@@ -143,7 +143,8 @@ class KnnConfig:
     network: str = "teacher"  # teacher (when there is one) | student
     train_path: str | None = None  # labelled ImageNet-style folders; None: the synthetic data
     val_path: str | None = None
-    max_train_images: int = 10000
+    max_train_images: int = 10000  # a seeded random subset, class-balanced (the official monitor: 10 % of train)
+    subset_seed: int = 0  # seed of that subset (the official monitor's is 0)
     image_size: int = 224
     resize_size: int = 256
     batch_size: int = 128
