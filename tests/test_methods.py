@@ -271,6 +271,39 @@ def test_eman_teacher_runs_in_eval_mode_and_follows_bn_statistics(tmp_path):
     assert plain.teacher.training  # BYOL/LEWEL_B(SyncBN): the target normalises with its own batch statistics
 
 
+def test_co_byol_local_target_head_sees_the_inputs_its_bn_statistics_come_from(tmp_path):
+    # The student's local projector learns BN statistics from cells only; the target path must feed the
+    # (EMAN, eval-mode) momentum copy cells too, not the pooled vector (pre-BN variance ~10x smaller).
+    cfg = method_cfg(tmp_path, "co_byol", grid=0)
+    cfg["model"] = {"arch": "resnet18", "kwargs": {"layers": [1, 1, 1, 1], "channels": [32, 64, 128, 256], "output_stride": 8}}
+    cfg = load_config(data=cfg)
+    torch.manual_seed(0)
+    method = build_method(cfg.method, build_backbone(cfg.model))
+    student = method.student.train()
+    for m in student.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None  # running statistics = exactly those of the one batch below
+    x = _two_views(b=8, size=32)[:1]
+    with torch.no_grad():
+        student(x)  # train mode: the local projector's BN collects statistics of the cells of x
+    bn = student.local_projector.norms[0]
+    eman = make_teacher(student, method.teacher_exclude).eval()  # EMAN: buffers copied, eval mode
+    seen = []
+    eman.local_projector.norms[0].register_forward_pre_hook(lambda mod, inp: seen.append(inp[0].detach()))
+    with torch.no_grad():
+        t_eman = method.teacher_forward(eman, x)[0]["t_local"]
+    assert len(seen) == 1 and seen[0].dim() == 3  # B x C x cells: per-cell inputs
+    inputs = seen[0].transpose(1, 2).reshape(-1, bn.num_features)
+    ratio = inputs.var(0) / bn.running_var
+    assert 0.9 < ratio.median().item() < 1.1
+    assert ((inputs.mean(0) - bn.running_mean).abs() / bn.running_var.sqrt()).max().item() < 0.05
+    # The same target as a train-mode (EMA) teacher, which normalises with the batch's own statistics.
+    with torch.no_grad():
+        t_ema = method.teacher_forward(make_teacher(student, method.teacher_exclude).train(), x)[0]["t_local"]
+    assert F.cosine_similarity(t_eman, t_ema, dim=1).min().item() > 0.999
+
+
 # ---------------------------------------------------------------------------- distributed
 @pytest.mark.parametrize("name", ["byol", "lewel_b", "co_byol", "co_bam", "lewel_bam"])
 def test_two_processes_equal_one_for_every_method(tmp_path, name):

@@ -215,7 +215,7 @@ class COBYOLParams:
     local_weight: float = 0.3  # w_s
     convex: bool = False  # False: L_g + w_s L_l (default, METHODS.md 6) | True: (1 - w_s) L_g + w_s L_l
     grid: int = 0  # 0: every cell of the dense map | n: adaptive-average-pool to n x n first
-    target_head: str = "local"  # local: momentum local projector on the pooled target | global: reuse g_xi's output
+    target_head: str = "local"  # local: mean over cells of the momentum local projector | global: reuse g_xi's output
 
 
 @dataclass
