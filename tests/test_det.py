@@ -111,6 +111,19 @@ def test_mask_rcnn_recipe_settings_and_the_model_builds():
     MODELS.build(cfg.model)
 
 
+def test_mask_rcnn_2x_config_schedule_equals_mmselfsup():
+    # mmselfsup 1.x (commit db861f30487c9a0b0cb3e35e176d6058887660bc)
+    # configs/benchmarks/mmdetection/coco/mask-rcnn_r50_fpn_ms-2x_coco.py: the whole param_scheduler list
+    # (mmengine replaces the _base_ list wholesale, so the child must hold both entries).
+    source = [
+        dict(type="LinearLR", start_factor=0.001, by_epoch=False, begin=0, end=1000),
+        dict(type="MultiStepLR", begin=0, end=24, by_epoch=True, milestones=[16, 22], gamma=0.1),
+    ]
+    two = _cfg("mask-rcnn_r50_fpn_2x_coco.py")
+    assert [dict(s) for s in two.param_scheduler] == source
+    assert two.train_cfg.type == "EpochBasedTrainLoop" and two.train_cfg.max_epochs == 24
+
+
 def test_vit_detector_recipe_settings_and_the_model_builds():
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules

@@ -190,6 +190,51 @@ def test_unreadable_images_are_skipped_counted_and_stop_the_run_past_the_thresho
         Trainer(load_config(data=cfg)).train()
 
 
+# ---------------------------------------------------------------------------- k-NN monitor subset
+def _many_class_folder(root: Path, classes: int = 40, per_class: int = 5) -> Path:
+    for c in range(classes):
+        (root / f"n{c:03d}").mkdir(parents=True)
+        for i in range(per_class):
+            Image.new("RGB", (8, 8), (6 * c, 40 * i, 128)).save(root / f"n{c:03d}" / f"{i}.png")
+    return root
+
+
+def test_knn_balanced_subset_is_seeded_random_and_class_balanced():
+    from bam_dense.engine.knn import balanced_subset
+
+    targets = [c for c in range(100) for _ in range(30)]  # class-sorted, as an ImageFolder listing
+    subset = balanced_subset(targets, 250, seed=0)
+    counts = np.bincount([targets[i] for i in subset], minlength=100)
+    assert len(subset) == 250 and len(set(subset)) == 250
+    assert set(counts.tolist()) == {2, 3} and (counts == 3).sum() == 50  # 250 // 100 each, 50 classes one more
+    assert subset == balanced_subset(targets, 250, seed=0) and subset != balanced_subset(targets, 250, seed=1)
+    assert subset != list(range(250))  # not the head of the class-sorted listing
+    assert balanced_subset(targets, 3000) is None and balanced_subset([0, 0, 1], 2) in ([0, 2], [1, 2])
+
+
+def test_knn_monitor_draws_its_train_images_from_every_class(tmp_path, monkeypatch):
+    import bam_dense.engine.trainer as trainer_module
+
+    data = _many_class_folder(tmp_path / "imagenet")
+    cfg = tiny_pretrain_dict(tmp_path / "run", run={"max_steps": 1},
+                             eval={"knn": {"enabled": True, "train_path": str(data), "val_path": str(data),
+                                           "max_train_images": 40, "image_size": 16, "resize_size": 16, "batch_size": 64}})
+    trainer = Trainer(load_config(data=cfg))
+    real, labels = trainer_module.extract, []
+
+    def spy(*args, **kwargs):
+        feats, lab = real(*args, **kwargs)
+        labels.append(lab.tolist())
+        return feats, lab
+
+    monkeypatch.setattr(trainer_module, "extract", spy)
+    assert 0.0 <= trainer.knn() <= 1.0
+    train_labels = labels[0]
+    # 40 of 200 images over 40 classes: one per class (the first 40 of the listing would be 8 classes)
+    assert sorted(train_labels) == list(range(40))
+    assert len(labels[1]) == 200  # the validation set is used whole
+
+
 # ---------------------------------------------------------------------------- NaN handling
 def _poison(trainer: Trainer, at_step: int) -> None:
     original = trainer.method.loss

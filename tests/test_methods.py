@@ -65,6 +65,48 @@ def _load_mlp(head: MLPHead, state: dict, prefix: str) -> None:
         getattr(head.norms[0], key).data.copy_(state[f"{prefix}.mlp.1.{key}"])
 
 
+def _official_mlp1d_weights(in_dim: int, hid: int, out: int) -> list[torch.Tensor]:
+    """The two 1x1-conv weights of LayneH/LEWEL (4ee47eb) ``MLP1D(in, hid, out)`` (bias=False, num_mlp=2) as
+    ``LEWELB_EMAN.__init__`` leaves them: built as Conv1d -> BN -> ReLU -> Conv1d (PyTorch's default init),
+    then ``init_weights()``, which (utils/init.py) gives every Conv1d kaiming normal, fan_out, relu; its
+    ``normal(0, 0.01)`` branch is for nn.Linear only and never fires here."""
+    convs = [torch.nn.Conv1d(in_dim, hid, 1, bias=False), torch.nn.Conv1d(hid, out, 1, bias=False)]
+    for conv in convs:
+        torch.nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    return [conv.weight.detach().squeeze(-1) for conv in convs]
+
+
+def test_lewel_heads_init_equals_the_official_mlp1d_with_the_same_seed():
+    torch.manual_seed(3)
+    official = _official_mlp1d_weights(8, 32, 8)
+    torch.manual_seed(3)
+    head = MLPHead.from_config(8, HeadConfig(2, 32, 8, bn=True, bias=False, act="relu"), init="kaiming_fan_out")
+    assert all(torch.equal(lin.weight.detach(), w) for lin, w in zip(head.linears, official))
+    # the recorded official module (seed 0) has the same per-layer spread: std sqrt(2 / fan_out)
+    state = _official()["state_dict"]
+    for key in ("predictor.mlp.0.weight", "predictor.mlp.3.weight", "predictor_obj.mlp.0.weight"):
+        w = state[key]
+        assert w.std().item() == pytest.approx(math.sqrt(2 / w.shape[0]), rel=0.15)
+
+
+@pytest.mark.parametrize("recipe", ["lewel_b_r50_eman_200ep", "byol_r50_eman_200ep", "co_byol_r50_100ep"])
+def test_byol_family_heads_start_as_lewels_conv1d_heads(recipe):
+    # Every head of the recipe (projectors, neck, predictors): kaiming normal fan_out, std sqrt(2 / out) for
+    # each layer (the old predictors used normal(0, 0.01)).
+    cfg = load_config(Path(__file__).parents[1] / "configs" / "pretrain" / f"{recipe}.yaml")
+    backbone = build_backbone(load_config(data={"model": {"arch": "resnet18", "kwargs": {"layers": [1, 1, 1, 1]}}}).model)
+    torch.manual_seed(0)
+    net = build_method(cfg.method, backbone).student
+    heads = {n: m for n, m in net.named_modules() if isinstance(m, MLPHead)}
+    assert any("predictor" in n for n in heads) and any("proj" in n for n in heads)
+    for name, head in heads.items():
+        for lin in head.linears:
+            w = lin.weight.detach()
+            assert w.mean().abs().item() < 1e-3, name
+            assert w.std().item() == pytest.approx(math.sqrt(2 / w.shape[0]), rel=0.03), name
+            assert w.abs().max().item() > 4 * math.sqrt(2 / w.shape[0]), name  # normal, not a bounded uniform
+
+
 def test_lewel_neck_and_loss_equal_the_official_module():
     ref = _official()
     assert "LayneH/LEWEL models/lewel.py at commit" in ref["provenance"]
@@ -229,6 +271,39 @@ def test_eman_teacher_runs_in_eval_mode_and_follows_bn_statistics(tmp_path):
     assert plain.teacher.training  # BYOL/LEWEL_B(SyncBN): the target normalises with its own batch statistics
 
 
+def test_co_byol_local_target_head_sees_the_inputs_its_bn_statistics_come_from(tmp_path):
+    # The student's local projector learns BN statistics from cells only; the target path must feed the
+    # (EMAN, eval-mode) momentum copy cells too, not the pooled vector (pre-BN variance ~10x smaller).
+    cfg = method_cfg(tmp_path, "co_byol", grid=0)
+    cfg["model"] = {"arch": "resnet18", "kwargs": {"layers": [1, 1, 1, 1], "channels": [32, 64, 128, 256], "output_stride": 8}}
+    cfg = load_config(data=cfg)
+    torch.manual_seed(0)
+    method = build_method(cfg.method, build_backbone(cfg.model))
+    student = method.student.train()
+    for m in student.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None  # running statistics = exactly those of the one batch below
+    x = _two_views(b=8, size=32)[:1]
+    with torch.no_grad():
+        student(x)  # train mode: the local projector's BN collects statistics of the cells of x
+    bn = student.local_projector.norms[0]
+    eman = make_teacher(student, method.teacher_exclude).eval()  # EMAN: buffers copied, eval mode
+    seen = []
+    eman.local_projector.norms[0].register_forward_pre_hook(lambda mod, inp: seen.append(inp[0].detach()))
+    with torch.no_grad():
+        t_eman = method.teacher_forward(eman, x)[0]["t_local"]
+    assert len(seen) == 1 and seen[0].dim() == 3  # B x C x cells: per-cell inputs
+    inputs = seen[0].transpose(1, 2).reshape(-1, bn.num_features)
+    ratio = inputs.var(0) / bn.running_var
+    assert 0.9 < ratio.median().item() < 1.1
+    assert ((inputs.mean(0) - bn.running_mean).abs() / bn.running_var.sqrt()).max().item() < 0.05
+    # The same target as a train-mode (EMA) teacher, which normalises with the batch's own statistics.
+    with torch.no_grad():
+        t_ema = method.teacher_forward(make_teacher(student, method.teacher_exclude).train(), x)[0]["t_local"]
+    assert F.cosine_similarity(t_eman, t_ema, dim=1).min().item() > 0.999
+
+
 # ---------------------------------------------------------------------------- distributed
 @pytest.mark.parametrize("name", ["byol", "lewel_b", "co_byol", "co_bam", "lewel_bam"])
 def test_two_processes_equal_one_for_every_method(tmp_path, name):
@@ -281,11 +356,21 @@ def test_every_method_trains_a_step_on_a_resnet(tmp_path, name):
     assert summary.steps == 1 and math.isfinite(summary.last_loss)
 
 
-def test_caformer_m36_builds_with_bams_options_and_gives_its_features():
-    from bam_dense.models.backbones import create_backbone, feature_dims, features
+def test_caformer_m36_recipe_builds_bams_architecture_and_gives_its_features():
+    from timm.models.metaformer import Scale, SepConv, StarReLU
 
-    model = create_backbone("caformer_m36", {"mlp_act": "gelu", "res_scale_init_values": [None, None, None, None]})
+    from bam_dense.models.backbones import feature_dims, features
+
+    # DanielShalam/BAM fd85871 utils.py get_arch: mlp_act=GELU, act1_layer=GELU (the SepConv activation of
+    # stages 1-2), res_scale_init_values=(None, None, None, None).
+    cfg = load_config(Path(__file__).parents[1] / "configs" / "pretrain" / "bam_caformer_m36.yaml")
+    model = build_backbone(cfg.model)
     assert feature_dims(model) == (576, 576)
+    assert not [n for n, m in model.named_modules() if isinstance(m, StarReLU)]
+    assert not [n for n, m in model.named_modules() if "res_scale" in n and isinstance(m, Scale)]
+    assert not [n for n, _ in model.named_parameters() if "res_scale" in n]
+    sepconvs = [m for m in model.modules() if isinstance(m, SepConv)]
+    assert len(sepconvs) == 15 and all(isinstance(m.act1, torch.nn.GELU) for m in sepconvs)
     assert isinstance(model.stages[0].blocks[0].mlp.act, torch.nn.GELU)
     with torch.no_grad():
         feats = features(model.eval(), torch.randn(1, 3, 64, 64))

@@ -103,6 +103,10 @@ class ModelConfig:
     freeze_patch_embed: bool = True  # ViT: MoCo v3's frozen random patch projection
     drop_path_rate: float = 0.0
     grad_checkpointing: bool = False
+    # ResNet only: start the last BatchNorm of every residual block at zero (timm's default, and what BAM's
+    # get_arch builds, since it takes ResNets from timm) or at one (torchvision's default, zero_init_residual=False,
+    # as the official LEWEL/BYOL ResNet-50). Other architectures must leave it false.
+    zero_init_residual: bool = False
     sync_bn: bool = False  # convert BatchNorm to SyncBatchNorm under DDP
     compile: bool = False  # torch.compile the student
     channels_last: bool | None = None  # None: channels-last memory format for CNN backbones on CUDA, off otherwise
@@ -144,7 +148,8 @@ class KnnConfig:
     network: str = "teacher"  # teacher (when there is one) | student
     train_path: str | None = None  # labelled ImageNet-style folders; None: the synthetic data
     val_path: str | None = None
-    max_train_images: int = 10000
+    max_train_images: int = 10000  # a seeded random subset, class-balanced (the official monitor: 10 % of train)
+    subset_seed: int = 0  # seed of that subset (the official monitor's is 0)
     image_size: int = 224
     resize_size: int = 256
     batch_size: int = 128
@@ -215,7 +220,7 @@ class COBYOLParams:
     local_weight: float = 0.3  # w_s
     convex: bool = False  # False: L_g + w_s L_l (default, METHODS.md 6) | True: (1 - w_s) L_g + w_s L_l
     grid: int = 0  # 0: every cell of the dense map | n: adaptive-average-pool to n x n first
-    target_head: str = "local"  # local: momentum local projector on the pooled target | global: reuse g_xi's output
+    target_head: str = "local"  # local: mean over cells of the momentum local projector | global: reuse g_xi's output
 
 
 @dataclass

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-from mmseg.engine.optimizers.layer_decay_optimizer_constructor import LayerDecayOptimizerConstructor, get_layer_id_for_vit
+from mmseg.engine.optimizers.layer_decay_optimizer_constructor import (
+    LayerDecayOptimizerConstructor,
+    get_layer_id_for_vit,
+)
 from mmseg.evaluation.metrics import IoUMetric
 from mmseg.registry import METRICS, OPTIM_WRAPPER_CONSTRUCTORS
 

@@ -2,9 +2,14 @@
 
 ``knn_accuracy`` votes with weights ``exp(cos / T)`` over the ``k`` nearest training features.
 Feature extraction is sharded over ranks and gathered, so every process gets the same number.
+``balanced_subset`` picks the training images of the monitor: a seeded random subset with the same number
+of images per class, as the official BAM monitor (10 % of ImageNet train, balanced, seed 0), never the first
+N of a class-sorted listing (which holds only the first classes).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +37,31 @@ def knn_accuracy(train_feats: torch.Tensor, train_labels: torch.Tensor, test_fea
     return correct / test.shape[0]
 
 
+def balanced_subset(targets: Sequence[int], max_images: int | None, seed: int = 0) -> list[int] | None:
+    """Indices (sorted) of at most ``max_images`` items, ``max_images // classes`` drawn at random from every
+    class and one more from ``max_images % classes`` randomly chosen classes; a class with fewer images gives
+    all it has. Deterministic in ``seed`` (every rank draws the same). ``None`` when every item fits.
+
+    The official monitor [DanielShalam/BAM fd85871 online_evaluation.py get_subset_indices, balanced=True,
+    seed=0] draws ``floor(n / classes)`` per class with NumPy's generator; this draws with torch's, so the
+    images differ but the design (seeded, balanced, uniform within a class) is the same.
+    """
+    n = len(targets)
+    if max_images is None or max_images >= n:
+        return None
+    if max_images < 1:
+        raise ValueError(f"eval.knn.max_train_images must be at least 1, got {max_images}")
+    labels = torch.as_tensor(list(targets), dtype=torch.long)
+    order = torch.argsort(labels, stable=True)
+    counts = torch.unique(labels, return_counts=True)[1]
+    gen = torch.Generator().manual_seed(seed)
+    quota = torch.full((len(counts),), max_images // len(counts), dtype=torch.long)
+    quota[torch.randperm(len(counts), generator=gen)[: max_images % len(counts)]] += 1
+    chosen = [members[torch.randperm(len(members), generator=gen)[:q]]
+              for members, q in zip(torch.split(order, counts.tolist()), quota.tolist())]
+    return sorted(torch.cat(chosen).tolist())
+
+
 class _Eval(Dataset):
     """Items ``indices`` of ``source``; index -1 is padding (a copy of item 0 labelled -1)."""
 
@@ -48,13 +78,16 @@ class _Eval(Dataset):
 
 
 @torch.no_grad()
-def extract(backbone, source, transform, device, batch_size: int = 128, max_images: int | None = None, num_workers: int = 0):
-    """Pooled features and labels of ``source`` (sharded over ranks, gathered back in order)."""
-    n = len(source) if max_images is None else min(len(source), max_images)
+def extract(backbone, source, transform, device, batch_size: int = 128, indices: Sequence[int] | None = None,
+            num_workers: int = 0):
+    """Pooled features and labels of ``source``, or of its items ``indices`` (sharded over ranks, gathered back
+    in order)."""
+    items = list(range(len(source))) if indices is None else list(indices)
+    n = len(items)
     world, rank = dist.world_size(), dist.rank()
     per_rank = (n + world - 1) // world
-    indices = [i if i < n else -1 for i in range(rank * per_rank, (rank + 1) * per_rank)]
-    loader = DataLoader(_Eval(source, transform, indices), batch_size=batch_size, num_workers=num_workers)
+    shard = [items[i] if i < n else -1 for i in range(rank * per_rank, (rank + 1) * per_rank)]
+    loader = DataLoader(_Eval(source, transform, shard), batch_size=batch_size, num_workers=num_workers)
     was_training = backbone.training
     backbone.eval()
     feats, labels = [], []

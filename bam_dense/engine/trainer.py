@@ -35,7 +35,7 @@ from bam_dense.core.config import PretrainConfig, dump, to_dict
 from bam_dense.core.errors import UserFacingError
 from bam_dense.data.pretrain import PretrainDataset, ResumableSampler, Views, collate, eval_transform
 from bam_dense.engine.flops import count_flops, device_peak_tflops, mfu
-from bam_dense.engine.knn import extract, knn_accuracy
+from bam_dense.engine.knn import balanced_subset, extract, knn_accuracy
 from bam_dense.engine.optim import build_optimizer
 from bam_dense.engine.schedules import cosine, peak_lr, warmup_cosine
 from bam_dense.engine.teacher import EMATeacher, make_teacher
@@ -317,7 +317,8 @@ class Trainer:
         backbone = net.backbone
         train_src, val_src = self._knn_sources()
         tf = eval_transform(k.image_size, k.resize_size, self.cfg.data.views.mean, self.cfg.data.views.std)
-        tr_f, tr_l = extract(backbone, train_src, tf, self.device, k.batch_size, k.max_train_images)
+        subset = balanced_subset(train_src.targets, k.max_train_images, k.subset_seed)
+        tr_f, tr_l = extract(backbone, train_src, tf, self.device, k.batch_size, subset)
         va_f, va_l = extract(backbone, val_src, tf, self.device, k.batch_size)
         return knn_accuracy(tr_f, tr_l, va_f, va_l, k.k, k.temperature)
 

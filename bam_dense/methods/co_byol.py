@@ -3,14 +3,21 @@
 Per view: dense map ``Y`` (CNN last stage or ViT patch tokens), global ``y = mean(Y)``; BYOL's projector
 ``g`` and predictor ``q`` on ``y``. Local heads are pointwise: projector ``g2`` and predictor ``q2`` on every
 cell of ``Y`` (optionally adaptive-average-pooled to ``grid x grid``). The target of every cell of view a is
-the other view's global target embedding: ``g2_xi(y_b)`` (``target_head: local``, the default) or
-``g_xi(y_b)`` (``target_head: global``).
+the other view's global target embedding: ``t_b = mean_cells g2_xi(Y_b)``, the momentum local projector on
+every cell of view b, averaged (``target_head: local``, the default), or ``g_xi(y_b)`` (``target_head: global``).
 
     L_g = l(q(g(y_1)), g_xi(y_2)) + l(q(g(y_2)), g_xi(y_1))
     L_l = mean_cells l(q2(g2(Y_1)), t_2) + mean_cells l(q2(g2(Y_2)), t_1)
     L   = L_g + w_s L_l          (convex: (1 - w_s) L_g + w_s L_l)
 
-With ``w_s = 0`` it is exactly BYOL.
+Why the local target pools *after* ``g2_xi``: the local projector's BatchNorm only ever learns statistics of
+cells (the student feeds it nothing else), so the target head is applied to cells too. Applied to the pooled
+vector ``y_b`` instead, an EMAN teacher (eval mode) would normalise it with per-cell running statistics, while
+a pooled vector varies far less than a cell (on a random ResNet-18, pre-BN variance 0.07 pooled against 0.68
+per cell). Cells in, then the mean, is the same target for an EMA teacher in train mode and an EMAN teacher.
+
+With ``w_s = 0`` it is exactly BYOL. CO-SSL's code is not public: all four heads are initialised as LEWEL's
+1x1-conv MLP1D heads, of the BYOL/LEWEL_B recipe this one follows (kaiming normal, fan_out).
 """
 
 from __future__ import annotations
@@ -42,9 +49,9 @@ class COBYOLNet(nn.Module):
         self.grid = params.grid
         self.local = params.local_weight > 0  # w_s = 0: no local heads in the graph (exactly BYOL)
         self.projector = MLPHead.from_config(dim, params.projector, init="kaiming_fan_out")
-        self.predictor = MLPHead.from_config(k, params.predictor, init="normal")
+        self.predictor = MLPHead.from_config(k, params.predictor, init="kaiming_fan_out")
         self.local_projector = MLPHead.from_config(dim, params.projector, init="kaiming_fan_out")
-        self.local_predictor = MLPHead.from_config(k, params.predictor, init="normal")
+        self.local_predictor = MLPHead.from_config(k, params.predictor, init="kaiming_fan_out")
 
     def view(self, x: torch.Tensor, predict: bool, local: bool) -> dict[str, torch.Tensor]:
         dense = features(self.backbone, x).dense
@@ -55,7 +62,8 @@ class COBYOLNet(nn.Module):
             if local:
                 out["p_local"] = self.local_predictor(self.local_projector(local_cells(dense, self.grid)))  # B x k x cells
         elif local:
-            out["t_local"] = self.local_projector(pooled)  # the local target: g2_xi on the global representation
+            # the local target: g2_xi on every cell (the inputs its BN statistics come from), then the mean
+            out["t_local"] = self.local_projector(local_cells(dense, self.grid)).mean(dim=2)
         return out
 
     def forward(self, crops: list[torch.Tensor], predict: bool = True, local: bool | None = None) -> list[dict]:

@@ -4,6 +4,8 @@ Per view: the backbone's dense map ``Y``; the alignment neck gives the global pr
 aligned embeddings ``E``; predictors ``q``, ``q_o`` on the online side. For an ordered pair (online view a,
 target view b):  ``w * l(q(z_g^a), z_g^b) + (1 - w) * l(q_o(E^a)_j, E^b_j)`` over all (image, j), with ``l``
 the BYOL loss; the total sums both directions. Each view passes separately (BatchNorm per view).
+Every head (neck projectors and predictors) is initialised as the official 1x1-conv MLP1D: kaiming normal,
+fan_out (``MLPHead`` init ``kaiming_fan_out``).
 
 With ``w = 1`` (method ``byol``) the dense path is skipped entirely: the projector sees only the pooled
 vector, so its BatchNorm statistics, and therefore the loss, are exactly BYOL's.
@@ -32,8 +34,8 @@ class LEWELNet(nn.Module):
         if not dense:
             self.neck.proj_obj = None
         k = params.projector.out_dim
-        self.predictor = MLPHead.from_config(k, params.predictor, init="normal")
-        self.predictor_obj = MLPHead.from_config(k, params.predictor, init="normal") if dense else None
+        self.predictor = MLPHead.from_config(k, params.predictor, init="kaiming_fan_out")
+        self.predictor_obj = MLPHead.from_config(k, params.predictor, init="kaiming_fan_out") if dense else None
 
     def view(self, x: torch.Tensor, predict: bool) -> dict[str, torch.Tensor]:
         dense = features(self.backbone, x).dense

@@ -10,7 +10,8 @@ names, which the converters rely on) with ``num_classes=0``; ``features(backbone
   ``dynamic_img_size=True`` so local crops resample the table (timm's way, or DINO's with
   ``features(..., pos_resample="dino")``, see :mod:`bam_dense.models.pos_embed`).
 * CNN (ResNet, torchvision-compatible names in timm's ``resnet50``): ``dense`` = last stage, ``pooled``
-  = its global average.
+  = its global average. ``zero_init_residual`` chooses the start of every block's last BatchNorm scale:
+  zero (timm's default) or one (torchvision's ``zero_init_residual=False``).
 * MetaFormer (CAFormer): ``dense`` = last stage, ``pooled`` = the head's average pool + norm.
 """
 
@@ -67,12 +68,21 @@ def sincos_2d_position_embedding(grid_h: int, grid_w: int, dim: int, n_prefix: i
 def _timm_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     """YAML-friendly kwargs to timm's: activation names become classes."""
     out = dict(kwargs)
-    for key in ("mlp_act", "act_layer"):
+    for key in ("mlp_act", "act_layer", "act1_layer", "act2_layer"):  # act1/act2: MetaFormer's SepConv activations
         if isinstance(out.get(key), str):
+            if out[key] not in ACTIVATIONS:
+                raise ValueError(f"model.kwargs.{key}: unknown activation {out[key]!r}; choose from {sorted(ACTIVATIONS)}")
             out[key] = ACTIVATIONS[out[key]]
     if isinstance(out.get("res_scale_init_values"), list):
         out["res_scale_init_values"] = tuple(out["res_scale_init_values"])
     return out
+
+
+def _is_timm_resnet(arch: str) -> bool:
+    """Whether timm builds ``arch`` with its ``ResNet`` class (resnet*, resnext*, wide_resnet*, ...)."""
+    from timm.models import model_entrypoint
+
+    return model_entrypoint(arch).__module__ == "timm.models.resnet"
 
 
 def create_backbone(
@@ -84,13 +94,27 @@ def create_backbone(
     drop_path_rate: float = 0.0,
     dynamic_img_size: bool = True,
     pretrained: bool = False,
+    zero_init_residual: bool | None = None,
 ) -> nn.Module:
-    """A timm backbone without classifier. ``kwargs`` override timm's constructor arguments."""
+    """A timm backbone without classifier. ``kwargs`` override timm's constructor arguments.
+
+    ``zero_init_residual`` (ResNets only): ``True`` zero-initialises the last BatchNorm of every residual
+    block (timm's ``zero_init_last``), ``False`` leaves it at one (torchvision's default); ``None`` keeps
+    timm's default.
+    """
     import timm
 
     kw = _timm_kwargs(kwargs or {})
     if not timm.is_model(arch):
         raise ValueError(f"unknown timm architecture {arch!r}")
+    if "zero_init_last" in kw:
+        raise ValueError("set model.zero_init_residual, not model.kwargs.zero_init_last")
+    if zero_init_residual is not None:
+        if not _is_timm_resnet(arch):
+            if zero_init_residual:
+                raise ValueError(f"model.zero_init_residual: true applies to ResNets only, not {arch!r}")
+        else:
+            kw["zero_init_last"] = zero_init_residual
     probe = arch.lower()
     is_vit = probe.startswith(("vit_", "deit_"))
     if is_vit:
@@ -118,7 +142,7 @@ def build_backbone(m: ModelConfig) -> nn.Module:
     """The backbone a pretraining config's ``model`` section describes (random init, seeded by the caller)."""
     try:
         backbone = create_backbone(m.arch, m.kwargs, pos_embed=m.pos_embed, freeze_patch_embed=m.freeze_patch_embed,
-                                   drop_path_rate=m.drop_path_rate)
+                                   drop_path_rate=m.drop_path_rate, zero_init_residual=m.zero_init_residual)
     except (ValueError, TypeError) as err:
         raise UserFacingError(f"model: cannot build {m.arch!r} with kwargs {m.kwargs}: {err}") from None
     if m.grad_checkpointing:

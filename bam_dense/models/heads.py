@@ -49,10 +49,14 @@ class MLPHead(nn.Module):
         for lin in self.linears:
             if init == "trunc_normal":  # BAM / DINO heads
                 nn.init.trunc_normal_(lin.weight, std=0.02)
-            elif init == "kaiming_fan_out":  # LEWEL's neck (1x1 convs, MSRA fill)
+            elif init == "kaiming_fan_out":
+                # LEWEL's neck *and* predictors: MLP1D is built of Conv1d layers, and utils/init.py init_weights
+                # gives every Conv1d c2_msra_fill (kaiming normal, fan_out, relu) whatever init_linear says; its
+                # normal(0, 0.01) applies to nn.Linear only, of which MLP1D has none [LayneH/LEWEL 4ee47eb
+                # models/lewel.py MLP1D, LEWELB_EMAN.__init__; utils/init.py]. A Linear's fan_out equals the
+                # 1x1 Conv1d's (out channels), and both draw the same default init first, so equal seeds give
+                # equal weights.
                 nn.init.kaiming_normal_(lin.weight, mode="fan_out", nonlinearity="relu")
-            elif init == "normal":  # LEWEL's predictors (std 0.01)
-                nn.init.normal_(lin.weight, std=0.01)
             else:
                 raise ValueError(f"unknown init {init!r}")
             if lin.bias is not None:
