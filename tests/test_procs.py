@@ -1,0 +1,314 @@
+"""No process outlives its run: DataLoader workers, process pools, bench steps and their children end within
+seconds of their owner's death, however it died (SIGKILL) and whenever (worker start-up included)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+from conftest import PYTHON, REPO, kill_all, processes_marked, tiny_pretrain_dict, wait_until_gone
+
+from bam_dense.core import procs
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+
+RUN_MARK = "BAM_DENSE_RUN_MARK"
+GONE_WITHIN_S = 10.0
+
+
+def _env(mark: str) -> dict:
+    return dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", **{RUN_MARK: mark})
+
+
+def _script(tmp_path: Path, code: str) -> Path:
+    path = tmp_path / f"script_{uuid.uuid4().hex[:8]}.py"
+    path.write_text(textwrap.dedent(code))
+    return path
+
+
+def _wait_for_pids(folder: Path, n: int, proc: subprocess.Popen | None, timeout: float = 120) -> list[int]:
+    """The PIDs that ``n`` processes wrote as files ``pid-<PID>`` into ``folder`` (while ``proc`` runs)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pids = [int(p.name.split("-")[1]) for p in folder.glob("pid-*")]
+        if len(pids) >= n:
+            return pids
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"{proc.args} ended (status {proc.returncode}) before {n} processes reported")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{n} processes did not report in {folder} within {timeout} s")
+        time.sleep(0.02)
+
+
+def _kill_and_check_run_ends(proc: subprocess.Popen, mark: str, since: float, what: str) -> None:
+    """SIGKILL ``proc``; every process of its run (environment ``RUN_MARK=mark``) must end within 10 s."""
+    seen = processes_marked(RUN_MARK, mark, since)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, f"{what}: the process ended on its own before it could be killed"
+    run = {p.pid: p for p in seen + processes_marked(RUN_MARK, mark, since)}
+    left = wait_until_gone(list(run.values()), GONE_WITHIN_S)
+    kill_all(left)
+    assert not left, (f"{what}: {len(left)} process(es) of the killed run still alive after {GONE_WITHIN_S:.0f} s: "
+                      + ", ".join(f"{p.pid} {p.name()}" for p in left if p.is_running()))
+
+
+# ---------------------------------------------------------------------------- the hooks, one by one
+BLOCKED_LOADER = """
+import os, sys, time
+from torch.utils.data import DataLoader, Dataset
+from bam_dense.core import procs
+
+class Blocked(Dataset):  # a worker busy in __getitem__ never reaches PyTorch's parent check
+    def __len__(self):
+        return 8
+    def __getitem__(self, i):
+        open(os.path.join(sys.argv[1], f"pid-{os.getpid()}"), "w").close()
+        time.sleep(600)
+        return i
+
+init = procs.loader_worker_init() if sys.argv[2] == "hook" else None
+for _ in DataLoader(Blocked(), num_workers=2, worker_init_fn=init):
+    pass
+"""
+
+
+@pytest.mark.parametrize("hook", ["hook", "none"])
+def test_a_blocked_loader_worker_ends_with_its_killed_parent_only_with_the_hook(tmp_path, hook):
+    mark, since = uuid.uuid4().hex, time.time()
+    proc = subprocess.Popen([PYTHON, str(_script(tmp_path, BLOCKED_LOADER)), str(tmp_path), hook], env=_env(mark))
+    workers = [psutil.Process(pid) for pid in _wait_for_pids(tmp_path, 2, proc)]
+    if hook == "hook":
+        _kill_and_check_run_ends(proc, mark, since, "DataLoader with the hook")
+        return
+    # The control: without the hook the same workers outlive their SIGKILLed parent (this is the bug).
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    try:
+        assert wait_until_gone(workers, 3.0) == workers, "without the hook the workers were expected to stay"
+    finally:
+        kill_all(workers)
+
+
+BLOCKED_POOL = """
+import os, sys, time
+from concurrent.futures import ProcessPoolExecutor
+from bam_dense.core import procs
+
+def task(folder):
+    open(os.path.join(folder, f"pid-{os.getpid()}"), "w").close()
+    time.sleep(600)
+
+if __name__ == "__main__":
+    pool = procs.process_pool(2) if sys.argv[2] == "hook" else ProcessPoolExecutor(2)
+    list(pool.map(task, [sys.argv[1]] * 2))
+"""
+
+
+@pytest.mark.parametrize("hook", ["hook", "none"])
+def test_process_pool_workers_end_with_their_killed_parent_only_with_the_hook(tmp_path, hook):
+    mark, since = uuid.uuid4().hex, time.time()
+    proc = subprocess.Popen([PYTHON, str(_script(tmp_path, BLOCKED_POOL)), str(tmp_path), hook], env=_env(mark))
+    workers = [psutil.Process(pid) for pid in _wait_for_pids(tmp_path, 2, proc)]
+    if hook == "hook":
+        _kill_and_check_run_ends(proc, mark, since, "process pool with the hook")
+        return
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    try:
+        assert wait_until_gone(workers, 3.0) == workers, "without the hook the workers were expected to stay"
+    finally:
+        kill_all(workers)
+
+
+# The start-up race: the owner dies after the child was forked but before it set the parent-death signal.
+# The kernel's signal then watches the new parent (init); only the check against the owner's PID ends it.
+ORPHAN_AT_START_UP = """
+import os, sys, time
+from bam_dense.core import procs
+
+folder, owner = sys.argv[1], os.getpid()
+if os.fork() == 0:
+    while os.getppid() == owner:  # the owner exits right after the fork: wait until it is gone
+        time.sleep(0.01)
+    open(os.path.join(folder, f"pid-{os.getpid()}"), "w").close()
+    procs.end_with(owner)
+    open(os.path.join(folder, "survived"), "w").close()
+    time.sleep(600)
+    os._exit(0)
+os._exit(0)
+"""
+
+
+def test_a_child_whose_owner_died_during_its_start_up_ends_when_it_sets_the_hook(tmp_path):
+    mark, since = uuid.uuid4().hex, time.time()
+    proc = subprocess.Popen([PYTHON, str(_script(tmp_path, ORPHAN_AT_START_UP)), str(tmp_path)], env=_env(mark))
+    assert proc.wait() == 0
+    children = _existing(_wait_for_pids(tmp_path, 1, None))
+    left = wait_until_gone(children, GONE_WITHIN_S)
+    kill_all(left)
+    assert not left and not (tmp_path / "survived").exists(), "the orphaned child went on after end_with()"
+    assert not processes_marked(RUN_MARK, mark, since)
+
+
+def _existing(pids: list[int]) -> list[psutil.Process]:
+    found = []
+    for pid in pids:
+        try:
+            found.append(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+# An owner that is not the parent (a forkserver in between): the child polls it.
+WATCH_NON_PARENT = """
+import os, sys, time
+from bam_dense.core import procs
+
+procs.end_with(int(sys.argv[2]))
+open(os.path.join(sys.argv[1], f"pid-{os.getpid()}"), "w").close()
+time.sleep(600)
+"""
+
+
+def test_a_child_ends_with_an_owner_that_is_not_its_parent(tmp_path):
+    mark = uuid.uuid4().hex
+    owner = subprocess.Popen([PYTHON, "-c", "import time; time.sleep(600)"], env=_env(mark))
+    try:
+        child_proc = subprocess.Popen([PYTHON, str(_script(tmp_path, WATCH_NON_PARENT)), str(tmp_path), str(owner.pid)],
+                                      env=_env(mark))
+        child = psutil.Process(_wait_for_pids(tmp_path, 1, child_proc)[0])
+        assert wait_until_gone([child], 1.0) == [child], "the child ended while its owner was alive"
+    finally:
+        owner.kill()
+        owner.wait()
+    left = wait_until_gone([child], GONE_WITHIN_S)
+    kill_all(left)
+    assert not left, "the child outlived its owner"
+    assert child_proc.wait() == -signal.SIGKILL
+
+
+GRANDCHILD_THEN_FAIL = """
+import os, subprocess, sys
+grandchild = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+open(os.path.join(sys.argv[1], f"pid-{grandchild.pid}"), "w").close()
+sys.exit(3)
+"""
+
+
+def test_run_tree_kills_what_a_failed_command_left_behind(tmp_path):
+    status = procs.run_tree([PYTHON, str(_script(tmp_path, GRANDCHILD_THEN_FAIL)), str(tmp_path)])
+    assert status == 3
+    grandchild = _wait_for_pids(tmp_path, 1, None, timeout=0)
+    left = wait_until_gone(_existing(grandchild), GONE_WITHIN_S)
+    kill_all(left)
+    assert not left, "the failed command's child outlived it"
+
+
+# ---------------------------------------------------------------------------- whole runs, SIGKILLed
+def _trainer(tmp_path: Path, mark: str, **sections) -> subprocess.Popen:
+    base = {"optim": {"epochs": 200, "warmup_epochs": 1}, "run": {"checkpoint_every": 1},
+            "data": {"num_workers": 2, "synthetic": {"num_images": 32, "size": 32, "num_classes": 4, "seed": 0}}}
+    for key, value in sections.items():
+        base[key].update(value)
+    config = tmp_path / "cfg.yaml"
+    config.write_text(yaml.safe_dump(tiny_pretrain_dict(tmp_path / "run", **base)))
+    return subprocess.Popen([PYTHON, str(REPO / "pretrain" / "train.py"), "--config", str(config)], env=_env(mark),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _train_rows(tmp_path: Path) -> int:
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    return sum('"kind": "train"' in line for line in metrics.read_text().splitlines()) if metrics.exists() else 0
+
+
+def _in_checkpoint_write(tmp_path: Path) -> bool:
+    folder = tmp_path / "run" / "checkpoints"
+    return folder.is_dir() and any(p.name.endswith(".tmp") for p in folder.iterdir())
+
+
+def _until(proc: subprocess.Popen, moment: str, tmp_path: Path, timeout: float = 120) -> None:
+    """Return at ``moment`` of the trainer's life, the trainer stopped (SIGSTOP) where sampling is needed."""
+    me = psutil.Process(proc.pid)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"the trainer ended (status {proc.returncode}) before {moment}")
+        if moment == "worker_start_up" and me.children():  # the first worker is forking: kill at once
+            return
+        if moment == "first_batch" and len(me.children()) >= 2:  # both workers up, loading the first batches
+            return
+        if moment == "mid_epoch" and _train_rows(tmp_path) >= 6:  # 4 steps an epoch: into the second epoch
+            return
+        if moment == "checkpoint_write" and _train_rows(tmp_path) >= 1:
+            # Sample the trainer, stopped, until it is caught with a checkpoint half written.
+            proc.send_signal(signal.SIGSTOP)
+            while me.status() != psutil.STATUS_STOPPED:
+                time.sleep(0.001)
+            if _in_checkpoint_write(tmp_path):
+                return
+            proc.send_signal(signal.SIGCONT)
+            time.sleep(0.003)
+            continue
+        time.sleep(0.005)
+    raise AssertionError(f"the trainer did not reach {moment} within {timeout} s")
+
+
+@pytest.mark.parametrize("moment", ["worker_start_up", "first_batch", "mid_epoch", "checkpoint_write"])
+def test_a_pretraining_run_killed_at_any_moment_leaves_no_process(tmp_path, moment):
+    mark, since = uuid.uuid4().hex, time.time()
+    proc = _trainer(tmp_path, mark)
+    try:
+        _until(proc, moment, tmp_path)
+        _kill_and_check_run_ends(proc, mark, since, f"pretraining killed at {moment}")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_davis_evaluation_killed_while_its_pool_works_leaves_no_process(tmp_path):
+    fixture = REPO / "tests" / "fixtures" / "davis_official"
+    shutil.copytree(fixture / "results" / "noisy", tmp_path / "results")
+    cmd = [PYTHON, "-m", "bam_dense.cli", "davis", "eval", "--davis-root", str(fixture / "DAVIS"),
+           "--results", str(tmp_path / "results"), "--workers", "2"]
+    for _attempt in range(5):  # the fixture is small: the evaluator may finish before its pool is seen
+        mark, since = uuid.uuid4().hex, time.time()
+        proc = subprocess.Popen(cmd, env=_env(mark), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        me = psutil.Process(proc.pid)
+        while proc.poll() is None and not me.children():
+            time.sleep(0.002)
+        if proc.poll() is None:
+            _kill_and_check_run_ends(proc, mark, since, "davis eval killed while its pool worked")
+            return
+        assert proc.returncode == 0
+    raise AssertionError("davis eval finished five times before its worker pool could be seen")
+
+
+def test_a_killed_bench_runner_takes_its_steps_and_their_workers_with_it(tmp_path):
+    pretrain = tiny_pretrain_dict(tmp_path / "unused", optim={"epochs": 200, "warmup_epochs": 1},
+                                  data={"num_workers": 2})
+    (tmp_path / "pretrain.yaml").write_text(yaml.safe_dump(pretrain))
+    plan = {"name": "killed", "runs": [{"name": "r", "method": "bam", "pretrain": {"config": str(tmp_path / "pretrain.yaml")}}],
+            "steps": [{"name": "probe", "kind": "probe"}]}  # never reached: the runner dies while pretraining
+    (tmp_path / "plan.yaml").write_text(yaml.safe_dump(plan))
+    mark, since = uuid.uuid4().hex, time.time()
+    runner = subprocess.Popen([PYTHON, "-m", "bam_dense.cli", "bench", "run", str(tmp_path / "plan.yaml"), "--run-dir",
+                               str(tmp_path / "runs")], env=_env(mark), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    me, deadline = psutil.Process(runner.pid), time.monotonic() + 120
+    while runner.poll() is None and time.monotonic() < deadline:  # until the step's DataLoader workers run
+        if any(step.children() for step in me.children()):
+            break
+        time.sleep(0.02)
+    assert any(step.children() for step in me.children()), "the pretraining step never started its workers"
+    _kill_and_check_run_ends(runner, mark, since, "bench run killed during a pretraining step")
