@@ -23,7 +23,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 # re-parented. Forked children of pytest itself carry pytest's original environment: they are found as its
 # descendants instead.
 TEST_MARK = "BAM_DENSE_TEST_MARK"
-LEAK_GRACE_S = 5.0
+LEAK_GRACE_S = float(os.environ.get("BAM_DENSE_LEAK_GRACE_S", "5"))  # seconds for processes that are ending
 # pytest's own multiprocessing helpers, started once and ended with pytest.
 _SESSION_HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
 _tests = itertools.count()

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -237,6 +238,14 @@ def _in_checkpoint_write(tmp_path: Path) -> bool:
     return folder.is_dir() and any(p.name.endswith(".tmp") for p in folder.iterdir())
 
 
+def _loader_workers(trainer: psutil.Process) -> list[psutil.Process]:
+    """The trainer's forked children (same command line): its DataLoader workers."""
+    try:
+        return [c for c in trainer.children() if c.cmdline() == trainer.cmdline()]
+    except psutil.Error:
+        return []
+
+
 def _until(proc: subprocess.Popen, moment: str, tmp_path: Path, timeout: float = 120) -> None:
     """Return at ``moment`` of the trainer's life, the trainer stopped (SIGSTOP) where sampling is needed."""
     me = psutil.Process(proc.pid)
@@ -244,9 +253,9 @@ def _until(proc: subprocess.Popen, moment: str, tmp_path: Path, timeout: float =
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise AssertionError(f"the trainer ended (status {proc.returncode}) before {moment}")
-        if moment == "worker_start_up" and me.children():  # the first worker is forking: kill at once
+        if moment == "worker_start_up" and _loader_workers(me):  # the first worker was just forked: kill at once
             return
-        if moment == "first_batch" and len(me.children()) >= 2:  # both workers up, loading the first batches
+        if moment == "first_batch" and len(_loader_workers(me)) >= 2:  # both workers up, loading the first batches
             return
         if moment == "mid_epoch" and _train_rows(tmp_path) >= 6:  # 4 steps an epoch: into the second epoch
             return
@@ -264,6 +273,7 @@ def _until(proc: subprocess.Popen, moment: str, tmp_path: Path, timeout: float =
     raise AssertionError(f"the trainer did not reach {moment} within {timeout} s")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("moment", ["worker_start_up", "first_batch", "mid_epoch", "checkpoint_write"])
 def test_a_pretraining_run_killed_at_any_moment_leaves_no_process(tmp_path, moment):
     mark, since = uuid.uuid4().hex, time.time()
@@ -295,6 +305,7 @@ def test_a_davis_evaluation_killed_while_its_pool_works_leaves_no_process(tmp_pa
     raise AssertionError("davis eval finished five times before its worker pool could be seen")
 
 
+@pytest.mark.slow
 def test_a_killed_bench_runner_takes_its_steps_and_their_workers_with_it(tmp_path):
     pretrain = tiny_pretrain_dict(tmp_path / "unused", optim={"epochs": 200, "warmup_epochs": 1},
                                   data={"num_workers": 2})
@@ -303,12 +314,70 @@ def test_a_killed_bench_runner_takes_its_steps_and_their_workers_with_it(tmp_pat
             "steps": [{"name": "probe", "kind": "probe"}]}  # never reached: the runner dies while pretraining
     (tmp_path / "plan.yaml").write_text(yaml.safe_dump(plan))
     mark, since = uuid.uuid4().hex, time.time()
-    runner = subprocess.Popen([PYTHON, "-m", "bam_dense.cli", "bench", "run", str(tmp_path / "plan.yaml"), "--run-dir",
-                               str(tmp_path / "runs")], env=_env(mark), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    me, deadline = psutil.Process(runner.pid), time.monotonic() + 120
-    while runner.poll() is None and time.monotonic() < deadline:  # until the step's DataLoader workers run
-        if any(step.children() for step in me.children()):
-            break
+    with open(tmp_path / "runner.log", "w") as log:
+        runner = subprocess.Popen([PYTHON, "-m", "bam_dense.cli", "bench", "run", str(tmp_path / "plan.yaml"), "--run-dir",
+                                   str(tmp_path / "runs")], env=_env(mark), stdout=log, stderr=subprocess.STDOUT)
+    me, deadline, workers = psutil.Process(runner.pid), time.monotonic() + 120, False
+    while not workers and runner.poll() is None and time.monotonic() < deadline:  # until the step's workers run
+        workers = any(p.ppid() != runner.pid for p in me.children(recursive=True))
         time.sleep(0.02)
-    assert any(step.children() for step in me.children()), "the pretraining step never started its workers"
+    step_log = tmp_path / "runs" / "r" / "pretrain" / "log.txt"
+    assert workers and runner.poll() is None, (
+        f"the runner ended (status {runner.returncode}) or its step started no workers within 120 s:\n"
+        + (tmp_path / "runner.log").read_text() + (step_log.read_text() if step_log.exists() else ""))
     _kill_and_check_run_ends(runner, mark, since, "bench run killed during a pretraining step")
+
+
+# ---------------------------------------------------------------------------- the suite's own guard
+LEAKY_TESTS = """
+import os, subprocess, sys
+
+def test_leaves_a_child():
+    subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+
+def test_leaves_an_orphan():  # its parent ends at once: found by the environment mark, not by ancestry
+    subprocess.run([sys.executable, "-c", "import os, time\\nif os.fork() == 0:\\n    time.sleep(600)"], check=True)
+
+def test_ends_its_children():
+    subprocess.run([sys.executable, "-c", "pass"], check=True)
+"""
+
+
+def test_the_suite_fails_a_test_that_leaves_a_process_behind(tmp_path):
+    shutil.copy(REPO / "tests" / "conftest.py", tmp_path / "conftest.py")
+    (tmp_path / "test_leaky.py").write_text(LEAKY_TESTS)
+    proc = subprocess.run([PYTHON, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(tmp_path), "test_leaky.py"],
+                          cwd=tmp_path, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO), BAM_DENSE_LEAK_GRACE_S="1"), timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    assert "3 passed, 2 errors" in out, out
+    assert "ERROR test_leaky.py::test_leaves_a_child" in out and "ERROR test_leaky.py::test_leaves_an_orphan" in out, out
+    assert "1 process(es) started by this test still alive 1 s after it" in out and "time.sleep(600)" in out, out
+
+
+TERM_THEN_WAIT = """
+import os, signal, subprocess, sys, time
+folder = sys.argv[1]
+def on_term(*_):
+    open(os.path.join(folder, "terminated"), "w").close()
+    sys.exit(143)
+signal.signal(signal.SIGTERM, on_term)
+ignores_term = ("import os, signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                "open(os.path.join(sys.argv[1], f'pid-{os.getpid()}'), 'w').close(); time.sleep(600)")
+subprocess.Popen([sys.executable, "-c", ignores_term, folder])
+time.sleep(600)
+"""
+
+
+def test_an_interrupted_run_tree_terminates_the_command_then_kills_what_it_left(tmp_path):
+    def interrupt_when_started():
+        _wait_for_pids(tmp_path, 1, None)
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C in the runner
+
+    threading.Thread(target=interrupt_when_started, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        procs.run_tree([PYTHON, str(_script(tmp_path, TERM_THEN_WAIT)), str(tmp_path)])
+    assert (tmp_path / "terminated").exists(), "the command was not given SIGTERM first"
+    left = wait_until_gone(_existing(_wait_for_pids(tmp_path, 1, None, timeout=0)), GONE_WITHIN_S)
+    kill_all(left)
+    assert not left, "the interrupted command's child outlived it"

@@ -59,7 +59,9 @@ def _slurm_env() -> None:
 def init_from_env(device: str = "auto", timeout_minutes: int = 30) -> torch.device:
     """Initialise the process group when launched with several processes; return this process's device."""
     _slurm_env()
-    if "TORCHELASTIC_RUN_ID" in os.environ:  # a torchrun worker; its agent is its parent
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        # A torchrun worker: its agent is its parent. torchrun does not pass the agent's PID down, so the one
+        # case left open is an agent that died between starting this worker and this line: not noticed here.
         procs.end_with(os.getppid())
     want_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
     if want_cuda and not torch.cuda.is_available():

@@ -6,8 +6,8 @@ death, however the owner died (SIGKILL included) and at whatever moment (the chi
 * :func:`loader_worker_init`: the ``worker_init_fn`` of every DataLoader with workers (pretraining, k-NN);
 * :func:`process_pool`: a ``ProcessPoolExecutor`` whose workers end with this process (DAVIS evaluator);
 * :func:`run_tree`: a command run in a session of its own; when it ends, fails, times out or is
-  interrupted, everything left in its process group is killed, and it dies with this process (bench
-  runner and demo steps);
+  interrupted, everything left in its process group is killed (after SIGTERM and a grace period when it
+  was still running), and it dies with this process (bench runner and demo steps);
 * :func:`end_with`: what the three call in the child.
 
 How: on Linux the kernel sends the child SIGKILL when its parent dies (``prctl(PR_SET_PDEATHSIG)``). The
@@ -145,13 +145,15 @@ def kill_group(pgid: int) -> None:
         pass
 
 
-def run_tree(cmd: Sequence[str], timeout: float | None = None, **popen_kwargs) -> int:
+def run_tree(cmd: Sequence[str], timeout: float | None = None, term_grace_s: float = 10.0, **popen_kwargs) -> int:
     """Run ``cmd`` to its end and return its exit status; nothing it started outlives it.
 
-    The command runs in a session (and process group) of its own; when it has ended, failed, timed out
-    (``subprocess.TimeoutExpired`` is raised) or this process is interrupted, what is left of the group is
-    killed. On Linux the command also gets SIGKILL when this process dies; processes it starts in sessions of
-    their own (torchrun's workers) must end with it themselves (:func:`end_with`).
+    The command runs in a session (and process group) of its own. When this process stops waiting early (the
+    command timed out: ``subprocess.TimeoutExpired`` is raised; Ctrl-C; any exception), the group gets
+    SIGTERM and ``term_grace_s`` seconds to end (a trainer checkpoints, torchrun stops its workers); then, as
+    after every command, what is left of the group is killed. On Linux the command also gets SIGKILL when
+    this process dies, SIGKILL included. Processes it starts in sessions of their own (torchrun's workers)
+    must end with it themselves (:func:`end_with`). Start it from the main thread (see the module's caveat).
     """
     if os.name != "posix":
         proc = subprocess.Popen(cmd, **popen_kwargs)
@@ -166,5 +168,12 @@ def run_tree(cmd: Sequence[str], timeout: float | None = None, **popen_kwargs) -
     try:
         return proc.wait(timeout)
     finally:
-        kill_group(proc.pid)
-        proc.wait()
+        try:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(term_grace_s)
+        except (subprocess.TimeoutExpired, ProcessLookupError, PermissionError):
+            pass
+        finally:
+            kill_group(proc.pid)
+            proc.wait()
