@@ -8,7 +8,9 @@ death, however the owner died (SIGKILL included) and at whatever moment (the chi
 * :func:`run_tree`: a command run in a session of its own; when it ends, fails, times out or is
   interrupted, everything left in its process group is killed (after SIGTERM and a grace period when it
   was still running), and it dies with this process (bench runner and demo steps);
-* :func:`end_with`: what the three call in the child.
+* :func:`end_forked_children_with_this_process`: a fork hook for workers created by code outside
+  bam-dense (mmengine's DataLoader workers in ``seg`` and ``det``);
+* :func:`end_with`: what they all call in the child.
 
 How: on Linux the kernel sends the child SIGKILL when its parent dies (``prctl(PR_SET_PDEATHSIG)``). The
 parent's PID is checked after setting it: a parent that died before the call has already left the child to
@@ -129,6 +131,31 @@ def process_pool(workers: int, **kwargs):
     from concurrent.futures import ProcessPoolExecutor
 
     return ProcessPoolExecutor(workers, initializer=end_with, initargs=(os.getpid(),), **kwargs)
+
+
+_AT_FORK_OWNER: int | None = None
+
+
+def end_forked_children_with_this_process() -> None:
+    """Make every child this process forks from now on end with it (an ``os.register_at_fork`` hook).
+
+    For workers that code outside bam-dense creates (mmengine's DataLoaders in ``seg``/``det``), where no
+    ``worker_init_fn`` can be passed without replacing the framework's own. Children started by exec'ing a
+    new program (``spawn``, ``subprocess``) are not forks of this kind: use the other helpers for those.
+    """
+    global _AT_FORK_OWNER
+    if os.name != "posix" or _AT_FORK_OWNER == os.getpid():
+        return
+    first = _AT_FORK_OWNER is None
+    _AT_FORK_OWNER = os.getpid()
+    if first:
+        os.register_at_fork(after_in_child=_end_forked_child)
+
+
+def _end_forked_child() -> None:
+    owner = _AT_FORK_OWNER
+    if owner is not None and owner != os.getpid():
+        end_with(owner)
 
 
 def _child_of(owner_pid: int) -> None:  # a subprocess's preexec_fn: between fork and exec, nothing fancy
