@@ -61,8 +61,7 @@ def _kill_and_check_run_ends(proc: subprocess.Popen, mark: str, since: float, wh
     assert len(run) >= at_least, f"{what}: found {len(run)} process(es) of the run, expected at least {at_least}"
     left = wait_until_gone(list(run.values()), GONE_WITHIN_S)
     kill_all(left)
-    assert not left, (f"{what}: {len(left)} process(es) of the killed run still alive after {GONE_WITHIN_S:.0f} s: "
-                      + ", ".join(f"{p.pid} {p.name()}" for p in left if p.is_running()))
+    assert not left, f"{what}: {len(left)} process(es) of the killed run still alive after {GONE_WITHIN_S:.0f} s: {left}"
 
 
 # ---------------------------------------------------------------------------- the hooks, one by one
@@ -221,9 +220,13 @@ def test_run_tree_kills_what_a_failed_command_left_behind(tmp_path):
 
 
 # ---------------------------------------------------------------------------- whole runs, SIGKILLed
+# 32 steps an epoch: the workers (re-created every epoch) live long enough to be seen and counted.
+LONG_EPOCHS = {"num_images": 256, "size": 32, "num_classes": 4, "seed": 0}
+
+
 def _trainer(tmp_path: Path, mark: str, **sections) -> subprocess.Popen:
     base = {"optim": {"epochs": 200, "warmup_epochs": 1}, "run": {"checkpoint_every": 1},
-            "data": {"num_workers": 2, "synthetic": {"num_images": 32, "size": 32, "num_classes": 4, "seed": 0}}}
+            "data": {"num_workers": 2, "synthetic": LONG_EPOCHS}}
     for key, value in sections.items():
         base[key].update(value)
     config = tmp_path / "cfg.yaml"
@@ -240,6 +243,13 @@ def _train_rows(tmp_path: Path) -> int:
 def _in_checkpoint_write(tmp_path: Path) -> bool:
     folder = tmp_path / "run" / "checkpoints"
     return folder.is_dir() and any(p.name.endswith(".tmp") for p in folder.iterdir())
+
+
+def _children(proc: psutil.Process) -> list[psutil.Process]:
+    try:
+        return proc.children()
+    except psutil.Error:
+        return []
 
 
 def _loader_workers(trainer: psutil.Process) -> list[psutil.Process]:
@@ -261,7 +271,7 @@ def _until(proc: subprocess.Popen, moment: str, tmp_path: Path, timeout: float =
             return
         if moment == "first_batch" and len(_loader_workers(me)) >= 2:  # both workers up, loading the first batches
             return
-        if moment == "mid_epoch" and _train_rows(tmp_path) >= 6 and _loader_workers(me):  # 4 steps an epoch
+        if moment == "mid_epoch" and _train_rows(tmp_path) >= 6 and _loader_workers(me):
             return
         if moment == "checkpoint_write" and _train_rows(tmp_path) >= 1 and _loader_workers(me):
             # Sample the trainer, stopped, until it is caught with a checkpoint half written.
@@ -313,7 +323,7 @@ def test_a_davis_evaluation_killed_while_its_pool_works_leaves_no_process(tmp_pa
 @pytest.mark.slow
 def test_a_killed_bench_runner_takes_its_steps_and_their_workers_with_it(tmp_path):
     pretrain = tiny_pretrain_dict(tmp_path / "unused", optim={"epochs": 200, "warmup_epochs": 1},
-                                  data={"num_workers": 2})
+                                  data={"num_workers": 2, "synthetic": LONG_EPOCHS})
     (tmp_path / "pretrain.yaml").write_text(yaml.safe_dump(pretrain))
     plan = {"name": "killed", "runs": [{"name": "r", "method": "bam", "pretrain": {"config": str(tmp_path / "pretrain.yaml")}}],
             "steps": [{"name": "probe", "kind": "probe"}]}  # never reached: the runner dies while pretraining
@@ -324,7 +334,7 @@ def test_a_killed_bench_runner_takes_its_steps_and_their_workers_with_it(tmp_pat
                                    str(tmp_path / "runs")], env=_env(mark), stdout=log, stderr=subprocess.STDOUT)
     me, deadline, workers = psutil.Process(runner.pid), time.monotonic() + 120, False
     while not workers and runner.poll() is None and time.monotonic() < deadline:  # until the step's workers run
-        workers = any(p.ppid() != runner.pid for p in me.children(recursive=True))
+        workers = any(_loader_workers(step) for step in _children(me))
         time.sleep(0.02)
     step_log = tmp_path / "runs" / "r" / "pretrain" / "log.txt"
     assert workers and runner.poll() is None, (
