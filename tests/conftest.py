@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -13,6 +16,104 @@ PYTHON = sys.executable
 
 # Two cores: keep torch from oversubscribing when tests start subprocesses.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+# ---------------------------------------------------------------------------- no process outlives its test
+# Every process a test starts inherits TEST_MARK in its environment (forked children share the environment
+# block of the process they were forked from), so that it is found even after its parent died and it was
+# re-parented. Forked children of pytest itself carry pytest's original environment: they are found as its
+# descendants instead.
+TEST_MARK = "BAM_DENSE_TEST_MARK"
+LEAK_GRACE_S = float(os.environ.get("BAM_DENSE_LEAK_GRACE_S", "5"))  # seconds for processes that are ending
+# pytest's own multiprocessing helpers, started once and ended with pytest.
+_SESSION_HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
+_tests = itertools.count()
+
+
+def _living(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def processes_marked(name: str, value: str, since: float = 0.0) -> list[psutil.Process]:
+    """Living processes of this user, started at or after ``since``, whose environment has ``name=value``."""
+    me, found = os.getuid(), []
+    for proc in psutil.process_iter(["uids", "create_time"]):
+        try:
+            if proc.info["uids"].real != me or proc.info["create_time"] < since - 1 or proc.pid == os.getpid():
+                continue
+            if proc.environ().get(name) == value and _living(proc):
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+def _describe(procs: list[psutil.Process]) -> str:
+    lines = []
+    for proc in procs:
+        try:
+            lines.append(f"pid {proc.pid} (parent {proc.ppid()}, {proc.status()}): {' '.join(proc.cmdline())[:200]}")
+        except psutil.Error:
+            lines.append(f"pid {proc.pid} (ended)")
+    return "\n".join(lines)
+
+
+def wait_until_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Poll until every process of ``procs`` has ended (or is a zombie); return those left at ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = [p for p in procs if _living(p)]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.05)
+
+
+def kill_all(procs: list[psutil.Process]) -> None:
+    for proc in procs:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+
+
+def _left_behind(before: set[int], mark: str, since: float) -> list[psutil.Process]:
+    me = psutil.Process()
+    left = {p.pid: p for p in processes_marked(TEST_MARK, mark, since)}
+    for child in me.children(recursive=True):
+        if child.pid not in before and _living(child):
+            left.setdefault(child.pid, child)
+    return [p for pid, p in left.items() if not _session_helper(p)]
+
+
+def _session_helper(proc: psutil.Process) -> bool:
+    try:
+        return proc.ppid() == os.getpid() and any(h in " ".join(proc.cmdline()) for h in _SESSION_HELPERS)
+    except psutil.Error:
+        return False
+
+
+@pytest.fixture(autouse=True)
+def no_process_outlives_its_test():
+    """Fail a test that leaves a process behind (after a grace period for processes that are ending), killing it."""
+    mark, since = f"{os.getpid()}-{next(_tests)}", time.time()
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    outer = os.environ.get(TEST_MARK)
+    os.environ[TEST_MARK] = mark
+    yield
+    if outer is None:
+        os.environ.pop(TEST_MARK, None)
+    else:
+        os.environ[TEST_MARK] = outer
+    deadline = time.monotonic() + LEAK_GRACE_S
+    while (left := _left_behind(before, mark, since)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if left:
+        description = _describe(left)
+        kill_all(left)
+        pytest.fail(f"{len(left)} process(es) started by this test still alive {LEAK_GRACE_S:.0f} s after it "
+                    f"(killed now):\n{description}", pytrace=False)
 
 
 def tiny_pretrain_dict(out: Path, method_name: str = "bam", **sections) -> dict:

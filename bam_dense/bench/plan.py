@@ -12,8 +12,10 @@ bam-dense commands, so the same plan runs here step by step, or prints one ``sba
     RUN_DIR/<run>/<step>/error.txt        (only when the step failed)
 
 A step with a ``metrics.json`` is done and skipped (``--force`` re-runs it); a failing step leaves its
-error and log, and the other steps still run. Adding a benchmark: an entry in
-:mod:`bam_dense.bench.published` and, for a new kind of step, one function in ``STEP_KINDS``.
+error and log, and the other steps still run. Each command runs with :func:`bam_dense.core.procs.run_tree`:
+whatever it started is killed when it ends or fails, and it dies with the runner (SIGKILL included).
+Adding a benchmark: an entry in :mod:`bam_dense.bench.published` and, for a new kind of step, one function
+in ``STEP_KINDS``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from pathlib import Path
 import yaml
 
 from bam_dense.bench.published import BENCHMARKS
+from bam_dense.core import procs
 from bam_dense.core.errors import UserFacingError
 from bam_dense.core.paths import REPO_ROOT
 
@@ -191,12 +194,12 @@ def _execute(commands: list[list[str]], out: Path) -> tuple[bool, str]:
         for cmd in commands:
             fh.write(f"\n$ {shlex.join(cmd)}\n")
             fh.flush()
-            proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=str(REPO_ROOT))
-            if proc.returncode != 0:
+            status = procs.run_tree(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=str(REPO_ROOT))
+            if status != 0:
                 tail = log.read_text().strip().splitlines()[-15:]
-                message = f"command failed with exit status {proc.returncode}: {shlex.join(cmd)}\n" + "\n".join(tail)
+                message = f"command failed with exit status {status}: {shlex.join(cmd)}\n" + "\n".join(tail)
                 (out / "error.txt").write_text(message + "\n")
-                return False, f"exit {proc.returncode}: {shlex.join(cmd[:6])} ... (see {out / 'error.txt'})"
+                return False, f"exit {status}: {shlex.join(cmd[:6])} ... (see {out / 'error.txt'})"
     return True, ""
 
 

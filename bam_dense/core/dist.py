@@ -2,7 +2,9 @@
 
 A single process never touches torch.distributed. Several processes are started by torchrun (RANK,
 WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT in the environment) or by SLURM's srun (SLURM_PROCID,
-SLURM_NTASKS, SLURM_LOCALID; MASTER_ADDR from the node list). NCCL on GPU, gloo on CPU.
+SLURM_NTASKS, SLURM_LOCALID; MASTER_ADDR from the node list). NCCL on GPU, gloo on CPU. torchrun starts its
+workers in sessions of their own and without a parent-death signal: each worker ends with its agent
+(:func:`bam_dense.core.procs.end_with`), so that a killed torchrun takes its workers with it.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+from bam_dense.core import procs
 
 
 def is_initialized() -> bool:
@@ -55,6 +59,10 @@ def _slurm_env() -> None:
 def init_from_env(device: str = "auto", timeout_minutes: int = 30) -> torch.device:
     """Initialise the process group when launched with several processes; return this process's device."""
     _slurm_env()
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        # A torchrun worker: its agent is its parent. torchrun does not pass the agent's PID down, so the one
+        # case left open is an agent that died between starting this worker and this line: not noticed here.
+        procs.end_with(os.getppid())
     want_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
     if want_cuda and not torch.cuda.is_available():
         raise RuntimeError(f"run.device is {device!r} but no CUDA device is available")

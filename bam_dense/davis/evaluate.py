@@ -8,20 +8,21 @@ proposals to objects with the Hungarian algorithm on (mean J + mean F) / 2. Stat
 means over objects. CSVs have the official names, columns, order and ``%.3f`` format.
 
 Differences, all on purpose: errors are exceptions naming the sequence and frame (the official code calls
-``sys.exit``), results are always recomputed (never a stale CSV), sequences run in parallel processes,
-and the boundary measure works on cropped windows (identical values, see :mod:`bam_dense.davis.metrics`).
+``sys.exit``), results are always recomputed (never a stale CSV), sequences run in parallel processes
+(which end with the evaluator, see :mod:`bam_dense.core.procs`), and the boundary measure works on cropped
+windows (identical values, see :mod:`bam_dense.davis.metrics`).
 """
 
 from __future__ import annotations
 
 import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from bam_dense.core import procs
 from bam_dense.core.errors import UserFacingError
 from bam_dense.davis.metrics import db_eval_boundary, db_eval_iou, db_statistics
 
@@ -201,7 +202,7 @@ def evaluate(davis_root: str | Path, results: str | Path, task: str = "semi-supe
     names = sequences or read_sequences(davis_root, subset, task)
     workers = min(len(names), workers or os.cpu_count() or 1)
     if workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
+        with procs.process_pool(workers) as pool:
             scores = list(pool.map(evaluate_sequence, [str(davis_root)] * len(names), [str(results)] * len(names),
                                    names, [task] * len(names)))
     else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from bam_dense.core import procs
 from bam_dense.downstream.mm_common import (
     DET_TARGETS,
     load_config,
@@ -40,6 +41,7 @@ def _runner(cfg):
 
     import bam_dense.downstream.mmdet_modules  # noqa: F401  (backbone, neck, constructor, hooks registered)
 
+    procs.end_forked_children_with_this_process()  # mmengine's DataLoader workers end with this process
     return Runner.from_cfg(cfg)
 
 

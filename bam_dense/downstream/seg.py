@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bam_dense.core import procs
 from bam_dense.downstream.mm_common import (
     SEG_TARGETS,
     load_config,
@@ -25,6 +26,7 @@ def _runner(cfg):
 
     import bam_dense.downstream.mmseg_modules  # noqa: F401  (metric and hooks registered)
 
+    procs.end_forked_children_with_this_process()  # mmengine's DataLoader workers end with this process
     return Runner.from_cfg(cfg)
 
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from bam_dense.core import dist
+from bam_dense.core import dist, procs
 from bam_dense.models.backbones import features
 
 
@@ -87,7 +87,8 @@ def extract(backbone, source, transform, device, batch_size: int = 128, indices:
     world, rank = dist.world_size(), dist.rank()
     per_rank = (n + world - 1) // world
     shard = [items[i] if i < n else -1 for i in range(rank * per_rank, (rank + 1) * per_rank)]
-    loader = DataLoader(_Eval(source, transform, shard), batch_size=batch_size, num_workers=num_workers)
+    loader = DataLoader(_Eval(source, transform, shard), batch_size=batch_size, num_workers=num_workers,
+                        worker_init_fn=procs.loader_worker_init() if num_workers > 0 else None)
     was_training = backbone.training
     backbone.eval()
     feats, labels = [], []

@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from bam_dense.core import dist
+from bam_dense.core import dist, procs
 from bam_dense.core.atomic import atomic_write_text
 from bam_dense.core.checkpoint import atomic_save, load_own
 from bam_dense.core.config import PretrainConfig, dump, to_dict
@@ -343,7 +343,7 @@ class Trainer:
         workers = self.cfg.data.num_workers
         return DataLoader(self.dataset, batch_size=self.batch, sampler=self.sampler, num_workers=workers,
                           collate_fn=collate, pin_memory=self.use_cuda, drop_last=True,
-                          worker_init_fn=_ignore_sigterm if workers > 0 else None,
+                          worker_init_fn=procs.loader_worker_init(then=_ignore_sigterm) if workers > 0 else None,
                           persistent_workers=False)
 
     def _autocast(self):
