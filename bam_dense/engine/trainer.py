@@ -33,6 +33,7 @@ from bam_dense.core.atomic import atomic_write_text
 from bam_dense.core.checkpoint import atomic_save, load_own
 from bam_dense.core.config import PretrainConfig, dump, to_dict
 from bam_dense.core.errors import UserFacingError
+from bam_dense.data.device_augment import DeviceAugment, DeviceViews, collate_device
 from bam_dense.data.pretrain import PretrainDataset, ResumableSampler, Views, collate, eval_transform
 from bam_dense.engine.knn import extract, knn_accuracy
 from bam_dense.engine.optim import build_optimizer
@@ -110,7 +111,11 @@ class Trainer:
 
         # data
         self.source = build_source(cfg)
-        self.views = Views(cfg.data.views)
+        # data.augment_on: device: workers draw parameters and crop, train_step augments on the device
+        on_device = cfg.data.augment_on == "device"
+        self.views = DeviceViews(cfg.data.views) if on_device else Views(cfg.data.views)
+        self.collate = collate_device if on_device else collate
+        self.device_augment = DeviceAugment(cfg.data.views, self.device) if on_device else None
         self.dataset = PretrainDataset(self.source, self.views, seed=cfg.run.seed)
         self.sampler = ResumableSampler(self.dataset, self.world, self.rank, seed=cfg.run.seed, drop_last=True)
         self.batch = cfg.data.batch_size_per_gpu
@@ -327,7 +332,7 @@ class Trainer:
         self.sampler.set_epoch(self.epoch, start=self.batch_in_epoch * self.batch)
         workers = self.cfg.data.num_workers
         return DataLoader(self.dataset, batch_size=self.batch, sampler=self.sampler, num_workers=workers,
-                          collate_fn=collate, pin_memory=self.use_cuda, drop_last=True,
+                          collate_fn=self.collate, pin_memory=self.use_cuda, drop_last=True,
                           worker_init_fn=_ignore_sigterm if workers > 0 else None,
                           persistent_workers=False)
 
@@ -349,10 +354,13 @@ class Trainer:
     def train_step(self, crops: list[torch.Tensor], timings: dict | None = None) -> tuple[dict[str, float], float, bool]:
         """One optimizer step; returns (loss terms, grad norm, finite).
 
-        ``timings`` (benchmarks) accumulates seconds per phase: forward (student, teacher, loss), backward
-        (with unscaling and clipping), optimizer (with the EMA update).
+        ``timings`` (benchmarks) accumulates seconds per phase: augment (``data.augment_on: device``), forward
+        (student, teacher, loss), backward (with unscaling and clipping), optimizer (with the EMA update).
         """
         t = time.perf_counter()
+        if self.device_augment is not None:  # data.augment_on: device
+            crops = self.device_augment(crops)
+            t = self._mark(timings, "augment", t)
         lr, wd = self.lr_at(self.step), self.wd_at(self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
