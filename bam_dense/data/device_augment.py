@@ -36,7 +36,7 @@ from torchvision import transforms as T
 
 from bam_dense.core.config import ViewsConfig
 
-REDUCE_GAP = 2.0  # a box more than this many times the output size is first box-reduced by an integer factor
+REDUCE_GAP = 3.0  # a box more than this many times the output size is first box-reduced by an integer factor
 
 # One row of parameters per crop (float64; integers are exact).
 H, W, BOX_H, BOX_W, FLIP, JITTER, ORDER, BRIGHT, CONTRAST, SATUR, HUE, GRAY, BLUR, BLUR_R, BLUR_WW, BLUR_FW, SOLAR, THRESH = (
@@ -95,10 +95,26 @@ class DeviceViews:
     def n_crops(self) -> int:
         return self.pil_views.n_crops
 
-    def __call__(self, img: Image.Image) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        crops = [_draw(plan, img) for plan in self.global_views]
-        crops += [_draw(self.local_view, img) for _ in range(self.cfg.local_crops)]
+    def __call__(self, img: Image.Image) -> list[tuple[np.ndarray, torch.Tensor]]:
+        pixels = _Pixels(img)
+        crops = [_draw(plan, pixels) for plan in self.global_views]
+        crops += [_draw(self.local_view, pixels) for _ in range(self.cfg.local_crops)]
         return crops
+
+
+class _Pixels:
+    """The decoded image, converted to one HWC uint8 array the first time a crop needs no reduction: its crops
+    are then views of that array (no copy until collate), cheaper than converting each crop."""
+
+    def __init__(self, img: Image.Image):
+        self.img = img
+        self._array = None
+
+    @property
+    def array(self) -> np.ndarray:
+        if self._array is None:
+            self._array = np.asarray(self.img)
+        return self._array
 
 
 def _plan(compose: T.Compose) -> list:
@@ -114,26 +130,27 @@ def _plan(compose: T.Compose) -> list:
     return list(compose.transforms)
 
 
-def _draw(plan: list, img: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
+def _draw(plan: list, pixels: _Pixels) -> tuple[np.ndarray, torch.Tensor]:
     """Consume the torch RNG as the PIL transforms in ``plan`` would; return the shipped crop and its parameters."""
     from bam_dense.data.pretrain import RandomPILBlur
 
-    p = torch.zeros(N_PARAMS, dtype=torch.float64)
-    p[ORDER:ORDER + 4] = torch.arange(4)
-    p[[BRIGHT, CONTRAST, SATUR, HUE]] = float("nan")
-    p[THRESH] = 256.0
+    nan = float("nan")
+    p = [0.0] * N_PARAMS  # a list: indexing a tensor element by element would cost more than the whole crop
+    p[ORDER:ORDER + 4] = [0.0, 1.0, 2.0, 3.0]
+    p[BRIGHT], p[CONTRAST], p[SATUR], p[HUE], p[THRESH] = nan, nan, nan, nan, 256.0
     crop = None
     for t in plan:
         if isinstance(t, T.RandomResizedCrop):
-            i, j, h, w = T.RandomResizedCrop.get_params(img, t.scale, t.ratio)
+            i, j, h, w = T.RandomResizedCrop.get_params(pixels.img, t.scale, t.ratio)
             out_h, out_w = t.size
-            crop = img.crop((j, i, j + w, i + h))
-            box_h, box_w = float(h), float(w)
             fy, fx = math.ceil(h / (REDUCE_GAP * out_h)), math.ceil(w / (REDUCE_GAP * out_w))
             if fx > 1 or fy > 1:
-                crop = crop.reduce((fx, fy))
+                crop = np.asarray(pixels.img.crop((j, i, j + w, i + h)).reduce((fx, fy)))
                 box_h, box_w = float(np.float32(h / fy)), float(np.float32(w / fx))
-            p[H], p[W], p[BOX_H], p[BOX_W] = crop.height, crop.width, box_h, box_w
+            else:
+                crop = pixels.array[i:i + h, j:j + w]
+                box_h, box_w = float(h), float(w)
+            p[H], p[W], p[BOX_H], p[BOX_W] = float(crop.shape[0]), float(crop.shape[1]), box_h, box_w
         elif isinstance(t, T.RandomHorizontalFlip):
             p[FLIP] = float(bool(torch.rand(1) < t.p))
         elif isinstance(t, T.RandomApply):
@@ -141,21 +158,20 @@ def _draw(plan: list, img: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
                 cj = t.transforms[0]
                 fn_idx, b, c, s, h = cj.get_params(cj.brightness, cj.contrast, cj.saturation, cj.hue)
                 p[JITTER] = 1.0
-                p[ORDER:ORDER + 4] = fn_idx.to(torch.float64)
+                p[ORDER:ORDER + 4] = [float(k) for k in fn_idx.tolist()]
                 for col, value in zip(_FACTOR_COLUMN, (b, c, s, h)):
-                    p[col] = float("nan") if value is None else value
+                    p[col] = nan if value is None else value
         elif isinstance(t, T.RandomGrayscale):
             p[GRAY] = float(bool(torch.rand(1) < t.p))
         elif isinstance(t, RandomPILBlur):
             if not torch.rand(()).item() >= t.p:
                 radius = t.radius[0] + (t.radius[1] - t.radius[0]) * torch.rand(()).item()
                 p[BLUR] = 1.0
-                p[BLUR_R], p[BLUR_WW], p[BLUR_FW] = pil_blur_box(radius)
+                p[BLUR_R], p[BLUR_WW], p[BLUR_FW] = (float(v) for v in pil_blur_box(radius))
         elif isinstance(t, T.RandomSolarize):
             if torch.rand(1).item() < t.p:
                 p[SOLAR], p[THRESH] = 1.0, float(t.threshold)
-    pixels = torch.from_numpy(np.array(crop, dtype=np.uint8))
-    return pixels, p
+    return crop, torch.tensor(p, dtype=torch.float64)
 
 
 def collate_device(batch):
@@ -164,10 +180,10 @@ def collate_device(batch):
     for v in range(len(batch[0][0])):
         pixels = [sample[0][v][0] for sample in batch]
         hmax, wmax = max(x.shape[0] for x in pixels), max(x.shape[1] for x in pixels)
-        padded = torch.zeros(len(batch), hmax, wmax, 3, dtype=torch.uint8)
+        padded = np.zeros((len(batch), hmax, wmax, 3), dtype=np.uint8)
         for k, x in enumerate(pixels):
             padded[k, :x.shape[0], :x.shape[1]] = x
-        crops.append(CropBatch(padded, torch.stack([sample[0][v][1] for sample in batch])))
+        crops.append(CropBatch(torch.from_numpy(padded), torch.stack([sample[0][v][1] for sample in batch])))
     labels = torch.tensor([sample[1] for sample in batch])
     failed = sum(sample[2] for sample in batch)
     return crops, labels, failed

@@ -1,0 +1,145 @@
+#!/usr/bin/env python
+"""Data-pipeline cost of a recipe's views: worker CPU ms/image on both paths, device ms/image, cores per accelerator.
+
+    python benchmarks/data_pipeline.py [--config configs/pretrain/bam_vit_small_16gpu.yaml] [--images 64 --repeat 2]
+        [--batch 64 --device auto] [--gflop-per-image 107.6 --peak-tflops 989 --mfu 0.4]
+
+Writes ``--images`` synthetic 400x600 JPEGs (smooth random colour fields, quality 90) to a temporary folder, then
+times, on one thread with ``time.process_time`` (the CPU a DataLoader worker spends), what a worker does per
+image: decode (``read_rgb``), the views, and its share of collate, for ``data.augment_on: worker`` (PIL views)
+and ``data.augment_on: device`` (parameters + crop only). The device half of the ``device`` path
+(:class:`bam_dense.data.device_augment.DeviceAugment`) is timed on ``--device`` over batches of ``--batch``
+(wall clock, synchronised). Cores per accelerator = images/s the accelerator consumes at ``--mfu`` of
+``--peak-tflops`` for a model of ``--gflop-per-image`` (forward + backward, all crops; 107.6 for BAM ViT-S/16)
+times worker seconds per image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def write_images(folder: Path, n: int, seed: int = 0) -> list[Path]:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        coarse = (rng.random((25, 38, 3)) * 255).astype(np.uint8)
+        img = Image.fromarray(coarse).resize((600, 400), Image.BICUBIC)
+        noise = rng.normal(0, 8, (400, 600, 3))
+        img = Image.fromarray(np.clip(np.asarray(img) + noise, 0, 255).astype(np.uint8))
+        path = folder / f"img_{i:04d}.jpg"
+        img.save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def worker_cost(paths: list[Path], views, collate_fn, repeat: int, batch: int) -> dict:
+    """CPU seconds per image of decode, views and collate, as one worker spends them."""
+    import torch
+
+    from bam_dense.data.images import read_rgb
+
+    decode = augment = gather = 0.0
+    n = 0
+    for r in range(repeat):
+        samples = []
+        for k, path in enumerate(paths):
+            t0 = time.process_time()
+            img = read_rgb(path)
+            t1 = time.process_time()
+            torch.manual_seed(r * 100_003 + k)
+            crops = views(img)
+            t2 = time.process_time()
+            decode, augment = decode + t1 - t0, augment + t2 - t1
+            samples.append((crops, 0, 0))
+            n += 1
+            if len(samples) == batch:
+                t3 = time.process_time()
+                collate_fn(samples)
+                gather += time.process_time() - t3
+                samples = []
+        if samples:
+            t3 = time.process_time()
+            collate_fn(samples)
+            gather += time.process_time() - t3
+    return {"decode": decode / n, "augment": augment / n, "collate": gather / n,
+            "total": (decode + augment + gather) / n}
+
+
+def device_cost(paths: list[Path], views_cfg, device, batch: int, repeat: int) -> float:
+    """Wall seconds per image of DeviceAugment on ``device`` (after a warm-up batch)."""
+    import torch
+
+    from bam_dense.data.device_augment import DeviceAugment, DeviceViews, collate_device
+    from bam_dense.data.images import read_rgb
+
+    views = DeviceViews(views_cfg)
+    samples = []
+    for k in range(batch):
+        torch.manual_seed(k)
+        samples.append((views(read_rgb(paths[k % len(paths)])), 0, 0))
+    crops = [c.to(device) for c in collate_device(samples)[0]]
+    aug = DeviceAugment(views_cfg, device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    aug(crops)
+    sync()
+    t = time.perf_counter()
+    for _ in range(repeat):
+        aug(crops)
+    sync()
+    return (time.perf_counter() - t) / (repeat * batch)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(REPO / "configs" / "pretrain" / "bam_vit_small_16gpu.yaml"))
+    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=64, help="collate and device batch size")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device-repeat", type=int, default=3)
+    parser.add_argument("--gflop-per-image", type=float, default=107.6, help="model GFLOP per image, all crops, fwd+bwd")
+    parser.add_argument("--peak-tflops", type=float, default=989.0, help="accelerator peak TFLOP/s (default: H100 SXM bf16 dense)")
+    parser.add_argument("--mfu", type=float, default=0.4)
+    args = parser.parse_args()
+
+    import torch
+
+    from bam_dense.core.config import load_config
+    from bam_dense.data.device_augment import DeviceViews, collate_device
+    from bam_dense.data.pretrain import Views, collate
+
+    torch.set_num_threads(1)
+    views_cfg = load_config(args.config).data.views
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = write_images(Path(tmp), args.images)
+        rows = {"worker": worker_cost(paths, Views(views_cfg), collate, args.repeat, args.batch),
+                "device": worker_cost(paths, DeviceViews(views_cfg), collate_device, args.repeat, args.batch)}
+        on_device = device_cost(paths, views_cfg, device, args.batch, args.device_repeat)
+    images_per_s = args.mfu * args.peak_tflops * 1e3 / args.gflop_per_image
+    print(f"views of {Path(args.config).name}: {views_cfg.global_crops}x{views_cfg.global_size} + "
+          f"{views_cfg.local_crops}x{views_cfg.local_size}, {args.images} synthetic 400x600 JPEGs x {args.repeat}, one thread")
+    print(f"{'augment_on':<11} {'decode':>7} {'augment':>8} {'collate':>8} {'worker ms/img':>14} {'cores/accel':>12}")
+    for name, r in rows.items():
+        print(f"{name:<11} {1e3 * r['decode']:>7.2f} {1e3 * r['augment']:>8.2f} {1e3 * r['collate']:>8.2f} "
+              f"{1e3 * r['total']:>14.2f} {images_per_s * r['total']:>12.1f}")
+    print(f"worker CPU, device vs worker path: {rows['worker']['total'] / rows['device']['total']:.1f}x less")
+    print(f"device side on {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU, one thread'}): "
+          f"{1e3 * on_device:.2f} ms/image (batch {args.batch})")
+    print(f"cores/accel: worker cores one accelerator needs at {args.mfu:.0%} MFU of {args.peak_tflops:g} TFLOP/s "
+          f"({args.gflop_per_image:g} GFLOP/image -> {images_per_s:.0f} images/s)")
+
+
+if __name__ == "__main__":
+    main()
