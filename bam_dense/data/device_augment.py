@@ -324,22 +324,24 @@ def adjust_hue(x: torch.Tensor, hue: torch.Tensor) -> torch.Tensor:
 
 def box_blur(x: torch.Tensor, radius: torch.Tensor, ww: torch.Tensor, fw: torch.Tensor, passes: int = 3) -> torch.Tensor:
     """Pillow's ``ImagingBoxBlur`` with per-sample (integer radius, weight, edge weight): ``passes`` horizontal
-    passes then ``passes`` vertical ones, each rounded to 8 bits, edges clamped (float64: exact)."""
+    passes then ``passes`` vertical ones, each rounded to 8 bits, edges clamped. Each pass is a depthwise
+    convolution of the replicate-padded image with that sample's kernel (float64: integer sums, exact)."""
+    n, c = x.shape[:2]
     y = x.to(torch.float64)
     rmax = int(radius.max().item()) + 1
-    offsets = torch.arange(-rmax, rmax + 1, device=x.device, dtype=torch.float64)
+    offsets = torch.arange(-rmax, rmax + 1, device=x.device, dtype=torch.float64).abs()[None]
     r = radius.to(torch.float64).view(-1, 1)
-    weights = torch.where(offsets.abs()[None] <= r, ww.to(torch.float64).view(-1, 1),
-                          torch.where(offsets.abs()[None] == r + 1, fw.to(torch.float64).view(-1, 1), torch.zeros(1, device=x.device, dtype=torch.float64)))
-    for dim in (3, 2):
-        n = y.shape[dim]
+    zero = torch.zeros((), device=x.device, dtype=torch.float64)
+    kernel = torch.where(offsets <= r, ww.to(torch.float64).view(-1, 1),
+                         torch.where(offsets == r + 1, fw.to(torch.float64).view(-1, 1), zero))  # (n, 2 rmax + 1)
+    kernel = kernel.repeat_interleave(c, dim=0)  # one per (sample, channel)
+    horizontal, vertical = kernel.view(n * c, 1, 1, -1), kernel.view(n * c, 1, -1, 1)
+    y = y.reshape(1, n * c, *y.shape[2:])
+    for weight, pad in ((horizontal, (rmax, rmax, 0, 0)), (vertical, (0, 0, rmax, rmax))):
         for _ in range(passes):
-            idx = (torch.arange(n, device=x.device)[:, None] + torch.arange(-rmax, rmax + 1, device=x.device)[None]).clamp(0, n - 1)
-            acc = torch.zeros_like(y)
-            for k in range(2 * rmax + 1):
-                acc = acc + y.index_select(dim, idx[:, k]) * weights[:, k].view(-1, 1, 1, 1)
+            acc = torch.nn.functional.conv2d(torch.nn.functional.pad(y, pad, mode="replicate"), weight, groups=n * c)
             y = torch.floor((acc + (1 << 23)) / (1 << 24))
-    return y.to(x.dtype)
+    return y.view(n, c, *y.shape[2:]).to(x.dtype)
 
 
 class DeviceAugment:
@@ -366,10 +368,10 @@ class DeviceAugment:
         x = self.color_jitter(x, p)
         gray = p[:, GRAY].view(-1, 1, 1, 1) > 0
         x = torch.where(gray, luma(x).expand_as(x), x)
-        blur = p[:, BLUR] > 0
-        if bool(blur.any()):
-            blurred = box_blur(x, p[:, BLUR_R], p[:, BLUR_WW], p[:, BLUR_FW])
-            x = torch.where(blur.view(-1, 1, 1, 1), blurred, x)
+        blur = (p[:, BLUR] > 0).nonzero().flatten()
+        if blur.numel():
+            q = p.index_select(0, blur)
+            x = x.index_copy(0, blur, box_blur(x.index_select(0, blur), q[:, BLUR_R], q[:, BLUR_WW], q[:, BLUR_FW]))
         solar = (p[:, SOLAR].view(-1, 1, 1, 1) > 0) & (x >= p[:, THRESH].to(torch.float32).view(-1, 1, 1, 1))
         x = torch.where(solar, 255 - x, x)
         return x.div(255).sub(self.mean).div(self.std)
