@@ -93,7 +93,7 @@ def _resize(img: Image.Image, out: int, interpolation: str, dtype=torch.float64,
     params = torch.zeros(1, D.N_PARAMS, dtype=torch.float64)
     params[0, D.H], params[0, D.W] = img.height, img.width
     params[0, D.BOX_H], params[0, D.BOX_W] = box or (h, w)
-    padded = torch.zeros(1, img.height + 3, img.width + 5, 3, dtype=torch.uint8)  # padding must not matter
+    padded = torch.full((1, img.height + 3, img.width + 5, 3), 255, dtype=torch.uint8)  # padding must not matter
     padded[0, :img.height, :img.width] = torch.from_numpy(np.array(img))
     return D.resize(padded, params, out, interpolation, dtype)
 

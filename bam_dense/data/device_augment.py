@@ -46,7 +46,8 @@ _FACTOR_COLUMN = (BRIGHT, CONTRAST, SATUR, HUE)  # torchvision's fn_idx 0..3
 
 
 class CropBatch(NamedTuple):
-    """One crop position of a batch: ``pixels`` (B, Hmax, Wmax, 3) uint8 padded with zeros, ``params`` (B, N_PARAMS)."""
+    """One crop position of a batch: ``pixels`` (B, Hmax, Wmax, 3) uint8, each crop top-left with arbitrary
+    padding, ``params`` (B, N_PARAMS)."""
 
     pixels: torch.Tensor
     params: torch.Tensor
@@ -180,7 +181,9 @@ def collate_device(batch):
     for v in range(len(batch[0][0])):
         pixels = [sample[0][v][0] for sample in batch]
         hmax, wmax = max(x.shape[0] for x in pixels), max(x.shape[1] for x in pixels)
-        padded = np.zeros((len(batch), hmax, wmax, 3), dtype=np.uint8)
+        # Padding is never read with a non-zero weight (resample_matrix is zero beyond each crop), so it is
+        # left uninitialised: filling it would cost a worker more than the copy below.
+        padded = np.empty((len(batch), hmax, wmax, 3), dtype=np.uint8)
         for k, x in enumerate(pixels):
             padded[k, :x.shape[0], :x.shape[1]] = x
         crops.append(CropBatch(torch.from_numpy(padded), torch.stack([sample[0][v][1] for sample in batch])))
