@@ -7,7 +7,8 @@
 Writes ``--images`` synthetic 400x600 JPEGs (smooth random colour fields, quality 90) to a temporary folder, then
 times, on one thread with ``time.process_time`` (the CPU a DataLoader worker spends), what a worker does per
 image: decode (``read_rgb``), the views, and its share of collate, for ``data.augment_on: worker`` (PIL views)
-and ``data.augment_on: device`` (parameters + crop only). The device half of the ``device`` path
+and ``data.augment_on: device`` (parameters + crop only), the two taking turns batch by batch so that a shared
+machine slows both alike. The device half of the ``device`` path
 (:class:`bam_dense.data.device_augment.DeviceAugment`) is timed on ``--device`` over batches of ``--batch``
 (wall clock, synchronised). Cores per accelerator = images/s the accelerator consumes at ``--mfu`` of
 ``--peak-tflops`` for a model of ``--gflop-per-image`` (forward + backward, all crops; 107.6 for BAM ViT-S/16)
@@ -43,37 +44,35 @@ def write_images(folder: Path, n: int, seed: int = 0) -> list[Path]:
     return paths
 
 
-def worker_cost(paths: list[Path], views, collate_fn, repeat: int, batch: int) -> dict:
-    """CPU seconds per image of decode, views and collate, as one worker spends them."""
+def worker_cost(paths: list[Path], pipelines: dict, repeat: int, batch: int) -> dict:
+    """CPU seconds per image of decode, views and collate, as one worker spends them, for each pipeline
+    ``name: (views, collate_fn)``. The pipelines take turns batch by batch, so that a busy machine slows them
+    alike (their ratio holds) while each batch still runs with its own pipeline's working set, as in a worker."""
     import torch
 
     from bam_dense.data.images import read_rgb
 
-    decode = augment = gather = 0.0
+    cost = {name: {"decode": 0.0, "augment": 0.0, "collate": 0.0} for name in pipelines}
     n = 0
     for r in range(repeat):
-        samples = []
-        for k, path in enumerate(paths):
-            t0 = time.process_time()
-            img = read_rgb(path)
-            t1 = time.process_time()
-            torch.manual_seed(r * 100_003 + k)
-            crops = views(img)
-            t2 = time.process_time()
-            decode, augment = decode + t1 - t0, augment + t2 - t1
-            samples.append((crops, 0, 0))
-            n += 1
-            if len(samples) == batch:
+        for start in range(0, len(paths), batch):
+            chunk = paths[start:start + batch]
+            for name, (views, collate_fn) in pipelines.items():
+                samples = []
+                for k, path in enumerate(chunk):
+                    t0 = time.process_time()
+                    img = read_rgb(path)
+                    t1 = time.process_time()
+                    torch.manual_seed(r * 100_003 + start + k)
+                    samples.append((views(img), 0, 0))
+                    t2 = time.process_time()
+                    cost[name]["decode"] += t1 - t0
+                    cost[name]["augment"] += t2 - t1
                 t3 = time.process_time()
                 collate_fn(samples)
-                gather += time.process_time() - t3
-                samples = []
-        if samples:
-            t3 = time.process_time()
-            collate_fn(samples)
-            gather += time.process_time() - t3
-    return {"decode": decode / n, "augment": augment / n, "collate": gather / n,
-            "total": (decode + augment + gather) / n}
+                cost[name]["collate"] += time.process_time() - t3
+            n += len(chunk)
+    return {name: {**{k: v / n for k, v in c.items()}, "total": sum(c.values()) / n} for name, c in cost.items()}
 
 
 def device_cost(paths: list[Path], views_cfg, device, batch: int, repeat: int) -> float:
@@ -124,8 +123,8 @@ def main() -> None:
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_images(Path(tmp), args.images)
-        rows = {"worker": worker_cost(paths, Views(views_cfg), collate, args.repeat, args.batch),
-                "device": worker_cost(paths, DeviceViews(views_cfg), collate_device, args.repeat, args.batch)}
+        rows = worker_cost(paths, {"worker": (Views(views_cfg), collate), "device": (DeviceViews(views_cfg), collate_device)},
+                           args.repeat, args.batch)
         on_device = device_cost(paths, views_cfg, device, args.batch, args.device_repeat)
     images_per_s = args.mfu * args.peak_tflops * 1e3 / args.gflop_per_image
     print(f"views of {Path(args.config).name}: {views_cfg.global_crops}x{views_cfg.global_size} + "
