@@ -75,8 +75,9 @@ def worker_cost(paths: list[Path], pipelines: dict, repeat: int, batch: int) -> 
     return {name: {**{k: v / n for k, v in c.items()}, "total": sum(c.values()) / n} for name, c in cost.items()}
 
 
-def device_cost(paths: list[Path], views_cfg, device, batch: int, repeat: int) -> float:
-    """Wall seconds per image of DeviceAugment on ``device`` (after a warm-up batch)."""
+def device_cost(paths: list[Path], views_cfg, device, batch: int, repeat: int) -> dict:
+    """Wall seconds per image of DeviceAugment on ``device`` (after a warm-up batch), its peak memory on CUDA,
+    and on a non-CPU device how far its crops are from the CPU's float64 (Pillow-arithmetic) ones."""
     import torch
 
     from bam_dense.data.device_augment import DeviceAugment, DeviceViews, collate_device
@@ -87,16 +88,27 @@ def device_cost(paths: list[Path], views_cfg, device, batch: int, repeat: int) -
     for k in range(batch):
         torch.manual_seed(k)
         samples.append((views(read_rgb(paths[k % len(paths)])), 0, 0))
-    crops = [c.to(device) for c in collate_device(samples)[0]]
+    host = collate_device(samples)[0]
+    crops = [c.to(device) for c in host]
     aug = DeviceAugment(views_cfg, device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    aug(crops)
+    cuda = device.type == "cuda"
+    sync = (lambda: torch.cuda.synchronize(device)) if cuda else (lambda: None)
+    out = aug(crops)
     sync()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
     t = time.perf_counter()
     for _ in range(repeat):
         aug(crops)
     sync()
-    return (time.perf_counter() - t) / (repeat * batch)
+    result = {"s_per_image": (time.perf_counter() - t) / (repeat * batch),
+              "peak_mib": torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None}
+    if device.type != "cpu":
+        std = torch.tensor(views_cfg.std).view(1, 3, 1, 1) * 255
+        reference = DeviceAugment(views_cfg, "cpu")(host)
+        levels = torch.cat([((o.cpu() - r) * std).abs().round().flatten() for o, r in zip(out, reference)])
+        result["vs_cpu"] = (levels.max().item(), (levels > 0).float().mean().item())
+    return result
 
 
 def main() -> None:
@@ -134,8 +146,12 @@ def main() -> None:
         print(f"{name:<11} {1e3 * r['decode']:>7.2f} {1e3 * r['augment']:>8.2f} {1e3 * r['collate']:>8.2f} "
               f"{1e3 * r['total']:>14.2f} {images_per_s * r['total']:>12.1f}")
     print(f"worker CPU, device vs worker path: {rows['worker']['total'] / rows['device']['total']:.1f}x less")
-    print(f"device side on {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU, one thread'}): "
-          f"{1e3 * on_device:.2f} ms/image (batch {args.batch})")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU, one thread"
+    peak = f", peak {on_device['peak_mib']:.0f} MiB" if on_device["peak_mib"] is not None else ""
+    print(f"device side on {device} ({name}): {1e3 * on_device['s_per_image']:.2f} ms/image (batch {args.batch}{peak})")
+    if "vs_cpu" in on_device:
+        worst, share = on_device["vs_cpu"]
+        print(f"device vs CPU float64 crops: max {worst:.0f} levels of 255, {100 * share:.2f}% of values differ")
     print(f"cores/accel: worker cores one accelerator needs at {args.mfu:.0%} MFU of {args.peak_tflops:g} TFLOP/s "
           f"({args.gflop_per_image:g} GFLOP/image -> {images_per_s:.0f} images/s)")
 

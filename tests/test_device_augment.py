@@ -234,6 +234,21 @@ def test_device_path_reproduces_the_pil_views(img):
             assert levels.mean() < 1.0 and (levels > 0).float().mean() < 0.35
 
 
+def test_float32_resize_as_on_cuda_stays_close_to_float64(img):
+    """CUDA's default (float32 resize) end to end, against the CPU default (float64, Pillow's integer arithmetic)."""
+    cfg = ViewsConfig(global_size=64, local_size=32)
+    views = D.DeviceViews(cfg)
+    samples = []
+    for seed in range(4):
+        torch.manual_seed(seed)
+        samples.append((views(smooth_image(120, 160, seed=seed)), 0, 0))
+    crops, _, _ = D.collate_device(samples)
+    exact, fast = D.DeviceAugment(cfg)(crops), D.DeviceAugment(cfg, resize_dtype=torch.float32)(crops)
+    std = torch.tensor(cfg.std).view(1, 3, 1, 1) * 255
+    levels = torch.cat([((a - b) * std).abs().round().flatten() for a, b in zip(exact, fast)])
+    assert levels.mean() < 0.2 and (levels > 0).float().mean() < 0.05
+
+
 def test_augment_on_rejects_an_unknown_value_naming_the_key(tmp_path):
     with pytest.raises(ConfigError, match=r"data.augment_on: 'gpu' is not one of worker, device"):
         load_config(data=tiny_pretrain_dict(tmp_path, data={"augment_on": "gpu"}))
