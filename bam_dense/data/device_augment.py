@@ -2,15 +2,16 @@
 
 Workers decode the image and draw every random parameter of every view with the same torch RNG calls, in the
 same order, as the PIL pipeline of :class:`bam_dense.data.pretrain.Views` (they walk its very transforms), so
-the two paths draw identical parameters for the same ``(seed, epoch, index)``. A worker then only crops the
-drawn box out of the decoded image (a copy, plus an integer box reduction when the box is more than
-``REDUCE_GAP`` times the output size, which bounds what is shipped) and sends uint8 pixels with one row of
-parameters per crop. The device runs the expensive part batched with per-sample parameters:
+the two paths draw identical parameters for the same ``(seed, epoch, index)``. A worker then only cuts the
+drawn box out of the decoded image (a view of its array; Pillow's integer box ``reduce`` first when the box is
+more than ``REDUCE_GAP`` times the output size, which bounds what is shipped) and sends uint8 pixels with one
+row of parameters per crop. The device runs the expensive part batched with per-sample parameters:
 
 * resize: PIL's antialiased bicubic/bilinear resampling (``precompute_coeffs`` and the 22-bit fixed-point
   coefficients of Pillow's ``Resample.c``, horizontal pass then vertical, each rounded to 8 bits) as two batched
-  matrix products; in float64 (the default on CPU) every output pixel equals PIL's, in float32 (the default on
-  CUDA) a pixel can differ by one 8-bit level;
+  matrix products, exact integer arithmetic in float64 (the default on CPU); Pillow 13 sometimes runs the
+  vertical pass first, which moves some pixels by 1-3 levels; float32 (the default on CUDA) stays within 2
+  levels of float64;
 * flip, then colour jitter in each sample's own order: brightness, contrast and saturation as Pillow's
   ``ImageEnhance`` blends (float32 arithmetic, truncation, clipping, the contrast mean rounded as
   ``ImageStat``), hue as Pillow's 8-bit HSV round trip with torchvision's wrapping hue shift;
@@ -18,10 +19,9 @@ parameters per crop. The device runs the expensive part batched with per-sample 
   extended box-blur passes per axis with the radius of Gwosdek et al. and Pillow's 24-bit fixed-point
   weights, rounded after each pass, edges clamped), solarize at 128, ``ToTensor`` and ``Normalize``.
 
-Every operation is thus an emulation of the PIL operation the worker path runs, not an approximation of it: on
-the CPU a crop that needed no reduction comes out bitwise equal to the worker path's tensor
-(``tests/test_device_augment.py``). Nothing on the device draws random numbers, so a resumed run stays bitwise
-equal to an uninterrupted one.
+Every operation is thus an emulation of the PIL operation the worker path runs, not an approximation of it:
+all but the resize are bitwise equal to Pillow's, the resize within 3 levels (``tests/test_device_augment.py``).
+Nothing on the device draws random numbers, so a resumed run stays bitwise equal to an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from PIL import Image
 from torchvision import transforms as T
 
 from bam_dense.core.config import ViewsConfig
+from bam_dense.data.pretrain import RandomPILBlur, Views
 
 REDUCE_GAP = 3.0  # a box more than this many times the output size is first box-reduced by an integer factor
 
@@ -81,8 +82,6 @@ class DeviceViews:
     returns ``[(uint8 HWC crop, parameter row), ...]`` in the same crop order."""
 
     def __init__(self, cfg: ViewsConfig):
-        from bam_dense.data.pretrain import Views
-
         self.cfg = cfg
         self.pil_views = Views(cfg)
         self.global_views = [_plan(v) for v in self.pil_views.global_views]
@@ -119,8 +118,6 @@ class _Pixels:
 
 
 def _plan(compose: T.Compose) -> list:
-    from bam_dense.data.pretrain import RandomPILBlur
-
     known = (T.RandomResizedCrop, T.RandomHorizontalFlip, T.RandomApply, T.RandomGrayscale, RandomPILBlur,
              T.RandomSolarize, T.ToTensor, T.Normalize)
     for t in compose.transforms:
@@ -133,8 +130,6 @@ def _plan(compose: T.Compose) -> list:
 
 def _draw(plan: list, pixels: _Pixels) -> tuple[np.ndarray, torch.Tensor]:
     """Consume the torch RNG as the PIL transforms in ``plan`` would; return the shipped crop and its parameters."""
-    from bam_dense.data.pretrain import RandomPILBlur
-
     nan = float("nan")
     p = [0.0] * N_PARAMS  # a list: indexing a tensor element by element would cost more than the whole crop
     p[ORDER:ORDER + 4] = [0.0, 1.0, 2.0, 3.0]
