@@ -84,7 +84,7 @@ def test_ops_take_per_sample_parameters(img):
 
 
 # ---------------------------------------------------------------------------- resize: bounded difference
-RESIZE_MAX_LEVELS = 3  # Pillow >= 12 sometimes runs the vertical pass first; we always run the horizontal one first
+RESIZE_MAX_LEVELS = 3  # Pillow 13 sometimes runs the vertical pass first (Pillow#9549); we always run the horizontal one first
 RESIZE_MAX_SHARE = 0.3  # of the pixels of one image that differ at all (measured: 6.7 % on average)
 
 
