@@ -8,10 +8,9 @@ more than ``REDUCE_GAP`` times the output size, which bounds what is shipped) an
 row of parameters per crop. The device runs the expensive part batched with per-sample parameters:
 
 * resize: PIL's antialiased bicubic/bilinear resampling (``precompute_coeffs`` and the 22-bit fixed-point
-  coefficients of Pillow's ``Resample.c``, horizontal pass then vertical, each rounded to 8 bits) as two batched
-  matrix products, exact integer arithmetic in float64 (the default on CPU); Pillow 13 sometimes runs the
-  vertical pass first, which moves some pixels by 1-3 levels; float32 (the default on CUDA) stays within 2
-  levels of float64;
+  coefficients of Pillow's ``Resample.c``, two passes each rounded to 8 bits, in the order Pillow picks per
+  image) as batched matrix products, exact integer arithmetic in float64 (the default on CPU); float32 (the
+  default on CUDA) stays within 2 levels of float64;
 * flip, then colour jitter in each sample's own order: brightness, contrast and saturation as Pillow's
   ``ImageEnhance`` blends (float32 arithmetic, truncation, clipping, the contrast mean rounded as
   ``ImageStat``), hue as Pillow's 8-bit HSV round trip with torchvision's wrapping hue shift;
@@ -19,9 +18,10 @@ row of parameters per crop. The device runs the expensive part batched with per-
   extended box-blur passes per axis with the radius of Gwosdek et al. and Pillow's 24-bit fixed-point
   weights, rounded after each pass, edges clamped), solarize at 128, ``ToTensor`` and ``Normalize``.
 
-Every operation is thus an emulation of the PIL operation the worker path runs, not an approximation of it:
-all but the resize are bitwise equal to Pillow's, the resize within 3 levels (``tests/test_device_augment.py``).
-Nothing on the device draws random numbers, so a resumed run stays bitwise equal to an uninterrupted one.
+Every operation is thus an emulation of the PIL operation the worker path runs, not an approximation of it: on
+the CPU a crop that needed no reduction comes out bitwise equal to the worker path's tensor
+(``tests/test_device_augment.py``). Nothing on the device draws random numbers, so a resumed run stays bitwise
+equal to an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import math
 from typing import NamedTuple
 
 import numpy as np
+import PIL
 import torch
 from PIL import Image
 from torchvision import transforms as T
@@ -38,11 +39,14 @@ from bam_dense.core.config import ViewsConfig
 from bam_dense.data.pretrain import RandomPILBlur, Views
 
 REDUCE_GAP = 3.0  # a box more than this many times the output size is first box-reduced by an integer factor
+# Pillow 13 resizes vertically first when the height shrinks by more than twice as many pixels as the width
+# (python-pillow/Pillow#9549); earlier versions always run the horizontal pass first.
+PILLOW_VERTICAL_FIRST = int(PIL.__version__.split(".")[0]) >= 13
 
 # One row of parameters per crop (float64; integers are exact).
-H, W, BOX_H, BOX_W, FLIP, JITTER, ORDER, BRIGHT, CONTRAST, SATUR, HUE, GRAY, BLUR, BLUR_R, BLUR_WW, BLUR_FW, SOLAR, THRESH = (
-    0, 1, 2, 3, 4, 5, 6, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20)
-N_PARAMS = 21
+(H, W, BOX_H, BOX_W, FLIP, JITTER, ORDER, BRIGHT, CONTRAST, SATUR, HUE, GRAY, BLUR, BLUR_R, BLUR_WW, BLUR_FW, SOLAR,
+ THRESH, CROP_H, CROP_W) = (0, 1, 2, 3, 4, 5, 6, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22)
+N_PARAMS = 23  # CROP_H, CROP_W: the box before any reduction (what Pillow's resize sees on the worker path)
 _FACTOR_COLUMN = (BRIGHT, CONTRAST, SATUR, HUE)  # torchvision's fn_idx 0..3
 
 
@@ -147,6 +151,7 @@ def _draw(plan: list, pixels: _Pixels) -> tuple[np.ndarray, torch.Tensor]:
                 crop = pixels.array[i:i + h, j:j + w]
                 box_h, box_w = float(h), float(w)
             p[H], p[W], p[BOX_H], p[BOX_W] = float(crop.shape[0]), float(crop.shape[1]), box_h, box_w
+            p[CROP_H], p[CROP_W] = float(h), float(w)
         elif isinstance(t, T.RandomHorizontalFlip):
             p[FLIP] = float(bool(torch.rand(1) < t.p))
         elif isinstance(t, T.RandomApply):
@@ -231,24 +236,48 @@ def _clip8(acc: torch.Tensor) -> torch.Tensor:
     return torch.floor(acc / (1 << _PRECISION_BITS)).clamp(0, 255)
 
 
+def vertical_first(params: torch.Tensor, out_size: int) -> torch.Tensor:
+    """Which samples Pillow resizes vertically first: (B,) bool (``PILLOW_VERTICAL_FIRST``)."""
+    h, w = params[:, CROP_H], params[:, CROP_W]
+    if not PILLOW_VERTICAL_FIRST:
+        return torch.zeros_like(h, dtype=torch.bool)
+    return (h > out_size) & (h - out_size > 2 * (w - out_size))
+
+
 def resize(pixels: torch.Tensor, params: torch.Tensor, out_size: int, interpolation: str,
            dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """Pillow's ``Image.resize(size, resample)`` of each sample's ``[0, BOX_W) x [0, BOX_H)``: (B, 3, out, out).
 
-    ``dtype=torch.float64`` reproduces Pillow's integer arithmetic exactly; float32 may differ by one level.
+    Two passes, each rounded to 8 bits, in the order Pillow picks (:func:`vertical_first`).
+    ``dtype=torch.float64`` reproduces Pillow's integer arithmetic exactly; float32 may differ by a level or two.
     """
     x = pixels.permute(0, 3, 1, 2).to(dtype)  # (B, 3, Hmax, Wmax)
     hmax, wmax = x.shape[-2:]
     kx = resample_matrix(params[:, W], params[:, BOX_W], out_size, wmax, interpolation)
     ky = resample_matrix(params[:, H], params[:, BOX_H], out_size, hmax, interpolation)
-    half = float(1 << (_PRECISION_BITS - 1))
     if dtype == torch.float64:
-        h = _clip8(torch.matmul(x, kx.transpose(1, 2)[:, None]) + half)  # horizontal pass: (B, 3, Hmax, out)
-        return _clip8(torch.matmul(ky[:, None].to(dtype), h) + half)  # vertical pass: (B, 3, out, out)
-    kxf = (kx / (1 << _PRECISION_BITS)).to(dtype)
-    kyf = (ky / (1 << _PRECISION_BITS)).to(dtype)
-    h = torch.floor(torch.matmul(x, kxf.transpose(1, 2)[:, None]) + 0.5).clamp(0, 255)
-    return torch.floor(torch.matmul(kyf[:, None], h) + 0.5).clamp(0, 255)
+        half = float(1 << (_PRECISION_BITS - 1))
+
+        def rnd(acc: torch.Tensor) -> torch.Tensor:
+            return _clip8(acc + half)
+    else:
+        kx, ky = (kx / (1 << _PRECISION_BITS)).to(dtype), (ky / (1 << _PRECISION_BITS)).to(dtype)
+
+        def rnd(acc: torch.Tensor) -> torch.Tensor:
+            return torch.floor(acc + 0.5).clamp(0, 255)
+    first_v = vertical_first(params, out_size)
+    out = x.new_empty(x.shape[0], x.shape[1], out_size, out_size)
+    for group, vertical in ((~first_v, False), (first_v, True)):
+        idx = group.nonzero().flatten()
+        if not idx.numel():
+            continue
+        xs, kxs, kys = x.index_select(0, idx), kx.index_select(0, idx)[:, None], ky.index_select(0, idx)[:, None]
+        if vertical:
+            y = rnd(torch.matmul(rnd(torch.matmul(kys, xs)), kxs.transpose(2, 3)))
+        else:
+            y = rnd(torch.matmul(kys, rnd(torch.matmul(xs, kxs.transpose(2, 3)))))
+        out.index_copy_(0, idx, y)
+    return out
 
 
 def luma(x: torch.Tensor) -> torch.Tensor:
