@@ -271,11 +271,16 @@ def resize(pixels: torch.Tensor, params: torch.Tensor, out_size: int, interpolat
         idx = group.nonzero().flatten()
         if not idx.numel():
             continue
-        xs, kxs, kys = x.index_select(0, idx), kx.index_select(0, idx)[:, None], ky.index_select(0, idx)[:, None]
+        whole = idx.numel() == x.shape[0]  # one order for the whole batch: no copies
+        xs = x if whole else x.index_select(0, idx)
+        kxs = (kx if whole else kx.index_select(0, idx))[:, None]
+        kys = (ky if whole else ky.index_select(0, idx))[:, None]
         if vertical:
             y = rnd(torch.matmul(rnd(torch.matmul(kys, xs)), kxs.transpose(2, 3)))
         else:
             y = rnd(torch.matmul(kys, rnd(torch.matmul(xs, kxs.transpose(2, 3)))))
+        if whole:
+            return y
         out.index_copy_(0, idx, y)
     return out
 
