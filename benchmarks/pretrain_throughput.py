@@ -6,9 +6,9 @@
 
 Each config runs through the real engine (its data pipeline, method, optimizer and teacher) for
 ``--warmup`` untimed and ``--steps`` timed steps. The engine's own ``train_step`` is timed by phase: data wait,
-forward (student and teacher, loss), backward (with clipping) and optimizer (with the EMA update); the first config is the baseline the
-others are compared with (e.g. BYOL vs LEWEL_B and CO-BYOL, BAM vs CO-BAM and LEWEL-BAM on the same
-device and batch).
+augment (the device half of ``data.augment_on: device``), forward (student and teacher, loss), backward (with
+clipping) and optimizer (with the EMA update); the first config is the baseline the others are compared with
+(e.g. BYOL vs LEWEL_B and CO-BYOL, BAM vs CO-BAM and LEWEL-BAM on the same device and batch).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def profile(config: str, steps: int, warmup: int, overrides: list[str]) -> dict:
                                    "eval.knn.enabled=false", *overrides])
         trainer = Trainer(cfg)
         dev = trainer.device
-        split = {"data": 0.0, "forward": 0.0, "backward": 0.0, "optimizer": 0.0}
+        split = {"data": 0.0, "augment": 0.0, "forward": 0.0, "backward": 0.0, "optimizer": 0.0}
         loader = iter(trainer._loader())
         if dev.type == "cuda":
             import torch
@@ -71,11 +71,11 @@ def main() -> None:
     rows = [profile(c, args.steps, args.warmup, overrides) for c in configs]
     base = rows[0]
     print(f"device {base['device']}, global batch {base['batch']}, {args.steps} timed steps after {args.warmup}")
-    print(f"{'config':<28} {'img/s':>8} {'crop/s':>8} {'step s':>7} {'data':>5} {'fwd':>5} {'bwd':>5} {'opt':>5} {'peak MiB':>9} {'vs first':>8}")
+    print(f"{'config':<28} {'img/s':>8} {'crop/s':>8} {'step s':>7} {'data':>5} {'aug':>5} {'fwd':>5} {'bwd':>5} {'opt':>5} {'peak MiB':>9} {'vs first':>8}")
     for r in rows:
         s = r["split"]
         print(f"{r['config']:<28} {r['images_per_s']:>8.1f} {r['crops_per_s']:>8.1f} {r['step_s']:>7.3f} "
-              f"{100 * s['data']:>4.0f}% {100 * s['forward']:>4.0f}% {100 * s['backward']:>4.0f}% {100 * s['optimizer']:>4.0f}% "
+              f"{100 * s['data']:>4.0f}% {100 * s['augment']:>4.0f}% {100 * s['forward']:>4.0f}% {100 * s['backward']:>4.0f}% {100 * s['optimizer']:>4.0f}% "
               f"{r['peak_mib']:>9.0f} {r['step_s'] / base['step_s']:>7.2f}x")
 
 

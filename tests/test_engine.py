@@ -301,9 +301,10 @@ def test_logs_hold_every_loss_term_and_engine_figure(tmp_path):
     assert saved.model.kwargs == cfg.model.kwargs
 
 
-def test_resume_after_sigkill_ends_bitwise_equal_to_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("augment_on", ["worker", "device"])
+def test_resume_after_sigkill_ends_bitwise_equal_to_an_uninterrupted_run(tmp_path, augment_on):
     sections = dict(optim={"epochs": 6, "warmup_epochs": 1}, run={"checkpoint_every": 3, "log_every": 1},
-                    data={"num_workers": 1})
+                    data={"num_workers": 1, "augment_on": augment_on})
     config = _write_config(tmp_path, **sections)
     straight = tmp_path / "straight"
     subprocess.run(_pretrain_cmd(config, f"run.output_dir={straight}"), check=True, env=_env(), capture_output=True)

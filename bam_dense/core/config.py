@@ -28,7 +28,8 @@ class ConfigError(UserFacingError):
     pass
 
 
-COLOR_MODES = ("class", "instance")  # data.synthetic.colors: fixed per class, or random per object
+COLOR_MODES = ("class", "instance")
+AUGMENT_ON = ("worker", "device")  # data.augment_on (bam_dense.data.device_augment)  # data.synthetic.colors: fixed per class, or random per object
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,6 +92,7 @@ class DataConfig:
     batch_size_per_gpu: int = 64
     num_workers: int = 8
     max_bad_fraction: float = 0.001  # stop when more than this share of reads fail
+    augment_on: str = "worker"  # worker: PIL views in the workers | device: workers draw parameters and crop, the device augments
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     views: ViewsConfig = field(default_factory=ViewsConfig)
 
@@ -265,6 +267,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "run.resume": (),  # free-form (auto | none | path)
     "run.device": (),
     "run.nan_policy": ("stop", "skip"),
+    "data.augment_on": AUGMENT_ON,
     "data.views.kind": ("multicrop", "two_view"),
     "data.synthetic.colors": COLOR_MODES,
     "data.views.interpolation": ("bicubic", "bilinear"),

@@ -33,6 +33,7 @@ from bam_dense.core.atomic import atomic_write_text
 from bam_dense.core.checkpoint import atomic_save, load_own
 from bam_dense.core.config import PretrainConfig, dump, to_dict
 from bam_dense.core.errors import UserFacingError
+from bam_dense.data.device_augment import DeviceAugment, DeviceViews, collate_device
 from bam_dense.data.pretrain import PretrainDataset, ResumableSampler, Views, collate, eval_transform
 from bam_dense.engine.flops import count_flops, device_peak_tflops, mfu
 from bam_dense.engine.knn import balanced_subset, extract, knn_accuracy
@@ -114,7 +115,11 @@ class Trainer:
 
         # data
         self.source = build_source(cfg)
-        self.views = Views(cfg.data.views)
+        # data.augment_on: device: workers draw parameters and crop, train_step augments on the device
+        on_device = cfg.data.augment_on == "device"
+        self.views = DeviceViews(cfg.data.views) if on_device else Views(cfg.data.views)
+        self.collate = collate_device if on_device else collate
+        self.device_augment = DeviceAugment(cfg.data.views, self.device) if on_device else None
         self.dataset = PretrainDataset(self.source, self.views, seed=cfg.run.seed)
         self.sampler = ResumableSampler(self.dataset, self.world, self.rank, seed=cfg.run.seed, drop_last=True)
         self.batch = cfg.data.batch_size_per_gpu
@@ -342,7 +347,7 @@ class Trainer:
         self.sampler.set_epoch(self.epoch, start=self.batch_in_epoch * self.batch)
         workers = self.cfg.data.num_workers
         return DataLoader(self.dataset, batch_size=self.batch, sampler=self.sampler, num_workers=workers,
-                          collate_fn=collate, pin_memory=self.use_cuda, drop_last=True,
+                          collate_fn=self.collate, pin_memory=self.use_cuda, drop_last=True,
                           worker_init_fn=procs.loader_worker_init(then=_ignore_sigterm) if workers > 0 else None,
                           persistent_workers=False)
 
@@ -371,15 +376,27 @@ class Trainer:
                     t_out = self.method.teacher_forward(self.teacher, crops)
             return self.method.loss(s_out, t_out, ctx)
 
+    def _prepare(self, crops: list) -> list[torch.Tensor]:
+        """The batch as the model takes it: augmented here when ``data.augment_on: device``, channels-last if set."""
+        if self.device_augment is not None:
+            crops = self.device_augment(crops)
+        if self.channels_last:
+            crops = [c.contiguous(memory_format=torch.channels_last) for c in crops]
+        return crops
+
     def train_step(self, crops: list[torch.Tensor], timings: dict | None = None) -> tuple[dict[str, float], float, bool]:
         """One optimizer step; returns (loss terms, grad norm, finite).
 
         One host synchronisation per step: the loss terms, the grad norm and the flags (non-finite loss on any
         rank, SIGTERM on any rank) travel to the host together, after the backward pass; a non-finite step then
-        skips the optimizer. ``timings`` (benchmarks) accumulates seconds per phase: forward (student, teacher,
-        loss), backward (with unscaling and clipping), optimizer (with the EMA update).
+        skips the optimizer. ``timings`` (benchmarks) accumulates seconds per phase: augment
+        (``data.augment_on: device``), forward (student, teacher, loss), backward (with unscaling and clipping),
+        optimizer (with the EMA update).
         """
         t = time.perf_counter()
+        crops = self._prepare(crops)
+        if self.device_augment is not None:
+            t = self._mark(timings, "augment", t)
         lr, wd = self.lr_at(self.step), self.wd_at(self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -429,6 +446,8 @@ class Trainer:
         cuda_rng = torch.cuda.get_rng_state(self.device) if self.use_cuda else None
         nets = [self.student] + ([self.teacher] if self.teacher is not None else [])
         buffers = [{k: b.clone() for k, b in net.named_buffers()} for net in nets]
+
+        crops = self._prepare(crops)  # augmentation is not the model's work: outside the count
 
         def step() -> None:
             loss, _ = self._forward_loss(crops, self.student)  # the bare student: no DDP hooks, no compile
@@ -498,8 +517,7 @@ class Trainer:
         while self.epoch < cfg.optim.epochs and self.step < max_steps:
             t_data = time.perf_counter()
             for crops, _, failed in self._loader():
-                memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
-                crops = [c.to(self.device, non_blocking=True, memory_format=memory_format) for c in crops]
+                crops = [c.to(self.device, non_blocking=True) for c in crops]
                 if self.gflop_per_image is None and cfg.run.count_flops:
                     self.gflop_per_image = self.count_step_flops(crops)
                     self.record("flops", {"gflop_per_image": self.gflop_per_image, "peak_tflops": self.peak_tflops})
