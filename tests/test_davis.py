@@ -349,7 +349,7 @@ def test_auto_pos_resample_follows_the_source_format(tmp_path, tiny_dino_arch):
     from bam_dense.core.errors import UserFacingError
     from bam_dense.davis.propagate import load_extractor
 
-    assert {f: resolve_pos_resample("auto", f) for f in FORMATS} == {f: "dino" if f == "dino" else "timm" for f in FORMATS}
+    assert {f: resolve_pos_resample("auto", f) for f in FORMATS} == {f: "dino" if f in ("dino", "ibot", "dinov2") else "timm" for f in FORMATS}
     assert resolve_pos_resample("auto", None) == "timm"  # --checkpoint random
     assert resolve_pos_resample("timm", "dino") == "timm" and resolve_pos_resample("dino", "bam-dense") == "dino"
     with pytest.raises(UserFacingError):

@@ -70,7 +70,8 @@ def _convert(sub) -> None:
     p.add_argument(
         "--source-format",
         default="auto",
-        choices=["auto", "bam-dense", "bam-official", "lewel-official", "dino", "timm", "torchvision"],
+        choices=["auto", "bam-dense", "bam-official", "lewel-official", "dino", "ibot", "dinov2", "mae", "mocov3", "timm",
+                 "torchvision"],
         help="source layout (detected automatically by default)",
     )
     p.add_argument("--trust-source", action="store_true", help="allow legacy pickles that need code execution to load (only for files you trust)")

@@ -20,7 +20,14 @@ import torch
 import torch.nn.functional as F
 
 from bam_dense.convert.maps import targets_for
-from bam_dense.convert.sources import ConversionError, Source, extract_backbone, read_checkpoint, resolve_arch
+from bam_dense.convert.sources import (
+    ConversionError,
+    Source,
+    create_meta_model,
+    extract_backbone,
+    read_checkpoint,
+    resolve_arch,
+)
 from bam_dense.core.atomic import atomic_write, atomic_write_text
 from bam_dense.core.checkpoint import atomic_save
 
@@ -66,20 +73,6 @@ class ConversionReport:
             lines.append(f"  reshaped     {key}: {tuple(old)} -> {tuple(new)} ({why})")
         lines += [f"  note         {n}" for n in self.notes]
         return "\n".join(lines)
-
-
-def _create_meta_model(arch: str, kwargs: dict):
-    import timm
-
-    from bam_dense.models.backbones import _timm_kwargs
-
-    if not timm.is_model(arch):
-        raise ConversionError(f"--arch {arch!r} is not a timm architecture")
-    with torch.device("meta"):
-        try:
-            return timm.create_model(arch, num_classes=0, **_timm_kwargs(kwargs))
-        except TypeError as err:
-            raise ConversionError(f"cannot build {arch} with {kwargs}: {err}") from None
 
 
 def resize_pos_embed(pos_embed: torch.Tensor, n_prefix: int, new_grid: tuple[int, int]) -> torch.Tensor:
@@ -131,7 +124,7 @@ def convert_source(source: Source, to: str, out: str | Path, arch: str | None = 
     report = ConversionReport(source=source.path, source_format=source.format, which=source.which, arch=arch,
                               model_kwargs=kwargs, target=to, output=str(out), dropped=[list(d) for d in source.dropped])
 
-    model = _create_meta_model(arch, kwargs)
+    model = create_meta_model(arch, kwargs)
     kind = family(model)
     if img_size is not None:
         if kind != "vit":
@@ -147,7 +140,7 @@ def convert_source(source: Source, to: str, out: str | Path, arch: str | None = 
                                              f"bicubic interpolation to {grid[0]}x{grid[1]} patches for --img-size {img_size}"])
         kwargs = {**kwargs, "img_size": img_size}
         report.model_kwargs = kwargs
-        model = _create_meta_model(arch, kwargs)
+        model = create_meta_model(arch, kwargs)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     for key, shape in expected.items():
         if key not in backbone:

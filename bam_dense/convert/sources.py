@@ -7,10 +7,17 @@ Layouts recognised (``--source-format auto`` detects them in this order):
 
 ==============  ==========================================================================================
 bam-dense       ``{"format": "bam-dense", "student": {"backbone.*", ...}, "teacher": {...}, "arch", ...}``
+ibot            DINO's layout with iBOT's ``module.backbone.masked_embed`` in the student (and ``head.last_layer2``)
 dino            ``{"student": {"module.backbone.*", "module.head.*"}, "teacher": {"backbone.*", "head.*"}}``
+dinov2          DINOv2 names (``mask_token``, ``blocks.N.ls1.gamma``, optional ``register_tokens``): a hub file, a
+                ``{"teacher": {"backbone.*", "dino_head.*", "ibot_head.*"}}`` eval file or a training
+                ``{"model": {"teacher.backbone.*", ...}}``; chunked blocks (``blocks.C.N.``) are unchunked
 bam-official    ``{"model": {"student.module.backbone.*", "teacher.backbone.*", "*.proj_head.*"}, "args"}``
                 (or ``module.backbone.*`` without a teacher)
 lewel-official  ``{"state_dict": {"module.online_net.backbone.*", "module.target_net.*", "module.predictor*"}}``
+mae             MAE pretraining ``{"model": {ViT encoder, "mask_token", "decoder_*"}}``
+mocov3          ``{"state_dict": {"module.base_encoder.*", "module.momentum_encoder.*", "module.predictor.*"}}``
+                (ViT or ResNet; the base encoder by default, as MoCo v3's own conversion scripts)
 timm            a plain ViT/MetaFormer state dict with timm names (optionally under ``state_dict``/``model``)
 torchvision     a plain ResNet state dict (``conv1``, ``bn1``, ``layerN``, ``fc``)
 ==============  ==========================================================================================
@@ -21,6 +28,7 @@ Files are read with ``torch.load(weights_only=True)`` or safetensors. A pickle t
 
 from __future__ import annotations
 
+import math
 import pickle
 import re
 import warnings
@@ -32,7 +40,7 @@ import torch
 
 from bam_dense.core.errors import UserFacingError
 
-FORMATS = ("bam-dense", "bam-official", "lewel-official", "dino", "timm", "torchvision")
+FORMATS = ("bam-dense", "bam-official", "lewel-official", "dino", "ibot", "dinov2", "mae", "mocov3", "timm", "torchvision")
 WRAPPER_TOKENS = ("module.", "_orig_mod.")
 
 
@@ -151,14 +159,35 @@ def _unwrap_plain(obj: dict) -> dict:
     return {_strip_wrappers(k): v for k, v in _tensors(obj).items()}
 
 
+def _looks_like_dinov2(keys) -> bool:
+    """DINOv2's own names: a mask token next to LayerScale ``gamma`` or register tokens (chunked or not)."""
+    keys = [re.sub(r"^(?:(?:student|teacher)\.)?(?:backbone\.)?", "", k) for k in keys]
+    return "mask_token" in keys and any(re.match(r"blocks\.\d+\.(?:\d+\.)?ls1\.gamma$", k) or k == "register_tokens"
+                                        for k in keys)
+
+
+def _looks_like_ibot(obj: dict) -> bool:
+    keys = [_strip_wrappers(k) for k in obj["student"]] + [_strip_wrappers(k) for k in obj["teacher"]]
+    return "ibot_loss" in obj or any(k == "backbone.masked_embed" or k.startswith(("head.last_layer2.", "head.mlp2."))
+                                     for k in keys)
+
+
+def _looks_like_mae(keys) -> bool:
+    return _looks_like_vit(keys) and any(k.startswith(("decoder_embed.", "decoder_blocks.", "decoder_pred.")) for k in keys)
+
+
 def detect_format(obj: object) -> str:
     if not isinstance(obj, dict) or not obj:
         raise ConversionError("not a checkpoint: expected a dict of tensors or a training checkpoint")
     if obj.get("format") == "bam-dense":
         return "bam-dense"
+    if isinstance(obj.get("teacher"), dict) and _looks_like_dinov2([_strip_wrappers(k) for k in obj["teacher"]]):
+        return "dinov2"
     if isinstance(obj.get("student"), dict) and isinstance(obj.get("teacher"), dict):
-        return "dino"
+        return "ibot" if _looks_like_ibot(obj) else "dino"
     model = obj.get("model")
+    if isinstance(model, dict) and _looks_like_dinov2([_strip_wrappers(k) for k in model]):
+        return "dinov2"
     if isinstance(model, dict):
         keys = [_strip_wrappers(k) for k in model]
         if any(".proj_head." in f".{k}" or k.startswith(("student.backbone.", "teacher.backbone.")) for k in keys):
@@ -166,12 +195,19 @@ def detect_format(obj: object) -> str:
     sd = obj.get("state_dict")
     if isinstance(sd, dict) and any("online_net." in k for k in sd):
         return "lewel-official"
+    if isinstance(sd, dict) and any(_strip_wrappers(k).startswith("base_encoder.") for k in sd):
+        return "mocov3"
     plain = _unwrap_plain(obj)
+    if _looks_like_dinov2(plain):
+        return "dinov2"
+    if _looks_like_mae(plain):
+        return "mae"
     if _looks_like_resnet(plain):
         return "torchvision"
     if _looks_like_vit(plain) or _looks_like_metaformer(plain):
         return "timm"
-    raise ConversionError("unrecognised checkpoint layout: no bam-dense, BAM, LEWEL, DINO, timm ViT/MetaFormer or "
+    raise ConversionError("unrecognised checkpoint layout: no bam-dense, BAM, LEWEL, DINO, iBOT, DINOv2, MAE, MoCo v3, "
+                          "timm ViT/MetaFormer or "
                           "torchvision ResNet keys found (pass --source-format to say what it is)")
 
 
@@ -236,12 +272,31 @@ def extract_backbone(obj: object, path: str, source_format: str = "auto", which:
         dropped += [(f"{other}.{k}", f"{other} copy") for k in (obj.get(other) or {})]
         backbone = _backbone_only(obj[which], dropped, f"{which}.")
         arch, kwargs = obj.get("arch"), dict(obj.get("model_kwargs") or {})
-    elif fmt == "dino":
+    elif fmt in ("dino", "ibot"):
         which = which or "teacher"
         other = "student" if which == "teacher" else "teacher"
+        if not isinstance(obj.get(which), dict):
+            raise ConversionError(f"{path}: no {which!r} network in this {fmt} checkpoint")
         dropped += [(f"{other}.{k}", f"{other} copy") for k in obj.get(other, {})]
         state = {_strip_wrappers(k): v for k, v in _tensors(obj[which]).items()}
         backbone = _backbone_only(state, dropped, f"{which}.")
+        if "masked_embed" in backbone:
+            backbone.pop("masked_embed")
+            dropped.append((f"{which}.backbone.masked_embed", MASK_TOKEN_REASON.format("iBOT")))
+    elif fmt == "dinov2":
+        backbone, which, arch, kwargs = _dinov2_backbone(obj, path, which, dropped)
+    elif fmt == "mae":
+        backbone = {}
+        for key, value in _unwrap_plain(obj).items():
+            if key.startswith("decoder"):
+                dropped.append((key, "MAE decoder (pretraining only)"))
+            elif key == "mask_token":
+                dropped.append((key, MASK_TOKEN_REASON.format("MAE's decoder")))
+            else:
+                backbone[key] = value
+        which = None
+    elif fmt == "mocov3":
+        backbone, which, kwargs = _mocov3_backbone(obj, path, which, dropped)
     elif fmt == "bam-official":
         state = {_strip_wrappers(k): v for k, v in _tensors(obj["model"]).items()}
         if any(k.startswith("teacher.") for k in state):
@@ -279,11 +334,111 @@ def extract_backbone(obj: object, path: str, source_format: str = "auto", which:
     return Source(path=str(path), format=fmt, which=which, backbone=backbone, arch=arch, model_kwargs=kwargs, dropped=dropped)
 
 
+def create_meta_model(arch: str, kwargs: dict):
+    """The timm architecture on the ``meta`` device (shapes and names, no memory), without classifier."""
+    import timm
+
+    from bam_dense.models.backbones import _timm_kwargs
+
+    if not timm.is_model(arch):
+        raise ConversionError(f"--arch {arch!r} is not a timm architecture")
+    with torch.device("meta"):
+        try:
+            return timm.create_model(arch, num_classes=0, **_timm_kwargs(kwargs))
+        except TypeError as err:
+            raise ConversionError(f"cannot build {arch} with {kwargs}: {err}") from None
+
+
+MASK_TOKEN_REASON = "mask token of {} masked-image modelling (training only, not used on unmasked images)"
+
+
+def _dinov2_backbone(obj: dict, path: str, which: str | None, dropped: list) -> tuple[dict, str | None, str, dict]:
+    """DINOv2 tensors -> timm names through timm's own ``checkpoint_filter_fn`` (which drops ``mask_token``,
+    renames SwiGLU ``w12``/``w3`` and moves registers and the CLS position out of ``pos_embed``)."""
+    if isinstance(obj.get("teacher"), dict):  # eval/teacher_checkpoint.pth
+        if which == "student":
+            raise ConversionError(f"{path}: this DINOv2 file holds the teacher only")
+        state, which, prefix = obj["teacher"], "teacher", "teacher."
+    else:
+        state = obj.get("model") if isinstance(obj.get("model"), dict) else obj.get("state_dict", obj)
+        prefix = ""
+    state = {_strip_wrappers(k): v for k, v in _tensors(state).items()}
+    if any(k.startswith(("student.", "teacher.")) for k in state):
+        which = which or "teacher"
+        other = "student" if which == "teacher" else "teacher"
+        state = _split_network(state, f"{which}.", f"{other} copy", dropped)
+        prefix = f"{which}."
+    if any(k.startswith("backbone.") for k in state):
+        state = _backbone_only(state, dropped, prefix)
+    state = {re.sub(r"^blocks\.\d+\.(\d+)\.", r"blocks.\1.", k): v for k, v in state.items()}  # BlockChunk
+    state = _drop_classifier(state, dropped, prefix)
+    if "mask_token" in state:
+        dropped.append((prefix + ("backbone." if prefix else "") + "mask_token", MASK_TOKEN_REASON.format("DINOv2's iBOT loss")))
+    arch, kwargs = _dinov2_arch(state)
+    from timm.models.vision_transformer import checkpoint_filter_fn
+
+    model = create_meta_model(arch, kwargs)
+    backbone = checkpoint_filter_fn(dict(state), model)
+    backbone.pop("mask_token", None)  # timm drops it when it sees the layout; never keep it
+    return backbone, which, arch, kwargs
+
+
+def _dinov2_arch(state: dict) -> tuple[str, dict]:
+    """The timm ``vit_*_patch14[_reg4]_dinov2`` architecture of DINOv2 (or timm-named DINOv2) tensors."""
+    dim = state["patch_embed.proj.weight"].shape[0]
+    patch = state["patch_embed.proj.weight"].shape[-1]
+    size = {384: "small", 768: "base", 1024: "large", 1536: "giant"}.get(dim)
+    kwargs: dict = {}
+    if size is None:  # another width: DINOv2's sizes all use 64-channel heads
+        if dim % 64 or "blocks.0.mlp.w12.weight" in state:
+            raise ConversionError(f"no DINOv2 architecture of embed dim {dim}; pass --arch")
+        size, kwargs = "small", {"embed_dim": dim, "num_heads": dim // 64}
+    n_reg = (state["register_tokens"] if "register_tokens" in state else state.get("reg_token", torch.zeros(1, 0))).shape[1]
+    arch = f"vit_{size}_patch14{'_reg4' if n_reg else ''}_dinov2"
+    if n_reg not in (0, 4):
+        kwargs["reg_tokens"] = n_reg
+    if patch != 14:
+        kwargs["patch_size"] = patch
+    depth = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k)))
+    if depth != {"small": 12, "base": 12, "large": 24, "giant": 40}[size]:
+        kwargs["depth"] = depth
+    n_pos = state["pos_embed"].shape[1] - (0 if "reg_token" in state else 1)  # timm's reg layout has no CLS row
+    side = math.isqrt(n_pos)
+    if side * side == n_pos and side * patch != 518:
+        kwargs["img_size"] = side * patch
+    return arch, kwargs
+
+
+def _mocov3_backbone(obj: dict, path: str, which: str | None, dropped: list) -> tuple[dict, str, dict]:
+    """MoCo v3: the base encoder (``--which student``, default, as MoCo v3's ``main_lincls``/``convert_to_deit``)
+    or the momentum encoder (``--which teacher``); projector heads and the predictor dropped."""
+    state = {_strip_wrappers(k): v for k, v in _tensors(obj["state_dict"]).items()}
+    which = which or "student"
+    net = "base_encoder." if which == "student" else "momentum_encoder."
+    other = "momentum encoder copy" if which == "student" else "base encoder copy"
+    backbone = {}
+    for key, value in state.items():
+        if key.startswith(net):
+            rest = key[len(net):]
+            if rest.startswith(("head.", "fc.")):
+                dropped.append((key, "projector (pretraining head)"))
+            else:
+                backbone[rest] = value
+        elif key.startswith(("base_encoder.", "momentum_encoder.")):
+            dropped.append((key, other))
+        else:
+            dropped.append((key, _head_reason(key)))
+    kwargs = {}
+    if "cls_token" in backbone and backbone["cls_token"].shape[-1] == 384:  # MoCo v3's ViT-S has 12 heads
+        kwargs = {"num_heads": 12}
+    return backbone, which, kwargs
+
+
 # How each source's own evaluation resamples a ViT's position table to other input sizes (see
-# bam_dense.models.pos_embed): DINO with its interpolate_pos_encoding (iBOT, same function, saves training
-# checkpoints in DINO's student/teacher layout, so they are detected as "dino"); BAM's evaluation goes
-# through timm, as do bam-dense checkpoints and plain timm files (which no longer say where they came from).
-NATIVE_POS_RESAMPLE = {"dino": "dino"}
+# bam_dense.models.pos_embed): DINO with its interpolate_pos_encoding, iBOT (the same function) and DINOv2
+# (the same: offset 0.1, scale factor, no antialias, same early-out); BAM's, MAE's and MoCo v3's evaluations
+# go through timm, as do bam-dense checkpoints and plain timm files (which no longer say where they came from).
+NATIVE_POS_RESAMPLE = {"dino": "dino", "ibot": "dino", "dinov2": "dino"}
 POS_RESAMPLE_CHOICES = ("auto", "timm", "dino")
 
 
@@ -306,9 +461,16 @@ def resolve_arch(source: Source, arch: str | None = None) -> tuple[str, dict]:
     return name, kwargs
 
 
-VIT_SIZES = {192: "tiny", 384: "small", 768: "base", 1024: "large"}
+VIT_SIZES = {192: "tiny", 384: "small", 768: "base", 1024: "large", 1280: "huge"}
+VIT_DEPTHS = {"large": 24, "huge": 32}
 RESNET_BLOCKS = {((2, 2, 2, 2), False): "resnet18", ((3, 4, 6, 3), False): "resnet34", ((3, 4, 6, 3), True): "resnet50",
                  ((3, 4, 23, 3), True): "resnet101", ((3, 8, 36, 3), True): "resnet152"}
+
+
+def _timm_names() -> set[str]:
+    import timm
+
+    return set(timm.list_models())
 
 
 def infer_arch(backbone: dict[str, torch.Tensor]) -> tuple[str, dict]:
@@ -318,6 +480,8 @@ def infer_arch(backbone: dict[str, torch.Tensor]) -> tuple[str, dict]:
     the source records it (bam-dense checkpoints do; official BAM ViT-S is known to use 12).
     """
     keys = backbone.keys()
+    if _looks_like_vit(keys) and "blocks.0.ls1.gamma" in keys and backbone["patch_embed.proj.weight"].shape[-1] == 14:
+        return _dinov2_arch(backbone)  # timm-named DINOv2 (timm's own hub files)
     if _looks_like_vit(keys):
         dim = backbone["patch_embed.proj.weight"].shape[0]
         patch = backbone["patch_embed.proj.weight"].shape[-1]
@@ -326,12 +490,24 @@ def infer_arch(backbone: dict[str, torch.Tensor]) -> tuple[str, dict]:
         if size is None:
             raise ConversionError(f"cannot infer the ViT architecture (embed dim {dim}); pass --arch")
         kwargs = {}
-        if patch in (8, 14, 16, 32):
+        if "dist_token" in keys:  # distilled DeiT
+            arch = f"deit_{size}_distilled_patch16_224"
+            if patch != 16:
+                kwargs["patch_size"] = patch
+        elif f"vit_{size}_patch{patch}_224" in _timm_names():
             arch = f"vit_{size}_patch{patch}_224"
         else:
             arch, kwargs["patch_size"] = f"vit_{size}_patch16_224", patch
-        if depth != (24 if size == "large" else 12):
+        if depth != VIT_DEPTHS.get(size, 12):
             kwargs["depth"] = depth
+        if "pos_embed" in backbone:  # the grid the table was trained for (224 pixels unless it says otherwise)
+            n_pos = backbone["pos_embed"].shape[1]
+            for n_prefix in (1 + ("dist_token" in keys), 0):
+                side = math.isqrt(max(n_pos - n_prefix, 0))
+                if side * side == n_pos - n_prefix:
+                    if side * patch != 224:
+                        kwargs["img_size"] = side * patch
+                    break
         return arch, kwargs
     if _looks_like_resnet(keys):
         blocks = tuple(1 + max((int(m.group(1)) for k in keys if (m := re.match(rf"layer{i}\.(\d+)\.", k))), default=-1)

@@ -1,0 +1,241 @@
+"""Public encoders in: each source layout is detected, rebuilt as timm defines it, and gives the source's features.
+
+DINOv2 is checked against its own code (``fixtures/dinov2_official.pt``, see its script); the other layouts are
+built from timm's definition of the architecture and saved under the source's own key names (read from the
+official code: iBOT ``main_ibot.py``/``models/vision_transformer.py``, MAE ``models_mae.py``, MoCo v3
+``moco/builder.py``/``vits.py``, DeiT ``main.py``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+from bam_dense.convert import convert, load_source, report_path
+from bam_dense.convert.sources import detect_format, resolve_pos_resample
+from bam_dense.models.backbones import create_backbone, features
+
+DINOV2 = torch.load(Path(__file__).parent / "fixtures" / "dinov2_official.pt", weights_only=True)
+
+
+def randomised(arch: str, seed: int = 0, **kwargs) -> torch.nn.Module:
+    """A timm model in eval mode whose tokens, position table and LayerScale gammas are random too."""
+    torch.manual_seed(seed)
+    model = timm.create_model(arch, num_classes=0, **kwargs).eval()
+    with torch.no_grad():
+        for key, param in model.named_parameters():
+            if key.endswith("gamma") or key.endswith("_token") or key == "pos_embed":
+                param.normal_()
+    return model
+
+
+def converted_model(src: Path, tmp_path: Path, **kwargs):
+    """``convert`` to timm, then the converted file loaded strictly into the architecture the report names."""
+    out = tmp_path / "out_timm.pth"
+    report = convert(src, "timm", out, **kwargs)
+    model = create_backbone(report.arch, report.model_kwargs, pos_embed="learned").eval()
+    model.load_state_dict(torch.load(out, weights_only=True), strict=True)
+    return model, report, json.loads(report_path(out, "timm").read_text())
+
+
+def dropped(report_json: dict) -> dict[str, str]:
+    return dict(report_json["dropped"])
+
+
+# ---------------------------------------------------------------------------- DINOv2 (its own code)
+@pytest.mark.parametrize("name", ["plain", "reg4"])
+def test_dinov2_gives_dinov2s_own_features_at_the_table_size_and_resampled(name, tmp_path):
+    record = DINOV2[name]
+    src = tmp_path / f"dinov2_{name}.pth"
+    torch.save(record["checkpoint"], src)
+    assert detect_format(record["checkpoint"]) == "dinov2"
+    model, report, rep = converted_model(src, tmp_path)
+    n_reg = 4 if name == "reg4" else 0
+    assert report.arch == ("vit_small_patch14_reg4_dinov2" if n_reg else "vit_small_patch14_dinov2")
+    assert report.model_kwargs == {"embed_dim": 64, "num_heads": 1, "depth": 1 + (name == "reg4"), "img_size": 56}
+    assert model.num_prefix_tokens == 1 + n_reg and all(f"blocks.{i}.ls1.gamma" in rep["filled"] for i in range(len(model.blocks)))
+    mask_key = "teacher.backbone.mask_token" if n_reg else "mask_token"
+    assert "mask token" in dropped(rep)[mask_key] and "training only" in dropped(rep)[mask_key]
+    if n_reg:
+        assert dropped(rep)["teacher.dino_head.mlp.0.weight"] == "pretraining head"
+        assert dropped(rep)["teacher.ibot_head.mlp.0.weight"] == "pretraining head"
+    mode = resolve_pos_resample("auto", report.source_format)
+    assert mode == "dino"
+    for tag, x in record["inputs"].items():
+        expected = record["outputs"][tag]
+        got = features(model, x, pos_resample=mode)
+        h, w = x.shape[-2] // 14, x.shape[-1] // 14
+        assert got.dense.shape == (1, 64, h, w)  # one cell per patch: no register taken for a patch
+        torch.testing.assert_close(got.dense.flatten(2).transpose(1, 2), expected["patch"], atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(got.pooled, expected["cls"], atol=2e-5, rtol=1e-4)
+
+
+def test_dinov2_with_registers_loads_through_the_protocols_loader(tmp_path):
+    from bam_dense.davis.propagate import load_extractor
+
+    record = DINOV2["reg4"]
+    src = tmp_path / "dinov2_reg4_teacher.pth"
+    torch.save(record["checkpoint"], src)
+    extractor = load_extractor(str(src), None, None, False, torch.device("cpu"))
+    assert extractor.backbone.num_prefix_tokens == 5 and extractor.pos_resample == "dino"
+    dense = extractor(record["inputs"]["other_70x84"])
+    assert dense.shape == (1, 64, 5, 6)
+    torch.testing.assert_close(dense.flatten(2).transpose(1, 2), record["outputs"]["other_70x84"]["patch"], atol=2e-5, rtol=1e-4)
+
+
+def test_timm_named_dinov2_is_inferred_as_the_dinov2_architecture(tmp_path):
+    model = randomised("vit_small_patch14_reg4_dinov2", depth=1, img_size=56)
+    src = tmp_path / "timm_dinov2.pth"
+    torch.save(model.state_dict(), src)
+    loaded, report, _ = converted_model(src, tmp_path)
+    assert report.source_format == "timm" and report.arch == "vit_small_patch14_reg4_dinov2"
+    x = torch.randn(2, 3, 56, 56)
+    torch.testing.assert_close(features(loaded, x).dense, features(model, x).dense)
+
+
+# ---------------------------------------------------------------------------- registers in features()
+def test_dense_features_skip_every_prefix_token_of_a_register_model():
+    model = randomised("vit_small_patch14_reg4_dinov2", depth=1, img_size=56, dynamic_img_size=True)
+    assert model.num_prefix_tokens == 5
+    for size, mode in (((56, 56), "timm"), ((70, 84), "timm"), ((70, 84), "dino")):
+        x = torch.randn(2, 3, *size)
+        out = features(model, x, pos_resample=mode)
+        h, w = size[0] // 14, size[1] // 14
+        assert out.dense.shape == (2, 384, h, w)
+        if mode == "timm":
+            tokens = model.forward_features(x)
+            torch.testing.assert_close(out.dense.flatten(2).transpose(1, 2), tokens[:, 5:])
+            torch.testing.assert_close(out.pooled, tokens[:, 0])
+
+
+# ---------------------------------------------------------------------------- iBOT
+def ibot_checkpoint(model: torch.nn.Module) -> dict:
+    """iBOT's ``checkpoint.pth``: MultiCropWrapper(backbone, iBOTHead) state dicts, the student under DDP's ``module.``,
+    the student backbone with its ``masked_embed``, heads with ``last_layer2`` for patch tokens."""
+    backbone = model.state_dict()
+    head = {"head.mlp.0.weight": torch.randn(32, 384), "head.mlp.0.bias": torch.zeros(32),
+            "head.last_layer.weight_g": torch.ones(16, 1), "head.last_layer.weight_v": torch.randn(16, 32),
+            "head.last_layer2.weight_g": torch.ones(16, 1), "head.last_layer2.weight_v": torch.randn(16, 32)}
+    teacher = {**{f"backbone.{k}": v for k, v in backbone.items()}, **head}
+    student = {f"module.{k}": v.clone() + 1 for k, v in teacher.items()}
+    student["module.backbone.masked_embed"] = torch.zeros(1, 384)
+    return {"student": student, "teacher": teacher, "epoch": 3, "ibot_loss": {"center": torch.zeros(1, 16)}}
+
+
+def test_ibot_teacher_converts_and_gives_its_features(tmp_path):
+    model = randomised("vit_small_patch16_224", depth=2)
+    src = tmp_path / "ibot_checkpoint.pth"
+    torch.save(ibot_checkpoint(model), src)
+    loaded, report, rep = converted_model(src, tmp_path)
+    assert report.source_format == "ibot" and report.which == "teacher"
+    assert report.arch == "vit_small_patch16_224" and report.model_kwargs == {"depth": 2}
+    assert dropped(rep)["student.module.backbone.masked_embed"] == "student copy"
+    assert dropped(rep)["teacher.head.last_layer2.weight_v"] == "pretraining head"
+    assert resolve_pos_resample("auto", "ibot") == "dino"
+    x = torch.randn(2, 3, 224, 224)
+    torch.testing.assert_close(features(loaded, x).dense, features(model, x).dense)
+
+
+def test_ibot_student_drops_its_masked_embed_with_the_reason(tmp_path):
+    model = randomised("vit_small_patch16_224", depth=1)
+    src = tmp_path / "ibot_checkpoint.pth"
+    torch.save(ibot_checkpoint(model), src)
+    source = load_source(src, which="student")
+    assert "masked_embed" not in source.backbone
+    assert "mask token" in dict(source.dropped)["student.backbone.masked_embed"]
+    assert torch.equal(source.backbone["blocks.0.attn.qkv.weight"], model.state_dict()["blocks.0.attn.qkv.weight"] + 1)
+
+
+# ---------------------------------------------------------------------------- MAE
+def test_mae_pretraining_checkpoint_drops_the_decoder_and_gives_the_encoders_features(tmp_path):
+    model = randomised("vit_base_patch16_224", depth=1)
+    decoder = {"mask_token": torch.zeros(1, 1, 64), "decoder_embed.weight": torch.randn(64, 768), "decoder_embed.bias": torch.zeros(64),
+               "decoder_pos_embed": torch.zeros(1, 197, 64), "decoder_blocks.0.norm1.weight": torch.ones(64),
+               "decoder_norm.weight": torch.ones(64), "decoder_pred.weight": torch.randn(768, 64), "decoder_pred.bias": torch.zeros(768)}
+    src = tmp_path / "mae_visualize_vit_base.pth"
+    torch.save({"model": {**model.state_dict(), **decoder}}, src)
+    loaded, report, rep = converted_model(src, tmp_path)
+    assert report.source_format == "mae" and report.arch == "vit_base_patch16_224"
+    reasons = dropped(rep)
+    assert reasons["decoder_blocks.0.norm1.weight"] == "MAE decoder (pretraining only)"
+    assert "mask token" in reasons["mask_token"]
+    assert resolve_pos_resample("auto", "mae") == "timm"
+    x = torch.randn(1, 3, 224, 224)
+    torch.testing.assert_close(features(loaded, x).pooled, features(model, x).pooled)
+
+
+# ---------------------------------------------------------------------------- MoCo v3
+def test_mocov3_vit_small_takes_the_base_encoder_with_12_heads(tmp_path):
+    model = randomised("vit_small_patch16_224", depth=1, num_heads=12)
+    enc = model.state_dict()
+    projector = {"head.0.weight": torch.randn(32, 384), "head.1.weight": torch.ones(32), "head.1.running_mean": torch.zeros(32)}
+    state = {**{f"module.base_encoder.{k}": v for k, v in {**enc, **projector}.items()},
+             **{f"module.momentum_encoder.{k}": v + 1 for k, v in {**enc, **projector}.items()},
+             "module.predictor.0.weight": torch.randn(32, 32)}
+    src = tmp_path / "vit-s-300ep.pth.tar"
+    torch.save({"epoch": 300, "arch": "vit_small", "state_dict": state, "optimizer": {}}, src)
+    loaded, report, rep = converted_model(src, tmp_path)
+    assert report.source_format == "mocov3" and report.which == "student"
+    assert report.model_kwargs == {"num_heads": 12, "depth": 1}
+    reasons = dropped(rep)  # reported without DDP's module. wrapper
+    assert reasons["base_encoder.head.0.weight"] == "projector (pretraining head)"
+    assert reasons["momentum_encoder.blocks.0.norm1.weight"] == "momentum encoder copy"
+    assert reasons["predictor.0.weight"] == "predictor (pretraining head)"
+    x = torch.randn(1, 3, 224, 224)
+    torch.testing.assert_close(features(loaded, x).dense, features(model, x).dense)
+    assert load_source(src, which="teacher").backbone["cls_token"].equal(enc["cls_token"] + 1)
+
+
+def test_mocov3_resnet50_drops_the_projector_fc(tmp_path):
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet50().eval()
+    enc = {k: v for k, v in model.state_dict().items() if not k.startswith("fc.")}
+    projector = {"fc.0.weight": torch.randn(32, 2048), "fc.1.weight": torch.ones(32)}
+    state = {**{f"module.base_encoder.{k}": v for k, v in {**enc, **projector}.items()},
+             **{f"module.momentum_encoder.{k}": v for k, v in {**enc, **projector}.items()},
+             "module.predictor.0.weight": torch.randn(32, 32)}
+    src = tmp_path / "r-50-1000ep.pth.tar"
+    torch.save({"epoch": 1000, "arch": "resnet50", "state_dict": state}, src)
+    loaded, report, rep = converted_model(src, tmp_path)
+    assert report.source_format == "mocov3" and report.arch == "resnet50"
+    assert dropped(rep)["base_encoder.fc.0.weight"] == "projector (pretraining head)"
+    x = torch.randn(1, 3, 64, 64)
+    body = torch.nn.Sequential(*list(model.children())[:-2])
+    torch.testing.assert_close(features(loaded, x).dense, body(x))
+
+
+# ---------------------------------------------------------------------------- DeiT (supervised)
+@pytest.mark.parametrize("arch", ["deit_tiny_patch16_224", "deit_tiny_distilled_patch16_224"])
+def test_deit_checkpoint_drops_its_classifiers_and_gives_its_features(arch, tmp_path):
+    torch.manual_seed(0)
+    model = timm.create_model(arch, depth=1).eval()  # with its classifier(s), as DeiT's main.py saves {"model": ...}
+    src = tmp_path / "deit.pth"
+    torch.save({"model": model.state_dict(), "epoch": 299}, src)
+    loaded, report, rep = converted_model(src, tmp_path)
+    assert report.source_format == "timm"
+    assert report.arch == ("deit_tiny_distilled_patch16_224" if "distilled" in arch else "vit_tiny_patch16_224")
+    assert dropped(rep)["head.weight"] == "classifier"
+    if "distilled" in arch:
+        assert dropped(rep)["head_dist.weight"] == "classifier" and loaded.num_prefix_tokens == 2
+    x = torch.randn(1, 3, 224, 224)
+    ref = model.forward_features(x)
+    out = features(loaded, x)
+    assert out.dense.shape == (1, 192, 14, 14)
+    torch.testing.assert_close(out.dense.flatten(2).transpose(1, 2), ref[:, model.num_prefix_tokens:])
+
+
+# ---------------------------------------------------------------------------- CLI
+def test_cli_offers_every_source_format():
+    from bam_dense.cli import build_parser
+    from bam_dense.convert.sources import FORMATS
+
+    parser = build_parser()
+    for fmt in FORMATS:
+        args = parser.parse_args(["convert", "x.pth", "--to", "timm", "--out", "y.pth", "--source-format", fmt])
+        assert args.source_format == fmt
