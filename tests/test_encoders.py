@@ -1,6 +1,6 @@
 """Public encoders in: each source layout is detected, rebuilt as timm defines it, and gives the source's features.
 
-DINOv2 is checked against its own code (``fixtures/dinov2_official.pt``, see its script); the other layouts are
+DINOv2 and DINOv3 are checked against their own code (``fixtures/dinov{2,3}_official.pt``, see their scripts); the other layouts are
 built from timm's definition of the architecture and saved under the source's own key names (read from the
 official code: iBOT ``main_ibot.py``/``models/vision_transformer.py``, MAE ``models_mae.py``, MoCo v3
 ``moco/builder.py``/``vits.py``, DeiT ``main.py``).
@@ -20,6 +20,7 @@ from bam_dense.convert.sources import detect_format, resolve_pos_resample
 from bam_dense.models.backbones import create_backbone, features
 
 DINOV2 = torch.load(Path(__file__).parent / "fixtures" / "dinov2_official.pt", weights_only=True)
+DINOV3 = torch.load(Path(__file__).parent / "fixtures" / "dinov3_official.pt", weights_only=True)
 
 
 def randomised(arch: str, seed: int = 0, **kwargs) -> torch.nn.Module:
@@ -95,6 +96,48 @@ def test_timm_named_dinov2_is_inferred_as_the_dinov2_architecture(tmp_path):
     assert report.source_format == "timm" and report.arch == "vit_small_patch14_reg4_dinov2"
     x = torch.randn(2, 3, 56, 56)
     torch.testing.assert_close(features(loaded, x).dense, features(model, x).dense)
+
+
+# ---------------------------------------------------------------------------- DINOv3 (its own code)
+@pytest.mark.parametrize("name", ["qkvb", "nobias"])
+def test_dinov3_gives_dinov3s_own_features_through_timms_rope_vit(name, tmp_path):
+    record = DINOV3[name]
+    src = tmp_path / f"dinov3_{name}.pth"
+    torch.save(record["checkpoint"], src)
+    assert detect_format(record["checkpoint"]) == "dinov3"
+    model, report, rep = converted_model(src, tmp_path)
+    assert report.arch == ("vit_small_patch16_dinov3_qkvb" if name == "qkvb" else "vit_small_patch16_dinov3")
+    assert report.model_kwargs == {"global_pool": "token", "embed_dim": 64, "num_heads": 1, "depth": 2 if name == "qkvb" else 1}
+    assert model.num_prefix_tokens == 5 and "blocks.0.gamma_1" in rep["filled"]
+    prefix = "" if name == "qkvb" else "teacher.backbone."
+    reasons = dropped(rep)
+    assert "mask token" in reasons[prefix + "mask_token"] and "training only" in reasons[prefix + "mask_token"]
+    assert "RoPE periods" in reasons[prefix + "rope_embed.periods"]
+    assert "key bias" in reasons[prefix + "blocks.0.attn.qkv.bias_mask"]
+    if name == "nobias":
+        assert "all-zero" in reasons["teacher.backbone.blocks.0.attn.qkv.bias"]
+        assert reasons["teacher.dino_head.mlp.0.weight"] == "pretraining head"
+    else:
+        assert "blocks.1.attn.q_bias" in rep["filled"] and "blocks.1.attn.v_bias" in rep["filled"]
+    for tag, x in record["inputs"].items():
+        expected = record["outputs"][tag]
+        got = features(model, x)
+        assert got.dense.shape == (1, 64, x.shape[-2] // 16, x.shape[-1] // 16)  # no storage token taken for a patch
+        torch.testing.assert_close(got.dense.flatten(2).transpose(1, 2), expected["patch"], atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(got.pooled, expected["cls"], atol=2e-5, rtol=1e-4)
+
+
+def test_dinov3_loads_through_the_protocols_loader(tmp_path):
+    from bam_dense.davis.propagate import load_extractor
+
+    record = DINOV3["nobias"]
+    src = tmp_path / "dinov3_teacher_checkpoint.pth"
+    torch.save(record["checkpoint"], src)
+    extractor = load_extractor(str(src), None, None, False, torch.device("cpu"))
+    assert extractor.kind == "eva" and extractor.patch == 16
+    dense = extractor(record["inputs"]["wide_48x80"])
+    assert dense.shape == (1, 64, 3, 5)
+    torch.testing.assert_close(dense.flatten(2).transpose(1, 2), record["outputs"]["wide_48x80"]["patch"], atol=2e-5, rtol=1e-4)
 
 
 # ---------------------------------------------------------------------------- registers in features()

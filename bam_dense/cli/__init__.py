@@ -70,7 +70,7 @@ def _convert(sub) -> None:
     p.add_argument(
         "--source-format",
         default="auto",
-        choices=["auto", "bam-dense", "bam-official", "lewel-official", "dino", "ibot", "dinov2", "mae", "mocov3", "timm",
+        choices=["auto", "bam-dense", "bam-official", "lewel-official", "dino", "ibot", "dinov2", "dinov3", "mae", "mocov3", "timm",
                  "torchvision"],
         help="source layout (detected automatically by default)",
     )

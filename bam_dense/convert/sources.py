@@ -15,6 +15,7 @@ dinov2          DINOv2 names (``mask_token``, ``blocks.N.ls1.gamma``, optional `
 bam-official    ``{"model": {"student.module.backbone.*", "teacher.backbone.*", "*.proj_head.*"}, "args"}``
                 (or ``module.backbone.*`` without a teacher)
 lewel-official  ``{"state_dict": {"module.online_net.backbone.*", "module.target_net.*", "module.predictor*"}}``
+dinov3          DINOv3 names (``storage_tokens``, ``rope_embed.periods``, ``blocks.N.ls1.gamma``, ``qkv.bias_mask``)
 mae             MAE pretraining ``{"model": {ViT encoder, "mask_token", "decoder_*"}}``
 mocov3          ``{"state_dict": {"module.base_encoder.*", "module.momentum_encoder.*", "module.predictor.*"}}``
                 (ViT or ResNet; the base encoder by default, as MoCo v3's own conversion scripts)
@@ -40,7 +41,8 @@ import torch
 
 from bam_dense.core.errors import UserFacingError
 
-FORMATS = ("bam-dense", "bam-official", "lewel-official", "dino", "ibot", "dinov2", "mae", "mocov3", "timm", "torchvision")
+FORMATS = ("bam-dense", "bam-official", "lewel-official", "dino", "ibot", "dinov2", "dinov3", "mae", "mocov3", "timm",
+           "torchvision")
 WRAPPER_TOKENS = ("module.", "_orig_mod.")
 
 
@@ -166,6 +168,12 @@ def _looks_like_dinov2(keys) -> bool:
                                         for k in keys)
 
 
+def _looks_like_dinov3(keys) -> bool:
+    """DINOv3's own names: storage (register) tokens next to its RoPE periods."""
+    keys = [re.sub(r"^(?:(?:student|teacher)\.)?(?:backbone\.)?", "", k) for k in keys]
+    return "storage_tokens" in keys and "rope_embed.periods" in keys
+
+
 def _looks_like_ibot(obj: dict) -> bool:
     keys = [_strip_wrappers(k) for k in obj["student"]] + [_strip_wrappers(k) for k in obj["teacher"]]
     return "ibot_loss" in obj or any(k == "backbone.masked_embed" or k.startswith(("head.last_layer2.", "head.mlp2."))
@@ -181,11 +189,15 @@ def detect_format(obj: object) -> str:
         raise ConversionError("not a checkpoint: expected a dict of tensors or a training checkpoint")
     if obj.get("format") == "bam-dense":
         return "bam-dense"
+    if isinstance(obj.get("teacher"), dict) and _looks_like_dinov3([_strip_wrappers(k) for k in obj["teacher"]]):
+        return "dinov3"
     if isinstance(obj.get("teacher"), dict) and _looks_like_dinov2([_strip_wrappers(k) for k in obj["teacher"]]):
         return "dinov2"
     if isinstance(obj.get("student"), dict) and isinstance(obj.get("teacher"), dict):
         return "ibot" if _looks_like_ibot(obj) else "dino"
     model = obj.get("model")
+    if isinstance(model, dict) and _looks_like_dinov3([_strip_wrappers(k) for k in model]):
+        return "dinov3"
     if isinstance(model, dict) and _looks_like_dinov2([_strip_wrappers(k) for k in model]):
         return "dinov2"
     if isinstance(model, dict):
@@ -198,6 +210,8 @@ def detect_format(obj: object) -> str:
     if isinstance(sd, dict) and any(_strip_wrappers(k).startswith("base_encoder.") for k in sd):
         return "mocov3"
     plain = _unwrap_plain(obj)
+    if _looks_like_dinov3(plain):
+        return "dinov3"
     if _looks_like_dinov2(plain):
         return "dinov2"
     if _looks_like_mae(plain):
@@ -285,6 +299,8 @@ def extract_backbone(obj: object, path: str, source_format: str = "auto", which:
             dropped.append((f"{which}.backbone.masked_embed", MASK_TOKEN_REASON.format("iBOT")))
     elif fmt == "dinov2":
         backbone, which, arch, kwargs = _dinov2_backbone(obj, path, which, dropped)
+    elif fmt == "dinov3":
+        backbone, which, arch, kwargs = _dinov3_backbone(obj, path, which, dropped)
     elif fmt == "mae":
         backbone = {}
         for key, value in _unwrap_plain(obj).items():
@@ -349,15 +365,15 @@ def create_meta_model(arch: str, kwargs: dict):
             raise ConversionError(f"cannot build {arch} with {kwargs}: {err}") from None
 
 
-MASK_TOKEN_REASON = "mask token of {} masked-image modelling (training only, not used on unmasked images)"
+MASK_TOKEN_REASON = "mask token for {} (masked-image modelling, training only: unmasked images never use it)"
 
 
-def _dinov2_backbone(obj: dict, path: str, which: str | None, dropped: list) -> tuple[dict, str | None, str, dict]:
-    """DINOv2 tensors -> timm names through timm's own ``checkpoint_filter_fn`` (which drops ``mask_token``,
-    renames SwiGLU ``w12``/``w3`` and moves registers and the CLS position out of ``pos_embed``)."""
+def _dino_family_state(obj: dict, path: str, which: str | None, dropped: list, name: str) -> tuple[dict, str | None, str]:
+    """The backbone tensors of a DINOv2/DINOv3 file (hub, ``{"teacher": ...}`` eval file or ``model`` training
+    checkpoint), heads dropped, chunked blocks unchunked; also ``which`` and the report prefix."""
     if isinstance(obj.get("teacher"), dict):  # eval/teacher_checkpoint.pth
         if which == "student":
-            raise ConversionError(f"{path}: this DINOv2 file holds the teacher only")
+            raise ConversionError(f"{path}: this {name} file holds the teacher only")
         state, which, prefix = obj["teacher"], "teacher", "teacher."
     else:
         state = obj.get("model") if isinstance(obj.get("model"), dict) else obj.get("state_dict", obj)
@@ -370,10 +386,17 @@ def _dinov2_backbone(obj: dict, path: str, which: str | None, dropped: list) -> 
         prefix = f"{which}."
     if any(k.startswith("backbone.") for k in state):
         state = _backbone_only(state, dropped, prefix)
+        prefix += "backbone."
     state = {re.sub(r"^blocks\.\d+\.(\d+)\.", r"blocks.\1.", k): v for k, v in state.items()}  # BlockChunk
-    state = _drop_classifier(state, dropped, prefix)
+    return _drop_classifier(state, dropped, prefix), which, prefix
+
+
+def _dinov2_backbone(obj: dict, path: str, which: str | None, dropped: list) -> tuple[dict, str | None, str, dict]:
+    """DINOv2 tensors -> timm names through timm's own ``checkpoint_filter_fn`` (which drops ``mask_token``,
+    renames SwiGLU ``w12``/``w3`` and moves registers and the CLS position out of ``pos_embed``)."""
+    state, which, prefix = _dino_family_state(obj, path, which, dropped, "DINOv2")
     if "mask_token" in state:
-        dropped.append((prefix + ("backbone." if prefix else "") + "mask_token", MASK_TOKEN_REASON.format("DINOv2's iBOT loss")))
+        dropped.append((prefix + "mask_token", MASK_TOKEN_REASON.format("DINOv2's iBOT loss")))
     arch, kwargs = _dinov2_arch(state)
     from timm.models.vision_transformer import checkpoint_filter_fn
 
@@ -381,6 +404,54 @@ def _dinov2_backbone(obj: dict, path: str, which: str | None, dropped: list) -> 
     backbone = checkpoint_filter_fn(dict(state), model)
     backbone.pop("mask_token", None)  # timm drops it when it sees the layout; never keep it
     return backbone, which, arch, kwargs
+
+
+def _dinov3_backbone(obj: dict, path: str, which: str | None, dropped: list) -> tuple[dict, str | None, str, dict]:
+    """DINOv3 tensors -> timm's ``Eva`` names (``vit_*_patch16_dinov3[_qkvb]``) through timm's own
+    ``eva.checkpoint_filter_fn``: storage tokens become ``reg_token``, LayerScale ``gamma_1``/``gamma_2``, the
+    masked ``qkv.bias`` (key part fixed at zero) ``q_bias``/``v_bias``."""
+    state, which, prefix = _dino_family_state(obj, path, which, dropped, "DINOv3")
+    reasons = {"mask_token": MASK_TOKEN_REASON.format("DINOv3's iBOT loss"),
+               ".periods": "RoPE periods: a fixed buffer timm recomputes from the architecture",
+               ".bias_mask": "constant mask zeroing the key bias (timm keeps q_bias/v_bias and no key bias)",
+               "local_cls_norm.": "norm of local-crop class tokens (7B pretraining only)"}
+    for key in state:
+        for token, reason in reasons.items():
+            if key.endswith(token) or key.startswith(token):
+                dropped.append((prefix + key, reason))
+    qkv_bias = [v for k, v in state.items() if k.endswith("attn.qkv.bias")]
+    # the released ViT-B/L/H+ (distilled) have all-zero biases: timm builds them without, ViT-S and 7B with
+    with_bias = any(bool(b.reshape(3, -1)[[0, 2]].abs().sum()) for b in qkv_bias)
+    if qkv_bias and not with_bias:
+        dropped += [(prefix + k, "all-zero attention bias (timm's architecture for this checkpoint has none)")
+                    for k in state if k.endswith("attn.qkv.bias")]
+        state = {k: v for k, v in state.items() if not k.endswith("attn.qkv.bias")}
+    arch, kwargs = _dinov3_arch(state, with_bias)
+    from timm.models.eva import checkpoint_filter_fn
+
+    model = create_meta_model(arch, kwargs)
+    backbone = checkpoint_filter_fn(dict(state), model)
+    return backbone, which, arch, kwargs
+
+
+def _dinov3_arch(state: dict, with_bias: bool) -> tuple[str, dict]:
+    dim = state["patch_embed.proj.weight"].shape[0]
+    swiglu = "blocks.0.mlp.w1.weight" in state
+    size = {(384, False): "small", (384, True): "small_plus", (768, False): "base", (1024, False): "large",
+            (1280, True): "huge_plus", (4096, True): "7b"}.get((dim, swiglu))
+    kwargs: dict = {"global_pool": "token"}  # DINOv3 pools with its class token
+    if size is None:  # another width: DINOv3's sizes all use 64-channel heads
+        if dim % 64 or swiglu:
+            raise ConversionError(f"no DINOv3 architecture of embed dim {dim}; pass --arch")
+        size, kwargs = "small", {**kwargs, "embed_dim": dim, "num_heads": dim // 64}
+    arch = f"vit_{size}_patch16_dinov3{'_qkvb' if with_bias and size != '7b' else ''}"
+    depth = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k)))
+    if depth != {"small": 12, "small_plus": 12, "base": 12, "large": 24, "huge_plus": 32, "7b": 40}[size]:
+        kwargs["depth"] = depth
+    n_reg = state["storage_tokens"].shape[1]
+    if n_reg != 4:
+        kwargs["num_reg_tokens"] = n_reg
+    return arch, kwargs
 
 
 def _dinov2_arch(state: dict) -> tuple[str, dict]:
@@ -438,7 +509,7 @@ def _mocov3_backbone(obj: dict, path: str, which: str | None, dropped: list) -> 
 # bam_dense.models.pos_embed): DINO with its interpolate_pos_encoding, iBOT (the same function) and DINOv2
 # (the same: offset 0.1, scale factor, no antialias, same early-out); BAM's, MAE's and MoCo v3's evaluations
 # go through timm, as do bam-dense checkpoints and plain timm files (which no longer say where they came from).
-NATIVE_POS_RESAMPLE = {"dino": "dino", "ibot": "dino", "dinov2": "dino"}
+NATIVE_POS_RESAMPLE = {"dino": "dino", "ibot": "dino", "dinov2": "dino"}  # DINOv3: RoPE, no table
 POS_RESAMPLE_CHOICES = ("auto", "timm", "dino")
 
 

@@ -9,6 +9,7 @@ names, which the converters rely on) with ``num_classes=0``; ``features(backbone
   ``B x C x h x w``. MoCo v3 options: fixed 2-D sin-cos position embedding and a frozen patch projection;
   ``dynamic_img_size=True`` so local crops resample the table (timm's way, or DINO's with
   ``features(..., pos_resample="dino")``, see :mod:`bam_dense.models.pos_embed`).
+* Eva (timm's RoPE ViT, e.g. DINOv3's ``vit_*_dinov3``): as ViT; the rotary embedding follows the grid.
 * CNN (ResNet, torchvision-compatible names in timm's ``resnet50``): ``dense`` = last stage, ``pooled``
   = its global average. ``zero_init_residual`` chooses the start of every block's last BatchNorm scale:
   zero (timm's default) or one (torchvision's ``zero_init_residual=False``).
@@ -35,12 +36,16 @@ class Features:
 
 
 def family(backbone: nn.Module) -> str:
+    """``vit``, ``eva`` (timm's ``Eva``: RoPE ViTs such as DINOv3, no position table), ``cnn`` or ``metaformer``."""
+    from timm.models.eva import Eva
     from timm.models.metaformer import MetaFormer
     from timm.models.resnet import ResNet
     from timm.models.vision_transformer import VisionTransformer
 
     if isinstance(backbone, VisionTransformer):
         return "vit"
+    if isinstance(backbone, Eva):
+        return "eva"
     if isinstance(backbone, ResNet):
         return "cnn"
     if isinstance(backbone, MetaFormer):
@@ -85,6 +90,12 @@ def _is_timm_resnet(arch: str) -> bool:
     return model_entrypoint(arch).__module__ == "timm.models.resnet"
 
 
+def _is_timm_eva(arch: str) -> bool:
+    from timm.models import model_entrypoint
+
+    return model_entrypoint(arch).__module__ == "timm.models.eva"
+
+
 def create_backbone(
     arch: str,
     kwargs: dict[str, Any] | None = None,
@@ -119,7 +130,7 @@ def create_backbone(
     is_vit = probe.startswith(("vit_", "deit_"))
     if is_vit:
         kw.setdefault("dynamic_img_size", dynamic_img_size)
-        if pos_embed == "sincos":
+        if pos_embed == "sincos" and not _is_timm_eva(arch):  # Eva (RoPE) has no table and no moco init
             kw.setdefault("weight_init", "moco")
     if drop_path_rate:
         kw["drop_path_rate"] = drop_path_rate
@@ -153,7 +164,7 @@ def build_backbone(m: ModelConfig) -> nn.Module:
 def feature_dims(backbone: nn.Module) -> tuple[int, int]:
     """(pooled dim, dense channel dim)."""
     kind = family(backbone)
-    if kind == "vit":
+    if kind in ("vit", "eva"):
         return backbone.embed_dim, backbone.embed_dim
     return backbone.num_features, backbone.num_features
 
@@ -161,7 +172,7 @@ def feature_dims(backbone: nn.Module) -> tuple[int, int]:
 def patch_size(backbone: nn.Module) -> int:
     """Input pixels per dense-map cell (ViT patch size, CNN output stride)."""
     kind = family(backbone)
-    if kind == "vit":
+    if kind in ("vit", "eva"):
         return int(backbone.patch_embed.patch_size[0])
     return int(backbone.feature_info[-1]["reduction"])
 
@@ -170,10 +181,13 @@ def features(backbone: nn.Module, x: torch.Tensor, pos_resample: str = "timm") -
     """The backbone's :class:`Features`; ``pos_resample`` (ViT only, see :mod:`bam_dense.models.pos_embed`) picks
     how the position table is resampled to the input size: ``timm`` (its dynamic-size resampling) or ``dino``."""
     kind = family(backbone)
-    if kind == "vit":
+    if kind in ("vit", "eva"):
         from bam_dense.models.pos_embed import vit_forward_features
 
-        tokens = vit_forward_features(backbone, x, pos_resample)  # after the final norm
+        if kind == "eva":  # RoPE from the patch grid (no table to resample); DINOv3's own forward does the same
+            tokens = backbone.forward_features(x)
+        else:
+            tokens = vit_forward_features(backbone, x, pos_resample)  # after the final norm
         n_prefix = backbone.num_prefix_tokens
         patches = tokens[:, n_prefix:]
         h, w = backbone.patch_embed.dynamic_feat_size(x.shape[-2:]) if backbone.dynamic_img_size else backbone.patch_embed.grid_size
