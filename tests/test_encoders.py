@@ -98,6 +98,23 @@ def test_timm_named_dinov2_is_inferred_as_the_dinov2_architecture(tmp_path):
     torch.testing.assert_close(features(loaded, x).dense, features(model, x).dense)
 
 
+def test_dinov2_layerscale_and_registers_are_never_dropped_for_mmseg(tmp_path):
+    from bam_dense.convert import ConversionError
+
+    plain, reg = tmp_path / "plain.pth", tmp_path / "reg4.pth"
+    torch.save(DINOV2["plain"]["checkpoint"], plain)
+    torch.save(DINOV2["reg4"]["checkpoint"], reg)
+    with pytest.raises(ConversionError, match=r"no place for 2 tensors.*blocks\.0\.ls1\.gamma.*mmseg-mae keeps it"):
+        convert(plain, "mmseg", tmp_path / "plain_mmseg.pth")  # mmseg's VisionTransformer has no LayerScale (dinov2#65)
+    assert not (tmp_path / "plain_mmseg.pth").exists()
+    assert json.loads(report_path(tmp_path / "plain_mmseg.pth", "mmseg").read_text())["status"] == "failed"
+    report = convert(plain, "mmseg-mae", tmp_path / "plain_mae.pth")
+    assert ["blocks.0.ls1.gamma", "layers.0.gamma_1"] in report.mapped
+    for target in ("mmseg", "mmseg-mae"):
+        with pytest.raises(ConversionError, match="pos_embed .no class-token row.*reg_token"):
+            convert(reg, target, tmp_path / f"reg_{target}.pth")
+
+
 # ---------------------------------------------------------------------------- DINOv3 (its own code)
 @pytest.mark.parametrize("name", ["qkvb", "nobias"])
 def test_dinov3_gives_dinov3s_own_features_through_timms_rope_vit(name, tmp_path):

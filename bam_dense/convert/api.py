@@ -167,6 +167,19 @@ def convert_source(source: Source, to: str, out: str | Path, arch: str | None = 
         raise ConversionError(f"target {to} does not take a {kind} backbone ({arch}); "
                               f"targets for it: {', '.join(sorted(maps))}")
     keymap = maps[to]
+    # a tensor of the architecture the target has no declared reason to leave out would change the features
+    # (LayerScale in mmseg's VisionTransformer, dinov2#65; registers anywhere in mmseg): refuse, naming them
+    lost = [key for key in expected if keymap.forward(key) is None and not keymap.declared(key)]
+    if kind == "vit" and to in ("mmseg", "mmseg-mae") and model.no_embed_class:
+        lost.insert(0, "pos_embed (no class-token row: mmseg adds the table to the class token too)")
+    if lost:
+        report.status, report.notes = "failed", report.notes + [f"{to} has no place for: {', '.join(lost)}"]
+        if write_report:
+            _write_report(report, out)
+        hint = (" (LayerScale: --to mmseg-mae keeps it)" if to == "mmseg" and any(".ls1." in k for k in lost) and
+                not model.num_reg_tokens else " (use --to timm, timm-folder or safetensors)")
+        raise ConversionError(f"target {to} has no place for {len(lost)} tensors of {arch} that its features depend on: "
+                              f"{', '.join(lost[:6])}{hint}")
     converted: dict[str, torch.Tensor] = {}
     for key in expected:
         new = keymap.forward(key)

@@ -34,6 +34,10 @@ class KeyMap:
         self._backward = [(_pattern(dst), src) for src, dst in self.rules]
         self.unmapped = unmapped or {}
 
+    def declared(self, key: str) -> bool:
+        """Whether the target leaves ``key`` out on purpose (a reason in ``unmapped``)."""
+        return any(key.startswith(prefix) for prefix in self.unmapped)
+
     def reason(self, key: str) -> str:
         for prefix, why in self.unmapped.items():
             if key.startswith(prefix):
