@@ -290,6 +290,43 @@ def test_deit_checkpoint_drops_its_classifiers_and_gives_its_features(arch, tmp_
     torch.testing.assert_close(out.dense.flatten(2).transpose(1, 2), ref[:, model.num_prefix_tokens:])
 
 
+def test_dino_resampling_keeps_deits_distillation_token():
+    model = randomised("deit_tiny_distilled_patch16_224", depth=1, dynamic_img_size=True)
+    x = torch.randn(1, 3, 224, 224)  # the table's own grid: DINO's way uses it as is, as timm does
+    torch.testing.assert_close(features(model, x, pos_resample="dino").dense, features(model, x).dense)
+
+
+# ---------------------------------------------------------------------------- DINO (ViT-S/8, ResNet-50)
+def dino_checkpoint(backbone: dict) -> dict:
+    head = {"head.mlp.0.weight": torch.randn(32, 8), "head.last_layer.weight_v": torch.randn(16, 32)}
+    teacher = {**{f"backbone.{k}": v for k, v in backbone.items()}, **head}
+    return {"student": {f"module.{k}": v + 1 for k, v in teacher.items()}, "teacher": teacher, "epoch": 1}
+
+
+def test_dino_vit_small_patch8_teacher(tmp_path):
+    model = randomised("vit_small_patch8_224", depth=1, dynamic_img_size=True)
+    src = tmp_path / "dino_vits8.pth"
+    torch.save(dino_checkpoint(model.state_dict()), src)
+    loaded, report, _ = converted_model(src, tmp_path)
+    assert report.source_format == "dino" and report.arch == "vit_small_patch8_224" and report.model_kwargs == {"depth": 1}
+    x = torch.randn(1, 3, 64, 64)
+    torch.testing.assert_close(features(loaded, x).dense, features(model, x).dense)
+
+
+def test_dino_resnet50_teacher(tmp_path):
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet50().eval()
+    model.fc = torch.nn.Identity()  # DINO's ResNet backbone has no classifier
+    src = tmp_path / "dino_r50.pth"
+    torch.save(dino_checkpoint(model.state_dict()), src)
+    loaded, report, _ = converted_model(src, tmp_path)
+    assert report.source_format == "dino" and report.arch == "resnet50"
+    x = torch.randn(1, 3, 64, 64)
+    torch.testing.assert_close(features(loaded, x).dense, torch.nn.Sequential(*list(model.children())[:-2])(x))
+
+
 # ---------------------------------------------------------------------------- CLI
 def test_cli_offers_every_source_format():
     from bam_dense.cli import build_parser

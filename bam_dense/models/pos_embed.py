@@ -64,7 +64,8 @@ def _vit_tokens_with_pos(backbone: nn.Module, patches: torch.Tensor, pos_embed: 
 
     ``patches`` is ``B x h*w x D``; prefix tokens and the table are combined as timm's ``_pos_embed`` does.
     """
-    prefix = [t.expand(patches.shape[0], -1, -1) for t in (backbone.cls_token, backbone.reg_token) if t is not None]
+    tokens = (backbone.cls_token, getattr(backbone, "dist_token", None), backbone.reg_token)  # DeiT's distillation token
+    prefix = [t.expand(patches.shape[0], -1, -1) for t in tokens if t is not None]
     if backbone.no_embed_class:
         tokens = torch.cat(prefix + [patches + pos_embed], dim=1)
     else:
