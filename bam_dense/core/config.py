@@ -99,7 +99,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    arch: str = "vit_small_patch16_224"  # any timm architecture name
+    arch: str = "vit_small_patch16_224"  # any timm architecture name, or an RF-ResNet preset (rf99_resnet50, rf29_resnet18)
     kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm constructor arguments (e.g. num_heads: 12)
     pos_embed: str = "sincos"  # ViT: sincos (fixed 2-D, MoCo v3) | learned
     freeze_patch_embed: bool = True  # ViT: MoCo v3's frozen random patch projection
