@@ -6,7 +6,7 @@ first block of stages 2-4) and two block types, with and without the spatial 3x3
 the first ``spatial[i]`` blocks are ordinary ResNet blocks, the others have every 3x3 convolution replaced by
 a 1x1 one (same widths, same stride position), as BagNet bounds its field. Block shapes are ResNet's
 (``bottleneck``: 1x1, 3x3, 1x1 with expansion 4, stride on the 3x3; ``basic``: 3x3, 3x3, stride on the first),
-the stem ResNet's 7x7/2 convolution. Parameter names are timm's/torchvision's (``conv1``, ``bn1``,
+the stem ResNet's 7x7/2 convolution by default (``stem_kernel``, ``stem_stride``). Parameter names are timm's/torchvision's (``conv1``, ``bn1``,
 ``layer1.0.conv2``, ``layer2.0.downsample.0`` ...).
 
 The receptive field of an output cell along the main path, with ``r_0 = 1`` and ``j_0 = 1``:
