@@ -92,3 +92,11 @@ def trainer_weights(rank: int, world: int, cfg_dict):
     trainer = Trainer(load_config(data=cfg_dict))
     return {part: sum(float(v.double().sum()) for v in getattr(trainer, part).state_dict().values() if v.is_floating_point())
             for part in ("student", "teacher")}
+
+
+def mocov3_rank_loss(rank: int, world: int, q_full, k_full, temperature: float):
+    """This rank's MoCo v3 loss on its contiguous share of the queries and keys."""
+    from bam_dense.losses.mocov3 import mocov3_loss
+
+    n = q_full.shape[0] // world
+    return mocov3_loss(q_full[rank * n:(rank + 1) * n], k_full[rank * n:(rank + 1) * n], temperature=temperature).item()

@@ -99,7 +99,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    arch: str = "vit_small_patch16_224"  # any timm architecture name
+    arch: str = "vit_small_patch16_224"  # any timm architecture name, or an RF-ResNet preset (rf99_resnet50, rf29_resnet18)
     kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm constructor arguments (e.g. num_heads: 12)
     pos_embed: str = "sincos"  # ViT: sincos (fixed 2-D, MoCo v3) | learned
     freeze_patch_embed: bool = True  # ViT: MoCo v3's frozen random patch projection
@@ -242,6 +242,24 @@ class LEWELBAMParams(BAMParams):
     neck: HeadConfig = field(default_factory=lambda: HeadConfig(2, 2048, 256, bn=True, bias=False, act="relu"))
 
 
+@dataclass
+class DINOParams:
+    """DINO (Caron et al. 2021); defaults from facebookresearch/dino main_dino.py's arguments."""
+
+    name: str = "dino"
+    out_dim: int = 65536  # prototypes K of the head's weight-normalised last layer
+    hidden_dim: int = 2048
+    bottleneck_dim: int = 256
+    head_layers: int = 3
+    head_bn: bool = False  # use_bn_in_head
+    norm_last_layer: bool = True  # keep the last layer's weight-norm g at 1 (not trained)
+    student_temp: float = 0.1
+    teacher_temp: float = 0.04  # after the warm-up
+    warmup_teacher_temp: float = 0.04
+    warmup_teacher_temp_epochs: int = 0  # linear warm-up of the teacher temperature (DINO's linspace per epoch)
+    center_momentum: float = 0.9
+
+
 METHOD_PARAMS: dict[str, type] = {
     "bam": BAMParams,
     "byol": BYOLParams,
@@ -249,6 +267,7 @@ METHOD_PARAMS: dict[str, type] = {
     "co_byol": COBYOLParams,
     "co_bam": COBAMParams,
     "lewel_bam": LEWELBAMParams,
+    "dino": DINOParams,
 }
 
 

@@ -141,7 +141,7 @@ class Trainer:
         self.method = build_method(cfg.method, backbone)
         self.channels_last = cfg.model.channels_last
         if self.channels_last is None:  # auto: CNNs on CUDA (cuDNN's fast NHWC kernels)
-            self.channels_last = self.use_cuda and self.family != "vit"
+            self.channels_last = self.use_cuda and self.family == "cnn"
         self.student = self.method.student.to(self.device)
         if self.channels_last:
             self.student = self.student.to(memory_format=torch.channels_last)

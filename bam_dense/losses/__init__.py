@@ -12,7 +12,9 @@ from bam_dense.losses.bam import (
            sinkhorn_targets,
 )
 from bam_dense.losses.byol import byol_loss
+from bam_dense.losses.dino import dino_center, dino_loss
 from bam_dense.losses.lewel import lewel_loss
+from bam_dense.losses.mocov3 import mocov3_loss
 
-__all__ = ["attention_cross_entropy", "balanced_targets", "bam_loss", "byol_loss", "eps_at_epoch", "lewel_loss",
-           "sinkhorn_targets"]
+__all__ = ["attention_cross_entropy", "balanced_targets", "bam_loss", "byol_loss", "dino_center", "dino_loss",
+           "eps_at_epoch", "lewel_loss", "mocov3_loss", "sinkhorn_targets"]

@@ -29,4 +29,8 @@ def build_method(params, backbone: nn.Module) -> Method:
         from bam_dense.methods.lewel_bam import LEWELBAM
 
         return LEWELBAM(backbone, params)
+    if name == "dino":
+        from bam_dense.methods.dino import DINO
+
+        return DINO(backbone, params)
     raise ValueError(f"unknown method {name!r}")

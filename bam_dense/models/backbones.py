@@ -14,6 +14,8 @@ names, which the converters rely on) with ``num_classes=0``; ``features(backbone
   = its global average. ``zero_init_residual`` chooses the start of every block's last BatchNorm scale:
   zero (timm's default) or one (torchvision's ``zero_init_residual=False``).
 * MetaFormer (CAFormer): ``dense`` = last stage, ``pooled`` = the head's average pool + norm.
+* RF-ResNet (``rf99_resnet50``, ``rf29_resnet18``; :mod:`bam_dense.models.rf_resnet`, not timm models): a CNN
+  like the ResNets, ``dense`` = last stage, ``pooled`` = its global average.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ import torch.nn as nn
 from bam_dense.core.config import ModelConfig
 from bam_dense.core.errors import UserFacingError
 from bam_dense.models.heads import ACTIVATIONS
+from bam_dense.models.rf_resnet import PRESETS as RF_RESNETS
+from bam_dense.models.rf_resnet import RFResNet, create_rf_resnet
 
 
 @dataclass
@@ -46,7 +50,7 @@ def family(backbone: nn.Module) -> str:
         return "vit"
     if isinstance(backbone, Eva):
         return "eva"
-    if isinstance(backbone, ResNet):
+    if isinstance(backbone, (ResNet, RFResNet)):
         return "cnn"
     if isinstance(backbone, MetaFormer):
         return "metaformer"
@@ -107,7 +111,8 @@ def create_backbone(
     pretrained: bool = False,
     zero_init_residual: bool | None = None,
 ) -> nn.Module:
-    """A timm backbone without classifier. ``kwargs`` override timm's constructor arguments.
+    """A timm backbone (or an RF-ResNet preset) without classifier. ``kwargs`` override timm's constructor
+    arguments (an RF-ResNet's configuration fields).
 
     ``zero_init_residual`` (ResNets only): ``True`` zero-initialises the last BatchNorm of every residual
     block (timm's ``zero_init_last``), ``False`` leaves it at one (torchvision's default); ``None`` keeps
@@ -115,6 +120,11 @@ def create_backbone(
     """
     import timm
 
+    if arch in RF_RESNETS:  # kwargs override RFResNetConfig fields (layers, spatial, maxpool, strides, ...)
+        if pretrained:
+            raise ValueError(f"{arch!r} has no pretrained weights")
+        return create_rf_resnet(arch, zero_init_last=True if zero_init_residual is None else zero_init_residual,
+                                **(kwargs or {}))
     kw = _timm_kwargs(kwargs or {})
     if not timm.is_model(arch):
         raise ValueError(f"unknown timm architecture {arch!r}")

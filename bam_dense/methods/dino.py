@@ -1,0 +1,69 @@
+"""DINO (Caron et al. 2021): self-distillation of the EMA teacher's centred, sharpened prototypes.
+
+Student: backbone -> pooled feature -> :class:`~bam_dense.models.heads.DINOHead` on every crop (global crops
+first, crops of one size in one backbone call). Teacher: the EMA copy of the whole student (head included) on
+the global crops only. Loss: :func:`~bam_dense.losses.dino.dino_loss` at the teacher temperature of the epoch
+(DINO's schedule: ``linspace(warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs)``, then constant);
+after it the centre, a buffer of the student (so checkpoints carry it), moves by
+:func:`~bam_dense.losses.dino.dino_center`, as DINOLoss.forward does after computing the loss.
+
+Not here (yet): DINO's ``freeze_last_layer`` (no gradient to the last layer in the first epoch).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from bam_dense.core.config import DINOParams
+from bam_dense.losses.dino import dino_center, dino_loss
+from bam_dense.methods.base import Method, StepContext, multicrop_features
+from bam_dense.models.backbones import feature_dims
+from bam_dense.models.heads import DINOHead
+
+
+def teacher_temp_at_epoch(epoch: int, warmup_temp: float, temp: float, warmup_epochs: int) -> float:
+    """DINO's teacher temperature: ``linspace(warmup_temp, temp, warmup_epochs)[epoch]``, then ``temp``."""
+    if epoch >= warmup_epochs:
+        return temp
+    if warmup_epochs == 1:
+        return warmup_temp
+    return warmup_temp + (temp - warmup_temp) * epoch / (warmup_epochs - 1)
+
+
+class DINONet(nn.Module):
+    def __init__(self, backbone: nn.Module, params: DINOParams):
+        super().__init__()
+        self.backbone = backbone
+        self.head = DINOHead(feature_dims(backbone)[0], params.out_dim, hidden_dim=params.hidden_dim,
+                             bottleneck_dim=params.bottleneck_dim, layers=params.head_layers, bn=params.head_bn,
+                             norm_last_layer=params.norm_last_layer)
+        self.register_buffer("center", torch.zeros(1, params.out_dim))
+
+    def forward(self, crops: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        pooled, _ = multicrop_features(self.backbone, crops)
+        return {"logits": self.head(pooled)}  # (V*b) x K, crop-major
+
+
+class DINO(Method):
+    name = "dino"
+
+    def __init__(self, backbone: nn.Module, params: DINOParams):
+        super().__init__(DINONet(backbone, params))
+        self.params = params
+
+    def teacher_forward(self, teacher: nn.Module, crops: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        return teacher(crops[:2])  # the global crops (DINO has two)
+
+    def loss(self, student_out, teacher_out, ctx: StepContext):
+        if teacher_out is None:
+            raise ValueError("DINO needs the EMA teacher: set teacher.enabled: true")
+        p = self.params
+        students = student_out["logits"].chunk(ctx.n_crops)
+        teachers = teacher_out["logits"].chunk(ctx.n_global)
+        temp = teacher_temp_at_epoch(ctx.epoch, p.warmup_teacher_temp, p.teacher_temp, p.warmup_teacher_temp_epochs)
+        center = self.student.center
+        loss = dino_loss(students, teachers, center, student_temp=p.student_temp, teacher_temp=temp)
+        with torch.no_grad():
+            center.copy_(dino_center(teachers, center, momentum=p.center_momentum))
+        return loss, {"dino": loss.detach()}
