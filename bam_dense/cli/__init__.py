@@ -37,11 +37,20 @@ def _pretrain(sub) -> None:
         "Pretrain an encoder from a YAML config (configs/pretrain/*.yaml).\n\n"
         "Overrides are KEY.SUB=VALUE pairs, VALUE parsed as YAML, e.g.\n"
         "  bam-dense pretrain --config configs/pretrain/bam_tiny_cpu.yaml optim.epochs=2 run.output_dir=runs/x\n"
-        "Multi-GPU: torchrun --nproc_per_node=8 pretrain/train.py --config ... (same arguments).",
+        "Multi-GPU: torchrun --nproc_per_node=8 pretrain/train.py --config ... (same arguments).\n"
+        "Before queueing a long run: bam-dense pretrain --config ... --dry-run [data.views.global_size=64 ...]",
     )
     p.add_argument("--config", required=True, help="pretraining YAML file")
     p.add_argument("overrides", nargs="*", help="KEY.SUB=VALUE config overrides")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--dry-run", action="store_true",
+                   help="build everything the full run builds, run a few steps and one k-NN evaluation at reduced "
+                        "batch/data sizes (outputs in <run.output_dir>/dry-run), print s/step and peak memory; shrink "
+                        "the input size, if needed, with overrides such as data.views.global_size=64")
+    p.add_argument("--dry-run-steps", type=int, default=2, metavar="N", help="optimizer steps of --dry-run (default 2)")
+    p.add_argument("--data-root", default=None,
+                   help="--dry-run: ImageNet-style folder to read (default: the config's data.path if it exists, "
+                        "else synthetic images written in that layout)")
 
 
 def _convert(sub) -> None:

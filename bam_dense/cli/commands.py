@@ -21,6 +21,14 @@ def pretrain(args: Namespace) -> int:
     from bam_dense.core.config import dump, load_config
     from bam_dense.engine.trainer import PREEMPTED_EXIT, run
 
+    if args.dry_run:
+        from bam_dense.engine.dryrun import dry_run
+
+        result = dry_run(args.config, args.overrides, data_root=args.data_root, steps=args.dry_run_steps)
+        print("\n".join(f"[bam-dense] {line}" for line in result.lines()))
+        return 0
+    if args.data_root:
+        raise UserFacingError("--data-root goes with --dry-run; a full run reads data.path (override: data.path=DIR)")
     cfg = load_config(args.config, args.overrides)
     if args.print_config:
         print(dump(cfg))
