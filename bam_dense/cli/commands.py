@@ -24,7 +24,8 @@ def pretrain(args: Namespace) -> int:
     if args.dry_run:
         from bam_dense.engine.dryrun import dry_run
 
-        result = dry_run(args.config, args.overrides, data_root=args.data_root, steps=args.dry_run_steps)
+        result = dry_run(args.config, args.overrides, data_root=args.data_root, steps=args.dry_run_steps,
+                         scale=args.dry_run_scale)
         print("\n".join(f"[bam-dense] {line}" for line in result.lines()))
         return 0
     if args.data_root:
@@ -93,12 +94,29 @@ def _finetune_module(args: Namespace):
 
 
 def finetune_train(args: Namespace) -> int:
+    if args.dry_run:
+        from bam_dense.downstream import dryrun
+
+        result = dryrun.train(args.command, args.config, args.checkpoint, args.work_dir, args.cfg_options, args.data_root,
+                              iters=args.dry_run_iters, eval_images=args.dry_run_images, scale=args.dry_run_scale,
+                              amp=args.amp, trust_source=args.trust_source)
+        print("\n".join(f"[bam-dense] {line}" for line in result.lines()))
+        return 0
+    if not args.checkpoint:
+        raise UserFacingError("--checkpoint is required (only --dry-run makes a random-init one)")
     _finetune_module(args).train(args.config, args.checkpoint, args.work_dir, args.cfg_options, args.amp, args.resume,
                                  args.launcher, args.data_root, args.trust_source)
     return 0
 
 
 def finetune_test(args: Namespace) -> int:
+    if args.dry_run:
+        from bam_dense.downstream import dryrun
+
+        result = dryrun.test(args.command, args.config, args.checkpoint, args.work_dir, args.cfg_options, args.out,
+                             args.data_root, eval_images=args.dry_run_images, scale=args.dry_run_scale)
+        print("\n".join(f"[bam-dense] {line}" for line in result.lines()))
+        return 0
     _finetune_module(args).test(args.config, args.checkpoint, args.work_dir, args.cfg_options, args.out, args.launcher,
                                 args.data_root)
     return 0

@@ -15,7 +15,8 @@ step and the peak memory. Only sizes change (listed in :attr:`DryRunResult.chang
   would pick up).
 
 Input sizes are not touched unless the caller asks, through the same overrides a user passes
-(``data.views.global_size=64 data.views.local_size=32 eval.knn.image_size=64 ...``); the report lists them too.
+(``data.views.global_size=64 data.views.local_size=32 eval.knn.image_size=64 ...``, or ``scale=0.25``, which
+writes those overrides); the report lists them too.
 """
 
 from __future__ import annotations
@@ -123,10 +124,27 @@ def _write_imagenet(root: Path, size: int) -> Path:
     return root
 
 
+def scale_overrides(cfg: PretrainConfig, scale: float) -> list[str]:
+    """The overrides a user would type to multiply the crop sizes by ``scale`` (multiples of 32, at least 32)."""
+
+    def r(x: float) -> int:
+        return max(32, int(round(x * scale / 32.0)) * 32)
+
+    v, k = cfg.data.views, cfg.eval.knn
+    out = [f"data.views.global_size={r(v.global_size)}", f"eval.knn.image_size={r(k.image_size)}",
+           f"eval.knn.resize_size={max(r(k.resize_size), r(k.image_size))}"]
+    if v.local_crops:
+        out.append(f"data.views.local_size={r(v.local_size)}")
+    return out
+
+
 def dry_run_config(config: str | Path, overrides: list[str] | None = None, *, data_root: str | None = None,
-                   steps: int = 2, batch_size: int = 2, eval_images: int = 16) -> tuple[PretrainConfig, PretrainConfig, str]:
+                   steps: int = 2, batch_size: int = 2, eval_images: int = 16,
+                   scale: float | None = None) -> tuple[PretrainConfig, PretrainConfig, str]:
     """(full-run config, dry-run config, description of the data) for ``config`` with ``overrides``."""
     full = load_config(config, list(overrides or []))
+    if scale:
+        overrides = [*(overrides or []), *scale_overrides(full, scale)]
     out = Path(full.run.output_dir) / DRY_RUN_DIR
     dry: list[str] = [
         f"run.output_dir={out}", "run.resume=none", f"run.max_steps={steps}", f"run.checkpoint_every={max(steps, 1)}",
@@ -172,12 +190,12 @@ class _DryRunTrainer(Trainer):
 
 
 def dry_run(config: str | Path, overrides: list[str] | None = None, *, data_root: str | None = None, steps: int = 2,
-            batch_size: int = 2, eval_images: int = 16) -> DryRunResult:
+            batch_size: int = 2, eval_images: int = 16, scale: float | None = None) -> DryRunResult:
     """Run the dry-run of a pretraining config; see the module docstring for what changes."""
     if steps < 1:
         raise UserFacingError(f"dry-run: steps must be >= 1, got {steps}")
     full, cfg, description = dry_run_config(config, overrides, data_root=data_root, steps=steps, batch_size=batch_size,
-                                            eval_images=eval_images)
+                                            eval_images=eval_images, scale=scale)
     before, after = _flat(to_dict(load_config(config))), _flat(to_dict(cfg))
     changed = {k: (before.get(k), v) for k, v in after.items() if before.get(k) != v}
     t0 = time.perf_counter()
