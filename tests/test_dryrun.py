@@ -69,3 +69,99 @@ def test_pretraining_recipe_dry_run(config, tmp_path):
             assert (Path(result.changed["data.path"][1]) / "train").is_dir()
     finally:
         shutil.rmtree(tmp_path / "dry-run", ignore_errors=True)  # ViT-B checkpoints are ~2 GB
+
+
+# ---------------------------------------------------------------------------------------------
+# MMSegmentation / MMDetection recipes
+# ---------------------------------------------------------------------------------------------
+
+# Keys an mm dry-run may change: sizes, and the AMP wrapper on a machine without a GPU.
+MM_SIZE_KEY_PATTERNS = (
+    r"train_cfg\.(max_iters|val_interval|max_epochs)", r"default_hooks\.(checkpoint|logger)\.interval",
+    r"log_processor\.window_size", r"(train|val|test)_dataloader\.(batch_size|num_workers|persistent_workers)",
+    r"(train|val|test)_dataloader\.dataset\[\d+\]\.indices",
+    r"((train|val|test)_dataloader\.dataset\[\d+\]\.pipeline|train_pipeline|test_pipeline|model\.data_preprocessor\.batch_augments)"
+    r"\[\d+\]\((Resize|RandomResize|RandomChoiceResize|RandomCrop|Pad|BatchFixedSizePad)\)\.(scale|scales|crop_size|size)",
+    r"model\.data_preprocessor\.(size|pad_size_divisor)", r"model\.test_cfg\.(crop_size|stride)", r"model\.backbone\.img_size",
+    r"optim_wrapper\.type",
+)
+
+
+def _mm_scale(config: Path) -> float | None:
+    if "tiny" in config.parts:
+        return None  # already CPU-sized
+    return CI_LSJ_SCALE if "lsj" in config.name else CI_SCALE
+
+
+def _assert_sizes_only(changed: dict) -> None:
+    import re
+
+    odd = [k for k in changed if not any(re.fullmatch(p, k) for p in MM_SIZE_KEY_PATTERNS)]
+    assert not odd, f"the dry-run changed more than sizes: {odd}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", MMSEG + MMDET, ids=_ids(MMSEG + MMDET))
+def test_mm_recipe_dry_run_trains_validates_and_tests(config, tmp_path):
+    pytest.importorskip("mmcv.ops")
+    from bam_dense.downstream import dryrun
+
+    task = "seg" if "mmseg" in config.parts else "det"
+    scale = _mm_scale(config)
+    work = tmp_path / "work"
+    result = dryrun.train(task, str(config), None, str(work), iters=1, eval_images=1, scale=scale)
+    try:
+        assert result.iterations == 1 and result.seconds_per_iter > 0
+        _assert_sizes_only(result.changed)
+        assert any(k.startswith("train_cfg.") for k in result.changed)
+        check = json.loads((work / "pretrained_weight_check.json").read_text())
+        assert check["ok"] and check["checked"] > 0  # the random-init checkpoint was converted and loaded
+        assert list(work.glob("pretrained/*.report.json"))
+        key = "mIoU" if task == "seg" else "coco/bbox_mAP"
+        assert key in result.metrics, result.metrics
+        if scale:
+            assert any("pipeline" in k for k in result.changed)
+        tested = dryrun.test(task, str(config), str(work), str(work), out=str(work / "metrics.json"), eval_images=1,
+                             scale=scale)
+        assert tested.eval_images == 1 and json.loads((work / "metrics.json").read_text())["metrics"]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bench plans
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("plan_path", BENCH, ids=_ids(BENCH))
+def test_bench_plan_dry_run(plan_path, tmp_path):
+    """Every step of the plan for its first run (the other runs repeat the same step configs with other seeds or
+    pretraining configs, each of which the tests above dry-run on its own)."""
+    pytest.importorskip("mmcv.ops")
+    import importlib.util
+
+    from bam_dense.bench.dryrun import run_plan_dry
+    from bam_dense.bench.plan import load_plan
+
+    plan = load_plan(plan_path)
+    for run in plan.runs:
+        if run.pretrain:
+            assert (REPO / run.pretrain["config"]).resolve() in {p.resolve() for p in PRETRAIN}
+    for step in plan.steps:
+        if step.config:
+            assert (REPO / step.config).resolve() in {p.resolve() for p in MMSEG + MMDET + DETECTRON2}
+    first = plan.runs[0]
+    plan.runs = [first]
+    outcomes = run_plan_dry(plan, tmp_path, scale=CI_SCALE)
+    by_step = {o.step: o for o in outcomes}
+    assert set(by_step) == ({"pretrain"} if first.pretrain else set()) | {s.name for s in plan.steps}
+    for o in outcomes:
+        if o.status == "skipped":
+            assert "detectron2" in o.detail and importlib.util.find_spec("detectron2") is None
+        else:
+            assert o.status == "done", (o.step, o.detail, (tmp_path / first.name / o.step / "error.txt").read_text()
+                                        if (tmp_path / first.name / o.step / "error.txt").exists() else "")
+    for step in plan.steps:
+        if step.kind in ("seg", "det", "davis", "probe"):
+            assert (tmp_path / first.name / step.name / "metrics.json").exists(), step.name

@@ -193,6 +193,12 @@ def _bench(sub) -> None:
     run.add_argument("--skip", nargs="*", default=[], help="skip these steps")
     run.add_argument("--force", action="store_true", help="re-run steps that already have results")
     run.add_argument("--print-slurm", action="store_true", help="print one sbatch command per step instead of running")
+    run.add_argument("--dry-run", action="store_true",
+                     help="run every step through its own --dry-run (pretraining, seg/det train+test, DAVIS on one "
+                          "sequence, probe): the plan's configs at reduced sizes, synthetic data where a data root "
+                          "is missing; always re-runs")
+    run.add_argument("--dry-run-scale", type=float, default=None, metavar="F",
+                     help="--dry-run: multiply input sizes by F in every step (e.g. 0.25 on a CPU)")
     rep = _add(bsub, "report", "bam_dense.cli.commands:bench_report", "write report.md and charts for one or more run directories")
     rep.add_argument("run_dirs", nargs="+", help="run directories (several: side by side)")
     rep.add_argument("--out", help="report folder (default: the first run directory)")

@@ -132,13 +132,21 @@ def bench_run(args: Namespace) -> int:
         return 0
     run_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(args.plan, run_dir / "plan.yaml")
-    outcomes = run_plan(plan, run_dir, args.steps, args.skip, args.force)
+    if args.dry_run:
+        from bam_dense.bench.dryrun import run_plan_dry
+
+        outcomes = run_plan_dry(plan, run_dir, args.steps, args.skip, args.dry_run_scale)
+    else:
+        outcomes = run_plan(plan, run_dir, args.steps, args.skip, args.force)
     failed = [o for o in outcomes if o.status == "failed"]
     for o in outcomes:
         print(f"[bam-dense] {o.run:<20} {o.step:<20} {o.status:<8} {o.detail}")
     if failed:
         print(f"[bam-dense] {len(failed)} step(s) failed; the others' results are in {run_dir}", file=sys.stderr)
         return 1
+    if args.dry_run:
+        print(f"[bam-dense] dry-run done; each step's log.txt in {run_dir} has its s/iter and peak memory")
+        return 0
     print(f"[bam-dense] done; report: bam-dense bench report {run_dir}")
     return 0
 

@@ -168,6 +168,9 @@ def shrink(cfg, task: str, iters: int, batch_size: int, eval_images: int, scale:
         pre = model.get("data_preprocessor") or {}
         if pre.get("size"):
             _set(changed, "model.data_preprocessor.size", pre, "size", _scaled(pre["size"], scale))
+        if (pre.get("pad_size_divisor") or 0) > 32:  # a fixed pad size (ViTDet's 1024), not a stride multiple
+            _set(changed, "model.data_preprocessor.pad_size_divisor", pre, "pad_size_divisor",
+                 _scaled(pre["pad_size_divisor"], scale))
         _scale_pipeline(pre.get("batch_augments"), "model.data_preprocessor.batch_augments", scale, changed)
         test_cfg = model.get("test_cfg") or {}
         if test_cfg.get("mode") == "slide":
@@ -366,6 +369,17 @@ def train(task: str, config: str, checkpoint: str | None = None, work_dir: str |
     if checkpoint is None:
         checkpoint = random_init_checkpoint(cfg, Path(cfg.work_dir) / "random_init_pretrain.pth")
         notes.append("no --checkpoint: a random-init bam-dense checkpoint of the config's backbone was written")
+    import torch
+
+    if not torch.cuda.is_available():
+        if amp:
+            notes.append("--amp ignored: mixed precision needs a GPU")
+            amp = False
+        ow = cfg.optim_wrapper
+        if ow.get("type") == "AmpOptimWrapper":  # mmengine's AMP wrapper refuses to build without a GPU
+            changed["optim_wrapper.type"] = ("AmpOptimWrapper", "OptimWrapper (no GPU here)")
+            ow["type"] = "OptimWrapper"
+            ow.pop("loss_scale", None)
     prepare_train(cfg, checkpoint, SEG_TARGETS if task == "seg" else DET_TARGETS, amp, False, trust_source)
     runner = _module(task)._runner(cfg)
     timer = _timer_hook()
