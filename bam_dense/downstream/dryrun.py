@@ -217,19 +217,21 @@ def synthetic_data(cfg, root: Path, num: int = 4, size: int | None = None) -> st
     return str(data_root) + ("/" if layout == "coco" else "")
 
 
-def _coco_classes(cfg) -> tuple[str, ...]:
+def _coco_classes(cfg) -> tuple[str, ...] | None:
     leaf = leaf_datasets(cfg.train_dataloader.dataset)[0]
     classes = (leaf.get("metainfo") or {}).get("classes")
-    if classes:
-        return tuple(classes)
-    from mmdet.datasets import CocoDataset
-
-    return tuple(CocoDataset.METAINFO["classes"])
+    return tuple(classes) if classes else None
 
 
 def _rename_coco_categories(cfg, data_root: Path) -> None:
-    """Synthetic shapes under the names of the recipe's first classes (CocoDataset selects categories by name)."""
+    """CocoDataset selects categories by name: a recipe with its own class list gets those names, one with COCO's
+    (the default) gets the 80 COCO categories, the synthetic shapes under the first ten."""
+    from bam_dense.data.coco80 import relabel_as_coco80
+
     classes = _coco_classes(cfg)
+    if classes is None:
+        relabel_as_coco80(data_root / "annotations")
+        return
     for path in sorted((data_root / "annotations").glob("instances_*.json")):
         data = json.loads(path.read_text())
         if len(data["categories"]) > len(classes):

@@ -147,7 +147,7 @@ def dry_run_config(config: str | Path, overrides: list[str] | None = None, *, da
         overrides = [*(overrides or []), *scale_overrides(full, scale)]
     out = Path(full.run.output_dir) / DRY_RUN_DIR
     dry: list[str] = [
-        f"run.output_dir={out}", "run.resume=none", f"run.max_steps={steps}", f"run.checkpoint_every={max(steps, 1)}",
+        f"run.output_dir={out}", "run.resume=none", f"run.max_steps={steps}", f"run.checkpoint_every={steps + 1}",
         "run.log_every=1", "run.keep_every_epochs=0", "run.progress=false",
         f"data.batch_size_per_gpu={min(batch_size, full.data.batch_size_per_gpu)}", "data.num_workers=0",
         "eval.random_init_baseline=false",
