@@ -108,10 +108,18 @@ def test_vit_detector_pads_to_1024_at_test_as_in_training(tmp_path):
     packed = Compose(steps)(dict(img_path=str(tmp_path / "a.jpg"), img_id=0))
     assert packed["data_samples"].img_shape == (768, 1024)  # the image itself: boxes are clipped to it
     pre = MODELS.build(cfg.model.data_preprocessor)
-    for training in (False, True):
-        out = pre({"inputs": [packed["inputs"]], "data_samples": [packed["data_samples"]]}, training=training)
-        assert tuple(out["inputs"].shape[-2:]) == (1024, 1024), training
-        assert out["data_samples"][0].img_shape == (768, 1024)
+    out = pre({"inputs": [packed["inputs"]], "data_samples": [packed["data_samples"]]}, training=False)
+    assert tuple(out["inputs"].shape[-2:]) == (1024, 1024)  # the training grid, not 1024 x 768
+    assert out["data_samples"][0].img_shape == (768, 1024)
+    # training: the same 1024 x 1024 (with the masks padded to match)
+    from mmdet.structures.mask import BitmapMasks
+    from mmengine.structures import InstanceData
+
+    sample = packed["data_samples"]
+    sample.gt_instances = InstanceData(bboxes=torch.zeros(0, 4), labels=torch.zeros(0, dtype=torch.long),
+                                       masks=BitmapMasks(np.zeros((0, 768, 1024), np.uint8), 768, 1024))
+    out = pre({"inputs": [packed["inputs"]], "data_samples": [sample]}, training=True)
+    assert tuple(out["inputs"].shape[-2:]) == (1024, 1024)
 
 
 def test_vit_detector_test_forward_on_cpu_pads_and_pastes_masks_at_the_original_size():
