@@ -56,6 +56,19 @@ def test_every_config_file_is_enumerated_by_a_dry_run_test():
     assert len(PRETRAIN) >= 18 and MMSEG and MMDET and BENCH
 
 
+def test_pretrain_cli_dry_run_prints_what_it_ran_and_never_touches_the_real_run(tmp_path, capsys):
+    from bam_dense.cli import main
+
+    config = CONFIGS / "pretrain" / "byol_tiny_cpu.yaml"
+    assert main(["pretrain", "--config", str(config), "--dry-run", "--dry-run-steps", "1", f"run.output_dir={tmp_path}"]) == 0
+    out = capsys.readouterr().out
+    for needle in ("dry-run of", "s/step", "peak memory", "data.batch_size_per_gpu: 64 -> 2", "k-NN on"):
+        assert needle in out, needle
+    assert (tmp_path / "dry-run" / "checkpoints" / "last.pth").is_file()
+    assert not (tmp_path / "checkpoints").exists()  # run.resume=auto of the real run must not find it
+    assert main(["pretrain", "--config", str(config), "--data-root", str(tmp_path)]) == 2  # --data-root needs --dry-run
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("config", PRETRAIN, ids=_ids(PRETRAIN))
 def test_pretraining_recipe_dry_run(config, tmp_path):

@@ -194,6 +194,10 @@ def dry_run(config: str | Path, overrides: list[str] | None = None, *, data_root
     """Run the dry-run of a pretraining config; see the module docstring for what changes."""
     if steps < 1:
         raise UserFacingError(f"dry-run: steps must be >= 1, got {steps}")
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserFacingError("--dry-run runs in one process: start it with bam-dense (or python), not torchrun")
     full, cfg, description = dry_run_config(config, overrides, data_root=data_root, steps=steps, batch_size=batch_size,
                                             eval_images=eval_images, scale=scale)
     before, after = _flat(to_dict(load_config(config))), _flat(to_dict(cfg))
