@@ -57,7 +57,7 @@ class MMDryRunResult:
         if self.iterations:
             out.append(f"  ran            {self.iterations} training iteration(s); {self.seconds_per_iter:.2f} s/iter "
                        f"(first {self.first_iter_seconds:.2f} s)")
-        shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.metrics.items() if not isinstance(v, (dict, list))}
+        shown = {k: round(float(v), 4) for k, v in self.metrics.items() if hasattr(v, "__float__")}
         out.append(f"  evaluation     {self.eval_images} image(s): {shown}")
         out.append(f"  peak memory    {self.peak_memory_mb:.0f} MiB ({self.memory_kind})")
         out.extend(f"  note           {n}" for n in self.notes)
@@ -71,6 +71,8 @@ class MMDryRunResult:
 
 
 def _jsonable(v):
+    if hasattr(v, "__float__") and not isinstance(v, (int, bool)):
+        return float(v)
     try:
         json.dumps(v)
         return v
