@@ -8,6 +8,8 @@ pretrained-weight check. Only sizes change, and every changed key is listed in t
   ``iters x batch`` images (epoch loops); one validation at the end;
 * dataloaders: ``batch_size`` (train <= 2, val/test 1), ``num_workers=0``; the val/test sets cut to
   ``eval_images`` images through the datasets' ``indices``; logging every iteration, a checkpoint at the end;
+* detection: ``model.test_cfg.rcnn.score_thr=0`` so that an untrained model's detections reach the COCO scorer
+  (mmdet skips scoring when nothing clears the threshold);
 * ``scale`` (optional, e.g. 0.25): every image size in the pipelines, the data preprocessor, the sliding-window
   test and a ViT backbone's ``img_size`` multiplied by it (rounded to a multiple of 32). For a ViT this changes
   the size of the position table the checkpoint is resampled to, nothing else of the model;
@@ -157,6 +159,10 @@ def shrink(cfg, task: str, iters: int, batch_size: int, eval_images: int, scale:
         if name != "train_dataloader":
             for k, leaf in enumerate(leaf_datasets(loader.dataset)):
                 _set(changed, f"{name}.dataset[{k}].indices", leaf, "indices", eval_images)
+    rcnn = ((cfg.model.get("test_cfg") or {}).get("rcnn") or {})
+    if task == "det" and rcnn.get("score_thr"):
+        # after a few iterations no detection clears the recipe's threshold, and mmdet then skips COCO scoring
+        _set(changed, "model.test_cfg.rcnn.score_thr", rcnn, "score_thr", 0.0)
     if scale:
         for name in ("train_dataloader", "val_dataloader", "test_dataloader"):
             if cfg.get(name) is None:
