@@ -16,6 +16,8 @@ from conftest import REPO
 
 from bam_dense.engine.dryrun import SIZE_KEYS, dry_run
 
+pytestmark = pytest.mark.dryrun
+
 CONFIGS = REPO / "configs"
 PRETRAIN = sorted(CONFIGS.glob("pretrain/*.yaml"))
 MMSEG = sorted(CONFIGS.glob("mmseg/**/*.py"))
