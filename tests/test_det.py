@@ -91,6 +91,63 @@ def _cfg(name: str):
     return Config.fromfile(CONFIGS / name)
 
 
+def test_vit_detector_pads_to_1024_at_test_as_in_training(tmp_path):
+    """ViTDet pads every image to 1024 x 1024 at test too: the position table sees the training grid."""
+    import numpy as np
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    from mmengine.dataset import Compose
+    from PIL import Image
+
+    import bam_dense.downstream.mmdet_modules  # noqa: F401
+
+    register_all_modules()
+    cfg = _cfg("mask-rcnn_vit-b16_sfp_lsj-100e_coco.py")
+    Image.fromarray(np.full((480, 640, 3), 90, np.uint8)).save(tmp_path / "a.jpg")
+    steps = [t for t in cfg.test_dataloader.dataset.pipeline if t["type"] != "LoadAnnotations"]
+    packed = Compose(steps)(dict(img_path=str(tmp_path / "a.jpg"), img_id=0))
+    assert packed["data_samples"].img_shape == (768, 1024)  # the image itself: boxes are clipped to it
+    pre = MODELS.build(cfg.model.data_preprocessor)
+    out = pre({"inputs": [packed["inputs"]], "data_samples": [packed["data_samples"]]}, training=False)
+    assert tuple(out["inputs"].shape[-2:]) == (1024, 1024)  # the training grid, not 1024 x 768
+    assert out["data_samples"][0].img_shape == (768, 1024)
+    # training: the same 1024 x 1024 (with the masks padded to match)
+    from mmdet.structures.mask import BitmapMasks
+    from mmengine.structures import InstanceData
+
+    sample = packed["data_samples"]
+    sample.gt_instances = InstanceData(bboxes=torch.zeros(0, 4), labels=torch.zeros(0, dtype=torch.long),
+                                       masks=BitmapMasks(np.zeros((0, 768, 1024), np.uint8), 768, 1024))
+    out = pre({"inputs": [packed["inputs"]], "data_samples": [sample]}, training=True)
+    assert tuple(out["inputs"].shape[-2:]) == (1024, 1024)
+
+
+def test_vit_detector_test_forward_on_cpu_pads_and_pastes_masks_at_the_original_size():
+    from mmdet.registry import MODELS
+    from mmdet.structures import DetDataSample
+    from mmdet.utils import register_all_modules
+
+    import bam_dense.downstream.mmdet_modules  # noqa: F401
+
+    register_all_modules()
+    cfg = _cfg("tiny/mask-rcnn_vit_sfp_coco.py")  # the full config's pad, at 128 px
+    cfg.model.backbone.init_cfg = None
+    cfg.model.test_cfg.rcnn.score_thr = 0.0  # keep the random model's detections, wherever they are
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model).eval()
+    model.init_weights()
+    sample = DetDataSample(metainfo=dict(img_shape=(64, 128), ori_shape=(48, 96), scale_factor=(128 / 96, 64 / 48)))
+    data = model.data_preprocessor({"inputs": [torch.randint(0, 255, (3, 64, 128), dtype=torch.uint8)],
+                                    "data_samples": [sample]}, training=False)
+    assert tuple(data["inputs"].shape[-2:]) == (128, 128)
+    with torch.no_grad():
+        (result,) = model(**data, mode="predict")
+    pred = result.pred_instances
+    assert len(pred) > 0
+    assert tuple(pred.masks.shape[-2:]) == (48, 96)
+    assert float(pred.bboxes[:, 2].max()) <= 96 + 1e-3 and float(pred.bboxes[:, 3].max()) <= 48 + 1e-3
+
+
 def test_mask_rcnn_recipe_settings_and_the_model_builds():
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules

@@ -144,7 +144,8 @@ def test_vit_b16_recipe_settings_and_the_model_builds():
     assert sum(p.numel() for p in model.backbone.parameters()) > 85e6
 
 
-def test_vit_s16_r50_configs_and_the_models_build():
+def test_vit_s16_r50_configs_and_the_models_build(tmp_path):
+    from mmengine.config import Config
     from mmseg.registry import MODELS
     from mmseg.utils import register_all_modules
 
@@ -157,7 +158,18 @@ def test_vit_s16_r50_configs_and_the_models_build():
     b = voc.model.backbone
     assert (b.type, b.depth, b.dilations, b.strides, voc.norm_cfg.type) == ("ResNet", 50, (1, 1, 2, 4), (1, 2, 1, 1), "SyncBN")
     assert voc.train_cfg.max_iters == 20000 and voc.optim_wrapper.optimizer.lr == 0.01 and voc.model.test_cfg.mode == "whole"
-    assert voc.model.decode_head.num_classes == 21 and len(voc.train_dataloader.dataset.datasets) == 2
+    assert voc.model.decode_head.num_classes == 21
+    # The train set keeps mmseg's full VOC + aug definitions (type, data_prefix, ann_file, pipeline of each member).
+    reference = tmp_path / "voc_base.py"
+    reference.write_text('_base_ = ["mmseg::_base_/datasets/pascal_voc12_aug.py"]\n')
+    base_cfg = Config.fromfile(reference)
+    base = base_cfg.train_dataloader.dataset.to_dict()
+    ours = voc.train_dataloader.dataset.to_dict()
+    assert ours["type"] == "ConcatDataset" and len(ours["datasets"]) == 2
+    for mine, ref in zip(ours["datasets"], base["datasets"]):
+        for key in ("type", "data_root", "data_prefix", "ann_file", "pipeline"):
+            assert mine.get(key) == ref[key], (key, mine.get(key), ref[key])
+    assert voc.val_dataloader.dataset.to_dict() == base_cfg.val_dataloader.dataset.to_dict()
     assert voc.crop_size == (512, 512) and voc.train_dataloader.batch_size == 4  # x 4 GPUs = 16
     MODELS.build(voc.model)
     ade = _cfg("upernet_r50_ade20k-512x512_160k.py")

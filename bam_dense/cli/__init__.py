@@ -37,11 +37,23 @@ def _pretrain(sub) -> None:
         "Pretrain an encoder from a YAML config (configs/pretrain/*.yaml).\n\n"
         "Overrides are KEY.SUB=VALUE pairs, VALUE parsed as YAML, e.g.\n"
         "  bam-dense pretrain --config configs/pretrain/bam_tiny_cpu.yaml optim.epochs=2 run.output_dir=runs/x\n"
-        "Multi-GPU: torchrun --nproc_per_node=8 pretrain/train.py --config ... (same arguments).",
+        "Multi-GPU: torchrun --nproc_per_node=8 pretrain/train.py --config ... (same arguments).\n"
+        "Before queueing a long run: bam-dense pretrain --config ... --dry-run [data.views.global_size=64 ...]",
     )
     p.add_argument("--config", required=True, help="pretraining YAML file")
     p.add_argument("overrides", nargs="*", help="KEY.SUB=VALUE config overrides")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--dry-run", action="store_true",
+                   help="build everything the full run builds, run a few steps and one k-NN evaluation at reduced "
+                        "batch/data sizes (outputs in <run.output_dir>/dry-run), print s/step and peak memory; shrink "
+                        "the input size, if needed, with overrides such as data.views.global_size=64")
+    p.add_argument("--dry-run-steps", type=int, default=2, metavar="N", help="optimizer steps of --dry-run (default 2)")
+    p.add_argument("--dry-run-scale", type=float, default=None, metavar="F",
+                   help="--dry-run: multiply the crop sizes (data.views.global_size/local_size, eval.knn sizes) by F, "
+                        "rounded to multiples of 32, e.g. 0.25 on a CPU")
+    p.add_argument("--data-root", default=None,
+                   help="--dry-run: ImageNet-style folder to read (default: the config's data.path if it exists, "
+                        "else synthetic images written in that layout)")
 
 
 def _convert(sub) -> None:
@@ -129,7 +141,8 @@ def _finetune(sub, name: str, title: str, example: str, data_root_help: str) -> 
     msub = p.add_subparsers(dest=f"{name}_command", required=True, metavar="{train,test}")
     tr = _add(msub, "train", "bam_dense.cli.commands:finetune_train", "fine-tune from a pretrained backbone (the weight check runs first)")
     tr.add_argument("config", help=f"mmengine config, e.g. {example}")
-    tr.add_argument("--checkpoint", required=True, help="pretraining checkpoint (converted on the fly) or an already converted file")
+    tr.add_argument("--checkpoint", help="pretraining checkpoint (converted on the fly) or an already converted file "
+                    "(required, except with --dry-run: then a random-init checkpoint of the config's backbone)")
     tr.add_argument("--work-dir", help="work directory (default work_dirs/<config name>)")
     tr.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE", help="mmengine config overrides")
     tr.add_argument("--amp", action="store_true", help="mixed precision (AmpOptimWrapper)")
@@ -137,6 +150,7 @@ def _finetune(sub, name: str, title: str, example: str, data_root_help: str) -> 
     tr.add_argument("--launcher", choices=["none", "pytorch", "slurm"], default="none", help="job launcher (torchrun: pytorch)")
     tr.add_argument("--data-root", help=data_root_help)
     tr.add_argument("--trust-source", action="store_true", help="allow legacy pickles (trusted files only)")
+    _dry_run_args(tr, train=True)
     te = _add(msub, "test", "bam_dense.cli.commands:finetune_test", "evaluate a fine-tuned model and write metrics JSON")
     te.add_argument("config")
     te.add_argument("--checkpoint", required=True, help="fine-tuned checkpoint, or a work dir (its latest checkpoint)")
@@ -145,6 +159,22 @@ def _finetune(sub, name: str, title: str, example: str, data_root_help: str) -> 
     te.add_argument("--out", help="metrics JSON path (default <work-dir>/metrics.json)")
     te.add_argument("--launcher", choices=["none", "pytorch", "slurm"], default="none")
     te.add_argument("--data-root", help=data_root_help)
+    _dry_run_args(te, train=False)
+
+
+def _dry_run_args(p, train: bool) -> None:
+    what = ("conversion, weight check, a few iterations and one validation" if train
+            else "the test on a few images, metrics JSON written")
+    p.add_argument("--dry-run", action="store_true",
+                   help=f"the recipe as the full run builds it, at reduced sizes ({what}); prints s/iter and peak "
+                        "memory; without --data-root, synthetic data in the dataset's layout under <work-dir>/data "
+                        "(default work dir: work_dirs/<config>/dry-run)")
+    if train:
+        p.add_argument("--dry-run-iters", type=int, default=2, metavar="N", help="training iterations of --dry-run (default 2)")
+    p.add_argument("--dry-run-scale", type=float, default=None, metavar="F",
+                   help="--dry-run: multiply every image size (pipelines, preprocessor, sliding window, ViT img_size) by F, "
+                        "e.g. 0.25 on a CPU")
+    p.add_argument("--dry-run-images", type=int, default=2, metavar="N", help="--dry-run: evaluation images (default 2)")
 
 
 def _seg(sub) -> None:
@@ -168,6 +198,12 @@ def _bench(sub) -> None:
     run.add_argument("--skip", nargs="*", default=[], help="skip these steps")
     run.add_argument("--force", action="store_true", help="re-run steps that already have results")
     run.add_argument("--print-slurm", action="store_true", help="print one sbatch command per step instead of running")
+    run.add_argument("--dry-run", action="store_true",
+                     help="run every step through its own --dry-run (pretraining, seg/det train+test, DAVIS on one "
+                          "sequence, probe): the plan's configs at reduced sizes, synthetic data where a data root "
+                          "is missing; always re-runs")
+    run.add_argument("--dry-run-scale", type=float, default=None, metavar="F",
+                     help="--dry-run: multiply input sizes by F in every step (e.g. 0.25 on a CPU)")
     rep = _add(bsub, "report", "bam_dense.cli.commands:bench_report", "write report.md and charts for one or more run directories")
     rep.add_argument("run_dirs", nargs="+", help="run directories (several: side by side)")
     rep.add_argument("--out", help="report folder (default: the first run directory)")

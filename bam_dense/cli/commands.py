@@ -21,6 +21,15 @@ def pretrain(args: Namespace) -> int:
     from bam_dense.core.config import dump, load_config
     from bam_dense.engine.trainer import PREEMPTED_EXIT, run
 
+    if args.dry_run:
+        from bam_dense.engine.dryrun import dry_run
+
+        result = dry_run(args.config, args.overrides, data_root=args.data_root, steps=args.dry_run_steps,
+                         scale=args.dry_run_scale)
+        print("\n".join(f"[bam-dense] {line}" for line in result.lines()))
+        return 0
+    if args.data_root:
+        raise UserFacingError("--data-root goes with --dry-run; a full run reads data.path (override: data.path=DIR)")
     cfg = load_config(args.config, args.overrides)
     if args.print_config:
         print(dump(cfg))
@@ -86,12 +95,29 @@ def _finetune_module(args: Namespace):
 
 
 def finetune_train(args: Namespace) -> int:
+    if args.dry_run:
+        from bam_dense.downstream import dryrun
+
+        result = dryrun.train(args.command, args.config, args.checkpoint, args.work_dir, args.cfg_options, args.data_root,
+                              iters=args.dry_run_iters, eval_images=args.dry_run_images, scale=args.dry_run_scale,
+                              amp=args.amp, trust_source=args.trust_source)
+        print("\n".join(f"[bam-dense] {line}" for line in result.lines()))
+        return 0
+    if not args.checkpoint:
+        raise UserFacingError("--checkpoint is required (only --dry-run makes a random-init one)")
     _finetune_module(args).train(args.config, args.checkpoint, args.work_dir, args.cfg_options, args.amp, args.resume,
                                  args.launcher, args.data_root, args.trust_source)
     return 0
 
 
 def finetune_test(args: Namespace) -> int:
+    if args.dry_run:
+        from bam_dense.downstream import dryrun
+
+        result = dryrun.test(args.command, args.config, args.checkpoint, args.work_dir, args.cfg_options, args.out,
+                             args.data_root, eval_images=args.dry_run_images, scale=args.dry_run_scale)
+        print("\n".join(f"[bam-dense] {line}" for line in result.lines()))
+        return 0
     _finetune_module(args).test(args.config, args.checkpoint, args.work_dir, args.cfg_options, args.out, args.launcher,
                                 args.data_root)
     return 0
@@ -107,13 +133,21 @@ def bench_run(args: Namespace) -> int:
         return 0
     run_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(args.plan, run_dir / "plan.yaml")
-    outcomes = run_plan(plan, run_dir, args.steps, args.skip, args.force)
+    if args.dry_run:
+        from bam_dense.bench.dryrun import run_plan_dry
+
+        outcomes = run_plan_dry(plan, run_dir, args.steps, args.skip, args.dry_run_scale)
+    else:
+        outcomes = run_plan(plan, run_dir, args.steps, args.skip, args.force)
     failed = [o for o in outcomes if o.status == "failed"]
     for o in outcomes:
         print(f"[bam-dense] {o.run:<20} {o.step:<20} {o.status:<8} {o.detail}")
     if failed:
         print(f"[bam-dense] {len(failed)} step(s) failed; the others' results are in {run_dir}", file=sys.stderr)
         return 1
+    if args.dry_run:
+        print(f"[bam-dense] dry-run done; each step's log.txt in {run_dir} has its s/iter and peak memory")
+        return 0
     print(f"[bam-dense] done; report: bam-dense bench report {run_dir}")
     return 0
 

@@ -2,10 +2,14 @@
 # al. 2022): features of the last block only, turned into strides 4/8/16/32 (deconv x2, deconv x1, identity,
 # max-pool) plus a max-pooled stride 64, LayerNorm in the pyramid and heads, 2-conv RPN head, 4conv-1fc box head,
 # AdamW lr 1e-4 wd 0.1 with layer-wise lr decay 0.7, large-scale jitter at 1024, 184,375 iterations at batch 64.
-# Differences from ViTDet, stated plainly: global attention in every block (no window attention, no relative
-# position bias), and the ViT is timm's, fed the converted checkpoint's {'model': timm names}. The test
-# pipeline does not pad to 1024 (the timm ViT takes any size; padding in the pipeline let boxes escape the
-# image and broke mask pasting on the CPU).
+# Input size: every image is padded to 1024 x 1024, in training and at test, as ViTDet does (detectron2's
+# `square_pad=1024` in the model), so the position table is resampled to the same 64 x 64 grid in both. The pad is
+# done by the data preprocessor (`pad_size_divisor=1024`, zeros after normalisation as in ViTDet), not by a
+# pipeline `Pad`: a pipeline pad would set img_shape to the padded size, boxes would be clipped to the padding
+# instead of the image, and pasting their masks back at the original size broke on the CPU.
+# Where this model still differs from ViTDet: global attention in every block (ViTDet: windowed attention with
+# 4 global blocks, and relative position biases); the cls token is kept and takes part in attention (ViTDet drops
+# it); the ViT is timm's, fed the converted checkpoint's {'model': timm names}.
 _base_ = [
     "mmdet::_base_/models/mask-rcnn_r50_fpn.py",
     "mmdet::_base_/datasets/coco_instance.py",
@@ -19,7 +23,10 @@ norm_cfg = dict(type="LN2d", requires_grad=True)
 embed_dim = 768
 
 model = dict(
-    data_preprocessor=dict(pad_size_divisor=32, batch_augments=[dict(type="BatchFixedSizePad", size=image_size, pad_mask=True)]),
+    # pad_size_divisor=1024: the resized images (long side <= 1024) become 1024 x 1024 in training and at test;
+    # BatchFixedSizePad pads the training masks to match.
+    data_preprocessor=dict(pad_size_divisor=image_size[0],
+                           batch_augments=[dict(type="BatchFixedSizePad", size=image_size, pad_mask=True)]),
     backbone=dict(
         _delete_=True,
         type="TimmViT",

@@ -10,10 +10,11 @@ model = dict(
     pretrained=None,
     backbone=dict(type="ResNet", depth=50, init_cfg=dict(type="Pretrained", checkpoint=None)),
 )
-train_dataloader = dict(
-    batch_size=4,  # x 4 GPUs = 16
-    dataset=dict(datasets=[dict(data_root=data_root), dict(data_root=data_root)]),
-)
+# The train set is the base's ConcatDataset of VOC train + SBD aug (type, data_prefix, ann_file, pipeline each).
+# It is left as the base defines it, with the base's data root (the same as data_root above): mmengine replaces a
+# list from _base_ wholesale, so restating `datasets` here would drop everything the two entries do not repeat.
+# `--data-root DIR` reaches both members.
+train_dataloader = dict(batch_size=4)  # x 4 GPUs = 16
 val_dataloader = dict(dataset=dict(data_root=data_root))
 test_dataloader = val_dataloader
 val_evaluator = dict(type="IoUMetricWithClasses", iou_metrics=["mIoU"])

@@ -15,6 +15,10 @@
 * Multi-GPU and multi-node through detectron2's launcher (``--num-gpus``, ``--num-machines``,
   ``--machine-rank``, ``--dist-url``); ``--resume`` continues from ``OUTPUT_DIR/last_checkpoint``.
 * Writes ``<OUTPUT_DIR>/metrics.json`` (box and mask AP, AP50, AP75, APs/m/l, config, weights, SHA-256).
+* ``--dry-run``: the same config at ``--dry-run-iters`` iterations (default 2), batch 2, no workers, one
+  evaluation on ``--dry-run-images`` images (default 2), on synthetic COCO written under
+  ``<OUTPUT_DIR>/data`` when no ``--coco-root`` is given; ``--dry-run-scale F`` multiplies the input sizes (the
+  YAML's INPUT sizes; the LazyConfig's LSJ size, test resize and ``square_pad``). Prints s/iter and peak memory.
 
 detectron2 is not on the package index; build it from https://github.com/facebookresearch/detectron2.
 """
@@ -91,6 +95,141 @@ def check_pretrained(model: torch.nn.Module, weights: str) -> None:
     print(f"[bam-dense] pretrained-weight check: all {result.checked} backbone tensors hold {weights}")
 
 
+# ---------------------------------------------------------------------------------------------
+# --dry-run: sizes only
+# ---------------------------------------------------------------------------------------------
+
+
+def _r32(x: float) -> int:
+    return max(32, int(round(x / 32.0)) * 32)
+
+
+def dry_run_data(args, output_dir: str) -> None:
+    """No --coco-root: synthetic COCO in the real layout under OUTPUT_DIR/data (written once)."""
+    if args.coco_root:
+        return
+    from bam_dense.data.coco80 import relabel_as_coco80
+    from bam_dense.data.synthetic import make
+
+    root = Path(output_dir) / "data" / "coco"
+    if not (root / ".complete").exists():
+        make("coco", root, num=4)
+        relabel_as_coco80(root / "annotations")  # the recipe's 80 classes: the evaluator maps all of them
+        (root / ".complete").write_text("")
+    args.coco_root = str(root)
+
+
+def dry_run_subset(name: str, n: int) -> str:
+    """A registered dataset cut to its first ``n`` images (the evaluator scores only the images it saw)."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    new = f"{name}_dry_run_{n}"
+    if new not in DatasetCatalog.list():
+        DatasetCatalog.register(new, lambda: DatasetCatalog.get(name)[:n])
+        meta = {k: v for k, v in MetadataCatalog.get(name).as_dict().items() if k != "name"}
+        MetadataCatalog.get(new).set(**meta)
+    return new
+
+
+def dry_run_yaml(cfg, args) -> dict:
+    changed = {}
+
+    def put(node, key, value, where):
+        old = getattr(node, key)
+        if old != value:
+            changed[where] = (old, value)
+            setattr(node, key, value)
+
+    iters = args.dry_run_iters
+    put(cfg.SOLVER, "MAX_ITER", iters, "SOLVER.MAX_ITER")
+    put(cfg.SOLVER, "IMS_PER_BATCH", min(2, cfg.SOLVER.IMS_PER_BATCH), "SOLVER.IMS_PER_BATCH")
+    put(cfg.SOLVER, "CHECKPOINT_PERIOD", iters, "SOLVER.CHECKPOINT_PERIOD")
+    put(cfg.TEST, "EVAL_PERIOD", 0, "TEST.EVAL_PERIOD")  # the one evaluation runs after training
+    put(cfg.DATALOADER, "NUM_WORKERS", 0, "DATALOADER.NUM_WORKERS")
+    put(cfg.DATASETS, "TEST", tuple(dry_run_subset(n, args.dry_run_images) for n in cfg.DATASETS.TEST), "DATASETS.TEST")
+    f = args.dry_run_scale
+    if f:
+        put(cfg.INPUT, "MIN_SIZE_TRAIN", tuple(_r32(s * f) for s in cfg.INPUT.MIN_SIZE_TRAIN), "INPUT.MIN_SIZE_TRAIN")
+        put(cfg.INPUT, "MAX_SIZE_TRAIN", _r32(cfg.INPUT.MAX_SIZE_TRAIN * f), "INPUT.MAX_SIZE_TRAIN")
+        put(cfg.INPUT, "MIN_SIZE_TEST", _r32(cfg.INPUT.MIN_SIZE_TEST * f), "INPUT.MIN_SIZE_TEST")
+        put(cfg.INPUT, "MAX_SIZE_TEST", _r32(cfg.INPUT.MAX_SIZE_TEST * f), "INPUT.MAX_SIZE_TEST")
+    return changed
+
+
+def dry_run_lazy(cfg, args) -> dict:
+    changed = {}
+
+    def put(node, key, value, where):
+        old = node[key] if key in node else None
+        if old != value:
+            changed[where] = (old, value)
+            node[key] = value
+
+    iters = args.dry_run_iters
+    put(cfg.train, "max_iter", iters, "train.max_iter")
+    put(cfg.train, "eval_period", 0, "train.eval_period")
+    put(cfg.train.checkpointer, "period", iters, "train.checkpointer.period")
+    put(cfg.dataloader.train, "total_batch_size", min(2, cfg.dataloader.train.total_batch_size), "dataloader.train.total_batch_size")
+    put(cfg.dataloader.train, "num_workers", 0, "dataloader.train.num_workers")
+    put(cfg.dataloader.test, "num_workers", 0, "dataloader.test.num_workers")
+    names = cfg.dataloader.test.dataset.names
+    names = names if isinstance(names, str) else names[0]
+    put(cfg.dataloader.test.dataset, "names", dry_run_subset(names, args.dry_run_images), "dataloader.test.dataset.names")
+    cfg.dataloader.evaluator.dataset_name = cfg.dataloader.test.dataset.names
+    f = args.dry_run_scale
+    if f:
+        for i, aug in enumerate(cfg.dataloader.train.mapper.augmentations):
+            for key in ("target_height", "target_width"):
+                if key in aug:
+                    put(aug, key, _r32(aug[key] * f), f"dataloader.train.mapper.augmentations[{i}].{key}")
+            if "crop_size" in aug:
+                put(aug, "crop_size", tuple(_r32(c * f) for c in aug["crop_size"]), f"dataloader.train.mapper.augmentations[{i}].crop_size")
+        for i, aug in enumerate(cfg.dataloader.test.mapper.augmentations):
+            for key in ("short_edge_length", "max_size"):
+                if key in aug:
+                    put(aug, key, _r32(aug[key] * f), f"dataloader.test.mapper.augmentations[{i}].{key}")
+        backbone = cfg.model.backbone
+        if "square_pad" in backbone and backbone.square_pad:
+            put(backbone, "square_pad", _r32(backbone.square_pad * f), "model.backbone.square_pad")
+    return changed
+
+
+def peak_memory() -> str:
+    if torch.cuda.is_available():
+        return f"{torch.cuda.max_memory_allocated() / 2**20:.0f} MiB (torch.cuda.max_memory_allocated)"
+    import resource
+
+    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB (process max RSS)"
+
+
+def report_dry_run(args, changed: dict, seconds: list[float], results: dict) -> None:
+    if not comm.is_main_process():
+        return
+    per = sum(seconds[1:]) / max(len(seconds) - 1, 1) if len(seconds) > 1 else (seconds[0] if seconds else float("nan"))
+    print(f"[bam-dense] dry-run of {args.config_file} (detectron2)")
+    print(f"[bam-dense]   data           {args.coco_root}")
+    print("[bam-dense]   changed        " + "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()))
+    print(f"[bam-dense]   ran            {len(seconds)} training iteration(s); {per:.2f} s/iter")
+    print(f"[bam-dense]   evaluation     {args.dry_run_images} image(s): "
+          f"box AP {results.get('bbox', {}).get('AP')}, mask AP {results.get('segm', {}).get('AP')}")
+    print(f"[bam-dense]   peak memory    {peak_memory()}")
+
+
+def _iteration_timer(seconds: list[float]):
+    import time
+
+    from detectron2.engine import HookBase
+
+    class DryRunTimer(HookBase):
+        def before_step(self):
+            self._t = time.perf_counter()
+
+        def after_step(self):
+            seconds.append(time.perf_counter() - self._t)
+
+    return DryRunTimer()
+
+
 def write_metrics(results: dict, args, weights: str) -> None:
     from bam_dense.downstream.mm_common import write_metrics as write
 
@@ -115,6 +254,8 @@ def setup_yaml(args):
     cfg = get_cfg()
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
+    if args.dry_run:
+        dry_run_data(args, cfg.OUTPUT_DIR)
     if args.coco_root:
         train, val = register_coco_root(args.coco_root)
         cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = (train,), (val,)
@@ -124,6 +265,8 @@ def setup_yaml(args):
         for node in (cfg.MODEL.RESNETS, cfg.MODEL.FPN, cfg.MODEL.ROI_BOX_HEAD, cfg.MODEL.ROI_MASK_HEAD):
             if node.NORM == "SyncBN":
                 node.NORM = "BN"
+    if args.dry_run:
+        args.dry_run_changed = dry_run_yaml(cfg, args)
     if args.checkpoint and not args.eval_only:
         cfg.MODEL.WEIGHTS = prepare_weights(args.checkpoint, cfg.OUTPUT_DIR, args.trust_source)
     cfg.freeze()
@@ -146,10 +289,15 @@ def main_yaml(args):
     trainer.resume_or_load(resume=args.resume)
     if trainer.start_iter == 0 and cfg.MODEL.WEIGHTS:
         check_pretrained(trainer.model, cfg.MODEL.WEIGHTS)
+    seconds: list[float] = []
+    if args.dry_run:
+        trainer.register_hooks([_iteration_timer(seconds)])
     trainer.train()
     results = Trainer.test(cfg, trainer.model)
     if comm.is_main_process():
         write_metrics(results, args, str(Path(cfg.OUTPUT_DIR) / "model_final.pth"))
+    if args.dry_run:
+        report_dry_run(args, args.dry_run_changed, seconds, results)
     return results
 
 
@@ -160,6 +308,8 @@ def main_lazy(args):
 
     cfg = LazyConfig.load(args.config_file)
     cfg = LazyConfig.apply_overrides(cfg, args.opts)
+    if args.dry_run:
+        dry_run_data(args, cfg.train.output_dir)
     if args.coco_root:
         train, val = register_coco_root(args.coco_root)
         cfg.dataloader.train.dataset.names, cfg.dataloader.test.dataset.names = train, val
@@ -167,6 +317,7 @@ def main_lazy(args):
     if not torch.cuda.is_available():
         cfg.train.device = "cpu"
         cfg.train.amp.enabled = False
+    changed = dry_run_lazy(cfg, args) if args.dry_run else {}
     if args.checkpoint and not args.eval_only:
         cfg.train.init_checkpoint = prepare_weights(args.checkpoint, cfg.train.output_dir, args.trust_source)
     default_setup(cfg, args)
@@ -199,6 +350,9 @@ def main_lazy(args):
         hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period)
         if comm.is_main_process() else None,
     ])
+    seconds: list[float] = []
+    if args.dry_run:
+        trainer.register_hooks([_iteration_timer(seconds)])
     checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
     start_iter = trainer.iter + 1 if args.resume and checkpointer.has_checkpoint() else 0
     if start_iter == 0 and cfg.train.init_checkpoint:
@@ -207,6 +361,8 @@ def main_lazy(args):
     results = evaluate()
     if comm.is_main_process():
         write_metrics(results, args, str(Path(cfg.train.output_dir) / "model_final.pth"))
+    if args.dry_run:
+        report_dry_run(args, changed, seconds, results)
     return results
 
 
@@ -220,6 +376,12 @@ def build_parser():
     parser.add_argument("--coco-root", help="COCO root: annotations/instances_{train,val}2017.json, {train,val}2017/")
     parser.add_argument("--trust-source", action="store_true", help="allow legacy pickles (trusted files only)")
     parser.add_argument("--metrics-out", help="metrics JSON (default <OUTPUT_DIR>/metrics.json)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="the config at a few iterations, batch 2, one evaluation on a few images; synthetic COCO "
+                             "under OUTPUT_DIR/data without --coco-root; prints s/iter and peak memory")
+    parser.add_argument("--dry-run-iters", type=int, default=2, help="training iterations of --dry-run (default 2)")
+    parser.add_argument("--dry-run-images", type=int, default=2, help="evaluation images of --dry-run (default 2)")
+    parser.add_argument("--dry-run-scale", type=float, default=None, help="--dry-run: multiply the input sizes by F")
     return parser
 
 

@@ -12,7 +12,8 @@ embed_dim = 96
 max_iters = 4
 
 model = dict(
-    data_preprocessor=dict(batch_augments=[dict(type="BatchFixedSizePad", size=image_size, pad_mask=True)]),
+    data_preprocessor=dict(pad_size_divisor=image_size[0],
+                           batch_augments=[dict(type="BatchFixedSizePad", size=image_size, pad_mask=True)]),
     backbone=dict(arch="vit_small_patch16_224", img_size=image_size[0], pretrain_img_size=32, drop_path_rate=0.0,
                   model_kwargs=dict(patch_size=4, embed_dim=embed_dim, depth=4, num_heads=4)),
     # patch 4: the pyramid at x2, x1, x0.5 gives strides 2, 4, 8 (+ 16 from the extra max-pool level)

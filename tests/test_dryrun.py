@@ -1,0 +1,201 @@
+"""The dry-run of every recipe under configs/: each config file is found by a glob, so a new one is covered.
+
+The full-size models run (ViT-B, CAFormer-M36, ResNet-50 with their real heads); on the 2-core CI machine only
+the input size is shrunk, through the overrides a user would pass (``CI_PRETRAIN_SIZES``, ``CI_MM_SIZES``).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO
+
+from bam_dense.engine.dryrun import SIZE_KEYS, dry_run
+
+pytestmark = pytest.mark.dryrun
+
+CONFIGS = REPO / "configs"
+PRETRAIN = sorted(CONFIGS.glob("pretrain/*.yaml"))
+MMSEG = sorted(CONFIGS.glob("mmseg/**/*.py"))
+MMDET = sorted(CONFIGS.glob("mmdet/**/*.py"))
+DETECTRON2 = sorted(p for p in CONFIGS.glob("detectron2/*") if p.suffix in (".yaml", ".py"))
+BENCH = sorted(CONFIGS.glob("bench/*.yaml"))
+
+# What a user on a laptop passes to keep a 224-px recipe quick (--dry-run-scale): 224 -> 64-px and 96 -> 32-px
+# crops (a 4x4 / 2x2 ViT grid); 512 -> 128 px for segmentation, 800 -> 192 (1333 -> 320) for COCO R50.
+CI_SCALE = 0.25
+CI_LSJ_SCALE = 0.125  # ViTDet's 1024-px large-scale jitter -> 128 px
+
+
+def _ids(paths):
+    return [str(p.relative_to(CONFIGS)) for p in paths]
+
+
+def _bench_step_configs() -> set[Path]:
+    """mmseg/mmdet configs a bench plan's steps use: the bench dry-run test runs them (train and test)."""
+    import yaml
+
+    found = set()
+    for plan in BENCH:
+        for step in yaml.safe_load(plan.read_text()).get("steps") or []:
+            if step.get("kind") in ("seg", "det") and step.get("config"):
+                found.add((REPO / step["config"]).resolve())
+    return found
+
+
+# Each mm config is dry-run once: by the bench test when a plan uses it, else here.
+MM_ALONE = [p for p in MMSEG + MMDET if p.resolve() not in _bench_step_configs()]
+
+
+def test_every_config_file_is_enumerated_by_a_dry_run_test():
+    covered = set(PRETRAIN) | set(MMSEG) | set(MMDET) | set(DETECTRON2) | set(BENCH)
+    files = {p for p in CONFIGS.rglob("*") if p.is_file() and p.suffix in (".yaml", ".yml", ".py")}
+    assert files - covered == set(), "config files no dry-run test enumerates"
+    assert len(PRETRAIN) >= 18 and MMSEG and MMDET and BENCH
+
+
+def test_pretrain_cli_dry_run_prints_what_it_ran_and_never_touches_the_real_run(tmp_path, capsys):
+    from bam_dense.cli import main
+
+    config = CONFIGS / "pretrain" / "byol_tiny_cpu.yaml"
+    assert main(["pretrain", "--config", str(config), "--dry-run", "--dry-run-steps", "1", f"run.output_dir={tmp_path}"]) == 0
+    out = capsys.readouterr().out
+    for needle in ("dry-run of", "s/step", "peak memory", "data.batch_size_per_gpu: 64 -> 2", "k-NN on"):
+        assert needle in out, needle
+    assert (tmp_path / "dry-run" / "checkpoints" / "last.pth").is_file()
+    assert not (tmp_path / "checkpoints").exists()  # run.resume=auto of the real run must not find it
+    assert main(["pretrain", "--config", str(config), "--data-root", str(tmp_path)]) == 2  # --data-root needs --dry-run
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", PRETRAIN, ids=_ids(PRETRAIN))
+def test_pretraining_recipe_dry_run(config, tmp_path):
+    from bam_dense.core.checkpoint import load_own
+    from bam_dense.core.config import load_config
+    from bam_dense.models.backbones import build_backbone
+
+    full = load_config(config)
+    scale = CI_SCALE if full.data.views.global_size > 64 else None  # the tiny configs already crop 32 px
+    result = dry_run(config, [f"run.output_dir={tmp_path}"], steps=1, eval_images=8, scale=scale)
+    try:
+        assert result.steps == 1 and result.first_loss is not None and torch.isfinite(torch.tensor(result.first_loss))
+        assert result.seconds_per_step > 0 and result.peak_memory_mb > 0
+        # Only sizes (and where outputs and data go) differ from the recipe.
+        assert set(result.changed) <= SIZE_KEYS | {"run.output_dir"}, set(result.changed) - SIZE_KEYS
+        if full.eval.knn.enabled:
+            assert 0.0 <= result.knn_top1 <= 1.0 and result.knn_images[1] > 0
+        state = load_own(result.checkpoint, map_location="cpu")
+        assert state["arch"] == full.model.arch and state["model_kwargs"] == full.model.kwargs
+        backbone = {k[len("backbone."):]: v for k, v in state["student"].items() if k.startswith("backbone.")}
+        reference = build_backbone(full.model).state_dict()
+        assert {k: tuple(v.shape) for k, v in backbone.items()} == {k: tuple(v.shape) for k, v in reference.items()}
+        report = json.loads((Path(result.output_dir) / "dry_run.json").read_text())
+        assert report["steps"] == 1
+        if full.data.path:
+            assert "data.path" in result.changed  # /datasets/imagenet is absent here: synthetic images in its layout
+            assert (Path(result.changed["data.path"][1]) / "train").is_dir()
+    finally:
+        shutil.rmtree(tmp_path / "dry-run", ignore_errors=True)  # ViT-B checkpoints are ~2 GB
+
+
+# ---------------------------------------------------------------------------------------------
+# MMSegmentation / MMDetection recipes
+# ---------------------------------------------------------------------------------------------
+
+# Keys an mm dry-run may change: sizes, and the AMP wrapper on a machine without a GPU.
+MM_SIZE_KEY_PATTERNS = (
+    r"train_cfg\.(max_iters|val_interval|max_epochs)", r"default_hooks\.(checkpoint|logger)\.interval",
+    r"log_processor\.window_size", r"(train|val|test)_dataloader\.(batch_size|num_workers|persistent_workers)",
+    r"(train|val|test)_dataloader\.dataset\[\d+\]\.indices",
+    r"((train|val|test)_dataloader\.dataset\[\d+\]\.pipeline|train_pipeline|test_pipeline|model\.data_preprocessor\.batch_augments)"
+    r"\[\d+\]\((Resize|RandomResize|RandomChoiceResize|RandomCrop|Pad|BatchFixedSizePad)\)\.(scale|scales|crop_size|size)",
+    r"model\.data_preprocessor\.(size|pad_size_divisor)", r"model\.test_cfg\.(crop_size|stride)", r"model\.backbone\.img_size",
+    r"optim_wrapper\.type", r"model\.test_cfg\.rcnn\.score_thr",
+)
+
+
+def _mm_scale(config: Path) -> float | None:
+    if "tiny" in config.parts:
+        return None  # already CPU-sized
+    return CI_LSJ_SCALE if "lsj" in config.name else CI_SCALE
+
+
+def _assert_sizes_only(changed: dict) -> None:
+    import re
+
+    odd = [k for k in changed if not any(re.fullmatch(p, k) for p in MM_SIZE_KEY_PATTERNS)]
+    assert not odd, f"the dry-run changed more than sizes: {odd}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", MM_ALONE, ids=_ids(MM_ALONE))
+def test_mm_recipe_dry_run_trains_validates_and_tests(config, tmp_path):
+    pytest.importorskip("mmcv.ops")
+    from bam_dense.downstream import dryrun
+
+    task = "seg" if "mmseg" in config.parts else "det"
+    scale = _mm_scale(config)
+    work = tmp_path / "work"
+    result = dryrun.train(task, str(config), None, str(work), iters=1, eval_images=1, scale=scale)
+    try:
+        assert result.iterations == 1 and result.seconds_per_iter > 0
+        _assert_sizes_only(result.changed)
+        assert any(k.startswith("train_cfg.") for k in result.changed)
+        check = json.loads((work / "pretrained_weight_check.json").read_text())
+        assert check["ok"] and check["checked"] > 0  # the random-init checkpoint was converted and loaded
+        assert list(work.glob("pretrained/*.report.json"))
+        key = "mIoU" if task == "seg" else "coco/bbox_mAP"
+        assert key in result.metrics, result.metrics
+        if scale:
+            assert any("pipeline" in k for k in result.changed)
+        tested = dryrun.test(task, str(config), str(work), str(work), out=str(work / "metrics.json"), eval_images=1,
+                             scale=scale)
+        assert tested.eval_images == 1 and json.loads((work / "metrics.json").read_text())["metrics"]
+    finally:
+        # Only the big files: mmengine keeps one visualizer per process (mmseg/mmdet name it 'visualizer'), and it
+        # goes on writing into the first run's folder.
+        for path in work.rglob("*.pth"):
+            path.unlink()
+
+
+# ---------------------------------------------------------------------------------------------
+# Bench plans
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("plan_path", BENCH, ids=_ids(BENCH))
+def test_bench_plan_dry_run(plan_path, tmp_path):
+    """Every step of the plan for its first run (the other runs repeat the same step configs with other seeds or
+    pretraining configs, each of which the tests above dry-run on its own)."""
+    pytest.importorskip("mmcv.ops")
+    import importlib.util
+
+    from bam_dense.bench.dryrun import run_plan_dry
+    from bam_dense.bench.plan import load_plan
+
+    plan = load_plan(plan_path)
+    for run in plan.runs:
+        if run.pretrain:
+            assert (REPO / run.pretrain["config"]).resolve() in {p.resolve() for p in PRETRAIN}
+    for step in plan.steps:
+        if step.config:
+            assert (REPO / step.config).resolve() in {p.resolve() for p in MMSEG + MMDET + DETECTRON2}
+    first = plan.runs[0]
+    plan.runs = [first]
+    outcomes = run_plan_dry(plan, tmp_path, scale=None if "tiny" in plan_path.stem else CI_SCALE)
+    by_step = {o.step: o for o in outcomes}
+    assert set(by_step) == ({"pretrain"} if first.pretrain else set()) | {s.name for s in plan.steps}
+    for o in outcomes:
+        if o.status == "skipped":
+            assert "detectron2" in o.detail and importlib.util.find_spec("detectron2") is None
+        else:
+            assert o.status == "done", (o.step, o.detail, (tmp_path / first.name / o.step / "error.txt").read_text()
+                                        if (tmp_path / first.name / o.step / "error.txt").exists() else "")
+    for step in plan.steps:
+        if step.kind in ("seg", "det", "davis", "probe"):
+            assert (tmp_path / first.name / step.name / "metrics.json").exists(), step.name
