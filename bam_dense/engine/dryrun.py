@@ -97,6 +97,7 @@ class _Subset:
         n = min(n, total)
         self.source = source
         self.indices = sorted({i * total // n for i in range(n)})
+        self.targets = [source.targets[i] for i in self.indices]  # what the k-NN monitor's balanced subset reads
 
     def __len__(self) -> int:
         return len(self.indices)
