@@ -15,13 +15,21 @@ class IoUMetricWithClasses(IoUMetric):
 
     The per-class values stay out of the returned metrics so that logs keep one line of summary numbers;
     ``bam-dense seg test`` reads them from the evaluator for the metrics JSON (None for absent classes).
+    ``per_image`` keeps each image's intersection and union per class (in the test loader's order), over the
+    classes with a non-empty union: bootstrap intervals over the validation images are computed from them.
     """
 
     per_class_iou: dict[str, float | None] = {}
+    per_image: dict = {}
 
     def compute_metrics(self, results: list) -> dict:
         metrics = super().compute_metrics(results)
         if results:
+            inters = np.stack([np.asarray(r[0], dtype=np.int64) for r in results])
+            unions = np.stack([np.asarray(r[1], dtype=np.int64) for r in results])
+            classes = np.nonzero(unions.sum(0) > 0)[0]
+            self.per_image = {"classes": classes.tolist(), "intersect": inters[:, classes].tolist(),
+                              "union": unions[:, classes].tolist()}
             inter, union, pred, label = (sum(part) for part in zip(*results))
             per_class = self.total_area_to_metrics(inter, union, pred, label, ["mIoU"], self.nan_to_num, self.beta)["IoU"]
             self.per_class_iou = {
