@@ -4,9 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 from mmseg.evaluation.metrics import IoUMetric
-from mmseg.registry import METRICS
+from mmseg.models.backbones import ResNet
+from mmseg.models.backbones.resnet import BasicBlock
+from mmseg.registry import METRICS, MODELS
 
 import bam_dense.downstream.mm_hooks  # noqa: F401  (registers PretrainedWeightCheckHook)
+
+
+@MODELS.register_module()
+class ResNet10(ResNet):
+    """mmseg's ResNet that also knows depth 10: one basic block per stage, the tiny ResNet of the ``*_tiny_cpu``
+    pretraining configs (timm ``resnet18`` with ``layers: [1, 1, 1, 1]``; torchvision names, as ``ResNet``)."""
+
+    arch_settings = {**ResNet.arch_settings, 10: (BasicBlock, (1, 1, 1, 1))}
 
 
 @METRICS.register_module()

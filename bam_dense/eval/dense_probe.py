@@ -110,12 +110,13 @@ def linear_seg_probe(backbone, ade_root: str | Path, image_size: int = 64, steps
     keep = y != 255
     x, y = x[keep], y[keep]
     mean, std = x.mean(0), x.std(0) + 1e-6
+    x = (x - mean) / std
     torch.manual_seed(seed)
     clf = torch.nn.Linear(x.shape[1], NUM_CLASSES)
     opt = torch.optim.Adam(clf.parameters(), lr=lr)
     for _ in range(steps):
         opt.zero_grad()
-        F.cross_entropy(clf((x - mean) / std), y).backward()
+        F.cross_entropy(clf(x), y).backward()
         opt.step()
     with torch.no_grad():
         v = (va_f.permute(0, 2, 3, 1) - mean) / std
