@@ -37,7 +37,7 @@ DOWNSTREAM_CONFIGS = {
 # The fine-tune lengths live in those configs (the full demo's); the reduced demo shortens them.
 _SHORT = ["train_cfg.max_iters=2", "train_cfg.val_interval=2", "default_hooks.checkpoint.interval=2"]
 SIZES = {
-    "full": dict(ade=48, coco=32, davis=8, images=1024, pretrain=["optim.epochs=10"], davis_res=96, probe_steps=1500,
+    "full": dict(ade=96, coco=48, davis=16, images=1024, pretrain=["optim.epochs=10"], davis_res=96, probe_steps=1500,
                  finetune=[], replicates=1000, coco_replicates=200),
     "reduced": dict(ade=6, coco=6, davis=2, images=192, pretrain=["optim.epochs=2", "optim.warmup_epochs=1", "eval.knn.every_epochs=2"],
                     davis_res=64, probe_steps=100, finetune=_SHORT, replicates=200, coco_replicates=20),
@@ -66,13 +66,24 @@ def generate_data(root: Path, size: dict) -> dict[str, Path]:
 
 
 def pretrain(out: Path, size: dict) -> tuple[Path, object]:
+    """Pretrain, or reuse a finished pretraining in ``out`` (its summary says completed; as ``bench run`` skips
+    finished steps): delete the folder to train again."""
     from bam_dense.core.config import load_config
-    from bam_dense.engine.trainer import run
+    from bam_dense.engine.trainer import Summary, run
 
+    ckpt = out / "checkpoints" / "last.pth"
+    done = out / "summary.json"
+    if ckpt.is_file() and done.is_file():
+        saved = json.loads(done.read_text())
+        if saved.get("completed"):
+            _log(f"   reusing the finished pretraining in {out} (delete it to train again)")
+            return ckpt, Summary(**{k: v for k, v in saved.items() if k in Summary.__dataclass_fields__})
     cfg = load_config(PRETRAIN_CONFIG, [
         f"run.output_dir={out}", f"data.synthetic.num_images={size['images']}", "run.progress=false", *size["pretrain"]])
     summary = run(cfg)
-    return out / "checkpoints" / "last.pth", summary
+    if summary.preempted:
+        raise RuntimeError(f"pretraining was interrupted; its checkpoint is in {out} (run the demo again to start over)")
+    return ckpt, summary
 
 
 def knn_scores(checkpoints: dict[str, Path], out_dir: Path) -> dict[str, list[float]]:
@@ -322,21 +333,21 @@ def _reason(c) -> str:
 
 def _fmt_interval(iv: dict, signed: bool = False) -> str:
     sign = "+" if signed else ""
-    return f"{iv['value']:{sign}.1f} [{iv['low']:{sign}.1f}, {iv['high']:{sign}.1f}]"
+    return f"{iv['value']:{sign}.2f} [{iv['low']:{sign}.2f}, {iv['high']:{sign}.2f}]"
 
 
 def format_table(rows: list[dict]) -> str:
     """The summary table: every value in percent, with its 95% bootstrap interval, and the verdict."""
-    head = f"{'task':<46}{'metric':<10}{'pretrained BAM (%)':>24}{'random init (%)':>24}{'difference (points)':>26}  verdict"
+    head = f"{'task':<46}{'metric':<10}{'pretrained BAM (%)':>25}{'random init (%)':>25}{'difference (points)':>27}  verdict"
     lines = ["Synthetic data checks the pipeline; it is not a benchmark.",
              "All values in percent; [low, high] = 95% paired-bootstrap interval over the validation images "
              "(sequences for DAVIS).", head]
     for r in rows:
         if r.get("error"):
-            lines.append(f"{r['title']:<46}{r['metric']:<10}{'-':>24}{'-':>24}{'-':>26}  {r['verdict']}")
+            lines.append(f"{r['title']:<46}{r['metric']:<10}{'-':>25}{'-':>25}{'-':>27}  {r['verdict']}")
             continue
-        lines.append(f"{r['title']:<46}{r['metric']:<10}{_fmt_interval(r['pretrained']):>24}{_fmt_interval(r['random_init']):>24}"
-                     f"{_fmt_interval(r['difference'], True):>26}  {r['verdict']}")
+        lines.append(f"{r['title']:<46}{r['metric']:<10}{_fmt_interval(r['pretrained']):>25}{_fmt_interval(r['random_init']):>25}"
+                     f"{_fmt_interval(r['difference'], True):>27}  {r['verdict']}")
     return "\n".join(lines)
 
 
