@@ -111,21 +111,48 @@ def test_slurm_commands_are_printed_with_dependencies(tmp_path):
 
 
 def test_reduced_demo_writes_a_report_with_every_section(tmp_path):
+    from bam_dense.bench.stats import VERDICTS
+
     proc = subprocess.run([PYTHON, "-m", "bam_dense.cli", "demo", "--reduced", "--out", str(tmp_path)], capture_output=True,
                           text=True, env=_env(), timeout=1500)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = (tmp_path / "report.md").read_text()
     for section in ("Synthetic data checks the pipeline; it is not a benchmark", "## Summary table (pretrained vs random init)",
-                    "## Pretraining", "## BAM attention and its balanced target", "## Conversion coverage", "## DAVIS overlays",
-                    "## Steps"):
+                    "## Verdicts in words", "## Pretraining", "## BAM attention and its balanced target", "## Conversion coverage",
+                    "## DAVIS overlays", "## Steps"):
         assert section in report, section
     for fig in re.findall(r"\(figures/([^)]+)\)", report):
         assert (tmp_path / "figures" / fig).stat().st_size > 0
+    assert "figures/comparison.png" in report and "Sinkhorn" in report.split("## BAM attention")[1]
     assert "davis_" in report and "(100.0%)" in report
-    table = report.split("```")[1]
-    assert "bam_tiny" in table and "random_init" in table
     assert "failed" not in report.split("## Steps")[1]
-    assert (tmp_path / "runs" / "report.md").exists()
+    # every task row: both values and their difference with a spread, a verdict; all in percent
+    rows = {r["task"]: r for r in json.loads((tmp_path / "comparison.json").read_text())["rows"]}
+    assert list(rows) == ["knn", "probe", "davis", "seg_ade20k", "det_coco"]
+    table = report.split("```")[1]
+    assert "pretrained BAM (%)" in table and "random init (%)" in table and "difference (points)" in table
+    for task, row in rows.items():
+        assert row["unit"] == "%" and row["verdict"] in VERDICTS, row
+        for key in ("pretrained", "random_init", "difference"):
+            iv = row[key]
+            assert iv["low"] - 1e-6 <= iv["value"] <= iv["high"] + 1e-6, (task, key, iv)
+        for key in ("pretrained", "random_init"):
+            assert 0.0 <= row[key]["value"] <= 100.0
+        assert row["title"] in table and row["verdict"] in table.split(row["title"])[1].splitlines()[0]
+        assert bool(row["note"]) == (row["verdict"] != VERDICTS[0])  # a reason in words wherever there is no gain
+    # the leaderboard report shows the same numbers in the same unit (percent), with their intervals
+    from bam_dense.bench.published import BENCHMARKS
+
+    leaderboard = (tmp_path / "runs" / "report.md").read_text()
+    sections = {part.split("\n", 1)[0]: part for part in leaderboard.split("\n## ")}
+    for task, bench, tol in (("probe", "synthetic_linear_probe", 0.01), ("davis", "synthetic_davis", 0.01),
+                             ("seg_ade20k", "synthetic_seg", 0.015), ("det_coco", "synthetic_det", 0.06)):
+        section = sections[BENCHMARKS[bench].title]
+        for run, key in (("bam_tiny", "pretrained"), ("random_init", "random_init")):
+            cells = next(x for x in section.splitlines() if x.startswith(f"| {run} |")).split("|")
+            assert abs(float(cells[3]) - rows[task][key]["value"]) <= tol, (task, run, cells)
+            assert cells[4].strip().startswith("["), cells
+    assert "value (%)" in leaderboard and "(%)" in leaderboard
 
 
 DOC_FILES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]

@@ -4,8 +4,12 @@ For every benchmark a plan step names, the report lists each run's number, the m
 of the same method (seeds), and the published numbers of that benchmark with their sources, notes and
 recipes. A published row is called "same recipe" only when every run's resolved config (recorded by
 ``seg test`` / ``det test``) has every value the row's recipe requires; otherwise the report says which
-values differ, or that the recipe could not be checked.
-Several run directories are reported side by side. Failed steps appear with their error, not as zeros.
+values differ, or that the recipe could not be checked. Several run directories are reported side by side. Failed steps appear with their error, not as zeros.
+
+Every value is shown in percent, whatever unit the step wrote (J&F and the linear probe's mIoU are
+fractions in their metrics files: they are multiplied by 100 here, published numbers alike). Where a step
+kept per-image scores (:mod:`bam_dense.bench.stats`), each run's value carries its 95% bootstrap interval
+over the validation images, drawn as an error bar in the charts.
 """
 
 from __future__ import annotations
@@ -18,8 +22,11 @@ from pathlib import Path
 
 import yaml
 
+from bam_dense.bench import stats
 from bam_dense.bench.published import BENCHMARKS, Recipe
 from bam_dense.core.errors import UserFacingError
+
+MAX_SLOW_UNITS = 500  # above this many images, no bootstrap of COCO AP (each replicate re-runs COCO evaluation)
 
 
 @dataclass
@@ -28,9 +35,29 @@ class Entry:
     method: str
     step: str
     benchmark: str | None
-    value: float | None
+    value: float | None  # percent
     error: str | None = None
+    low: float | None = None  # 95% bootstrap interval over the validation images, percent
+    high: float | None = None
     resolved_config: dict | None = None  # the mmengine config the step ran, when it records one
+
+
+def to_percent(bench, value: float | None) -> float | None:
+    """A metric value in percent: benchmarks with unit "" store fractions."""
+    if value is None or bench is None or bench.unit == "%":
+        return value
+    return 100.0 * value
+
+
+def _interval(step: dict, out: Path) -> tuple[float | None, float | None]:
+    try:
+        units = stats.step_units(step["name"], step.get("kind", ""), [out])
+        if units.slow and units.n_units > MAX_SLOW_UNITS:
+            return None, None
+        iv = stats.step_interval(step["name"], step.get("kind", ""), out)
+        return iv.low, iv.high
+    except (stats.MissingUnits, OSError, ValueError, KeyError, ImportError):
+        return None, None
 
 
 def collect(run_dir: Path) -> list[Entry]:
@@ -43,19 +70,21 @@ def collect(run_dir: Path) -> list[Entry]:
         for step in plan.get("steps", []):
             bench = BENCHMARKS.get(step.get("benchmark") or "")
             out = run_dir / run["name"] / step["name"]
-            value, error, resolved = None, None, None
+            value, error, low, high, resolved = None, None, None, None, None
             if (out / "metrics.json").is_file():
                 payload = json.loads((out / "metrics.json").read_text())
                 metrics = payload.get("metrics", {})
-                key = bench.metric if bench else next(iter(metrics), None)
-                value = metrics.get(key)
                 resolved = payload.get("resolved_config")
+                key = bench.metric if bench else next(iter(metrics), None)
+                value = to_percent(bench, metrics.get(key))
+                if value is not None:
+                    low, high = _interval(step, out)
             elif (out / "error.txt").is_file():
                 error = (out / "error.txt").read_text().strip().splitlines()[0]
             else:
                 error = "not run"
             entries.append(Entry(run["name"], run.get("method", run["name"]), step["name"], step.get("benchmark"), value, error,
-                                 resolved))
+                                 low, high, resolved))
     return entries
 
 
@@ -98,13 +127,18 @@ def recipe_check(recipe: Recipe, resolved_configs: list[dict | None]) -> tuple[b
     return True, f"same recipe ({len(recipe.requires)} values checked)"
 
 
-def _fmt(value: float | None, unit: str) -> str:
+def _fmt(value: float | None) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
-    return f"{value:.2f}" if unit == "%" else f"{value:.3f}"
+    return f"{value:.2f}"
 
 
-def _chart(bench, rows: list[tuple[str, float, bool]], path: Path) -> Path:
+def _fmt_spread(e: Entry) -> str:
+    return "-" if e.low is None or e.high is None else f"[{e.low:.2f}, {e.high:.2f}]"
+
+
+def _chart(bench, rows: list[tuple[str, float, bool, tuple[float, float] | None]], path: Path) -> Path:
+    """Horizontal bars in percent; these runs in blue with their 95% intervals as error bars, published in grey."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -113,12 +147,15 @@ def _chart(bench, rows: list[tuple[str, float, bool]], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.2))
     labels = [r[0] for r in rows]
     values = [r[1] for r in rows]
-    colors = ["tab:blue" if ours else "tab:gray" for _, _, ours in rows]
-    ax.barh(range(len(rows)), values, color=colors)
+    colors = ["tab:blue" if r[2] else "tab:gray" for r in rows]
+    err = [[max(0.0, v - iv[0]) if iv else 0.0 for v, iv in zip(values, (r[3] for r in rows))],
+           [max(0.0, iv[1] - v) if iv else 0.0 for v, iv in zip(values, (r[3] for r in rows))]]
+    ax.barh(range(len(rows)), values, color=colors, xerr=err if any(r[3] for r in rows) else None, capsize=3)
     ax.set_yticks(range(len(rows)), labels, fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel(f"{bench.metric}{' (%)' if bench.unit == '%' else ''}")
-    ax.set_title(bench.title + "\n(blue: these runs, grey: published)", fontsize=9)
+    ax.set_xlabel(f"{bench.metric} (%)")
+    ax.set_title(bench.title + "\n(blue: these runs with 95% bootstrap intervals over the validation images, grey: published)",
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -128,7 +165,9 @@ def _chart(bench, rows: list[tuple[str, float, bool]], path: Path) -> Path:
 def write_report(run_dirs: list[Path], out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     entries = [e for d in run_dirs for e in collect(d)]
-    lines = ["# bam-dense benchmark report", "", f"Run directories: {', '.join(str(d) for d in run_dirs)}", ""]
+    lines = ["# bam-dense benchmark report", "", f"Run directories: {', '.join(str(d) for d in run_dirs)}", "",
+             "All values in percent. Intervals: 95% bootstrap over the validation images (sequences for DAVIS) where the "
+             "step kept per-image scores; they cover the choice of images, not training seeds.", ""]
     benchmarks = []
     for e in entries:
         if e.benchmark not in benchmarks:
@@ -141,35 +180,34 @@ def write_report(run_dirs: list[Path], out: Path) -> Path:
         bench = BENCHMARKS.get(bench_id or "")
         rows = [e for e in entries if e.benchmark == bench_id]
         title = bench.title if bench else f"step {rows[0].step}"
-        unit = bench.unit if bench else ""
         lines += [f"## {title}", ""]
         if bench:
-            lines += [f"Protocol: {bench.protocol}. Metric: `{bench.metric}`.", ""]
-        lines += ["| encoder | method | value | note |", "|---|---|---|---|"]
+            lines += [f"Protocol: {bench.protocol}. Metric: `{bench.metric}`, in percent.", ""]
+        lines += ["| encoder | method | value (%) | 95% interval (%) | note |", "|---|---|---|---|---|"]
         chart_rows = []
         for e in rows:
-            lines.append(f"| {e.run} | {e.method} | {_fmt(e.value, unit)} | {e.error or ''} |")
+            lines.append(f"| {e.run} | {e.method} | {_fmt(e.value)} | {_fmt_spread(e)} | {e.error or ''} |")
             if e.value is not None:
-                chart_rows.append((e.run, e.value, True))
+                chart_rows.append((e.run, e.value, True, (e.low, e.high) if e.low is not None else None))
         by_method: dict[str, list[float]] = {}
         for e in rows:
             if e.value is not None:
                 by_method.setdefault(e.method, []).append(e.value)
         multi = {m: v for m, v in by_method.items() if len(v) > 1}
         if multi:
-            lines += ["", "| method | runs | mean | std | min | max |", "|---|---|---|---|---|---|"]
+            lines += ["", "| method | runs | mean (%) | std (%) | min (%) | max (%) |", "|---|---|---|---|---|---|"]
             for m, v in multi.items():
-                lines.append(f"| {m} | {len(v)} | {_fmt(statistics.mean(v), unit)} | {_fmt(statistics.stdev(v), unit)} | "
-                             f"{_fmt(min(v), unit)} | {_fmt(max(v), unit)} |")
+                lines.append(f"| {m} | {len(v)} | {_fmt(statistics.mean(v))} | {_fmt(statistics.stdev(v))} | "
+                             f"{_fmt(min(v))} | {_fmt(max(v))} |")
         if bench and bench.results:
             lines += ["", "Published (a row is the same protocol as these runs only where it says \"same recipe\"):", "",
-                      "| method | value | recipe | against these runs | source | note |", "|---|---|---|---|---|---|"]
+                      "| method | value (%) | recipe | against these runs | source | note |", "|---|---|---|---|---|---|"]
             for p in bench.results:
                 recipe = bench.recipe_of(p)
                 _, words = recipe_check(recipe, [e.resolved_config for e in rows if e.value is not None])
-                lines.append(f"| {p.method} | {_fmt(p.value, unit)} | {recipe.id} ({recipe.source}) | {words} | {p.source} | "
-                             f"{p.note} |")
-                chart_rows.append((p.method, p.value, False))
+                lines.append(f"| {p.method} | {_fmt(to_percent(bench, p.value))} | {recipe.id} ({recipe.source}) | {words} | "
+                             f"{p.source} | {p.note} |")
+                chart_rows.append((p.method, to_percent(bench, p.value), False, None))
         if bench and chart_rows:
             png = _chart(bench, chart_rows, out / f"{bench_id}.png")
             lines += ["", f"![{title}]({png.name})"]

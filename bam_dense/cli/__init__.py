@@ -218,7 +218,7 @@ def _demo(sub) -> None:
     )
     p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
     p.add_argument("--reduced", action="store_true", help="smallest sizes (used by the tests)")
-    p.add_argument("--skip", nargs="*", default=[], help="skip steps: seg det davis")
+    p.add_argument("--skip", nargs="*", default=[], help="skip steps: probe davis seg det")
 
 
 def _probe(sub) -> None:

@@ -187,6 +187,8 @@ def probe(args: Namespace) -> int:
         print(f"{name:<12} {m:>18} {d:>10}")
     if args.out:
         payload = {"task": "dense_probe", "checkpoint": args.checkpoint, "metrics": rows["checkpoint"].as_dict()}
+        if rows["checkpoint"].areas is not None:  # for bootstrap intervals over the validation images
+            payload["per_image"] = rows["checkpoint"].areas
         if "random init" in rows:
             payload["random_init"] = rows["random init"].as_dict()
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -61,6 +61,10 @@ def test(config: str, checkpoint: str, work_dir: str | None = None, cfg_options:
     cfg = load_config(config, cfg_options or [], work_dir, launcher)
     _coco_root(cfg, data_root)
     checkpoint = prepare_test(cfg, checkpoint)
+    evaluator = cfg.get("test_evaluator")
+    prefix = Path(cfg.work_dir) / "detections"
+    if isinstance(evaluator, dict) and "CocoMetric" in str(evaluator.get("type", "")) and not evaluator.get("outfile_prefix"):
+        evaluator["outfile_prefix"] = str(prefix)  # detections.bbox.json: per-image boxes for bootstrap intervals
     runner = _runner(cfg)
     metrics = runner.test()
     from mmengine.dist import is_main_process
@@ -73,9 +77,12 @@ def test(config: str, checkpoint: str, work_dir: str | None = None, cfg_options:
                 if value is not None:
                     summary[f"{kind}_{key.replace('mAP', 'AP')}"] = float(value) * 100.0
         path = Path(out) if out else Path(cfg.work_dir) / "metrics.json"
-        write_metrics(path, "instance_segmentation", summary, config, checkpoint,
-                      {"dataset": cfg.test_dataloader.dataset.get("type", ""), "ap_scale": "percent",
-                       "resolved_config": resolved_config(cfg)})
+        extra = {"dataset": cfg.test_dataloader.dataset.get("type", ""), "ap_scale": "percent",
+                 "resolved_config": resolved_config(cfg)}
+        if isinstance(evaluator, dict) and evaluator.get("outfile_prefix"):
+            extra["detections"] = f"{evaluator['outfile_prefix']}.bbox.json"
+            extra["ann_file"] = evaluator.get("ann_file")
+        write_metrics(path, "instance_segmentation", summary, config, checkpoint, extra)
         print(f"[bam-dense] COCO: box AP {summary.get('bbox_AP', float('nan')):.2f}, mask AP "
               f"{summary.get('segm_AP', float('nan')):.2f} -> {path}")
     return metrics

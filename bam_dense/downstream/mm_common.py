@@ -21,9 +21,9 @@ from bam_dense.core.errors import UserFacingError
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
 
 # (backbone type in the config) -> (conversion target, does the loader honour init_cfg.prefix)
-SEG_TARGETS = {"VisionTransformer": "mmseg", "MAE": "mmseg-mae", "BEiT": "mmseg-mae", "ResNet": "mmseg", "ResNetV1c": "mmseg",
+SEG_TARGETS = {"VisionTransformer": "mmseg", "MAE": "mmseg-mae", "BEiT": "mmseg-mae", "ResNet": "mmseg", "ResNet10": "mmseg", "ResNetV1c": "mmseg",
                "ResNetV1d": "mmseg"}
-DET_TARGETS = {"ResNet": "mmdet", "TimmViT": "mmdet"}
+DET_TARGETS = {"ResNet": "mmdet", "ResNet10": "mmdet", "TimmViT": "mmdet"}
 
 
 def sha256(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -7,6 +7,7 @@
 * ``ViTLayerDecayOptimizerConstructor``: layer-wise lr decay for ``TimmViT`` (mmdet's own constructor knows
   only ConvNeXt names).
 * ``LN2d``: channels-first LayerNorm for the pyramid and heads.
+* ``ResNet10``: mmdet's ResNet at depth 10 (one basic block per stage), the tiny ResNet of the CPU configs.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from mmdet.models.backbones import ResNet
+from mmdet.models.backbones.resnet import BasicBlock
 from mmdet.registry import MODELS, OPTIM_WRAPPER_CONSTRUCTORS
 from mmengine.model import BaseModule
 from mmengine.optim import DefaultOptimWrapperConstructor
@@ -27,6 +30,14 @@ VIT_ARCHS = {
     "vit_base_patch16_224": dict(patch_size=16, embed_dim=768, depth=12, num_heads=12),
     "vit_large_patch16_224": dict(patch_size=16, embed_dim=1024, depth=24, num_heads=16),
 }
+
+
+@MODELS.register_module()
+class ResNet10(ResNet):
+    """mmdet's ResNet that also knows depth 10: one basic block per stage, the tiny ResNet of the ``*_tiny_cpu``
+    pretraining configs (timm ``resnet18`` with ``layers: [1, 1, 1, 1]``; torchvision names, as ``ResNet``)."""
+
+    arch_settings = {**ResNet.arch_settings, 10: (BasicBlock, (1, 1, 1, 1))}
 
 
 @MODELS.register_module(name="LN2d")

@@ -52,11 +52,12 @@ def test(config: str, checkpoint: str, work_dir: str | None = None, cfg_options:
 
     if is_main_process():
         per_class = next((m.per_class_iou for m in runner.test_evaluator.metrics if hasattr(m, "per_class_iou")), {})
+        per_image = next((m.per_image for m in runner.test_evaluator.metrics if hasattr(m, "per_image")), {})
         summary = dict(metrics)
         dataset = cfg.test_dataloader.dataset.get("type", "")
         path = Path(out) if out else Path(cfg.work_dir) / "metrics.json"
         write_metrics(path, "semantic_segmentation", summary, config, checkpoint,
-                      {"dataset": dataset, "per_class_iou": per_class, "num_classes": len(per_class),
+                      {"dataset": dataset, "per_class_iou": per_class, "num_classes": len(per_class), "per_image": per_image,
                        "resolved_config": resolved_config(cfg)})
         print(f"[bam-dense] {dataset}: mIoU {summary.get('mIoU')} mAcc {summary.get('mAcc')} aAcc {summary.get('aAcc')} -> {path}")
     return metrics

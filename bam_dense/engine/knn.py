@@ -19,22 +19,30 @@ from bam_dense.core import dist, procs
 from bam_dense.models.backbones import features
 
 
-def knn_accuracy(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor, test_labels: torch.Tensor,
-                 k: int = 20, temperature: float = 0.07, num_classes: int | None = None, chunk: int = 1024) -> float:
-    """Top-1 accuracy (in [0, 1]) of weighted k-NN with cosine similarity."""
-    num_classes = num_classes or int(max(train_labels.max(), test_labels.max())) + 1
+def knn_predict(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor, k: int = 20,
+                temperature: float = 0.07, num_classes: int | None = None, chunk: int = 1024) -> torch.Tensor:
+    """Predicted label of each test feature by weighted k-NN with cosine similarity."""
+    num_classes = num_classes or int(train_labels.max()) + 1
     train = F.normalize(train_feats.float(), dim=1)
     test = F.normalize(test_feats.float(), dim=1)
     k = min(k, train.shape[0])
-    correct = 0
+    preds = []
     for start in range(0, test.shape[0], chunk):
         sim = test[start:start + chunk] @ train.t()
         top_sim, top_idx = sim.topk(k, dim=1)
         weights = (top_sim / temperature).exp()
         votes = torch.zeros(sim.shape[0], num_classes, device=sim.device)
         votes.scatter_add_(1, train_labels[top_idx], weights)
-        correct += (votes.argmax(1) == test_labels[start:start + chunk]).sum().item()
-    return correct / test.shape[0]
+        preds.append(votes.argmax(1))
+    return torch.cat(preds)
+
+
+def knn_accuracy(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor, test_labels: torch.Tensor,
+                 k: int = 20, temperature: float = 0.07, num_classes: int | None = None, chunk: int = 1024) -> float:
+    """Top-1 accuracy (in [0, 1]) of weighted k-NN with cosine similarity."""
+    num_classes = num_classes or int(max(train_labels.max(), test_labels.max())) + 1
+    preds = knn_predict(train_feats, train_labels, test_feats, k, temperature, num_classes, chunk)
+    return (preds == test_labels).sum().item() / test_feats.shape[0]
 
 
 def balanced_subset(targets: Sequence[int], max_images: int | None, seed: int = 0) -> list[int] | None:

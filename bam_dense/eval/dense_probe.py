@@ -35,6 +35,7 @@ PROBE_STEPS = 1500  # full-batch Adam steps: converged (at 300 the ranking of en
 class ProbeResult:
     miou: float | None = None
     davis_jf: float | None = None
+    areas: dict | None = None  # per validation image: intersection and union per class (per_image_areas)
 
     def as_dict(self) -> dict:
         return {"linear_probe_miou": self.miou, "davis_jf": self.davis_jf}
@@ -77,9 +78,28 @@ def miou(pred: torch.Tensor, label: torch.Tensor, num_classes: int = NUM_CLASSES
     return float(np.nanmean(iou.numpy()))
 
 
+def per_image_areas(pred: torch.Tensor, label: torch.Tensor, num_classes: int = NUM_CLASSES) -> dict:
+    """Per image, the intersection and the union of every class (255 ignored): what :func:`miou` sums.
+
+    ``{"classes": ids, "intersect": n_images x len(ids), "union": ...}`` (ints) over the classes present in a
+    prediction or a label (the others have an empty union and do not enter the mIoU), for bootstrap
+    intervals over the validation images."""
+    inters, unions = [], []
+    for p_img, g_img in zip(pred, label):
+        keep = g_img != 255
+        p, g = p_img[keep], g_img[keep]
+        inter = torch.bincount(g[p == g], minlength=num_classes)
+        unions.append(torch.bincount(p, minlength=num_classes) + torch.bincount(g, minlength=num_classes) - inter)
+        inters.append(inter)
+    inter_t, union_t = torch.stack(inters), torch.stack(unions)
+    classes = torch.nonzero(union_t.sum(0) > 0).flatten()
+    return {"classes": classes.tolist(), "intersect": inter_t[:, classes].tolist(), "union": union_t[:, classes].tolist()}
+
+
 def linear_seg_probe(backbone, ade_root: str | Path, image_size: int = 64, steps: int = PROBE_STEPS, lr: float = 0.01,
-                     seed: int = 0) -> float:
-    """mIoU (in [0, 1]) of a linear per-patch classifier on frozen features."""
+                     seed: int = 0, return_areas: bool = False):
+    """mIoU (in [0, 1]) of a linear per-patch classifier on frozen features (with ``return_areas``: and the
+    per-image areas of :func:`per_image_areas`)."""
     root = Path(ade_root)
     tr_x, tr_y = _load_split(root, "training", image_size)
     va_x, va_y = _load_split(root, "validation", image_size)
@@ -90,18 +110,21 @@ def linear_seg_probe(backbone, ade_root: str | Path, image_size: int = 64, steps
     keep = y != 255
     x, y = x[keep], y[keep]
     mean, std = x.mean(0), x.std(0) + 1e-6
+    x = (x - mean) / std
     torch.manual_seed(seed)
     clf = torch.nn.Linear(x.shape[1], NUM_CLASSES)
     opt = torch.optim.Adam(clf.parameters(), lr=lr)
     for _ in range(steps):
         opt.zero_grad()
-        F.cross_entropy(clf((x - mean) / std), y).backward()
+        F.cross_entropy(clf(x), y).backward()
         opt.step()
     with torch.no_grad():
         v = (va_f.permute(0, 2, 3, 1) - mean) / std
         logits = clf(v).permute(0, 3, 1, 2)
         logits = F.interpolate(logits, size=va_y.shape[-2:], mode="bilinear", align_corners=False)
-        return miou(logits.argmax(1), va_y)
+        pred = logits.argmax(1)
+        value = miou(pred, va_y)
+        return (value, per_image_areas(pred, va_y)) if return_areas else value
 
 
 def davis_probe(backbone, davis_root: str | Path, resolution: int = 96) -> float:
@@ -118,7 +141,7 @@ def probe(backbone, ade_root: str | None, davis_root: str | None, image_size: in
           steps: int = PROBE_STEPS) -> ProbeResult:
     result = ProbeResult()
     if ade_root:
-        result.miou = linear_seg_probe(backbone, ade_root, image_size, steps=steps)
+        result.miou, result.areas = linear_seg_probe(backbone, ade_root, image_size, steps=steps, return_areas=True)
     if davis_root:
         result.davis_jf = davis_probe(backbone, davis_root, davis_resolution)
     return result
