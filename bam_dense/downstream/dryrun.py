@@ -260,6 +260,9 @@ def timm_spec(backbone) -> tuple[str, dict]:
                                             embed_dim=backbone.get("embed_dims", 768),
                                             depth=backbone.get("num_layers", 12), num_heads=backbone.get("num_heads", 12))
     if btype and btype.startswith("ResNet"):
+        if backbone.get("depth") == 10:  # ResNet10: timm's resnet18 layout with one basic block per stage
+            base = backbone.get("base_channels", 64)
+            return "resnet18", {"layers": [1, 1, 1, 1], "channels": [base, 2 * base, 4 * base, 8 * base]}
         return f"resnet{backbone.get('depth', 50)}", {}
     if btype == "TimmViT":
         return backbone.get("arch", "vit_base_patch16_224"), {**(backbone.get("model_kwargs") or {}),
