@@ -33,6 +33,7 @@ RESNET_RECIPES = {
     "co_byol_tiny_cpu": True,
     "co_bam_tiny_cpu": True,
     "lewel_bam_tiny_cpu": True,
+    "bam_tiny_resnet_cpu": True,
 }
 
 
