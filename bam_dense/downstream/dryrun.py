@@ -292,16 +292,6 @@ def random_init_checkpoint(cfg, path: Path) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def _peak_memory() -> tuple[float, str]:
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20, "torch.cuda.max_memory_allocated"
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process max RSS (getrusage)"
-
-
 def _timer_hook():
     """An mmengine hook that times training iterations and keeps the last validation metrics."""
     import torch
@@ -399,7 +389,9 @@ def train(task: str, config: str, checkpoint: str | None = None, work_dir: str |
     runner.register_hook(timer, priority="VERY_LOW")
     runner.train()
     metrics = timer.metrics
-    memory, kind = _peak_memory()
+    from bam_dense.core.memory import peak_memory
+
+    memory, kind = peak_memory()
     times = timer.times
     result = MMDryRunResult(task=task, config=str(config), work_dir=str(cfg.work_dir), data=description,
                             checkpoint=str(checkpoint), changed=changed, iterations=len(times),
@@ -420,7 +412,9 @@ def test(task: str, config: str, checkpoint: str, work_dir: str | None = None, c
     checkpoint = prepare_test(cfg, checkpoint)
     runner = _module(task)._runner(cfg)
     metrics = runner.test()
-    memory, kind = _peak_memory()
+    from bam_dense.core.memory import peak_memory
+
+    memory, kind = peak_memory()
     path = Path(out) if out else Path(cfg.work_dir) / "metrics.json"
     write_metrics(path, "dry_run", dict(metrics), config, checkpoint, {"dry_run": True, "eval_images": eval_images})
     test_changed = {k: v for k, v in changed.items() if not k.startswith(("train_", "default_hooks", "log_processor"))}

@@ -33,6 +33,7 @@ from bam_dense.core import dist
 from bam_dense.core.atomic import atomic_write_text
 from bam_dense.core.config import PretrainConfig, load_config, to_dict
 from bam_dense.core.errors import UserFacingError
+from bam_dense.core.memory import peak_memory
 from bam_dense.engine.trainer import Trainer
 
 DRY_RUN_DIR = "dry-run"
@@ -228,14 +229,14 @@ def dry_run(config: str | Path, overrides: list[str] | None = None, *, data_root
             acc = trainer.knn()
             train_src, val_src = trainer._knn_sources()
             n_train, n_val = min(len(train_src), cfg.eval.knn.max_train_images), len(val_src)
-        memory = trainer._peak_memory_mb()
+        memory, memory_kind = peak_memory(trainer.device)
     finally:
         dist.destroy()
     per_step = sum(step_times[1:]) / max(len(step_times) - 1, 1) if len(step_times) > 1 else (step_times[0] if step_times else 0.0)
     result = DryRunResult(
         config=str(config), output_dir=cfg.run.output_dir, data=description, changed=changed, steps=summary.steps,
         seconds_per_step=per_step, first_step_seconds=step_times[0] if step_times else 0.0, peak_memory_mb=memory,
-        memory_kind="torch.cuda.max_memory_allocated" if trainer.use_cuda else "process max RSS (getrusage)",
+        memory_kind=memory_kind,
         first_loss=summary.first_loss, last_loss=summary.last_loss, knn_top1=acc, knn_images=(n_train, n_val),
         checkpoint=str(summary.checkpoint), params_m=params, notes=notes,
     )

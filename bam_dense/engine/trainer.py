@@ -33,6 +33,7 @@ from bam_dense.core.atomic import atomic_write_text
 from bam_dense.core.checkpoint import atomic_save, load_own
 from bam_dense.core.config import PretrainConfig, dump, to_dict
 from bam_dense.core.errors import UserFacingError
+from bam_dense.core.memory import peak_memory
 from bam_dense.data.device_augment import DeviceAugment, DeviceViews, collate_device
 from bam_dense.data.pretrain import PretrainDataset, ResumableSampler, Views, collate, eval_transform
 from bam_dense.engine.flops import count_flops, device_peak_tflops, mfu
@@ -466,11 +467,7 @@ class Trainer:
         return flops / 1e9 / crops[0].shape[0]
 
     def _peak_memory_mb(self) -> float:
-        if self.use_cuda:
-            return torch.cuda.max_memory_allocated(self.device) / 2**20
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return peak_memory(self.device)[0]
 
     def train(self) -> Summary:
         path = self.resume_path()
