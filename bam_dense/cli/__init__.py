@@ -241,6 +241,49 @@ def _probe(sub) -> None:
     p.add_argument("--trust-source", action="store_true")
 
 
+def _eval(sub) -> None:
+    p = sub.add_parser("eval", help="frozen-feature protocols: in-context retrieval segmentation, ImageNet linear probe",
+                       description="Frozen-feature evaluation protocols, each with the published recipe it reproduces "
+                                   "(docs/protocols.md). DAVIS propagation: bam-dense davis propagate.")
+    esub = p.add_subparsers(dest="eval_command", required=True, metavar="{retrieval,linear}")
+    r = _add(
+        esub,
+        "retrieval",
+        "bam_dense.cli.commands:eval_retrieval",
+        "in-context retrieval segmentation (Hummingbird; open-hummingbird-eval's algorithm) on VOC or ADE20K",
+        "Hummingbird retrieval segmentation (Balazevic et al. 2023) on frozen patch features: a memory bank of\n"
+        "training patch features and their label fractions, each validation patch labelled by softmax attention\n"
+        "over its k nearest memory patches (faiss, exact inner product), upsampled, mIoU as mmseg's IoUMetric.\n"
+        "Defaults are the published ones: 512 px, memory 1024*10^4 patches, 2 augmentation passes, k 30, T 0.02.",
+    )
+    _encoder_args(r)
+    r.add_argument("--dataset", required=True, choices=["voc", "ade20k"], help="VOCdevkit/VOC2012 (trainaug memory, val) or ADEChallengeData2016")
+    r.add_argument("--data-root", required=True, help="the dataset folder (or a folder above it) in its official layout")
+    r.add_argument("--out", help="metrics JSON (mIoU, per-class IoU, every protocol parameter)")
+    r.add_argument("--input-size", type=int, default=512, help="square input side (default 512; 504 for patch 14)")
+    r.add_argument("--memory-size", type=int, default=1024 * 10**4,
+                   help="memory-bank patches (default 10240000, the published size); 0 keeps every patch")
+    r.add_argument("--augmentation-epochs", type=int, default=2, help="augmented passes over the training set (default 2)")
+    r.add_argument("--no-augment", action="store_true", help="one plain pass (resize only) instead of the published augmentation")
+    r.add_argument("--neighbours", type=int, default=30, help="nearest neighbours per patch (default 30)")
+    r.add_argument("--temperature", type=float, default=0.02, help="softmax temperature of the attention (default 0.02)")
+    r.add_argument("--train-list", help="file of training image ids restricting the memory bank (default: all; VOC trainaug.txt)")
+    r.add_argument("--batch-size", type=int, default=16)
+    r.add_argument("--seed", type=int, default=0, help="augmentation and patch-sampling seed (default 0)")
+
+
+def _encoder_args(p) -> None:
+    p.add_argument("--checkpoint", required=True,
+                   help="bam-dense checkpoint or a public encoder's file (DINO, DINOv2 with/without registers, DINOv3, iBOT, "
+                        "MAE, MoCo v3, DeiT/timm, torchvision); 'random' for a random-init --arch")
+    p.add_argument("--arch", help="timm architecture when the checkpoint does not record it")
+    p.add_argument("--which", choices=["student", "teacher"], default=None, help="network of a pretraining checkpoint (default teacher)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
+    p.add_argument("--pos-resample", choices=["auto", "timm", "dino"], default="auto",
+                   help="ViT position-embedding resampling to the input size (auto: the checkpoint source's own)")
+    p.add_argument("--trust-source", action="store_true", help="allow legacy pickles (trusted files only)")
+
+
 def _tools(sub) -> None:
     d = _add(sub, "doctor", "bam_dense.cli.commands:doctor", "report versions and which features can run here, with the fix for each")
     d.add_argument("--json", action="store_true", help="machine-readable output")
@@ -277,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"bam-dense {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_pretrain, _convert, _davis, _seg, _det, _bench, _demo, _probe, _tools):
+    for add in (_pretrain, _convert, _eval, _davis, _seg, _det, _bench, _demo, _probe, _tools):
         add(sub)
     return parser
 

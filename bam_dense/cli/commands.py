@@ -70,6 +70,22 @@ def davis_propagate(args: Namespace) -> int:
     return 0
 
 
+def eval_retrieval(args: Namespace) -> int:
+    from bam_dense.eval.retrieval import RetrievalParams, run
+
+    params = RetrievalParams(input_size=args.input_size, memory_size=args.memory_size or None,
+                             augmentation_epochs=args.augmentation_epochs, augment=not args.no_augment,
+                             neighbours=args.neighbours, temperature=args.temperature, batch_size=args.batch_size,
+                             seed=args.seed)
+    record = run(args.checkpoint, args.dataset, args.data_root, args.out, params, args.arch, args.which,
+                 args.trust_source, args.device, args.pos_resample, args.train_list)
+    print(f"[bam-dense] retrieval mIoU {record['metrics']['mIoU']:.2f} on {args.dataset} at {args.input_size} px "
+          f"({record['memory_patches']} memory patches)")
+    if args.out:
+        print(f"[bam-dense] {args.out}")
+    return 0
+
+
 def davis_eval(args: Namespace) -> int:
     from bam_dense.davis.evaluate import evaluate, plot_per_sequence, write_csvs, write_metrics_json
 
