@@ -271,16 +271,46 @@ def _eval(sub) -> None:
     r.add_argument("--batch-size", type=int, default=16)
     r.add_argument("--seed", type=int, default=0, help="augmentation and patch-sampling seed (default 0)")
 
+    li = _add(
+        esub,
+        "linear",
+        "bam_dense.cli.commands:eval_linear",
+        "ImageNet linear probe on frozen features (DINO/BAM/LEWEL recipes, a learning-rate grid on cached features)",
+        "Linear probe on an ImageNet-layout folder (train/<class>/*, val/<class>/*). Features (resize + centre crop)\n"
+        "are extracted once per checkpoint and resolution and cached; one classifier per learning rate of the grid\n"
+        "is trained in the same pass over them, and one is selected by --selection.\n"
+        "Recipes: dino-vits (CLS of the last 4 blocks), dino-vitb (last CLS + average-pooled patch tokens),\n"
+        "bam (dino-vitb + BatchNorm head, lr 0.002), lewel-r50 (ResNet pooled features, lr 0.4, 50 epochs).",
+    )
+    _encoder_args(li, pos_resample=False)
+    li.add_argument("--data-root", required=True, help="ImageNet-layout folder with train/ and val/")
+    li.add_argument("--recipe", choices=["dino-vits", "dino-vitb", "bam", "lewel-r50"], default=None,
+                    help="feature and optimisation recipe (default: dino-vits for ViTs up to width 384, dino-vitb for "
+                         "wider ViTs, lewel-r50 for ResNets)")
+    li.add_argument("--resolution", type=int, default=224, help="centre-crop side (default 224; resize to side*256/224 first)")
+    li.add_argument("--cache-dir", default=None, help="feature cache folder (default: none, features are extracted every run)")
+    li.add_argument("--lrs", type=float, nargs="+", default=None,
+                    help="learning rates per 256 images (default: DINOv2's grid 1e-5..0.1; the recipe's lr is always added)")
+    li.add_argument("--epochs", type=int, default=None, help="epochs (default: the recipe's, 100 or 50)")
+    li.add_argument("--batch-size", type=int, default=None, help="classifier batch (default: the recipe's, 1024 or 256)")
+    li.add_argument("--selection", choices=["val", "holdout"], default="val",
+                    help="lr selection: best validation top-1 (DINOv2's rule, default) or best on a held-out train part")
+    li.add_argument("--holdout-fraction", type=float, default=0.1, help="share of each class held out for --selection holdout")
+    li.add_argument("--workers", type=int, default=0, help="data-loading processes for feature extraction")
+    li.add_argument("--seed", type=int, default=0)
+    li.add_argument("--out", help="metrics JSON (top-1, every lr's accuracy, the selection rule, the recipe)")
 
-def _encoder_args(p) -> None:
+
+def _encoder_args(p, pos_resample: bool = True) -> None:
     p.add_argument("--checkpoint", required=True,
                    help="bam-dense checkpoint or a public encoder's file (DINO, DINOv2 with/without registers, DINOv3, iBOT, "
                         "MAE, MoCo v3, DeiT/timm, torchvision); 'random' for a random-init --arch")
     p.add_argument("--arch", help="timm architecture when the checkpoint does not record it")
     p.add_argument("--which", choices=["student", "teacher"], default=None, help="network of a pretraining checkpoint (default teacher)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
-    p.add_argument("--pos-resample", choices=["auto", "timm", "dino"], default="auto",
-                   help="ViT position-embedding resampling to the input size (auto: the checkpoint source's own)")
+    if pos_resample:
+        p.add_argument("--pos-resample", choices=["auto", "timm", "dino"], default="auto",
+                       help="ViT position-embedding resampling to the input size (auto: the checkpoint source's own)")
     p.add_argument("--trust-source", action="store_true", help="allow legacy pickles (trusted files only)")
 
 

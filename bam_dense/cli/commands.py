@@ -86,6 +86,21 @@ def eval_retrieval(args: Namespace) -> int:
     return 0
 
 
+def eval_linear(args: Namespace) -> int:
+    from bam_dense.eval.linear_probe import run
+
+    record = run(args.checkpoint, args.data_root, args.out, args.recipe, args.resolution, args.cache_dir, args.lrs,
+                 args.epochs, args.batch_size, args.selection, args.holdout_fraction, args.arch, args.which,
+                 args.trust_source, args.device, args.workers, args.seed)
+    grid = record["grid"]
+    print(f"[bam-dense] linear probe ({record['recipe']['name']}, {record['resolution']} px): top-1 "
+          f"{record['metrics']['top1']:.2f} at lr {grid['selected_lr']:g} (selected on {grid['selection']}); "
+          f"recipe lr {record['recipe']['lr']:g}: {record['metrics']['top1_at_recipe_lr']:.2f}")
+    if record["features_from_cache"]:
+        print(f"[bam-dense] features from {record['features_from_cache']}")
+    return 0
+
+
 def davis_eval(args: Namespace) -> int:
     from bam_dense.davis.evaluate import evaluate, plot_per_sequence, write_csvs, write_metrics_json
 
