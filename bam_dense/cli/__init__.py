@@ -108,7 +108,9 @@ def _davis(sub) -> None:
     prop.add_argument("--size-mask-neighborhood", type=int, default=12, help="neighbourhood radius in patches (default 12; 0 disables)")
     prop.add_argument("--topk", type=int, default=5, help="affinities kept per target patch over all context frames (default 5)")
     prop.add_argument("--temperature", type=float, default=0.1, help="affinity temperature (default 0.1)")
-    prop.add_argument("--resolution", type=int, default=480, help="short side of the resized frames (default 480)")
+    prop.add_argument("--resolution", type=int, default=480,
+                      help="short side of the resized frames: 480 = DINO's protocol (default), 960 = the short side "
+                           "DINOv3 reports (the 480p frames upsampled); recorded with the results")
     prop.add_argument("--patch-size", type=int, default=None, help="ViT patch size / CNN stride (read from the model by default)")
     prop.add_argument("--resnet-stage", type=int, default=4, help="ResNet stage whose dense map is used (1-4, default 4)")
     prop.add_argument("--pos-resample", choices=["auto", "timm", "dino"], default="auto",

@@ -66,7 +66,10 @@ def davis_propagate(args: Namespace) -> int:
     done = run(args.checkpoint, args.davis_root, args.out, args.arch, args.set, args.sequences, params, args.patch_size,
                args.resnet_stage, args.which, args.device, args.save_overlays, args.trust_source,
                pos_resample=args.pos_resample)
-    print(f"[bam-dense] propagated {len(done)} sequence(s) into {args.out}")
+    from bam_dense.davis.propagate import resolution_protocol
+
+    print(f"[bam-dense] propagated {len(done)} sequence(s) into {args.out} at short side {args.resolution} "
+          f"({resolution_protocol(args.resolution)})")
     return 0
 
 
@@ -108,9 +111,12 @@ def davis_eval(args: Namespace) -> int:
     res = evaluate(args.davis_root, args.results, args.task, args.set, args.sequences, args.workers)
     gp, sp = write_csvs(res, out, args.set)
     chart = plot_per_sequence(res, out / f"per-sequence_results-{args.set}.png")
-    write_metrics_json(res, out / "metrics.json", args.davis_root, args.results, args.task, args.set)
+    metrics = write_metrics_json(res, out / "metrics.json", args.davis_root, args.results, args.task, args.set)
     sys.stdout.write(f"--------------------------- Global results for {args.set} ---------------------------\n")
     print(res.table())
+    resolution = json.loads(metrics.read_text()).get("resolution")
+    if resolution is not None:
+        print(f"[bam-dense] frames at short side {resolution}")
     print(f"\n[bam-dense] {gp}\n[bam-dense] {sp}\n[bam-dense] {chart}")
     return 0
 
