@@ -151,3 +151,19 @@ def test_imagenet_layout_errors_name_the_folder(tmp_path):
     (tmp_path / "train" / "n1").mkdir(parents=True)
     with pytest.raises(UserFacingError, match=r"val does not exist"):
         linear_probe._split_sources(tmp_path)
+
+
+def test_dinov3_probe_features_equal_dinov3s_own_class_and_patch_tokens(tmp_path):
+    """DINOv3 (RoPE, 4 storage tokens) through timm: the last class token and the patch average equal the
+    tokens DINOv3's own code gave (tests/fixtures/make_dinov3_official_fixture.py)."""
+    from bam_dense.davis.propagate import load_backbone
+
+    record = torch.load(Path(__file__).parent / "fixtures" / "dinov3_official.pt", weights_only=True)["qkvb"]
+    src = tmp_path / "dinov3.pth"
+    torch.save(record["checkpoint"], src)
+    backbone = load_backbone(str(src), None, None, False).eval()
+    for tag, x in record["inputs"].items():
+        feats = probe_features(backbone, x)
+        assert feats["cls"].shape == (1, 2, 64)  # both blocks of the 2-block fixture
+        torch.testing.assert_close(feats["cls"][:, -1], record["outputs"][tag]["cls"], atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(feats["patch_mean"], record["outputs"][tag]["patch"].mean(1), atol=2e-5, rtol=1e-4)

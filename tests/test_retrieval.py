@@ -226,18 +226,24 @@ def _dinov2_reg4(path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("source,dataset,size", [("bam-dense", "voc", 32), ("dinov2-reg4", "ade20k", 28)])
-def test_eval_retrieval_cli_on_a_bam_dense_checkpoint_and_a_registers_layout(source, dataset, size, synthetic_root, tmp_path,
+def _dinov3(path: Path) -> Path:
+    """DINOv3 (RoPE, storage tokens), its own checkpoint layout (tests/fixtures/make_dinov3_official_fixture.py)."""
+    torch.save(torch.load(Path(__file__).parent / "fixtures" / "dinov3_official.pt", weights_only=True)["nobias"]["checkpoint"], path)
+    return path
+
+
+@pytest.mark.parametrize("source,dataset,size", [("bam-dense", "voc", 32), ("dinov2-reg4", "ade20k", 28), ("dinov3", "voc", 32)])
+def test_eval_retrieval_cli_on_a_bam_dense_checkpoint_and_public_layouts(source, dataset, size, synthetic_root, tmp_path,
                                                                           capsys):
     from bam_dense.cli import main
 
-    ckpt = (_bam_dense_checkpoint if source == "bam-dense" else _dinov2_reg4)(tmp_path / f"{source}.pth")
+    ckpt = {"bam-dense": _bam_dense_checkpoint, "dinov2-reg4": _dinov2_reg4, "dinov3": _dinov3}[source](tmp_path / f"{source}.pth")
     out = tmp_path / "retrieval.json"
     status = main(["eval", "retrieval", "--checkpoint", str(ckpt), "--dataset", dataset, "--data-root", str(synthetic_root / dataset),
                    "--input-size", str(size), "--memory-size", "200", "--device", "cpu", "--out", str(out)])
     assert status == 0
     record = json.loads(out.read_text())
-    patch = 4 if source == "bam-dense" else 14
+    patch = {"bam-dense": 4, "dinov2-reg4": 14, "dinov3": 16}[source]
     assert record["patch_size"] == patch and record["resolution"] == size and record["dataset"] == dataset
     assert record["per_image_patches"] == min(200 // (record["train_images"] * 2), (size // patch) ** 2)
     assert 0 <= record["metrics"]["mIoU"] <= 100 and record["params"]["augmentation_epochs"] == 2
