@@ -71,6 +71,26 @@ def test_memory_bank_retrieved_labels_and_score_equal_open_hummingbird_eval(case
     assert 0.2 < areas.miou() < 0.9  # informative but imperfect features: the comparison is not trivial
 
 
+def test_torch_search_equals_faiss_and_a_preallocated_bank_equals_a_concatenated_one():
+    gen = torch.Generator().manual_seed(0)
+    memory = F.normalize(torch.randn(500, 16, generator=gen), dim=1)
+    queries = torch.randn(40, 16, generator=gen)
+    by_faiss = NeighbourIndex(memory, "cpu", "faiss")
+    by_torch = NeighbourIndex(memory, "cpu", "torch")
+    assert by_faiss.backend == "faiss" and by_torch.backend == "torch"
+    assert torch.equal(by_faiss.search(queries, 7), by_torch.search(queries, 7))
+    assert torch.equal(by_faiss.search(queries, 7)[:, 0], (queries @ memory.T).argmax(1))
+    with pytest.raises(UserFacingError, match="faiss-gpu needs a faiss build with GPU support"):
+        NeighbourIndex(memory, "cpu", "faiss-gpu")
+
+    inputs = FIXTURE["inputs"]
+    batches = [(inputs["train_images"][i:i + 2], inputs["train_labels"][i:i + 2]) for i in range(0, 6, 2)]
+    banks = [build_memory(_fixture_encoder, batches, FIXTURE["patch"], 21, 5, torch.Generator().manual_seed(1), 0, capacity)
+             for capacity in (None, 6 * 5, 100)]
+    for bank in banks[1:]:
+        assert torch.equal(bank.features, banks[0].features) and torch.equal(bank.labels, banks[0].labels)
+
+
 # ---------------------------------------------------------------------------- known answers on the VOC layout
 COLOURS = np.array([[0, 0, 0], [230, 30, 30], [30, 200, 40], [40, 60, 230], [240, 230, 40]], np.uint8)
 PATCH = 8

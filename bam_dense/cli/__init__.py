@@ -270,6 +270,9 @@ def _eval(sub) -> None:
     r.add_argument("--neighbours", type=int, default=30, help="nearest neighbours per patch (default 30)")
     r.add_argument("--temperature", type=float, default=0.02, help="softmax temperature of the attention (default 0.02)")
     r.add_argument("--train-list", help="file of training image ids restricting the memory bank (default: all; VOC trainaug.txt)")
+    r.add_argument("--nn-backend", choices=["auto", "faiss", "faiss-gpu", "torch"], default="auto",
+                   help="exact nearest-neighbour search: faiss IndexFlatIP on the CPU, faiss's GPU index, or a matrix "
+                        "product on the device; auto = faiss on CPU, on CUDA faiss-gpu when installed, else torch")
     r.add_argument("--batch-size", type=int, default=16)
     r.add_argument("--seed", type=int, default=0, help="augmentation and patch-sampling seed (default 0)")
 

@@ -81,9 +81,9 @@ def eval_retrieval(args: Namespace) -> int:
                              neighbours=args.neighbours, temperature=args.temperature, batch_size=args.batch_size,
                              seed=args.seed)
     record = run(args.checkpoint, args.dataset, args.data_root, args.out, params, args.arch, args.which,
-                 args.trust_source, args.device, args.pos_resample, args.train_list)
+                 args.trust_source, args.device, args.pos_resample, args.train_list, args.nn_backend)
     print(f"[bam-dense] retrieval mIoU {record['metrics']['mIoU']:.2f} on {args.dataset} at {args.input_size} px "
-          f"({record['memory_patches']} memory patches)")
+          f"({record['memory_patches']} memory patches, {record['index']} search)")
     if args.out:
         print(f"[bam-dense] {args.out}")
     return 0

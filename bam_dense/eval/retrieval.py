@@ -11,8 +11,9 @@ NeCo report it:
    classes are rarest in the image (score: the sum over the patch's classes of the number of patches of
    the image holding that class, multiplied by uniform noise; the smallest scores are kept).
 2. **Retrieval.** Each validation patch (image resized to ``input_size`` squared, no augmentation) fetches its
-   ``k`` nearest memory features by inner product (faiss ``IndexFlatIP``, exact; a GPU index when faiss
-   has GPUs and the evaluation runs on CUDA). Its label is ``softmax(<q, k_i> / temperature) @ labels_i``.
+   ``k`` nearest memory features by inner product (exact search: faiss ``IndexFlatIP``; on CUDA, faiss's GPU
+   index when the installed faiss has one, else a chunked matrix product on the GPU, see
+   :class:`NeighbourIndex`). Its label is ``softmax(<q, k_i> / temperature) @ labels_i``.
 3. **Prediction.** The patch-level label distributions are upsampled bilinearly to ``input_size``, argmax;
    the ground truth is resized (nearest) to the same size, and mIoU is computed as mmseg's ``IoUMetric``
    (:class:`~bam_dense.eval.seg_metrics.SegmentationAreas`).
@@ -231,11 +232,16 @@ class MemoryBank:
 
 
 def build_memory(extract: Callable[[torch.Tensor], torch.Tensor], batches, patch: int, num_classes: int,
-                 per_image: int | None, generator: torch.Generator, void_to: int | None = None) -> MemoryBank:
+                 per_image: int | None, generator: torch.Generator, void_to: int | None = None,
+                 capacity: int | None = None) -> MemoryBank:
     """Memory bank from ``batches`` of (normalised images ``B x 3 x S x S``, labels ``B x S x S``).
 
-    ``extract`` maps images to ``B x D x h x w`` features; ``per_image`` patches per image (all with None)."""
+    ``extract`` maps images to ``B x D x h x w`` features; ``per_image`` patches per image (all with None).
+    With ``capacity`` (rows), the bank is allocated once instead of concatenated (the published bank of a
+    ViT-B is 31 GB: concatenation would hold it twice)."""
     feats, labels = [], []
+    bank: MemoryBank | None = None
+    filled = 0
     for images, lab in batches:
         if void_to is not None:
             lab = torch.where(lab == 255, torch.full_like(lab, void_to), lab)
@@ -252,8 +258,24 @@ def build_memory(extract: Callable[[torch.Tensor], torch.Tensor], batches, patch
             idx = rare_class_patches(fractions, min(per_image, h * w), generator)
             tokens = tokens.gather(1, idx[..., None].expand(-1, -1, d))
             fractions = fractions.gather(1, idx[..., None].expand(-1, -1, num_classes))
-        feats.append(tokens.reshape(-1, d))
-        labels.append(fractions.reshape(-1, num_classes))
+        tokens, fractions = tokens.reshape(-1, d), fractions.reshape(-1, num_classes)
+        if capacity is None:
+            feats.append(tokens)
+            labels.append(fractions)
+            continue
+        if bank is None:
+            bank = MemoryBank(torch.empty(capacity, d), torch.empty(capacity, num_classes))
+        if filled + len(tokens) > capacity:
+            raise ValueError(f"memory bank capacity {capacity} exceeded")
+        bank.features[filled:filled + len(tokens)] = tokens
+        bank.labels[filled:filled + len(tokens)] = fractions
+        filled += len(tokens)
+    if capacity is not None:
+        if bank is None:
+            raise UserFacingError("the memory bank is empty: no training images")
+        return MemoryBank(bank.features[:filled], bank.labels[:filled])
+    if not feats:
+        raise UserFacingError("the memory bank is empty: no training images")
     return MemoryBank(torch.cat(feats).contiguous(), torch.cat(labels).contiguous())
 
 
@@ -261,21 +283,41 @@ def build_memory(extract: Callable[[torch.Tensor], torch.Tensor], batches, patch
 
 
 class NeighbourIndex:
-    """Exact inner-product search over the memory features (faiss ``IndexFlatIP``; all GPUs faiss sees
-    when ``use_gpu``)."""
+    """Exact inner-product search over the memory features.
 
-    def __init__(self, features: torch.Tensor, use_gpu: bool = False):
+    ``backend``: ``faiss`` (``IndexFlatIP`` on the CPU), ``faiss-gpu`` (the same index on every GPU faiss sees,
+    used on CUDA when the installed faiss has GPU support) or ``torch`` (a chunked matrix product and top-k on
+    ``device``, used on CUDA with the CPU-only ``faiss-cpu`` wheel). ``auto`` picks in that order of preference
+    for the device."""
+
+    def __init__(self, features: torch.Tensor, device: str | torch.device = "cpu", backend: str = "auto"):
         import faiss
 
+        device = torch.device(device)
+        faiss_gpus = hasattr(faiss, "index_cpu_to_all_gpus") and faiss.get_num_gpus() > 0
+        if backend == "auto":
+            backend = ("faiss-gpu" if faiss_gpus else "torch") if device.type == "cuda" else "faiss"
+        if backend not in ("faiss", "faiss-gpu", "torch"):
+            raise UserFacingError(f"unknown nearest-neighbour backend {backend!r}; choose faiss, faiss-gpu or torch")
+        if backend == "faiss-gpu" and not faiss_gpus:
+            raise UserFacingError("faiss-gpu needs a faiss build with GPU support and a visible GPU (faiss-cpu has none)")
+        self.backend, self.device = backend, device
+        if backend == "torch":
+            self.memory = features.to(device)
+            return
         index = faiss.IndexFlatIP(features.shape[1])
-        self.on_gpu = False
-        if use_gpu and hasattr(faiss, "index_cpu_to_all_gpus") and faiss.get_num_gpus() > 0:
+        if backend == "faiss-gpu":
             index = faiss.index_cpu_to_all_gpus(index)
-            self.on_gpu = True
         index.add(np.ascontiguousarray(features.numpy(), dtype=np.float32))
         self.index = index
 
     def search(self, queries: torch.Tensor, k: int) -> torch.Tensor:
+        """Indices ``Q x k`` of the ``k`` largest inner products, largest first."""
+        if self.backend == "torch":
+            step = max(1, 2**29 // max(1, self.memory.shape[0]))  # a 2 GiB similarity block at most
+            out = [(queries[i:i + step].to(self.device) @ self.memory.T).topk(k, dim=1).indices.cpu()
+                   for i in range(0, len(queries), step)]
+            return torch.cat(out)
         _, idx = self.index.search(np.ascontiguousarray(queries.numpy(), dtype=np.float32), k)
         return torch.from_numpy(idx).long()
 
@@ -290,7 +332,7 @@ def attend(queries: torch.Tensor, memory: MemoryBank, neighbours: torch.Tensor, 
 
 
 def retrieve_labels(dense: torch.Tensor, memory: MemoryBank, index: NeighbourIndex, k: int, temperature: float,
-                    chunk: int = 4096) -> torch.Tensor:
+                    chunk: int = 1024) -> torch.Tensor:
     """``B x D x h x w`` validation features -> ``B x C x h x w`` label distributions."""
     b, d, h, w = dense.shape
     tokens = dense.flatten(2).transpose(1, 2).reshape(-1, d).float().cpu()
@@ -344,7 +386,7 @@ class RetrievalResult:
     memory_patches: int
     per_image_patches: int | None
     params: dict = field(default_factory=dict)
-    index_on_gpu: bool = False
+    index: str = "faiss"
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -357,7 +399,7 @@ def _batches(pairs, size: int, batch: int, loader: Callable):
 
 
 def retrieval_miou(extractor, dataset: RetrievalDataset, params: RetrievalParams | None = None,
-                   use_gpu_index: bool | None = None, progress: bool = False) -> RetrievalResult:
+                   index_backend: str = "auto", progress: bool = False) -> RetrievalResult:
     """Hummingbird mIoU (in [0, 1]) of ``extractor`` (``B x 3 x S x S`` -> ``B x D x S/p x S/p``, with a
     ``patch`` attribute) on ``dataset``."""
     from tqdm import tqdm
@@ -382,10 +424,11 @@ def retrieval_miou(extractor, dataset: RetrievalDataset, params: RetrievalParams
             yield from tqdm(_batches(dataset.train, p.input_size, p.batch_size, loader), desc="memory bank",
                             total=math.ceil(n_train / p.batch_size), disable=not progress, leave=False)
 
-    memory = build_memory(extractor, passes(), patch, dataset.label_classes, per_image, generator, dataset.void_to)
-    device = getattr(extractor, "device", torch.device("cpu"))
-    on_gpu = (torch.device(device).type == "cuda") if use_gpu_index is None else use_gpu_index
-    index = NeighbourIndex(memory.features, use_gpu=on_gpu)
+    grid = (p.input_size // patch) ** 2
+    capacity = n_train * epochs * (per_image or grid)
+    memory = build_memory(extractor, passes(), patch, dataset.label_classes, per_image, generator, dataset.void_to,
+                          capacity)
+    index = NeighbourIndex(memory.features, getattr(extractor, "device", "cpu"), index_backend)
     areas = SegmentationAreas(dataset.eval_classes, 255)
     for images, labels in tqdm(_batches(dataset.val, p.input_size, p.batch_size,
                                         lambda i, a: read_pair(i, a, p.input_size)),
@@ -396,12 +439,13 @@ def retrieval_miou(extractor, dataset: RetrievalDataset, params: RetrievalParams
     iou = areas.iou()
     return RetrievalResult(miou=areas.miou(), per_class_iou=[None if np.isnan(v) else float(v) for v in iou],
                            memory_patches=int(memory.features.shape[0]), per_image_patches=per_image,
-                           params=asdict(p), index_on_gpu=index.on_gpu)
+                           params=asdict(p), index=index.backend)
 
 
 def run(checkpoint: str, dataset: str, data_root: str, out: str | None = None, params: RetrievalParams | None = None,
         arch: str | None = None, which: str | None = None, trust_source: bool = False, device: str | None = None,
-        pos_resample: str = "auto", train_list: str | None = None, progress: bool = True) -> dict:
+        pos_resample: str = "auto", train_list: str | None = None, index_backend: str = "auto",
+        progress: bool = True) -> dict:
     """``bam-dense eval retrieval``: load the encoder (a bam-dense checkpoint or any public layout
     :mod:`bam_dense.convert.sources` reads), evaluate, write the metrics JSON to ``out``."""
     from bam_dense.davis.propagate import load_extractor
@@ -410,7 +454,7 @@ def run(checkpoint: str, dataset: str, data_root: str, out: str | None = None, p
     data = open_dataset(dataset, data_root, train_list)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     extractor = load_extractor(checkpoint, arch, which, trust_source, dev, pos_resample=pos_resample)
-    result = retrieval_miou(extractor, data, params, progress=progress)
+    result = retrieval_miou(extractor, data, params, index_backend, progress=progress)
     record = {
         "task": "retrieval_segmentation",
         "protocol": "in-context retrieval (Hummingbird, open-hummingbird-eval algorithm)",
