@@ -3,13 +3,14 @@ trained in one pass over cached features.
 
 Feature recipes (what the linear layer reads; all computed by the frozen encoder in eval mode):
 
-* ``dino-vits`` (DINO ``eval_linear.py`` for ViT-S: ``--n_last_blocks 4 --avgpool_patchtokens false``): the
+* ``dino-vits`` (DINO ``eval_linear.py`` at ``7c446df``, for ViT-S: ``--n_last_blocks 4 --avgpool_patchtokens false``): the
   class tokens of the last 4 blocks, each after the final norm, concatenated.
 * ``dino-vitb`` (DINO for ViT-B: ``--n_last_blocks 1 --avgpool_patchtokens true``): the last block's class
   token with the average of its patch tokens (after the final norm). Register tokens are never averaged
   in as patches.
-* ``bam`` (BAM ``scripts/linear/linear.slurm``): ``dino-vitb``'s features through an affine-free
-  BatchNorm1d before the linear layer; lr 0.002 per 256 images, 100 epochs.
+* ``bam`` (BAM ``scripts/linear/linear.slurm`` and ``eval_linear.py``, DanielShalam/BAM at ``fd85871``):
+  ``dino-vitb``'s features (timm's ``get_intermediate_layers(..., return_prefix_tokens=True, norm=True)``)
+  through ``BatchNorm1d(affine=False, eps=1e-6)`` before the linear layer; lr 0.002 per 256 images, 100 epochs.
 * ``lewel-r50`` (LEWEL ``main_lincls.py``): the globally average-pooled last stage of a ResNet; lr 0.4 per
   256, 50 epochs, x0.1 at epochs 30 and 40.
 
