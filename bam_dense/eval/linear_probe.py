@@ -12,8 +12,7 @@ Feature recipes (what the linear layer reads; all computed by the frozen encoder
   ``dino-vitb``'s features (timm's ``get_intermediate_layers(..., return_prefix_tokens=True, norm=True)``)
   through ``BatchNorm1d(affine=False, eps=1e-6)`` before the linear layer; lr 0.002 per 256 images, 100 epochs.
 * ``lewel-r50`` (LEWEL ``main_lincls.py`` and ``scripts/srun_lin.sh``, LayneH/LEWEL at ``4ee47eb``): the globally
-  average-pooled last stage of a ResNet; lr 0.4 per
-  256, 50 epochs, x0.1 at epochs 30 and 40.
+  average-pooled last stage of a ResNet; lr 0.4 at batch 256, 50 epochs, x0.1 at epochs 30 and 40.
 
 Every recipe: SGD momentum 0.9, no weight decay, lr scaled by batch/256, classifier initialised N(0, 0.01)
 with zero bias; DINO/BAM decay the lr with a cosine to 0 over the epochs, LEWEL in steps.
