@@ -161,6 +161,30 @@ def test_class_encoding_features_reach_miou_one_and_random_features_sit_at_chanc
     assert random.miou == pytest.approx(1 / 9, abs=0.06)
 
 
+def _block_ade(root: Path, ids=(0, 1, 4, 13, 150), n_train: int = 6, n_val: int = 6, size: int = 32, seed: int = 0) -> Path:
+    """ADEChallengeData2016 with 8x8 cells painted per class; ADE ids ``ids`` (0 = "other") for the colours."""
+    rng = np.random.default_rng(seed)
+    base = root / "ADEChallengeData2016"
+    for folder, count in (("training", n_train), ("validation", n_val)):
+        for i in range(count):
+            cells = rng.integers(0, len(COLOURS), (size // PATCH, size // PATCH))
+            colour_index = np.kron(cells, np.ones((PATCH, PATCH), np.int64))
+            name = f"ADE_{folder}_{i:08d}"
+            for sub in ("images", "annotations"):
+                (base / sub / folder).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(COLOURS[colour_index]).save(base / "images" / folder / f"{name}.jpg", quality=100, subsampling=0)
+            Image.fromarray(np.asarray(ids, np.uint8)[colour_index]).save(base / "annotations" / folder / f"{name}.png")
+    return base
+
+
+def test_ade20k_known_answer_scores_the_150_classes_and_leaves_other_out(tmp_path):
+    data = open_dataset("ade20k", _block_ade(tmp_path))
+    params = RetrievalParams(input_size=32, memory_size=None, augment=False, neighbours=5)
+    oracle = retrieval_miou(ClassColourEncoder(), data, params)
+    present = [i for i, v in enumerate(oracle.per_class_iou) if v is not None]
+    assert oracle.miou == 1.0 and len(oracle.per_class_iou) == 150 and present == [0, 3, 12, 149]  # ids 1, 4, 13, 150
+
+
 def test_augmented_crops_keep_image_and_label_aligned(tmp_path):
     from bam_dense.eval.retrieval import augmented_pair
 
