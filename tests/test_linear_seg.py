@@ -288,3 +288,31 @@ def test_the_checkpoint_gives_the_encoder_its_architecture_and_the_head_its_widt
     fixed = _config({"model.backbone.arch": "vit_small_patch16_224"})
     with pytest.raises(UserFacingError, match="are 'vit_small_patch16_224' / {} in the config but ckpt holds 'vit_base_patch16_224'"):
         adopt_encoder(fixed, "vit_base_patch16_224", {}, "ckpt")
+
+
+@pytest.mark.parametrize(("source", "name", "arch", "same_size"), [
+    ("dinov2", "reg4", "vit_small_patch14_reg4_dinov2", ["same_56x56"]),  # other sizes: timm's resampling, not DINOv2's
+    ("dinov3", "nobias", "vit_small_patch16_dinov3", ["square_64x64", "wide_48x80"]),  # RoPE: every size
+])
+def test_public_checkpoints_take_the_linear_config_and_give_their_own_patch_features(source, name, arch, same_size, tmp_path):
+    """DINOv2 (registers) and DINOv3 (RoPE, storage tokens) checkpoints written by their own code
+    (tests/fixtures/make_dinov{2,3}_official_fixture.py): `seg train`'s preparation converts them, gives the config
+    their architecture and the head their width; the built segmentor's encoder holds every tensor (the pretrained-
+    weight check) and returns the official code's normed patch tokens."""
+    from bam_dense.downstream.mm_common import SEG_TARGETS, prepare_pretrained
+    from bam_dense.downstream.weight_check import check_backbone
+
+    record = torch.load(REPO / "tests" / "fixtures" / f"{source}_official.pt", weights_only=True)[name]
+    src = tmp_path / f"{source}_{name}.pth"
+    torch.save(record["checkpoint"], src)
+    cfg = _config()
+    cfg.work_dir = str(tmp_path / "work")
+    path, _ = prepare_pretrained(cfg, str(src), SEG_TARGETS)
+    assert cfg.model.backbone.arch == arch and cfg.model.decode_head.in_channels == [64]
+    model = _build(cfg)
+    check = check_backbone(model.backbone, path)
+    assert check.ok and check.checked == len(model.backbone.state_dict())
+    model.eval()
+    for tag in same_size:
+        (dense,) = model.backbone(record["inputs"][tag])
+        torch.testing.assert_close(dense.flatten(2).transpose(1, 2), record["outputs"][tag]["patch"], atol=2e-5, rtol=1e-4)
