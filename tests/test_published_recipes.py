@@ -202,3 +202,18 @@ def test_a_run_that_does_not_record_its_conditions_is_never_the_same_protocol(tm
     assert "not the same protocol" in row and "pretraining data not recorded for ours" in row
     assert "pretraining epochs not recorded for ours" in row and "same recipe" in row
     assert "**same protocol**" not in report
+
+
+def test_a_run_that_pretrains_records_its_architecture_and_epochs_from_its_config(tmp_path):
+    from bam_dense.bench.report import describe_arch
+
+    assert describe_arch("vit_base_patch16_224") == ("ViT-B", 16)
+    assert describe_arch("vit_small_patch16_224", {"patch_size": 8}) == ("ViT-S", 8)
+    assert describe_arch("resnet50") == ("ResNet-50", None)
+    run = {"name": "bam-vitb", "method": "bam", "data": "ImageNet-1k",
+           "pretrain": {"config": "configs/pretrain/bam_vit_base_16gpu.yaml"}}
+    run_dir = _leaderboard_dir(tmp_path, run)
+    report = write_report([run_dir], run_dir).read_text()
+    assert "| bam-vitb | bam | 46.00 | - |  | ImageNet-1k, 400 epochs; ViT-B/16 |" in report
+    row = _row(report, "DINOv3 ViT-S/16")
+    assert "architecture ViT-S (published) vs ViT-B (bam-vitb)" in row and "patch size" not in row

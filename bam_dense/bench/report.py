@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,11 +95,45 @@ def collect(run_dir: Path) -> list[Entry]:
     return entries
 
 
+_VIT_SIZES = {"tiny": "T", "small": "S", "base": "B", "large": "L", "huge": "H", "giant": "g"}
+
+
+def describe_arch(arch: str, kwargs: dict | None = None) -> tuple[str, int | None]:
+    """(architecture as the leaderboard writes it, patch size) of a timm name: ``vit_base_patch16_224`` ->
+    ("ViT-B", 16), ``resnet50`` -> ("ResNet-50", None); other names are kept as they are."""
+    kwargs = kwargs or {}
+    if m := re.match(r"(?:vit|deit)_(tiny|small|base|large|huge|giant)_patch(\d+)", arch):
+        return f"ViT-{_VIT_SIZES[m.group(1)]}", int(kwargs.get("patch_size", m.group(2)))
+    if m := re.fullmatch(r"resnet(\d+)", arch):
+        return f"ResNet-{m.group(1)}", None
+    return arch, None
+
+
+def _pretraining_facts(run: dict) -> dict:
+    """Architecture, patch size and epochs of a run that pretrains, from its pretraining config (the run's own
+    record); empty when the config cannot be read here."""
+    config = (run.get("pretrain") or {}).get("config")
+    if not config:
+        return {}
+    from bam_dense.core.config import load_config
+    from bam_dense.core.paths import REPO_ROOT
+
+    path = Path(config) if Path(config).is_absolute() else REPO_ROOT / config
+    try:
+        cfg = load_config(path)
+    except (OSError, UserFacingError, ValueError):
+        return {}
+    arch, patch = describe_arch(cfg.model.arch, dict(cfg.model.kwargs or {}))
+    return {"arch": arch, "patch": patch, "epochs": int(cfg.optim.epochs)}
+
+
 def run_conditions(run: dict, bench) -> Conditions | None:
-    """A plan run's conditions on ``bench``: what the run records (data, epochs, arch, patch; None where it
-    does not), the protocol and resolution of the benchmark's recipe, which the step ran."""
+    """A plan run's conditions on ``bench``: what the run records (data, epochs, arch, patch; a run that pretrains
+    takes arch, patch and epochs from its pretraining config where the plan does not state them; None where
+    neither does), the protocol and resolution of the benchmark's recipe, which the step ran."""
     if bench is None:
         return None
+    run = {**_pretraining_facts(run), **{k: v for k, v in run.items() if v is not None}}
     arch = run.get("arch")
     patch = run.get("patch")
     if patch is None and arch is not None and "vit" not in str(arch).lower():
