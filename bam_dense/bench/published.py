@@ -118,7 +118,8 @@ RECIPES: dict[str, Recipe] = {r.id: r for r in (
            "(memory bank 1024 x 10^4 patches, 2 augmentation epochs, scann)", {},
            "the retrieval step records no mmengine config: not checked", resolution="512 x 512"),
     Recipe("cribo-retrieval", "tileb1/CrIBo@311f569 README (dense NN retrieval, Hummingbird protocol)", {},
-           "the retrieval step records no mmengine config: not checked", resolution="512 x 512"),
+           "the retrieval step records no mmengine config: not checked; the README and eval_launcher.py state no input "
+           "size or memory-bank size", resolution="not stated by CrIBo (Hummingbird's 512 x 512 likely, unverified)"),
     Recipe("lewel-lincls-r50", "LayneH/LEWEL main_lincls.py (MoCo-style linear classification, 100 epochs)", {},
            "image-level linear classification; the probe records no mmengine config: not checked"),
     Recipe("unverified", "the source does not state its fine-tuning recipe", {},
