@@ -136,6 +136,7 @@ MM_SIZE_KEY_PATTERNS = (
     r"(train|val|test)_dataloader\.dataset\[\d+\]\.indices",
     r"((train|val|test)_dataloader\.dataset\[\d+\]\.pipeline|train_pipeline|test_pipeline|model\.data_preprocessor\.batch_augments)"
     r"\[\d+\]\((Resize|RandomResize|RandomChoiceResize|RandomCrop|Pad|BatchFixedSizePad)\)\.(scale|scales|crop_size|size)",
+    r"tta_pipeline\[\d+\]\.transforms\[\d+\]\[\d+\]\(Resize\)\.scale",
     r"model\.data_preprocessor\.(size|pad_size_divisor)", r"model\.test_cfg\.(crop_size|stride)", r"model\.backbone\.img_size",
     r"optim_wrapper\.type", r"model\.test_cfg\.rcnn\.score_thr",
 )

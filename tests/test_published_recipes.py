@@ -104,3 +104,116 @@ def test_report_calls_the_ibot_row_same_recipe_only_for_the_ibot_config(tmp_path
     row = next(line for line in report.splitlines() if line.startswith("| iBOT ViT-S/16 |"))
     assert verdict in row and "ibot-upernet-vits" in row
     assert "Published, same protocol" not in report
+
+
+# ---------------------------------------------------------------------------------------------
+# The leaderboard's conditions: every row records them, the report groups by protocol and resolution
+# ---------------------------------------------------------------------------------------------
+
+
+def test_every_published_row_records_every_condition():
+    import dataclasses
+
+    from bam_dense.bench.published import PROTOCOLS, missing_fields
+
+    for bench in BENCHMARKS.values():
+        assert bench.kind in PROTOCOLS, bench.id
+        for row in bench.results:
+            assert missing_fields(bench, row) == [], (bench.id, row.method)
+    bench = BENCHMARKS["ade20k_linear_vits"]
+    row = bench.results[0]
+    assert missing_fields(bench, dataclasses.replace(row, data="")) == ["data"]
+    assert missing_fields(bench, dataclasses.replace(row, epochs=None, source="")) == ["source", "epochs"]
+    assert missing_fields(bench, dataclasses.replace(row, patch=None)) == ["patch"]  # a ViT needs its patch size
+    assert missing_fields(dataclasses.replace(bench, kind="linear-ish"), row)[0].startswith("protocol")
+
+
+def test_the_issue_rows_are_listed_with_their_protocols():
+    def value(bench_id, method):
+        return next(r.value for r in BENCHMARKS[bench_id].results if r.method == method)
+
+    assert (value("ade20k_linear_vits", "DINOv2 ViT-S/14"), value("ade20k_linear_vitb", "DINOv2 ViT-B/14")) == (44.3, 47.3)
+    assert (value("ade20k_linear_vits", "DINOv3 ViT-S/16"), value("ade20k_linear_vitb", "DINOv3 ViT-B/16")) == (47.0, 51.8)
+    assert value("ade20k_linear_vitb", "iBOT ViT-B/16") == 38.3
+    assert value("voc12_retrieval_vitb16", "DINO ViT-B/16") == 55.9
+    assert value("voc12_retrieval_vitb16", "DINO ViT-B/16 (open-hummingbird-eval)") == 55.7
+    assert value("voc12_retrieval_vits16", "CrIBo ViT-S/16") == 73.2 and value("voc12_retrieval_vitb16", "CrIBo ViT-B/16") == 74.9
+    cossl = next(r for r in BENCHMARKS["imagenet_linear_r50"].results if r.method.startswith("CO-SSL"))
+    assert (cossl.value, cossl.epochs, cossl.data) == (71.5, 100, "ImageNet-1k")
+    assert BENCHMARKS["imagenet_linear_r50"].recipe_of(cossl).id == "unverified"  # never called the same protocol
+    kinds = {b: BENCHMARKS[b].kind for b in ("ade20k_linear_vits", "voc12_retrieval_vitb16", "davis17_val", "ade20k_upernet_vitb16")}
+    assert kinds == {"ade20k_linear_vits": "frozen linear", "voc12_retrieval_vitb16": "retrieval", "davis17_val": "propagation",
+                     "ade20k_upernet_vitb16": "fine-tuned"}
+
+
+def _nested(flat: dict) -> dict:
+    out: dict = {}
+    for key, value in flat.items():
+        node = out
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return out
+
+
+def _leaderboard_dir(tmp_path: Path, run: dict) -> Path:
+    run_dir = tmp_path / "run"
+    plan = {"name": "p", "runs": [run],
+            "steps": [{"name": "ade-linear", "kind": "seg", "benchmark": "ade20k_linear_vits", "config": "x.py"},
+                      {"name": "davis", "kind": "davis", "benchmark": "davis17_val", "davis_root": "d"}]}
+    (run_dir / run["name"] / "ade-linear").mkdir(parents=True)
+    (run_dir / run["name"] / "davis").mkdir(parents=True)
+    (run_dir / "plan.yaml").write_text(yaml.safe_dump(plan))
+    resolved = _nested(RECIPES["dinov3-linear-seg"].requires)
+    (run_dir / run["name"] / "ade-linear" / "metrics.json").write_text(json.dumps({"metrics": {"mIoU": 46.0},
+                                                                                    "resolved_config": resolved}))
+    (run_dir / run["name"] / "davis" / "metrics.json").write_text(json.dumps({"metrics": {"J&F-Mean": 0.6}}))
+    return run_dir
+
+
+def _row(report: str, method: str) -> str:
+    return next(line for line in report.splitlines() if line.startswith(f"| {method} |"))
+
+
+def test_report_groups_by_protocol_and_says_same_protocol_only_when_every_condition_matches(tmp_path):
+    run = {"name": "dinov3-s16", "method": "dinov3", "checkpoint": "c.pth", "data": "LVD-1689M (distilled from ViT-7B)",
+           "epochs": "not stated (distilled)", "arch": "ViT-S", "patch": 16}
+    run_dir = _leaderboard_dir(tmp_path, run)
+    report = write_report([run_dir], run_dir).read_text()
+    linear = report.index("# Protocol: frozen linear, input 512 crops; test short side 512, sliding window 512/341")
+    propagation = report.index("# Protocol: propagation, input 480p")
+    assert linear < report.index("## ADE20K, frozen linear") < propagation < report.index("## DAVIS-2017 val")
+    assert "**same protocol**" in _row(report, "DINOv3 ViT-S/16")
+    rerun = _row(report, "DINOv2 ViT-S/14 (DINOv3's re-run)")  # same recipe, other encoder conditions
+    assert "not the same protocol" in rerun and "same recipe" in rerun
+    assert "patch size 14 (published) vs 16 (dinov3-s16)" in rerun and "pretraining data LVD-142M" in rerun
+    ms = _row(report, "DINOv2 ViT-S/14 +ms")
+    assert "input resolution 640 px crops, multi-scale test (published) vs 512 crops" in ms and "not checked" in ms
+    davis = _row(report, "DINO ViT-S/16")
+    assert "not the same protocol" in davis and "architecture" not in davis.split("|")[6]  # ViT-S on both sides
+    assert report.count("**same protocol**") == 1
+
+
+def test_a_run_that_does_not_record_its_conditions_is_never_the_same_protocol(tmp_path):
+    run_dir = _leaderboard_dir(tmp_path, {"name": "ours", "method": "bam", "checkpoint": "c.pth", "arch": "ViT-S", "patch": 16})
+    report = write_report([run_dir], run_dir).read_text()
+    row = _row(report, "DINOv3 ViT-S/16")
+    assert "not the same protocol" in row and "pretraining data not recorded for ours" in row
+    assert "pretraining epochs not recorded for ours" in row and "same recipe" in row
+    assert "**same protocol**" not in report
+
+
+def test_a_run_that_pretrains_records_its_architecture_and_epochs_from_its_config(tmp_path):
+    from bam_dense.bench.report import describe_arch
+
+    assert describe_arch("vit_base_patch16_224") == ("ViT-B", 16)
+    assert describe_arch("vit_small_patch16_224", {"patch_size": 8}) == ("ViT-S", 8)
+    assert describe_arch("resnet50") == ("ResNet-50", None)
+    run = {"name": "bam-vitb", "method": "bam", "data": "ImageNet-1k",
+           "pretrain": {"config": "configs/pretrain/bam_vit_base_16gpu.yaml"}}
+    run_dir = _leaderboard_dir(tmp_path, run)
+    report = write_report([run_dir], run_dir).read_text()
+    assert "| bam-vitb | bam | 46.00 | - |  | ImageNet-1k, 400 epochs; ViT-B/16 |" in report
+    row = _row(report, "DINOv3 ViT-S/16")
+    assert "architecture ViT-S (published) vs ViT-B (bam-vitb)" in row and "patch size" not in row

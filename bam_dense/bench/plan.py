@@ -1,7 +1,8 @@
 """``bam-dense bench run PLAN --run-dir DIR``: from checkpoints (or pretraining) to every dense benchmark.
 
 A plan (``configs/bench/*.yaml``) lists encoders (``runs``: a given ``checkpoint``, or a ``pretrain``
-config) and ``steps`` (``kind``: seg, det, detectron2, davis, probe). Every step is a short list of
+config, with the conditions the report compares published numbers on: ``data``, ``epochs``, ``arch``,
+``patch``) and ``steps`` (``kind``: seg, det, detectron2, davis, probe). Every step is a short list of
 bam-dense commands, so the same plan runs here step by step, or prints one ``sbatch`` job per step
 (``--print-slurm``, pretraining first, the rest depending on it). Layout::
 
@@ -44,6 +45,12 @@ class RunSpec:
     seed: int = 0
     checkpoint: str | None = None
     pretrain: dict | None = None
+    # What the leaderboard compares published rows on (bam_dense.bench.published.Conditions); a run that leaves
+    # one out is never reported as the same protocol as a published number.
+    data: str | None = None  # pretraining data, e.g. "ImageNet-1k"
+    epochs: int | str | None = None  # pretraining epochs
+    arch: str | None = None  # "ViT-B", "ResNet-50", ...
+    patch: int | None = None  # ViT patch size (leave out for CNNs)
 
 
 @dataclass
@@ -82,10 +89,11 @@ def load_plan(path: str | Path) -> Plan:
     _check_keys(str(path), data, {"name", "runs", "steps", "slurm"})
     runs = []
     for i, r in enumerate(data.get("runs") or []):
-        _check_keys(f"{path}: runs[{i}]", r, {"name", "method", "seed", "checkpoint", "pretrain"})
+        _check_keys(f"{path}: runs[{i}]", r, {"name", "method", "seed", "checkpoint", "pretrain", "data", "epochs", "arch", "patch"})
         if "name" not in r or (("checkpoint" in r) == ("pretrain" in r)):
             raise UserFacingError(f"{path}: runs[{i}] needs a name and exactly one of checkpoint / pretrain")
-        runs.append(RunSpec(r["name"], r.get("method", r["name"]), r.get("seed", 0), r.get("checkpoint"), r.get("pretrain")))
+        runs.append(RunSpec(r["name"], r.get("method", r["name"]), r.get("seed", 0), r.get("checkpoint"), r.get("pretrain"),
+                            r.get("data"), r.get("epochs"), r.get("arch"), r.get("patch")))
     steps = []
     for i, s in enumerate(data.get("steps") or []):
         _check_keys(f"{path}: steps[{i}]", s, set(StepSpec.__dataclass_fields__))

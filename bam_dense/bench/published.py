@@ -1,10 +1,13 @@
-"""Published numbers the leaderboard compares against (METHODS.md section 4, DOWNSTREAM.md section 6).
+"""Published numbers the leaderboard compares against (METHODS.md sections 3-4, DOWNSTREAM.md sections 6 and 8).
 
 One entry per benchmark (task, data, architecture): the metric a step's ``metrics.json`` reports, how to read
-it, and the published results with their sources. Every published row records the *recipe* that produced it
-(:data:`RECIPES`): the fine-tuning recipe of a benchmark moves its numbers by points (iBOT's ADE20K ViT-S
-recipe against MAE's, say), so the report calls a row "same recipe" only when the run's resolved config
-has every value the row's recipe requires. Adding a benchmark is adding one entry here and one step kind in
+it, and the published results with their sources. Every published row records what makes a number comparable
+(:class:`Conditions`): the encoder's pretraining data and epochs, its architecture and patch size, the protocol
+kind (:data:`PROTOCOLS`: fine-tuned / frozen linear / retrieval / propagation), the input resolution, and the
+source of the number; and the *recipe* that produced it (:data:`RECIPES`): the recipe of a benchmark moves its
+numbers by points (iBOT's ADE20K ViT-S recipe against MAE's, say), so the report calls a row "same recipe" only
+when the run's resolved config has every value the row's recipe requires, and "same protocol" only when that
+holds and every condition matches the run's. Adding a benchmark is adding one entry here and one step kind in
 :mod:`bam_dense.bench.plan` (or reusing one).
 """
 
@@ -12,6 +15,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+
+# The protocol kinds a number can come from; numbers of two kinds are never comparable.
+PROTOCOLS = {
+    "fine-tuned": "the encoder fine-tuned together with a task head (UperNet, FCN, Mask R-CNN)",
+    "frozen linear": "a linear (BatchNorm + 1x1) head trained on the frozen encoder's features",
+    "retrieval": "no training: validation patches labelled by their nearest neighbours in a memory bank of training patches",
+    "propagation": "no training: labels carried from frame to frame by the frozen features' affinities",
+}
 
 
 @dataclass(frozen=True)
@@ -28,6 +39,7 @@ class Recipe:
     source: str
     requires: dict[str, Any] = field(default_factory=dict)
     note: str = ""
+    resolution: str = ""  # when the recipe's input resolution is not its benchmark's
 
 
 RECIPES: dict[str, Recipe] = {r.id: r for r in (
@@ -77,19 +89,91 @@ RECIPES: dict[str, Recipe] = {r.id: r for r in (
            "so its runs are reported as a different recipe until that changes"),
     Recipe("dino-davis-480p", "facebookresearch/dino eval_video_segmentation.py", {},
            "propagation settings are command-line arguments, not a config: not checked"),
+    Recipe("dinov3-linear-seg", "facebookresearch/dinov3@6876159 dinov3/eval/segmentation/configs/"
+           "config-ade20k-linear-training.yaml (+ config.py defaults, models/heads/linear_head.py); DINOv3 paper Tab. 14",
+           {"model.backbone.type": "FrozenTimmEncoder", "model.backbone.out_indices": [-1],
+            "model.backbone.final_norm": True, "model.decode_head.type": "BNLinearHead",
+            "model.decode_head.dropout_ratio": 0.1, "optim_wrapper.optimizer.type": "AdamW",
+            "optim_wrapper.optimizer.lr": 1e-3, "optim_wrapper.optimizer.weight_decay": 1e-3,
+            "train_cfg.max_iters": 40000, "train_dataloader.batch_size": 2, "model.test_cfg.mode": "slide",
+            "model.test_cfg.crop_size": [512, 512], "model.test_cfg.stride": [341, 341]},
+           "frozen encoder, last block's normed patch tokens, Dropout2d 0.1 + BatchNorm + 1x1 conv, AdamW lr 1e-3 wd 1e-3, "
+           "warm-up 1500 then cosine, 40k iterations at batch 16 (8 x 2), 512 crops, sliding window 512/341"),
+    Recipe("dinov2-linear-seg", "DINOv2 paper Tab. 10 (\"lin.\"); released config dl.fbaipublicfiles.com/dinov2/"
+           "<model>/<model>_ade20k_linear_config.py (mmseg 0.x, a download, not read)", {},
+           "DINOv2's own run of the linear protocol; its config was not read, so runs are never called the same recipe. "
+           "DINOv3 re-ran DINOv2 under its recipe (rows with recipe dinov3-linear-seg)"),
+    Recipe("dinov2-linear-ms-seg", "DINOv2 paper Tab. 10 (\"+ms\"); released config <model>_ade20k_ms_config.py (a download, "
+           "not read)", {},
+           "the last four blocks concatenated, 640-px training, multi-scale test (DOWNSTREAM.md 8); config not read",
+           resolution="640 px crops, multi-scale test"),
+    Recipe("ibot-linear-seg", "bytedance/ibot@da316d8 evaluation/semantic_segmentation/configs/linear/"
+           "vit_base_512_ade20k_160k.py + evaluation/README.md (ade20k_dense_linear: 4 GPUs x 4, lr 8e-4, out_with_norm)",
+           {"model.backbone.out_indices": [3, 5, 7, 11], "model.decode_head.type": "FCNHead",
+            "model.decode_head.num_convs": 0, "optim_wrapper.optimizer.lr": 8e-4,
+            "optim_wrapper.optimizer.weight_decay": 0.05, "train_cfg.max_iters": 160000},
+           "frozen encoder, blocks 3/5/7/11 normed and concatenated, a 1x1 conv without BatchNorm (FCNHead with no "
+           "convs), AdamW lr 8e-4 wd 0.05, poly, 160k iterations at batch 16: not the DINOv2/DINOv3 linear recipe"),
+    Recipe("hummingbird-retrieval", "Balazevic et al. 2023 (Hummingbird); vpariza/open-hummingbird-eval@5e79da2 README "
+           "(memory bank 1024 x 10^4 patches, 2 augmentation epochs, scann)", {},
+           "the retrieval step records no mmengine config: not checked", resolution="512 x 512"),
+    Recipe("cribo-retrieval", "tileb1/CrIBo@311f569 README (dense NN retrieval, Hummingbird protocol)", {},
+           "the retrieval step records no mmengine config: not checked; the README and eval_launcher.py state no input "
+           "size or memory-bank size", resolution="not stated by CrIBo (Hummingbird's 512 x 512 likely, unverified)"),
+    Recipe("lewel-lincls-r50", "LayneH/LEWEL main_lincls.py (MoCo-style linear classification, 100 epochs)", {},
+           "image-level linear classification; the probe records no mmengine config: not checked"),
     Recipe("unverified", "the source does not state its fine-tuning recipe", {},
            "never reported as the same recipe as a run"),
     Recipe("bam-dense-synthetic", "bam-dense's tiny CPU configs on generated data", {}),
 )}
 
 
+IN1K = "ImageNet-1k"
+
+
 @dataclass(frozen=True)
 class Published:
+    """A published number with the conditions it holds under. ``epochs`` is an epoch count, or words where the
+    source counts otherwise ("625k iterations") or does not say ("not stated"); ``patch`` is None only for
+    convolutional encoders. ``resolution`` is set only where the row's differs from its recipe's / benchmark's."""
+
     method: str
     value: float
     source: str
+    data: str  # pretraining data of the encoder
+    epochs: int | str  # pretraining epochs
+    arch: str  # "ViT-B", "ResNet-50", ...
+    patch: int | None  # ViT patch size; None for CNNs
     note: str = ""
     recipe: str = ""  # a key of RECIPES; empty: the benchmark's own recipe
+    resolution: str = ""
+
+
+@dataclass(frozen=True)
+class Conditions:
+    """What two numbers must share to be compared as the same protocol (every field; None: not recorded)."""
+
+    data: str | None
+    epochs: int | str | None
+    arch: str | None
+    patch: int | None | str  # "n/a" for CNNs, None when not recorded
+    protocol: str
+    resolution: str
+
+    LABELS = {"data": "pretraining data", "epochs": "pretraining epochs", "arch": "architecture", "patch": "patch size",
+              "protocol": "protocol", "resolution": "input resolution"}
+
+    def differences(self, other: Conditions, mine: str = "published", theirs: str = "these runs") -> list[str]:
+        """Each field that differs, in words; a field either side did not record counts as a difference."""
+        out = []
+        for key, label in self.LABELS.items():
+            a, b = getattr(self, key), getattr(other, key)
+            if a is None or b is None:
+                missing = theirs if b is None else mine
+                out.append(f"{label} not recorded for {missing}")
+            elif str(a).strip().lower() != str(b).strip().lower():
+                out.append(f"{label} {a} ({mine}) vs {b} ({theirs})")
+        return out
 
 
 @dataclass(frozen=True)
@@ -98,13 +182,42 @@ class Benchmark:
     title: str
     metric: str  # key in the step's metrics JSON (``metrics`` section), e.g. "mIoU", "bbox_AP", "J&F-Mean"
     unit: str  # "%" or "" (fraction)
-    protocol: str
+    protocol: str  # the recipe in words
     results: tuple[Published, ...] = field(default_factory=tuple)
     recipe: str = "unverified"  # the recipe of rows that name none
+    kind: str = "fine-tuned"  # a key of PROTOCOLS
+    resolution: str = "512 crops; test short side 512"
 
     def recipe_of(self, row: Published) -> Recipe:
         return RECIPES[row.recipe or self.recipe]
 
+    def resolution_of(self, row: Published | None = None) -> str:
+        if row is not None and row.resolution:
+            return row.resolution
+        recipe = self.recipe_of(row) if row is not None else RECIPES[self.recipe]
+        return recipe.resolution or self.resolution
+
+    def conditions(self, row: Published) -> Conditions:
+        return Conditions(row.data, row.epochs, row.arch, "n/a" if row.patch is None else row.patch, self.kind,
+                          self.resolution_of(row))
+
+
+def missing_fields(bench: Benchmark, row: Published) -> list[str]:
+    """The conditions ``row`` (of ``bench``) leaves empty: the leaderboard needs every one to compare numbers."""
+    missing = [name for name in ("source", "data", "epochs", "arch") if getattr(row, name) in (None, "")]
+    if row.patch is None and "vit" in row.arch.lower():
+        missing.append("patch")
+    if bench.kind not in PROTOCOLS:
+        missing.append(f"protocol ({bench.kind!r} is not one of {', '.join(PROTOCOLS)})")
+    if not bench.resolution_of(row):
+        missing.append("resolution")
+    return missing
+
+
+_R = "[R: recalled, not re-read]"
+SLIDE = "512 crops; test short side 512, sliding window 512/341"
+WHOLE = "512 crops; test short side 512, whole image"
+COCO = "multi-scale train 640-800, test 800 (max 1333)"
 
 BENCHMARKS: dict[str, Benchmark] = {b.id: b for b in (
     Benchmark(
@@ -112,116 +225,204 @@ BENCHMARKS: dict[str, Benchmark] = {b.id: b for b in (
         "UperNet + aux FCN, 512 crops, 160k iterations at batch 16, AdamW lr 1e-4, layer decay 0.65, drop path 0.1, "
         "single-scale sliding window 512/341 (DOWNSTREAM.md 1.2-1.3)",
         (
-            Published("BAM (ViT-B/16)", 46.1, "public benchmark listing of the BAM paper (METHODS.md 4)", "protocol details not verified",
-                      recipe="unverified"),
-            Published("MAE", 48.1, "MAE paper; mmseg reproduction 48.13 (configs/mae/metafile.yaml)", recipe="mae-upernet-vit"),
-            Published("iBOT", 50.0, "iBOT paper / README", recipe="ibot-upernet-vitb"),
-            Published("DINO", 46.8, "iBOT paper table", recipe="ibot-upernet-vitb"),
-            Published("Supervised IN-1k (DeiT)", 46.6, "iBOT paper table", "47.4 in the MAE paper's setup",
+            Published("BAM (ViT-B/16)", 46.1, "public benchmark listing of the BAM paper (METHODS.md 4)", IN1K, 400, "ViT-B", 16,
+                      "protocol details not verified; 400 epochs: BAM's released ViT-B script", recipe="unverified"),
+            Published("MAE", 48.1, "MAE paper; mmseg reproduction 48.13 (configs/mae/metafile.yaml)", IN1K, 1600, "ViT-B", 16,
+                      f"epochs {_R}", recipe="mae-upernet-vit"),
+            Published("iBOT", 50.0, "iBOT paper / README", IN1K, 400, "ViT-B", 16, f"epochs {_R}", recipe="ibot-upernet-vitb"),
+            Published("DINO", 46.8, "iBOT paper table", IN1K, 400, "ViT-B", 16, f"epochs {_R}", recipe="ibot-upernet-vitb"),
+            Published("Supervised IN-1k (DeiT)", 46.6, "iBOT paper table", IN1K + " (labels)", 300, "ViT-B", 16,
+                      "47.4 in the MAE paper's setup", recipe="ibot-upernet-vitb"),
+            Published("MoCo v3", 47.3, "MAE paper", IN1K, 300, "ViT-B", 16, f"epochs {_R}", recipe="mae-upernet-vit"),
+            Published("BEiT", 45.8, "iBOT paper table", IN1K, 800, "ViT-B", 16, f"47.1 in the MAE paper; epochs {_R}",
                       recipe="ibot-upernet-vitb"),
-            Published("MoCo v3", 47.3, "MAE paper", recipe="mae-upernet-vit"),
-            Published("BEiT", 45.8, "iBOT paper table", "47.1 in the MAE paper", recipe="ibot-upernet-vitb"),
         ),
+        resolution=SLIDE,
     ),
     Benchmark(
         "ade20k_upernet_vits16", "ADE20K, UperNet ViT-S/16, 160k", "mIoU", "%",
         "UperNet + aux FCN, 512 crops, 160k iterations at batch 16; two shipped recipes: iBOT's "
         "(configs/mmseg/upernet_vit-s16_ibot_ade20k-512x512_160k.py, the one its published row used) and MAE's "
         "with ViT-S widths (configs/mmseg/upernet_vit-s16_ade20k-512x512_160k.py)",
-        (Published("iBOT ViT-S/16", 45.4, "iBOT paper / README", recipe="ibot-upernet-vits"),),
-        recipe="ibot-upernet-vits",
+        (Published("iBOT ViT-S/16", 45.4, "iBOT paper / README", IN1K, 800, "ViT-S", 16, "800 epochs: iBOT README's ViT-S/16 "
+                   "checkpoint", recipe="ibot-upernet-vits"),),
+        recipe="ibot-upernet-vits", resolution=SLIDE,
     ),
     Benchmark(
         "ade20k_upernet_r50", "ADE20K, UperNet R50, 160k", "mIoU", "%",
         "UperNet R50, 512 crops, SGD lr 0.01, batch 16 (DOWNSTREAM.md 1.5)",
-        (Published("Supervised (mmseg, ResNetV1c)", 42.05, "mmseg configs/upernet/metafile.yaml"),),
-        recipe="mmseg-upernet-r50",
+        (Published("Supervised (mmseg, ResNetV1c)", 42.05, "mmseg configs/upernet/metafile.yaml", IN1K + " (labels)",
+                   "not stated", "ResNet-50 (V1c)", None),),
+        recipe="mmseg-upernet-r50", resolution=WHOLE,
     ),
     Benchmark(
         "voc12aug_fcn_r50", "Pascal VOC 2012 aug, FCN-d8 R50, 20k", "mIoU", "%",
         "FCN-d8 R50, 512 crops, 20k iterations at batch 16, SGD lr 0.01 poly, val 1449 images (DOWNSTREAM.md 2)",
         (
-            Published("LEWEL", 67.8, "benchmark aggregator listing of the LEWEL paper (METHODS.md 2.9)", "likely LEWEL_B 400 ep; confirm in the paper",
-                      recipe="unverified"),
-            Published("DenseCL 200ep", 69.47, "mmselfsup 0.x model zoo (69.4 in the DenseCL README)", recipe="ssl-fcn-r50-voc12aug"),
-            Published("MoCo v2 200ep", 67.55, "mmselfsup 0.x model zoo", recipe="ssl-fcn-r50-voc12aug"),
-            Published("BYOL 200ep", 67.16, "mmselfsup 0.x model zoo", recipe="ssl-fcn-r50-voc12aug"),
-            Published("Supervised (mmseg, ResNetV1c)", 67.08, "mmseg configs/fcn/metafile.yaml", recipe="mmseg-fcn-r50-voc12aug"),
+            Published("LEWEL", 67.8, "benchmark aggregator listing of the LEWEL paper (METHODS.md 2.9)", IN1K, 400, "ResNet-50",
+                      None, "likely LEWEL_B 400 ep; confirm in the paper", recipe="unverified"),
+            Published("DenseCL 200ep", 69.47, "mmselfsup 0.x model zoo (69.4 in the DenseCL README)", IN1K, 200, "ResNet-50",
+                      None, recipe="ssl-fcn-r50-voc12aug"),
+            Published("MoCo v2 200ep", 67.55, "mmselfsup 0.x model zoo", IN1K, 200, "ResNet-50", None, recipe="ssl-fcn-r50-voc12aug"),
+            Published("BYOL 200ep", 67.16, "mmselfsup 0.x model zoo", IN1K, 200, "ResNet-50", None, recipe="ssl-fcn-r50-voc12aug"),
+            Published("Supervised (mmseg, ResNetV1c)", 67.08, "mmseg configs/fcn/metafile.yaml", IN1K + " (labels)", "not stated",
+                      "ResNet-50 (V1c)", None, recipe="mmseg-fcn-r50-voc12aug"),
         ),
-        recipe="ssl-fcn-r50-voc12aug",
+        recipe="ssl-fcn-r50-voc12aug", resolution=WHOLE,
     ),
     Benchmark(
         "coco_maskrcnn_r50_fpn_1x", "COCO, Mask R-CNN R50-FPN 1x (box AP)", "bbox_AP", "%",
         "SyncBN everywhere, 4conv1fc box head, multi-scale 640-800, 90k iterations at batch 16 (DOWNSTREAM.md 3a/3b)",
         (
-            Published("LEWEL_B (SyncBN 400ep)", 41.9, "LEWEL README"),
-            Published("LEWEL_B (EMAN 200ep)", 41.3, "LEWEL README"),
-            Published("PixPro (400ep)", 41.4, "PixPro README"),
-            Published("BYOL (200ep)", 40.9, "mmselfsup 0.x model zoo"),
-            Published("MoCo v2 (800ep)", 40.4, "PixPro README"),
-            Published("Supervised IN-1k", 39.7, "PixPro README"),
+            Published("LEWEL_B (SyncBN 400ep)", 41.9, "LEWEL README", IN1K, 400, "ResNet-50", None),
+            Published("LEWEL_B (EMAN 200ep)", 41.3, "LEWEL README", IN1K, 200, "ResNet-50", None),
+            Published("PixPro (400ep)", 41.4, "PixPro README", IN1K, 400, "ResNet-50", None),
+            Published("BYOL (200ep)", 40.9, "mmselfsup 0.x model zoo", IN1K, 200, "ResNet-50", None),
+            Published("MoCo v2 (800ep)", 40.4, "PixPro README", IN1K, 800, "ResNet-50", None),
+            Published("Supervised IN-1k", 39.7, "PixPro README", IN1K + " (labels)", "not stated", "ResNet-50", None),
         ),
-        recipe="ssl-maskrcnn-r50-fpn-1x",
+        recipe="ssl-maskrcnn-r50-fpn-1x", resolution=COCO,
     ),
     Benchmark(
         "coco_maskrcnn_r50_fpn_1x_mask", "COCO, Mask R-CNN R50-FPN 1x (mask AP)", "segm_AP", "%",
         "as the box AP row",
         (
-            Published("LEWEL_B (SyncBN 400ep)", 37.9, "LEWEL README"),
-            Published("LEWEL_B (EMAN 200ep)", 37.4, "LEWEL README"),
-            Published("PixPro (400ep)", 37.4, "PixPro README"),
-            Published("Supervised IN-1k", 35.9, "PixPro README"),
+            Published("LEWEL_B (SyncBN 400ep)", 37.9, "LEWEL README", IN1K, 400, "ResNet-50", None),
+            Published("LEWEL_B (EMAN 200ep)", 37.4, "LEWEL README", IN1K, 200, "ResNet-50", None),
+            Published("PixPro (400ep)", 37.4, "PixPro README", IN1K, 400, "ResNet-50", None),
+            Published("Supervised IN-1k", 35.9, "PixPro README", IN1K + " (labels)", "not stated", "ResNet-50", None),
         ),
-        recipe="ssl-maskrcnn-r50-fpn-1x",
+        recipe="ssl-maskrcnn-r50-fpn-1x", resolution=COCO,
     ),
     Benchmark(
         "coco_maskrcnn_r50_fpn_2x", "COCO, Mask R-CNN R50-FPN 2x (box AP)", "bbox_AP", "%",
         "the 1x recipe for 180k iterations",
-        (Published("LEWEL_B (SyncBN 400ep)", 43.4, "LEWEL README"), Published("LEWEL_B (EMAN 200ep)", 42.2, "LEWEL README")),
-        recipe="ssl-maskrcnn-r50-fpn-2x",
+        (Published("LEWEL_B (SyncBN 400ep)", 43.4, "LEWEL README", IN1K, 400, "ResNet-50", None),
+         Published("LEWEL_B (EMAN 200ep)", 42.2, "LEWEL README", IN1K, 200, "ResNet-50", None)),
+        recipe="ssl-maskrcnn-r50-fpn-2x", resolution=COCO,
     ),
     Benchmark(
         "coco_maskrcnn_r50_c4_1x", "COCO, Mask R-CNN R50-C4 1x (box AP)", "bbox_AP", "%",
         "C4 with the extra-norm res5 head, SyncBN, 90k iterations (DOWNSTREAM.md 3a)",
-        (Published("LEWEL_B (EMAN 200ep)", 38.5, "LEWEL README"), Published("Supervised IN-1k", 38.2, "PixPro README")),
-        recipe="ssl-maskrcnn-r50-c4-1x",
+        (Published("LEWEL_B (EMAN 200ep)", 38.5, "LEWEL README", IN1K, 200, "ResNet-50", None),
+         Published("Supervised IN-1k", 38.2, "PixPro README", IN1K + " (labels)", "not stated", "ResNet-50", None)),
+        recipe="ssl-maskrcnn-r50-c4-1x", resolution=COCO,
     ),
     Benchmark(
         "coco_vitdet_b", "COCO, ViTDet Mask R-CNN ViT-B (box AP)", "bbox_AP", "%",
         "simple feature pyramid, LSJ 1024, 100 epochs (DOWNSTREAM.md 3c); bam-dense's mmdet variant uses global attention",
-        (Published("MAE ViT-B", 51.6, "ViTDet README (detectron2) / mmdet projects/ViTDet"),),
-        recipe="vitdet-maskrcnn-vitb",
+        (Published("MAE ViT-B", 51.6, "ViTDet README (detectron2) / mmdet projects/ViTDet", IN1K, 1600, "ViT-B", 16,
+                   f"epochs {_R}"),),
+        recipe="vitdet-maskrcnn-vitb", resolution="large-scale jitter, 1024 x 1024",
     ),
     Benchmark(
         "davis17_val", "DAVIS-2017 val, label propagation (J&F-Mean)", "J&F-Mean", "",
         "frozen last-block patch tokens, 480p, top-5, temperature 0.1, first + 7 previous frames, radius 12 (DOWNSTREAM.md 4)",
         (
-            Published("DINO ViT-S/16", 0.618, "DINO Table 5; script reference 0.6177"),
-            Published("DINO ViT-B/16", 0.623, "DINO Table 5"),
-            Published("Supervised IN ViT-S/8", 0.660, "DINO Table 5"),
-            Published("BAM", 0.623, "public benchmark listing of the BAM paper", "listed as J mean; which measure is unverified",
-                      recipe="unverified"),
+            Published("DINO ViT-S/16", 0.618, "DINO Table 5; script reference 0.6177", IN1K, 800, "ViT-S", 16,
+                      f"epochs {_R}"),
+            Published("DINO ViT-B/16", 0.623, "DINO Table 5", IN1K, 400, "ViT-B", 16, f"epochs {_R}"),
+            Published("Supervised IN ViT-S/8", 0.660, "DINO Table 5", IN1K + " (labels)", 300, "ViT-S", 8, f"epochs {_R}"),
+            Published("BAM", 0.623, "public benchmark listing of the BAM paper", IN1K, 400, "ViT-B", 16,
+                      "listed as J mean; which measure and which encoder are unverified", recipe="unverified"),
         ),
-        recipe="dino-davis-480p",
+        recipe="dino-davis-480p", kind="propagation", resolution="480p",
+    ),
+    Benchmark(
+        "ade20k_linear_vits", "ADE20K, frozen linear (BN + 1x1) on ViT-S patch tokens, 40k", "mIoU", "%",
+        "frozen encoder, last block's normed patch tokens, BatchNorm + 1x1 head, AdamW lr 1e-3, 40k iterations at batch 16, "
+        "512 crops, sliding window 512/341 (configs/mmseg/linear_vit_ade20k-512x512_40k.py; docs/linear_segmentation.md)",
+        (
+            Published("DINOv3 ViT-S/16", 47.0, "DINOv3 paper Tab. 14; dinov3 model card", "LVD-1689M (distilled from ViT-7B)",
+                      "not stated (distilled)", "ViT-S", 16, "RoPE, 4 storage tokens"),
+            Published("DINOv2 ViT-S/14 (DINOv3's re-run)", 45.5, "DINOv3 paper Tab. 14", "LVD-142M (distilled from ViT-g)",
+                      "not stated (distilled)", "ViT-S", 14),
+            Published("DINOv2 ViT-S/14", 44.3, "DINOv2 paper Tab. 10 (lin.)", "LVD-142M (distilled from ViT-g)",
+                      "not stated (distilled)", "ViT-S", 14, recipe="dinov2-linear-seg"),
+            Published("DINOv2 ViT-S/14 +ms", 47.2, "DINOv2 paper Tab. 10 (+ms)", "LVD-142M (distilled from ViT-g)",
+                      "not stated (distilled)", "ViT-S", 14, "last four blocks, 640 px, multi-scale test",
+                      recipe="dinov2-linear-ms-seg"),
+        ),
+        recipe="dinov3-linear-seg", kind="frozen linear", resolution=SLIDE,
+    ),
+    Benchmark(
+        "ade20k_linear_vitb", "ADE20K, frozen linear (BN + 1x1) on ViT-B patch tokens, 40k", "mIoU", "%",
+        "as the ViT-S entry",
+        (
+            Published("DINOv3 ViT-B/16", 51.8, "DINOv3 paper Tab. 14; dinov3 model card", "LVD-1689M (distilled from ViT-7B)",
+                      "not stated (distilled)", "ViT-B", 16, "RoPE, 4 storage tokens"),
+            Published("DINOv2 ViT-B/14 (DINOv3's re-run)", 48.4, "DINOv3 paper Tab. 14", "LVD-142M (distilled from ViT-g)",
+                      "not stated (distilled)", "ViT-B", 14),
+            Published("DINOv2 ViT-B/14", 47.3, "DINOv2 paper Tab. 10 (lin.)", "LVD-142M (distilled from ViT-g)",
+                      "not stated (distilled)", "ViT-B", 14, recipe="dinov2-linear-seg"),
+            Published("DINOv2 ViT-B/14 +ms", 51.3, "DINOv2 paper Tab. 10 (+ms)", "LVD-142M (distilled from ViT-g)",
+                      "not stated (distilled)", "ViT-B", 14, "last four blocks, 640 px, multi-scale test",
+                      recipe="dinov2-linear-ms-seg"),
+            Published("iBOT ViT-B/16", 38.3, "iBOT paper / bytedance/ibot README (linear head on frozen features)", IN1K, 400,
+                      "ViT-B", 16, f"bytedance/ibot#18: 18-20 without position-embedding resampling; epochs {_R}",
+                      recipe="ibot-linear-seg"),
+            Published("DINO ViT-B/16", 34.5, "iBOT paper table (iBOT's linear recipe)", IN1K, 400, "ViT-B", 16, f"epochs {_R}",
+                      recipe="ibot-linear-seg"),
+        ),
+        recipe="dinov3-linear-seg", kind="frozen linear", resolution=SLIDE,
+    ),
+    Benchmark(
+        "voc12aug_linear", "Pascal VOC 2012 aug, frozen linear (BN + 1x1) on ViT patch tokens, 40k", "mIoU", "%",
+        "the ADE20K linear recipe on VOC 2012 aug (configs/mmseg/linear_vit_voc12aug-512x512_40k.py); no published "
+        "row is listed: DINOv2's VOC numbers come from a config this project has not read",
+        (), recipe="dinov3-linear-seg", kind="frozen linear", resolution=SLIDE,
+    ),
+    Benchmark(
+        "voc12_retrieval_vitb16", "Pascal VOC 2012, in-context retrieval (Hummingbird) on ViT-B/16", "mIoU", "%",
+        "memory bank of training patch features and labels, nearest-neighbour attention labels the validation patches "
+        "(Balazevic et al. 2023; open-hummingbird-eval)",
+        (
+            Published("DINO ViT-B/16", 55.9, "Hummingbird paper (as quoted by open-hummingbird-eval's README)", IN1K, 400,
+                      "ViT-B", 16, f"memory 1024 x 10^4; epochs {_R}"),
+            Published("DINO ViT-B/16 (open-hummingbird-eval)", 55.7, "vpariza/open-hummingbird-eval@5e79da2 README", IN1K, 400,
+                      "ViT-B", 16, f"their reproduction: scann, 2 augmentation epochs, memory 1024 x 10^4; epochs {_R}"),
+            Published("CrIBo ViT-B/16", 74.9, "tileb1/CrIBo@311f569 README", IN1K, 400, "ViT-B", 16,
+                      "epochs from checkpoints/vitb16-in_args.json; ADE20K 30.0", recipe="cribo-retrieval"),
+        ),
+        recipe="hummingbird-retrieval", kind="retrieval", resolution="512 x 512",
+    ),
+    Benchmark(
+        "voc12_retrieval_vits16", "Pascal VOC 2012, in-context retrieval (Hummingbird) on ViT-S/16", "mIoU", "%",
+        "as the ViT-B/16 entry",
+        (Published("CrIBo ViT-S/16", 73.2, "tileb1/CrIBo@311f569 README", IN1K, 800, "ViT-S", 16,
+                   "epochs from checkpoints/vits16-in_args.json; ADE20K 28.3", recipe="cribo-retrieval"),),
+        recipe="hummingbird-retrieval", kind="retrieval", resolution="512 x 512",
+    ),
+    Benchmark(
+        "imagenet_linear_r50", "ImageNet-1k, linear classification on a frozen ResNet-50 (top-1)", "top1", "%",
+        "image-level linear probe on the pooled features: a classification protocol, not a dense one",
+        (
+            Published("LEWEL_B (SyncBN 400ep)", 73.8, "LEWEL README (METHODS.md 2.9)", IN1K, 400, "ResNet-50", None),
+            Published("CO-SSL (CO-BYOL)", 71.5, "CO-SSL abstract (arXiv 2501.02860; METHODS.md 3.2)", IN1K, 100,
+                      "ResNet-50 or RF99-ResNet50 (unverified)", None,
+                      "the paper's encoder and probe recipe could not be read (METHODS.md 3.4-3.7): a different protocol "
+                      "until they are", recipe="unverified"),
+        ),
+        recipe="lewel-lincls-r50", kind="frozen linear", resolution="224 (center crop)",
     ),
     Benchmark(
         "synthetic_linear_probe", "Synthetic ADE20K layout, linear per-patch probe (mIoU)", "linear_probe_miou", "",
         "bam-dense's development probe on generated data: checks the pipeline, not a benchmark", (),
-        recipe="bam-dense-synthetic",
+        recipe="bam-dense-synthetic", kind="frozen linear", resolution="synthetic",
     ),
     Benchmark(
         "synthetic_davis", "Synthetic DAVIS layout, label propagation (J&F-Mean)", "J&F-Mean", "",
         "bam-dense's generated sequences: checks the pipeline, not a benchmark", (),
-        recipe="bam-dense-synthetic",
+        recipe="bam-dense-synthetic", kind="propagation", resolution="synthetic",
     ),
     Benchmark(
         "synthetic_seg", "Synthetic ADE20K layout, tiny UperNet fine-tune (mIoU)", "mIoU", "%",
         "a few CPU iterations on generated data: checks the pipeline, not a benchmark", (),
-        recipe="bam-dense-synthetic",
+        recipe="bam-dense-synthetic", resolution="synthetic",
     ),
     Benchmark(
         "synthetic_det", "Synthetic COCO layout, tiny Mask R-CNN fine-tune (box AP)", "bbox_AP", "%",
         "a few CPU iterations on generated data: checks the pipeline, not a benchmark", (),
-        recipe="bam-dense-synthetic",
+        recipe="bam-dense-synthetic", resolution="synthetic",
     ),
 )}

@@ -2,9 +2,14 @@
 
 For every benchmark a plan step names, the report lists each run's number, the mean and spread over runs
 of the same method (seeds), and the published numbers of that benchmark with their sources, notes and
-recipes. A published row is called "same recipe" only when every run's resolved config (recorded by
-``seg test`` / ``det test``) has every value the row's recipe requires; otherwise the report says which
-values differ, or that the recipe could not be checked. Several run directories are reported side by side. Failed steps appear with their error, not as zeros.
+recipes. Benchmarks are grouped by protocol kind (fine-tuned / frozen linear / retrieval / propagation) and
+input resolution, one heading per group, so numbers of different protocols never share a table. A published
+row is called "same recipe" only when every run's resolved config (recorded by ``seg test`` / ``det test``)
+has every value the row's recipe requires, and "same protocol" only when, besides, its conditions
+(:class:`~bam_dense.bench.published.Conditions`: pretraining data and epochs, architecture, patch size,
+protocol, resolution) equal every run's (the plan's ``runs`` record them); otherwise the report says in words
+which values differ, or what was not recorded. Several run directories are reported side by side. Failed
+steps appear with their error, not as zeros.
 
 Every value is shown in percent, whatever unit the step wrote (J&F and the linear probe's mIoU are
 fractions in their metrics files: they are multiplied by 100 here, published numbers alike). Where a step
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +29,7 @@ from pathlib import Path
 import yaml
 
 from bam_dense.bench import stats
-from bam_dense.bench.published import BENCHMARKS, Recipe
+from bam_dense.bench.published import BENCHMARKS, PROTOCOLS, Conditions, Published, Recipe
 from bam_dense.core.errors import UserFacingError
 
 MAX_SLOW_UNITS = 500  # above this many images, no bootstrap of COCO AP (each replicate re-runs COCO evaluation)
@@ -40,6 +46,7 @@ class Entry:
     low: float | None = None  # 95% bootstrap interval over the validation images, percent
     high: float | None = None
     resolved_config: dict | None = None  # the mmengine config the step ran, when it records one
+    conditions: Conditions | None = None  # the run's (plan) with the step's protocol and resolution
 
 
 def to_percent(bench, value: float | None) -> float | None:
@@ -84,8 +91,71 @@ def collect(run_dir: Path) -> list[Entry]:
             else:
                 error = "not run"
             entries.append(Entry(run["name"], run.get("method", run["name"]), step["name"], step.get("benchmark"), value, error,
-                                 low, high, resolved))
+                                 low, high, resolved, run_conditions(run, bench)))
     return entries
+
+
+_VIT_SIZES = {"tiny": "T", "small": "S", "base": "B", "large": "L", "huge": "H", "giant": "g"}
+
+
+def describe_arch(arch: str, kwargs: dict | None = None) -> tuple[str, int | None]:
+    """(architecture as the leaderboard writes it, patch size) of a timm name: ``vit_base_patch16_224`` ->
+    ("ViT-B", 16), ``resnet50`` -> ("ResNet-50", None); other names are kept as they are."""
+    kwargs = kwargs or {}
+    if m := re.match(r"(?:vit|deit)_(tiny|small|base|large|huge|giant)_patch(\d+)", arch):
+        return f"ViT-{_VIT_SIZES[m.group(1)]}", int(kwargs.get("patch_size", m.group(2)))
+    if m := re.fullmatch(r"resnet(\d+)", arch):
+        return f"ResNet-{m.group(1)}", None
+    return arch, None
+
+
+def _pretraining_facts(run: dict) -> dict:
+    """Architecture, patch size and epochs of a run that pretrains, from its pretraining config (the run's own
+    record); empty when the config cannot be read here."""
+    config = (run.get("pretrain") or {}).get("config")
+    if not config:
+        return {}
+    from bam_dense.core.config import load_config
+    from bam_dense.core.paths import REPO_ROOT
+
+    path = Path(config) if Path(config).is_absolute() else REPO_ROOT / config
+    try:
+        cfg = load_config(path)
+    except (OSError, UserFacingError, ValueError):
+        return {}
+    arch, patch = describe_arch(cfg.model.arch, dict(cfg.model.kwargs or {}))
+    return {"arch": arch, "patch": patch, "epochs": int(cfg.optim.epochs)}
+
+
+def run_conditions(run: dict, bench) -> Conditions | None:
+    """A plan run's conditions on ``bench``: what the run records (data, epochs, arch, patch; a run that pretrains
+    takes arch, patch and epochs from its pretraining config where the plan does not state them; None where
+    neither does), the protocol and resolution of the benchmark's recipe, which the step ran."""
+    if bench is None:
+        return None
+    run = {**_pretraining_facts(run), **{k: v for k, v in run.items() if v is not None}}
+    arch = run.get("arch")
+    patch = run.get("patch")
+    if patch is None and arch is not None and "vit" not in str(arch).lower():
+        patch = "n/a"
+    return Conditions(run.get("data"), run.get("epochs"), arch, patch, bench.kind, bench.resolution_of())
+
+
+def protocol_check(bench, row: Published, runs: list[Entry]) -> tuple[bool, str]:
+    """(same protocol?, words) for a published row against these runs: every condition equal for every run,
+    and the recipe the same (:func:`recipe_check`)."""
+    same_recipe, recipe_words = recipe_check(bench.recipe_of(row), [e.resolved_config for e in runs])
+    if not runs:
+        return False, "no run of this benchmark to compare"
+    differences: list[str] = []
+    published = bench.conditions(row)
+    for e in runs:
+        for item in published.differences(e.conditions, theirs=e.run):
+            if item not in differences:
+                differences.append(item)
+    if not differences and same_recipe:
+        return True, f"**same protocol** ({recipe_words})"
+    return False, "not the same protocol: " + "; ".join(differences + [recipe_words])
 
 
 _MISSING = object()
@@ -176,42 +246,69 @@ def write_report(run_dirs: list[Path], out: Path) -> Path:
     if synthetic:
         lines += ["> **Synthetic data checks the pipeline; it is not a benchmark.** Numbers on generated data say that every",
                   "> stage ran end to end, not how good an encoder is.", ""]
+    groups: dict[tuple[str, str], list] = {}
     for bench_id in benchmarks:
         bench = BENCHMARKS.get(bench_id or "")
-        rows = [e for e in entries if e.benchmark == bench_id]
-        title = bench.title if bench else f"step {rows[0].step}"
-        lines += [f"## {title}", ""]
-        if bench:
-            lines += [f"Protocol: {bench.protocol}. Metric: `{bench.metric}`, in percent.", ""]
-        lines += ["| encoder | method | value (%) | 95% interval (%) | note |", "|---|---|---|---|---|"]
-        chart_rows = []
-        for e in rows:
-            lines.append(f"| {e.run} | {e.method} | {_fmt(e.value)} | {_fmt_spread(e)} | {e.error or ''} |")
-            if e.value is not None:
-                chart_rows.append((e.run, e.value, True, (e.low, e.high) if e.low is not None else None))
-        by_method: dict[str, list[float]] = {}
-        for e in rows:
-            if e.value is not None:
-                by_method.setdefault(e.method, []).append(e.value)
-        multi = {m: v for m, v in by_method.items() if len(v) > 1}
-        if multi:
-            lines += ["", "| method | runs | mean (%) | std (%) | min (%) | max (%) |", "|---|---|---|---|---|---|"]
-            for m, v in multi.items():
-                lines.append(f"| {m} | {len(v)} | {_fmt(statistics.mean(v))} | {_fmt(statistics.stdev(v))} | "
-                             f"{_fmt(min(v))} | {_fmt(max(v))} |")
-        if bench and bench.results:
-            lines += ["", "Published (a row is the same protocol as these runs only where it says \"same recipe\"):", "",
-                      "| method | value (%) | recipe | against these runs | source | note |", "|---|---|---|---|---|---|"]
-            for p in bench.results:
-                recipe = bench.recipe_of(p)
-                _, words = recipe_check(recipe, [e.resolved_config for e in rows if e.value is not None])
-                lines.append(f"| {p.method} | {_fmt(to_percent(bench, p.value))} | {recipe.id} ({recipe.source}) | {words} | "
-                             f"{p.source} | {p.note} |")
-                chart_rows.append((p.method, to_percent(bench, p.value), False, None))
-        if bench and chart_rows:
-            png = _chart(bench, chart_rows, out / f"{bench_id}.png")
-            lines += ["", f"![{title}]({png.name})"]
-        lines.append("")
+        key = (bench.kind, bench.resolution_of()) if bench else ("unknown protocol", "unknown resolution")
+        groups.setdefault(key, []).append(bench_id)
+    for (kind, resolution), members in groups.items():
+        lines += [f"# Protocol: {kind}, input {resolution}", "",
+                  f"{PROTOCOLS.get(kind, 'steps that name no known benchmark')}. The numbers under this heading are "
+                  "not comparable with those under another.", ""]
+        for bench_id in members:
+            _benchmark_section(bench_id, entries, out, lines)
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def _conditions_cell(c: Conditions | None) -> str:
+    if c is None:
+        return "-"
+    epochs = "? epochs" if c.epochs is None else (f"{c.epochs} epochs" if isinstance(c.epochs, int) else str(c.epochs))
+    return (f"{c.data or '?'}, {epochs}; {c.arch or '?'}"
+            f"{'' if c.patch in (None, 'n/a') else '/' + str(c.patch)}")
+
+
+def _benchmark_section(bench_id, entries: list[Entry], out: Path, lines: list[str]) -> None:
+    bench = BENCHMARKS.get(bench_id or "")
+    rows = [e for e in entries if e.benchmark == bench_id]
+    title = bench.title if bench else f"step {rows[0].step}"
+    lines += [f"## {title}", ""]
+    if bench:
+        lines += [f"Protocol: {bench.protocol}. Metric: `{bench.metric}`, in percent.", ""]
+    lines += ["| encoder | method | value (%) | 95% interval (%) | note | pretraining, architecture |",
+              "|---|---|---|---|---|---|"]
+    chart_rows = []
+    for e in rows:
+        lines.append(f"| {e.run} | {e.method} | {_fmt(e.value)} | {_fmt_spread(e)} | {e.error or ''} | "
+                     f"{_conditions_cell(e.conditions)} |")
+        if e.value is not None:
+            chart_rows.append((e.run, e.value, True, (e.low, e.high) if e.low is not None else None))
+    by_method: dict[str, list[float]] = {}
+    for e in rows:
+        if e.value is not None:
+            by_method.setdefault(e.method, []).append(e.value)
+    multi = {m: v for m, v in by_method.items() if len(v) > 1}
+    if multi:
+        lines += ["", "| method | runs | mean (%) | std (%) | min (%) | max (%) |", "|---|---|---|---|---|---|"]
+        for m, v in multi.items():
+            lines.append(f"| {m} | {len(v)} | {_fmt(statistics.mean(v))} | {_fmt(statistics.stdev(v))} | "
+                         f"{_fmt(min(v))} | {_fmt(max(v))} |")
+    if bench and bench.results:
+        lines += ["", "Published (a row is the same protocol as these runs only where it says \"same protocol\": the "
+                  "same recipe, pretraining data and epochs, architecture, patch size, protocol and resolution):", "",
+                  "| method | value (%) | pretraining, architecture | protocol, resolution | recipe | against these runs "
+                  "| source | note |", "|---|---|---|---|---|---|---|---|"]
+        done = [e for e in rows if e.value is not None]
+        for p in bench.results:
+            recipe = bench.recipe_of(p)
+            _, words = protocol_check(bench, p, done)
+            lines.append(f"| {p.method} | {_fmt(to_percent(bench, p.value))} | {_conditions_cell(bench.conditions(p))} | "
+                         f"{bench.kind}, {bench.resolution_of(p)} | {recipe.id} ({recipe.source}) | {words} | "
+                         f"{p.source} | {p.note} |")
+            chart_rows.append((p.method, to_percent(bench, p.value), False, None))
+    if bench and chart_rows:
+        png = _chart(bench, chart_rows, out / f"{bench_id}.png")
+        lines += ["", f"![{title}]({png.name})"]
+    lines.append("")

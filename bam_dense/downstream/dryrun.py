@@ -167,7 +167,7 @@ def shrink(cfg, task: str, iters: int, batch_size: int, eval_images: int, scale:
                 continue
             for k, leaf in enumerate(leaf_datasets(cfg[name].dataset)):
                 _scale_pipeline(leaf.get("pipeline"), f"{name}.dataset[{k}].pipeline", scale, changed)
-        for name in ("train_pipeline", "test_pipeline"):  # top-level copies, for anything that reads them later
+        for name in ("train_pipeline", "test_pipeline", "tta_pipeline"):  # top-level copies, read later (tta: at test)
             if isinstance(cfg.get(name), list):
                 _scale_pipeline(cfg[name], name, scale, changed)
         model = cfg.model
@@ -262,6 +262,8 @@ def timm_spec(backbone) -> tuple[str, dict]:
             base = backbone.get("base_channels", 64)
             return "resnet18", {"layers": [1, 1, 1, 1], "channels": [base, 2 * base, 4 * base, 8 * base]}
         return f"resnet{backbone.get('depth', 50)}", {}
+    if btype == "FrozenTimmEncoder":  # arch None: the checkpoint's at run time; a DINO-style ViT-S/16 stands in here
+        return backbone.get("arch") or "vit_small_patch16_224", dict(backbone.get("model_kwargs") or {})
     if btype == "TimmViT":
         return backbone.get("arch", "vit_base_patch16_224"), {**(backbone.get("model_kwargs") or {}),
                                                               "img_size": backbone.get("pretrain_img_size", 224)}
@@ -408,7 +410,8 @@ def test(task: str, config: str, checkpoint: str, work_dir: str | None = None, c
 
     cfg, changed, description = _prepare(task, config, work_dir, cfg_options, data_root, 1, 1, eval_images, scale)
     checkpoint = prepare_test(cfg, checkpoint)
-    runner = _module(task)._runner(cfg)
+    module = _module(task)
+    runner = module._runner(cfg, testing=True) if task == "seg" else module._runner(cfg)
     metrics = runner.test()
     from bam_dense.core.memory import peak_memory
 

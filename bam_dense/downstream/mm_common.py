@@ -22,7 +22,7 @@ warnings.filterwarnings("ignore", message="pkg_resources is deprecated", categor
 
 # (backbone type in the config) -> (conversion target, does the loader honour init_cfg.prefix)
 SEG_TARGETS = {"VisionTransformer": "mmseg", "MAE": "mmseg-mae", "BEiT": "mmseg-mae", "ResNet": "mmseg", "ResNet10": "mmseg", "ResNetV1c": "mmseg",
-               "ResNetV1d": "mmseg"}
+               "ResNetV1d": "mmseg", "FrozenTimmEncoder": "timm"}
 DET_TARGETS = {"ResNet": "mmdet", "ResNet10": "mmdet", "TimmViT": "mmdet"}
 
 
@@ -112,6 +112,12 @@ def prepare_pretrained(cfg, checkpoint: str, targets: dict[str, str], trust_sour
         print(result.summary())
         report = json.loads(report_path(out, target).read_text())
         path = str(out)
+    if btype == "FrozenTimmEncoder":
+        if report is None:
+            raise UserFacingError(f"--checkpoint {checkpoint}: the frozen-encoder protocols read pretraining or timm "
+                                  "checkpoints (bam-dense, DINO, iBOT, DINOv2, DINOv3, MAE, MoCo v3, timm), not a "
+                                  "framework's layout")
+        adopt_encoder(cfg, report["arch"], report["model_kwargs"], f"--checkpoint {checkpoint}")
     init_cfg = dict(backbone.get("init_cfg") or {}, type="Pretrained", checkpoint=path)  # keeps a configured prefix
     if target == "mmdet" and btype == "ResNet" and "prefix" not in init_cfg:
         init_cfg["prefix"] = "backbone."  # where `bam-dense convert --to mmdet` puts ResNet keys
@@ -120,6 +126,47 @@ def prepare_pretrained(cfg, checkpoint: str, targets: dict[str, str], trust_sour
         cfg.model.pretrained = None
     add_hooks(cfg, "PretrainedWeightCheckHook")
     return path, report
+
+
+def adopt_encoder(cfg, arch: str, model_kwargs: dict, where: str) -> None:
+    """Give a ``FrozenTimmEncoder`` config the checkpoint's architecture, and its linear head the matching width.
+
+    A config that leaves ``model.backbone.arch`` at None (``model_kwargs`` empty, ``decode_head.in_channels`` None)
+    takes them from the checkpoint; values the config does set must agree with it, or this stops naming both.
+    """
+    from bam_dense.convert.sources import create_meta_model
+
+    backbone, head = cfg.model.backbone, cfg.model.decode_head
+    model_kwargs = dict(model_kwargs or {})
+    configured = dict(backbone.get("model_kwargs") or {})
+    if backbone.get("arch") is None:
+        if configured:
+            raise UserFacingError(f"model.backbone.model_kwargs is {configured} but model.backbone.arch is None: name the "
+                                  "architecture too, or leave both to the checkpoint")
+    elif (backbone["arch"], configured) != (arch, model_kwargs):
+        raise UserFacingError(f"model.backbone.arch / model_kwargs are {backbone['arch']!r} / {configured} in the config but "
+                              f"{where} holds {arch!r} / {model_kwargs}; leave arch at None to take the checkpoint's, or "
+                              "pass the matching checkpoint")
+    backbone["arch"], backbone["model_kwargs"] = arch, model_kwargs
+    width = create_meta_model(arch, model_kwargs).embed_dim
+    layers = len(backbone.get("out_indices") or [-1])
+    in_channels = [width] * layers
+    if head.get("in_channels") is not None and list(head["in_channels"]) != in_channels:
+        raise UserFacingError(f"model.decode_head.in_channels is {list(head['in_channels'])} in the config but {arch} "
+                              f"gives {layers} map(s) of {width} channels; leave it at None")
+    head["in_channels"], head["in_index"], head["channels"] = in_channels, list(range(layers)), width * layers
+
+
+def _adopt_encoder_for_test(cfg, checkpoint: str) -> None:
+    """At test time, a ``FrozenTimmEncoder`` left at arch None takes the architecture the training recorded in
+    ``<work dir>/pretrained/*_timm.pth.report.json`` (the work dir of ``checkpoint``)."""
+    reports = sorted((Path(checkpoint).parent / "pretrained").glob("*_timm.pth.report.json"))
+    if len(reports) != 1:
+        raise UserFacingError(f"model.backbone.arch is None and {Path(checkpoint).parent / 'pretrained'} has "
+                              f"{len(reports)} conversion reports (expected the one `seg train` wrote); pass "
+                              "--cfg-options model.backbone.arch=<timm name> [model.backbone.model_kwargs.KEY=VALUE]")
+    report = json.loads(reports[0].read_text())
+    adopt_encoder(cfg, report["arch"], report["model_kwargs"], str(reports[0]))
 
 
 def add_hooks(cfg, *names: str) -> None:
@@ -153,6 +200,8 @@ def prepare_test(cfg, checkpoint: str) -> str:
     cfg.load_from = checkpoint
     if "pretrained" in cfg.model:
         cfg.model.pretrained = None
+    if cfg.model.backbone.get("type") == "FrozenTimmEncoder" and cfg.model.backbone.get("arch") is None:
+        _adopt_encoder_for_test(cfg, checkpoint)
     cfg.model.backbone.pop("init_cfg", None)  # the fine-tuned weights come from load_from
     cfg.custom_hooks = [h for h in (cfg.get("custom_hooks") or []) if h.get("type") != "PretrainedWeightCheckHook"]
     add_hooks(cfg)

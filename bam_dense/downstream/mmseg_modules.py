@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+from mmengine.model import BaseModule
 from mmseg.engine.optimizers.layer_decay_optimizer_constructor import (
     LayerDecayOptimizerConstructor,
     get_layer_id_for_vit,
@@ -10,6 +13,7 @@ from mmseg.engine.optimizers.layer_decay_optimizer_constructor import (
 from mmseg.evaluation.metrics import IoUMetric
 from mmseg.models.backbones import ResNet
 from mmseg.models.backbones.resnet import BasicBlock
+from mmseg.models.decode_heads.decode_head import BaseDecodeHead
 from mmseg.registry import METRICS, MODELS, OPTIM_WRAPPER_CONSTRUCTORS
 
 import bam_dense.downstream.mm_hooks  # noqa: F401  (registers PretrainedWeightCheckHook)
@@ -82,3 +86,106 @@ class ViTLayerDecayOptimizerConstructor(LayerDecayOptimizerConstructor):
             groups[key]["params"].append(param)
             groups[key]["param_names"].append(name)
         params.extend(groups.values())
+
+
+# ---------------------------------------------------------------------------------------------
+# Linear semantic segmentation on frozen features (the DINOv2 / DINOv3 protocol)
+# ---------------------------------------------------------------------------------------------
+
+
+def center_pad(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Zero-pad H and W up to a multiple of ``multiple``, split evenly (the extra pixel at the end), as DINOv2's
+    segmentation backbone does before a patch-14 ViT (facebookresearch/dinov2 ``hub/utils.py`` CenterPadding)."""
+    pads = []
+    for size in (x.shape[-1], x.shape[-2]):  # F.pad takes the last dimension first
+        extra = -size % multiple
+        pads += [extra // 2, extra - extra // 2]
+    return F.pad(x, pads) if any(pads) else x
+
+
+@MODELS.register_module()
+class FrozenTimmEncoder(BaseModule):
+    """A frozen timm ViT (anything ``bam-dense convert --to timm`` writes: bam-dense, DINO, iBOT, MAE, MoCo v3,
+    DeiT, DINOv2 with or without registers, DINOv3 with RoPE) that returns the **patch tokens** of the blocks
+    ``out_indices`` as ``N x C x h x w`` maps.
+
+    * Prefix tokens (class token, registers, DINOv3's storage tokens, DeiT's distillation token) are never
+      returned: timm's ``forward_intermediates`` drops the model's ``num_prefix_tokens`` first tokens.
+    * ``final_norm``: the encoder's final LayerNorm applied to every returned block (DINOv3's
+      ``use_backbone_norm``; DINOv2's ``get_intermediate_layers(norm=True)``).
+    * The input is centre-padded to a multiple of the patch size (DINOv2's CenterPadding; a no-op for patch 16
+      at 512 px). Position tables are resampled to the input grid by timm (bicubic), RoPE is computed for it.
+    * Frozen: no parameter takes gradients, the encoder stays in eval mode whatever ``train()`` is called
+      with, and the forward pass runs without autograd.
+
+    ``arch``/``model_kwargs`` name the timm architecture. ``bam-dense seg train --checkpoint`` fills them from
+    the checkpoint when the config leaves ``arch`` at None (the conversion report records them), and the head's
+    ``in_channels`` with them. The pretrained file is a timm state dict (``bam-dense convert --to timm``),
+    loaded strictly.
+    """
+
+    def __init__(self, arch: str | None = None, model_kwargs: dict | None = None, out_indices=(-1,),
+                 final_norm: bool = True, init_cfg: dict | None = None):
+        super().__init__(init_cfg)
+        if arch is None:
+            raise ValueError("FrozenTimmEncoder: model.backbone.arch is None. `bam-dense seg train --checkpoint CKPT` sets it "
+                             "from the checkpoint; otherwise pass --cfg-options model.backbone.arch=<timm name>")
+        from bam_dense.models.backbones import create_backbone, family
+
+        self.encoder = create_backbone(arch, dict(model_kwargs or {}), pos_embed="learned")
+        if family(self.encoder) not in ("vit", "eva"):
+            raise ValueError(f"FrozenTimmEncoder: {arch!r} is not a ViT; the linear protocol reads ViT patch tokens")
+        depth = len(self.encoder.blocks)
+        indices = [int(i) for i in out_indices]
+        if not indices or any(not -depth <= i < depth for i in indices):
+            raise ValueError(f"FrozenTimmEncoder: out_indices {list(out_indices)} outside the {depth} blocks of {arch}")
+        self.out_indices = [i % depth for i in indices]
+        self.final_norm = final_norm
+        self.patch_size = int(self.encoder.patch_embed.patch_size[0])
+        self.encoder.requires_grad_(False)
+        self.encoder.eval()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.encoder.eval()  # frozen: no dropout, no drop path, whatever the segmentor's mode
+        return self
+
+    def init_weights(self) -> None:
+        cfg = self.init_cfg if isinstance(self.init_cfg, dict) else {}
+        if cfg.get("type") == "Pretrained" and cfg.get("checkpoint"):
+            state = torch.load(cfg["checkpoint"], map_location="cpu", weights_only=True)
+            state = state.get("state_dict", state)
+            self.encoder.load_state_dict(state, strict=True)
+            self._is_init = True
+        # without a checkpoint the encoder keeps timm's initialisation (tests, dry-runs with random weights)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        with torch.no_grad():
+            maps = self.encoder.forward_intermediates(center_pad(x, self.patch_size), indices=self.out_indices,
+                                                      norm=self.final_norm, output_fmt="NCHW", intermediates_only=True)
+        return tuple(m.detach() for m in maps)
+
+
+@MODELS.register_module()
+class BNLinearHead(BaseDecodeHead):
+    """The linear head of DINOv2/DINOv3: the input maps resized to the first one's grid and concatenated, dropout,
+    BatchNorm, one 1x1 convolution (``conv_seg``), in that order (facebookresearch/dinov3
+    ``eval/segmentation/models/heads/linear_head.py``: Dropout2d -> SyncBatchNorm -> Conv2d 1x1, weight ~ N(0, 0.01),
+    bias 0, which is mmseg's ``conv_seg`` initialisation). ``channels`` must equal the summed ``in_channels``:
+    nothing between the features and the classifier has weights but the BatchNorm's affine pair.
+    """
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("input_transform", "resize_concat")
+        super().__init__(**kwargs)
+        if self.channels != self.in_channels:
+            raise ValueError(f"BNLinearHead: channels ({self.channels}) must equal the summed in_channels ({self.in_channels})")
+        from mmcv.cnn import build_norm_layer
+
+        self.bn = build_norm_layer(self.norm_cfg or dict(type="SyncBN"), self.in_channels)[1]
+
+    def forward(self, inputs):
+        x = self._transform_inputs(inputs)
+        if self.dropout is not None:
+            x = self.dropout(x)
+        return self.conv_seg(self.bn(x))

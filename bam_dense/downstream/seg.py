@@ -3,14 +3,17 @@
 Training converts the checkpoint on the fly when needed (report saved in the work dir), checks before
 iteration 1 that every backbone tensor loaded, and trains through mmseg's own Runner (single process, or
 several through ``--launcher pytorch`` under torchrun / ``--launcher slurm`` under srun). Testing writes
-``metrics.json`` (mIoU, mAcc, aAcc, per-class IoU, config, checkpoint and its SHA-256).
+``metrics.json`` (mIoU, mAcc, aAcc, per-class IoU, config, checkpoint and its SHA-256); a config with
+``test_time_aug = True`` is tested through mmseg's multi-scale/flip TestTimeAug.
 """
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 from bam_dense.core import procs
+from bam_dense.core.errors import UserFacingError
 from bam_dense.downstream.mm_common import (
     SEG_TARGETS,
     load_config,
@@ -21,13 +24,30 @@ from bam_dense.downstream.mm_common import (
 )
 
 
-def _runner(cfg):
+def with_test_time_aug(cfg):
+    """A copy of ``cfg`` that tests through mmseg's TestTimeAug when the config sets ``test_time_aug = True``
+    (what mmseg's ``tools/test.py --tta`` does: the test set read with ``tta_pipeline``, the model wrapped in
+    ``tta_model``); ``cfg`` itself is returned otherwise. The caller's ``cfg`` stays as written, so the
+    recorded config names the segmentor, not the wrapper."""
+    if not cfg.get("test_time_aug"):
+        return cfg
+    for key in ("tta_pipeline", "tta_model"):
+        if not cfg.get(key):
+            raise UserFacingError(f"test_time_aug=True needs `{key}` in the config")
+    cfg = copy.deepcopy(cfg)
+    cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+    cfg.tta_model.module = cfg.model
+    cfg.model = cfg.tta_model
+    return cfg
+
+
+def _runner(cfg, testing: bool = False):
     from mmengine.runner import Runner
 
     import bam_dense.downstream.mmseg_modules  # noqa: F401  (metric and hooks registered)
 
     procs.end_forked_children_with_this_process()  # mmengine's DataLoader workers end with this process
-    return Runner.from_cfg(cfg)
+    return Runner.from_cfg(with_test_time_aug(cfg) if testing else cfg)
 
 
 def train(config: str, checkpoint: str, work_dir: str | None = None, cfg_options: list[str] | None = None,
@@ -46,7 +66,7 @@ def test(config: str, checkpoint: str, work_dir: str | None = None, cfg_options:
     """Evaluate a fine-tuned model; writes and returns the metrics."""
     cfg = load_config(config, cfg_options or [], work_dir, launcher, data_root)
     checkpoint = prepare_test(cfg, checkpoint)
-    runner = _runner(cfg)
+    runner = _runner(cfg, testing=True)
     metrics = runner.test()
     from mmengine.dist import is_main_process
 

@@ -29,6 +29,7 @@ FRAMEWORK_INITIALISED = (
 # Backbones whose init_weights ignore init_cfg['prefix'] and read the whole file (DOWNSTREAM.md 1.4, 3c).
 PREFIX_IGNORED = {"VisionTransformer", "MAE", "BEiT"}
 MODEL_KEY_ONLY = {"TimmViT"}  # bam-dense's ViTDet-style mmdet backbone reads ckpt['model']
+KEYS_UNDER = {"FrozenTimmEncoder": "encoder."}  # holds the timm model as `encoder`, loads a plain timm state dict into it
 
 
 class PretrainedWeightsNotLoaded(UserFacingError):
@@ -53,10 +54,14 @@ def expected_tensors(checkpoint: dict, backbone_type: str, prefix: str | None) -
 
     mmengine's PretrainedInit (ResNet & co.): ``state_dict`` unwrapped, then with ``prefix`` only the keys
     under it (stripped), without it a leading ``module.`` stripped. mmseg ViT/MAE/BEiT: ``state_dict``
-    unwrapped, nothing else. ViTDet-style ViTs: ``model`` only.
+    unwrapped, nothing else. ViTDet-style ViTs: ``model`` only. ``FrozenTimmEncoder``: the timm state dict, under
+    ``encoder.``.
     """
     if backbone_type in MODEL_KEY_ONLY:
         state = checkpoint.get("model", {})
+    elif backbone_type in KEYS_UNDER:
+        state = checkpoint.get("state_dict", checkpoint)
+        state = {KEYS_UNDER[backbone_type] + k: v for k, v in state.items()}
     else:
         state = checkpoint["state_dict"] if "state_dict" in checkpoint else checkpoint
         if backbone_type not in PREFIX_IGNORED:
