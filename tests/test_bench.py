@@ -92,6 +92,34 @@ def test_a_failing_step_keeps_the_other_results_and_says_why(two_checkpoints, sy
     assert "| BAM (ViT-B/16) | 46.10 |" in report  # published numbers of the protocol, beside the failed run
 
 
+def test_frozen_feature_steps_run_in_a_plan_and_its_dry_run(two_checkpoints, synthetic_root, tmp_path):
+    """retrieval and linear steps: bad steps refused at load; real run and dry-run write the metric the report reads."""
+    from bam_dense.bench.dryrun import run_plan_dry
+    from bam_dense.bench.plan import load_plan, run_plan
+    from bam_dense.bench.published import BENCHMARKS
+
+    steps = [{"name": "hummingbird", "kind": "retrieval", "benchmark": "voc12_retrieval_vits16", "dataset": "voc",
+              "data_root": str(synthetic_root / "voc"), "options": ["--input-size", "32", "--no-augment", "--memory-size", "0"]},
+             {"name": "lincls", "kind": "linear", "benchmark": "imagenet_linear_r50", "data_root": str(synthetic_root / "imagenet"),
+              "options": ["--recipe", "dino-vitb", "--resolution", "32", "--epochs", "2", "--lrs", "0.01"]}]
+    path = tmp_path / "plan.yaml"
+    for broken, message in (({"dataset": None}, "needs dataset"), ({"dataset": "coco"}, "'coco' is not one of voc, ade20k")):
+        path.write_text(yaml.safe_dump({"runs": [{"name": "a", "checkpoint": "x.pth"}], "steps": [{**steps[0], **broken}]}))
+        with pytest.raises(Exception, match=message):
+            load_plan(path)
+    path.write_text(yaml.safe_dump({"name": "frozen", "runs": [{"name": "bam", "checkpoint": str(two_checkpoints["bam"])}],
+                                    "steps": steps}))
+    plan = load_plan(path)
+    outcomes = run_plan(plan, tmp_path / "run")
+    assert [o.status for o in outcomes] == ["done", "done"], [o.detail for o in outcomes]
+    dry = run_plan_dry(plan, tmp_path / "dry")
+    assert [o.status for o in dry] == ["done", "done"], [o.detail for o in dry]
+    for root in (tmp_path / "run", tmp_path / "dry"):
+        for step in steps:
+            metrics = json.loads((root / "bam" / step["name"] / "metrics.json").read_text())["metrics"]
+            assert 0.0 <= metrics[BENCHMARKS[step["benchmark"]].metric] <= 100.0
+
+
 def test_slurm_commands_are_printed_with_dependencies(tmp_path):
     plan = {"name": "cluster", "slurm": {"partition": "gpu", "gpus_per_node": 8, "nodes": 2},
             "runs": [{"name": "bam-vits", "pretrain": {"config": "configs/pretrain/bam_vit_small_16gpu.yaml"}}],

@@ -3,7 +3,8 @@
 Each run's pretraining is ``bam-dense pretrain --dry-run`` (single process; its checkpoint is
 ``<run>/pretrain/dry-run/checkpoints/last.pth``), each seg/det step ``seg|det train --dry-run`` then
 ``seg|det test --dry-run``, a detectron2 step ``train_net.py --dry-run`` (skipped, and said so, where detectron2
-is not installed), a DAVIS step propagation and scoring on one sequence, a probe step the probe at 20 steps.
+is not installed), a DAVIS step propagation and scoring on one sequence, a probe step the probe at 20 steps,
+a retrieval step one plain pass keeping every patch, a linear step one epoch at one learning rate.
 Data roots of the plan that exist here are used; the others are replaced by synthetic data in the same layout
 (``RUN_DIR/data/<layout>``, or the seg/det work dir). ``scale`` (``--dry-run-scale``) shrinks the input sizes
 of every step the same way the per-command flags do.
@@ -95,6 +96,18 @@ def step_commands(step: StepSpec, ckpt: str, out: Path, run_dir: Path, scale: fl
         if step.davis_root:
             cmd += ["--davis-root", _exists(step.davis_root) or str(_synthetic("davis", run_dir))]
         return [cmd + step.options + ["--steps", str(PROBE_DRY_RUN_STEPS)]]
+    if step.kind == "retrieval":  # one plain pass, every patch kept, input shrunk to a 2x2-patch grid at most
+        layout = "voc" if step.dataset == "voc" else "ade20k"
+        root = _exists(step.data_root) or str(_synthetic(layout, run_dir))
+        size = str(max(32, int(round(512 * scale / 16)) * 16)) if scale else "64"
+        return [[*BAM, "eval", "retrieval", "--checkpoint", ckpt, "--dataset", step.dataset, "--data-root", root,
+                 "--out", str(out / "metrics.json"), *step.options, "--input-size", size, "--no-augment",
+                 "--memory-size", "0"]]
+    if step.kind == "linear":
+        root = _exists(step.data_root) or str(_synthetic("imagenet", run_dir))
+        size = str(max(32, int(round(224 * scale / 16)) * 16)) if scale else "32"
+        return [[*BAM, "eval", "linear", "--checkpoint", ckpt, "--data-root", root, "--out", str(out / "metrics.json"),
+                 *step.options, "--resolution", size, "--epochs", "1", "--lrs", "0.001"]]
     return f"no dry-run for step kind {step.kind!r}"
 
 

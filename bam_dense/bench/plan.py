@@ -2,7 +2,7 @@
 
 A plan (``configs/bench/*.yaml``) lists encoders (``runs``: a given ``checkpoint``, or a ``pretrain``
 config, with the conditions the report compares published numbers on: ``data``, ``epochs``, ``arch``,
-``patch``) and ``steps`` (``kind``: seg, det, detectron2, davis, probe). Every step is a short list of
+``patch``) and ``steps`` (``kind``: seg, det, detectron2, davis, probe, retrieval, linear). Every step is a short list of
 bam-dense commands, so the same plan runs here step by step, or prints one ``sbatch`` job per step
 (``--print-slurm``, pretraining first, the rest depending on it). Layout::
 
@@ -63,6 +63,7 @@ class StepSpec:
     coco_root: str | None = None
     ade_root: str | None = None
     davis_root: str | None = None
+    dataset: str | None = None  # retrieval: voc or ade20k
     options: list[str] = field(default_factory=list)
     nproc: int = 1
 
@@ -99,6 +100,11 @@ def load_plan(path: str | Path) -> Plan:
         _check_keys(f"{path}: steps[{i}]", s, set(StepSpec.__dataclass_fields__))
         if s.get("kind") not in STEP_KINDS:
             raise UserFacingError(f"{path}: steps[{i}].kind {s.get('kind')!r} is not one of {', '.join(STEP_KINDS)}")
+        for key in REQUIRED.get(s["kind"], ()):
+            if not s.get(key):
+                raise UserFacingError(f"{path}: steps[{i}] ({s['kind']}) needs {key}")
+        if s["kind"] == "retrieval" and s["dataset"] not in RETRIEVAL_DATASETS:
+            raise UserFacingError(f"{path}: steps[{i}].dataset {s['dataset']!r} is not one of {', '.join(RETRIEVAL_DATASETS)}")
         if s.get("benchmark") and s["benchmark"] not in BENCHMARKS:
             raise UserFacingError(f"{path}: steps[{i}].benchmark {s['benchmark']!r} is unknown; known: {', '.join(BENCHMARKS)}")
         steps.append(StepSpec(**s))
@@ -160,7 +166,22 @@ def _probe(step: StepSpec, ckpt: str, out: Path) -> list[list[str]]:
     return [cmd + step.options]
 
 
-STEP_KINDS = {"seg": _seg_like("seg"), "det": _seg_like("det"), "detectron2": _detectron2, "davis": _davis, "probe": _probe}
+def _retrieval(step: StepSpec, ckpt: str, out: Path) -> list[list[str]]:
+    return [[*BAM, "eval", "retrieval", "--checkpoint", ckpt, "--dataset", step.dataset, "--data-root", step.data_root,
+             "--out", str(out / "metrics.json"), *step.options]]
+
+
+def _linear(step: StepSpec, ckpt: str, out: Path) -> list[list[str]]:
+    return [[*BAM, "eval", "linear", "--checkpoint", ckpt, "--data-root", step.data_root, "--out", str(out / "metrics.json"),
+             *step.options]]
+
+
+STEP_KINDS = {"seg": _seg_like("seg"), "det": _seg_like("det"), "detectron2": _detectron2, "davis": _davis, "probe": _probe,
+              "retrieval": _retrieval, "linear": _linear}
+# Keys a step of each kind cannot do without (checked when the plan is loaded, not when the step runs).
+REQUIRED = {"seg": ("config",), "det": ("config",), "detectron2": ("config",), "davis": ("davis_root",),
+            "retrieval": ("dataset", "data_root"), "linear": ("data_root",)}
+RETRIEVAL_DATASETS = ("voc", "ade20k")
 
 
 def pretrain_commands(run: RunSpec, run_dir: Path) -> list[list[str]]:
