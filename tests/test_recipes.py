@@ -20,6 +20,9 @@ PRETRAIN = Path(__file__).parents[1] / "configs" / "pretrain"
 # * BAM, CO-BAM, LEWEL-BAM: DanielShalam/BAM fd85871 utils.py:79-83 builds a ResNet with timm's constructor,
 #   whose zero_init_last defaults to True.
 # * tiny configs: no source; timm's default, which docs/benchmarks.md's tiny figures were measured with.
+# * MoCo v3 / CO-MoCoV3 (rf29_resnet18 tiny configs): facebookresearch/moco-v3 main_moco.py builds torchvision's
+#   ResNet with zero_init_residual=True. CO-DINO: facebookresearch/dino main_dino.py builds torchvision's
+#   resnet50() as is (zero_init_residual=False).
 RESNET_RECIPES = {
     "byol_r50_eman_200ep": False,
     "lewel_b_r50_eman_200ep": False,
@@ -34,11 +37,14 @@ RESNET_RECIPES = {
     "co_bam_tiny_cpu": True,
     "lewel_bam_tiny_cpu": True,
     "bam_tiny_resnet_cpu": True,
+    "mocov3_tiny_cpu": True,
+    "co_mocov3_tiny_cpu": True,
+    "co_dino_tiny_cpu": False,
 }
 
 
 def test_every_resnet_recipe_is_listed():
-    resnets = {p.stem for p in PRETRAIN.glob("*.yaml") if load_config(p).model.arch.startswith("resnet")}
+    resnets = {p.stem for p in PRETRAIN.glob("*.yaml") if load_config(p).model.arch.startswith(("resnet", "rf"))}
     assert resnets == set(RESNET_RECIPES)
 
 
