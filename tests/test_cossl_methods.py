@@ -149,6 +149,18 @@ def test_mocov3_loss_with_queries_per_cell_is_the_mean_of_per_cell_losses():
         mocov3_loss(q[:3], k)
 
 
+def test_per_cell_queries_meet_the_keys_of_every_process(tmp_path):
+    # CO-MoCoV3's local term in DDP: each rank's cells against the keys gathered from both ranks, labels offset by
+    # rank; the mean of the two ranks' losses is the one-process loss on the whole batch.
+    from dist_helpers import mocov3_rank_loss, run_world
+
+    gen = torch.Generator().manual_seed(2)
+    q, k = torch.randn(6, 4, 5, generator=gen), torch.randn(6, 5, generator=gen)
+    per_rank = run_world(mocov3_rank_loss, 2, (q, k, 0.2), tmp_path)
+    assert sum(per_rank) / 2 == pytest.approx(mocov3_loss(q, k, temperature=0.2).item(), rel=1e-6)
+    assert per_rank[0] != pytest.approx(mocov3_loss(q[:3], k[:3], temperature=0.2).item())  # not rank-local keys
+
+
 @pytest.mark.parametrize("convex", [False, True])
 @pytest.mark.parametrize("target_head", ["local", "global"])
 def test_co_mocov3_local_term_by_hand(tmp_path, convex, target_head):
