@@ -7,6 +7,8 @@ CONSTRAINTS ?= constraints/ci.txt
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.bam-dense-core
 PYTEST_ARGS ?=
+# pytest-xdist workers: the suite's processes are mostly single-threaded, two keep both cores busy.
+TEST_WORKERS ?= 2
 
 CONSTRAINT_FLAG := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
 
@@ -26,7 +28,7 @@ install: $(STAMP)
 	$(PY) -m bam_dense install-openmmlab
 
 test: install
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 demo: install
 	$(VENV)/bin/bam-dense demo

@@ -14,8 +14,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 
-# Two cores: keep torch from oversubscribing when tests start subprocesses.
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+# Two cores: keep torch from oversubscribing when tests start subprocesses. `make test` runs two pytest-xdist
+# workers: one thread each (and for the processes they start).
+os.environ.setdefault("OMP_NUM_THREADS", "1" if os.environ.get("PYTEST_XDIST_WORKER") else "2")
 
 # ---------------------------------------------------------------------------- no process outlives its test
 # Every process a test starts inherits TEST_MARK in its environment (forked children share the environment

@@ -252,6 +252,19 @@ def test_propagate_and_eval_cli_end_to_end_with_a_checkpoint(synthetic_root, tmp
     header, values = (out / "global_results-val.csv").read_text().splitlines()
     assert header == "J&F-Mean,J-Mean,J-Recall,J-Decay,F-Mean,F-Recall,F-Decay"
     assert 0.0 <= float(values.split(",")[0]) <= 1.0
+    metrics = json.loads((out / "metrics.json").read_text())  # the resolution travels with the number
+    assert metrics["resolution"] == 64 and "no published protocol" in metrics["resolution_protocol"]
+    assert metrics["propagation"]["topk"] == 5 and metrics["metrics"]["J&F-Mean"] == pytest.approx(float(values.split(",")[0]), abs=5e-4)
+    assert "frames at short side 64" in ev.stdout
+
+
+def test_published_resolutions_set_the_frame_size():
+    from bam_dense.davis.propagate import resolution_protocol, target_size
+
+    assert target_size(480, 854, 480) == (480, 832)  # DINO: 854 -> 832, a multiple of 64
+    assert target_size(480, 854, 960) == (960, 1664)  # short side 960: 1708 -> 1664
+    assert resolution_protocol(480).startswith("DINO eval_video_segmentation.py")
+    assert resolution_protocol(960).startswith("DINOv3")
 
 
 # ---------------------------------------------------------------------------- position-embedding resampling

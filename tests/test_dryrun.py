@@ -47,8 +47,21 @@ def _bench_step_configs() -> set[Path]:
     return found
 
 
-# Each mm config is dry-run once: by the bench test when a plan uses it, else here.
+def _bench_pretrain_configs() -> set[Path]:
+    """Pretraining configs of each plan's first run: the bench dry-run test runs and checks them."""
+    import yaml
+
+    found = set()
+    for plan in BENCH:
+        runs = yaml.safe_load(plan.read_text()).get("runs") or []
+        if runs and (runs[0].get("pretrain") or {}).get("config"):
+            found.add((REPO / runs[0]["pretrain"]["config"]).resolve())
+    return found
+
+
+# Each config is dry-run once: by the bench test when a plan uses it, else on its own.
 MM_ALONE = [p for p in MMSEG + MMDET if p.resolve() not in _bench_step_configs()]
+PRETRAIN_ALONE = [p for p in PRETRAIN if p.resolve() not in _bench_pretrain_configs()]
 
 
 def test_every_config_file_is_enumerated_by_a_dry_run_test():
@@ -71,33 +84,43 @@ def test_pretrain_cli_dry_run_prints_what_it_ran_and_never_touches_the_real_run(
     assert main(["pretrain", "--config", str(config), "--data-root", str(tmp_path)]) == 2  # --data-root needs --dry-run
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("config", PRETRAIN, ids=_ids(PRETRAIN))
-def test_pretraining_recipe_dry_run(config, tmp_path):
+def _check_pretrain_dry_run(config: Path, report: dict) -> None:
+    """What a pretraining dry-run must show, read from its ``dry_run.json`` (the standalone and the bench test)."""
     from bam_dense.core.checkpoint import load_own
     from bam_dense.core.config import load_config
     from bam_dense.models.backbones import build_backbone
 
     full = load_config(config)
-    scale = CI_SCALE if full.data.views.global_size > 64 else None  # the tiny configs already crop 32 px
-    result = dry_run(config, [f"run.output_dir={tmp_path}"], steps=1, eval_images=8, scale=scale)
+    assert report["steps"] >= 1 and report["first_loss"] is not None
+    assert torch.isfinite(torch.tensor(report["first_loss"]))
+    assert report["seconds_per_step"] > 0 and report["peak_memory_mb"] > 0
+    # Only sizes (and where outputs and data go) differ from the recipe.
+    assert set(report["changed"]) <= SIZE_KEYS | {"run.output_dir"}, set(report["changed"]) - SIZE_KEYS
+    if full.eval.knn.enabled:
+        assert 0.0 <= report["knn_top1"] <= 1.0 and report["knn_images"][1] > 0
+    state = load_own(report["checkpoint"], map_location="cpu")
+    assert state["arch"] == full.model.arch and state["model_kwargs"] == full.model.kwargs
+    backbone = {k[len("backbone."):]: v for k, v in state["student"].items() if k.startswith("backbone.")}
+    reference = build_backbone(full.model).state_dict()
+    assert {k: tuple(v.shape) for k, v in backbone.items()} == {k: tuple(v.shape) for k, v in reference.items()}
+    if full.data.path:
+        assert "data.path" in report["changed"]  # /datasets/imagenet is absent here: synthetic images in its layout
+        assert (Path(report["changed"]["data.path"][1]) / "train").is_dir()
+
+
+def _ci_pretrain_scale(config: Path) -> float | None:
+    from bam_dense.core.config import load_config
+
+    return CI_SCALE if load_config(config).data.views.global_size > 64 else None  # tiny configs already crop 32 px
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", PRETRAIN_ALONE, ids=_ids(PRETRAIN_ALONE))
+def test_pretraining_recipe_dry_run(config, tmp_path):
+    result = dry_run(config, [f"run.output_dir={tmp_path}"], steps=1, eval_images=8, scale=_ci_pretrain_scale(config))
     try:
-        assert result.steps == 1 and result.first_loss is not None and torch.isfinite(torch.tensor(result.first_loss))
-        assert result.seconds_per_step > 0 and result.peak_memory_mb > 0
-        # Only sizes (and where outputs and data go) differ from the recipe.
-        assert set(result.changed) <= SIZE_KEYS | {"run.output_dir"}, set(result.changed) - SIZE_KEYS
-        if full.eval.knn.enabled:
-            assert 0.0 <= result.knn_top1 <= 1.0 and result.knn_images[1] > 0
-        state = load_own(result.checkpoint, map_location="cpu")
-        assert state["arch"] == full.model.arch and state["model_kwargs"] == full.model.kwargs
-        backbone = {k[len("backbone."):]: v for k, v in state["student"].items() if k.startswith("backbone.")}
-        reference = build_backbone(full.model).state_dict()
-        assert {k: tuple(v.shape) for k, v in backbone.items()} == {k: tuple(v.shape) for k, v in reference.items()}
-        report = json.loads((Path(result.output_dir) / "dry_run.json").read_text())
-        assert report["steps"] == 1
-        if full.data.path:
-            assert "data.path" in result.changed  # /datasets/imagenet is absent here: synthetic images in its layout
-            assert (Path(result.changed["data.path"][1]) / "train").is_dir()
+        assert result.steps == 1
+        _check_pretrain_dry_run(config, json.loads((Path(result.output_dir) / "dry_run.json").read_text()))
     finally:
         shutil.rmtree(tmp_path / "dry-run", ignore_errors=True)  # ViT-B checkpoints are ~2 GB
 
@@ -202,3 +225,6 @@ def test_bench_plan_dry_run(plan_path, tmp_path):
     for step in plan.steps:
         if step.kind in ("seg", "det", "davis", "probe"):
             assert (tmp_path / first.name / step.name / "metrics.json").exists(), step.name
+    if first.pretrain:  # this config's standalone dry-run is left to this test (PRETRAIN_ALONE)
+        dry = tmp_path / first.name / "pretrain" / "dry-run"
+        _check_pretrain_dry_run(REPO / first.pretrain["config"], json.loads((dry / "dry_run.json").read_text()))

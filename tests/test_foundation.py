@@ -36,14 +36,15 @@ def test_import_and_help_need_no_heavy_dependency_and_are_fast():
     start = time.time()
     proc = _run("-m", "bam_dense.cli", "--help")
     assert proc.returncode == 0 and time.time() - start < 2.0
-    for word in ("pretrain", "convert", "davis", "seg", "det", "bench", "demo", "doctor", "install-openmmlab", "make-synthetic"):
+    for word in ("pretrain", "convert", "eval", "davis", "seg", "det", "bench", "demo", "doctor", "install-openmmlab",
+                 "make-synthetic"):
         assert word in proc.stdout
 
 
 @pytest.mark.parametrize("command", [
     ["pretrain"], ["convert"], ["davis", "propagate"], ["davis", "eval"], ["seg", "train"], ["seg", "test"], ["det", "train"],
     ["det", "test"], ["bench", "run"], ["bench", "report"], ["demo"], ["probe"], ["doctor"], ["install-openmmlab"],
-    ["make-synthetic"]])
+    ["make-synthetic"], ["eval", "retrieval"], ["eval", "linear"]])
 def test_every_subcommand_has_help(command):
     proc = _run("-m", "bam_dense.cli", *command, "--help")
     assert proc.returncode == 0, proc.stderr

@@ -132,3 +132,31 @@ def test_invalid_configuration_is_refused_with_the_field_named():
         RFResNetConfig(layers=(2, 2, 2, 2), spatial=(3, 0, 0, 0))
     with pytest.raises(ValueError, match="stem"):
         RFResNetConfig(stem_kernel=4)
+
+
+def _n_params(cfg: RFResNetConfig) -> int:
+    return sum(p.numel() for p in RFResNet(cfg).parameters())
+
+
+def test_no_rf99_layout_of_resnet50_blocks_reaches_the_papers_23_7_million():
+    """The paper's ~23.7 M for RF99-ResNet50 is not a backbone of ResNet-50 blocks (docs/methods.md, RF-ResNet).
+
+    Strides and the max-pool change no parameter count, a stem kernel below 7 only removes weights, and each block
+    that drops its 3x3 loses ``8 w^2``.
+    So ResNet-50 itself (every block spatial, 23,508,032) bounds the family, and among the layouts whose field
+    stops growing with n (at most 2 spatial blocks per stage, Figure 2) the preset's 2-2-2-2 has the most.
+    """
+    resnet50 = RFResNetConfig(spatial=(3, 4, 6, 3), maxpool=True)
+    full = _n_params(resnet50)
+    assert full == 23_508_032 < 23_650_000
+    rng = random.Random(0)
+    for _ in range(2):
+        spatial = tuple(rng.randint(0, n) for n in resnet50.layers)
+        cfg = replace(resnet50, spatial=spatial, strides=tuple(rng.choice((1, 2)) for _ in range(3)),
+                      maxpool=rng.random() < 0.5, stem_kernel=rng.choice((3, 7)), stem_stride=rng.choice((1, 2)))
+        saved = sum((n - s) * 8 * w * w for n, s, w in zip(cfg.layers, spatial, cfg.widths))
+        saved += cfg.in_chans * cfg.stem_width * (7 * 7 - cfg.stem_kernel ** 2)  # a smaller stem only loses weights
+        assert _n_params(cfg) == full - saved
+    preset = PRESETS["rf99_resnet50"]
+    assert preset.spatial == (2, 2, 2, 2) and receptive_field(preset) == 99
+    assert _n_params(preset) == 19_018_816

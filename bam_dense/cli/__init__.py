@@ -108,7 +108,9 @@ def _davis(sub) -> None:
     prop.add_argument("--size-mask-neighborhood", type=int, default=12, help="neighbourhood radius in patches (default 12; 0 disables)")
     prop.add_argument("--topk", type=int, default=5, help="affinities kept per target patch over all context frames (default 5)")
     prop.add_argument("--temperature", type=float, default=0.1, help="affinity temperature (default 0.1)")
-    prop.add_argument("--resolution", type=int, default=480, help="short side of the resized frames (default 480)")
+    prop.add_argument("--resolution", type=int, default=480,
+                      help="short side of the resized frames: 480 = DINO's protocol (default), 960 = the short side "
+                           "DINOv3 reports (the 480p frames upsampled); recorded with the results")
     prop.add_argument("--patch-size", type=int, default=None, help="ViT patch size / CNN stride (read from the model by default)")
     prop.add_argument("--resnet-stage", type=int, default=4, help="ResNet stage whose dense map is used (1-4, default 4)")
     prop.add_argument("--pos-resample", choices=["auto", "timm", "dino"], default="auto",
@@ -241,6 +243,82 @@ def _probe(sub) -> None:
     p.add_argument("--trust-source", action="store_true")
 
 
+def _eval(sub) -> None:
+    p = sub.add_parser("eval", help="frozen-feature protocols: in-context retrieval segmentation, ImageNet linear probe",
+                       description="Frozen-feature evaluation protocols, each with the published recipe it reproduces "
+                                   "(docs/protocols.md). DAVIS propagation: bam-dense davis propagate.")
+    esub = p.add_subparsers(dest="eval_command", required=True, metavar="{retrieval,linear}")
+    r = _add(
+        esub,
+        "retrieval",
+        "bam_dense.cli.commands:eval_retrieval",
+        "in-context retrieval segmentation (Hummingbird; open-hummingbird-eval's algorithm) on VOC or ADE20K",
+        "Hummingbird retrieval segmentation (Balazevic et al. 2023) on frozen patch features: a memory bank of\n"
+        "training patch features and their label fractions, each validation patch labelled by softmax attention\n"
+        "over its k nearest memory patches (faiss, exact inner product), upsampled, mIoU as mmseg's IoUMetric.\n"
+        "Defaults are the published ones: 512 px, memory 1024*10^4 patches, 2 augmentation passes, k 30, T 0.02.",
+    )
+    _encoder_args(r)
+    r.add_argument("--dataset", required=True, choices=["voc", "ade20k"], help="VOCdevkit/VOC2012 (trainaug memory, val) or ADEChallengeData2016")
+    r.add_argument("--data-root", required=True, help="the dataset folder (or a folder above it) in its official layout")
+    r.add_argument("--out", help="metrics JSON (mIoU, per-class IoU, every protocol parameter)")
+    r.add_argument("--input-size", type=int, default=512, help="square input side (default 512; 504 for patch 14)")
+    r.add_argument("--memory-size", type=int, default=1024 * 10**4,
+                   help="memory-bank patches (default 10240000, the published size); 0 keeps every patch")
+    r.add_argument("--augmentation-epochs", type=int, default=2, help="augmented passes over the training set (default 2)")
+    r.add_argument("--no-augment", action="store_true", help="one plain pass (resize only) instead of the published augmentation")
+    r.add_argument("--neighbours", type=int, default=30, help="nearest neighbours per patch (default 30)")
+    r.add_argument("--temperature", type=float, default=0.02, help="softmax temperature of the attention (default 0.02)")
+    r.add_argument("--train-list", help="file of training image ids restricting the memory bank (default: all; VOC trainaug.txt)")
+    r.add_argument("--nn-backend", choices=["auto", "faiss", "faiss-gpu", "torch"], default="auto",
+                   help="exact nearest-neighbour search: faiss IndexFlatIP on the CPU, faiss's GPU index, or a matrix "
+                        "product on the device; auto = faiss on CPU, on CUDA faiss-gpu when installed, else torch")
+    r.add_argument("--batch-size", type=int, default=16)
+    r.add_argument("--seed", type=int, default=0, help="augmentation and patch-sampling seed (default 0)")
+
+    li = _add(
+        esub,
+        "linear",
+        "bam_dense.cli.commands:eval_linear",
+        "ImageNet linear probe on frozen features (DINO/BAM/LEWEL recipes, a learning-rate grid on cached features)",
+        "Linear probe on an ImageNet-layout folder (train/<class>/*, val/<class>/*). Features (resize + centre crop)\n"
+        "are extracted once per checkpoint and resolution and cached; one classifier per learning rate of the grid\n"
+        "is trained in the same pass over them, and one is selected by --selection.\n"
+        "Recipes: dino-vits (CLS of the last 4 blocks), dino-vitb (last CLS + average-pooled patch tokens),\n"
+        "bam (dino-vitb + BatchNorm head, lr 0.002), lewel-r50 (ResNet pooled features, lr 0.4, 50 epochs).",
+    )
+    _encoder_args(li, pos_resample=False)
+    li.add_argument("--data-root", required=True, help="ImageNet-layout folder with train/ and val/")
+    li.add_argument("--recipe", choices=["dino-vits", "dino-vitb", "bam", "lewel-r50"], default=None,
+                    help="feature and optimisation recipe (default: dino-vits for ViTs up to width 384, dino-vitb for "
+                         "wider ViTs, lewel-r50 for ResNets)")
+    li.add_argument("--resolution", type=int, default=224, help="centre-crop side (default 224; resize to side*256/224 first)")
+    li.add_argument("--cache-dir", default=None, help="feature cache folder (default: none, features are extracted every run)")
+    li.add_argument("--lrs", type=float, nargs="+", default=None,
+                    help="learning rates per 256 images (default: DINOv2's grid 1e-5..0.1; the recipe's lr is always added)")
+    li.add_argument("--epochs", type=int, default=None, help="epochs (default: the recipe's, 100 or 50)")
+    li.add_argument("--batch-size", type=int, default=None, help="classifier batch (default: the recipe's, 1024 or 256)")
+    li.add_argument("--selection", choices=["val", "holdout"], default="val",
+                    help="lr selection: best validation top-1 (DINOv2's rule, default) or best on a held-out train part")
+    li.add_argument("--holdout-fraction", type=float, default=0.1, help="share of each class held out for --selection holdout")
+    li.add_argument("--workers", type=int, default=0, help="data-loading processes for feature extraction")
+    li.add_argument("--seed", type=int, default=0)
+    li.add_argument("--out", help="metrics JSON (top-1, every lr's accuracy, the selection rule, the recipe)")
+
+
+def _encoder_args(p, pos_resample: bool = True) -> None:
+    p.add_argument("--checkpoint", required=True,
+                   help="bam-dense checkpoint or a public encoder's file (DINO, DINOv2 with/without registers, DINOv3, iBOT, "
+                        "MAE, MoCo v3, DeiT/timm, torchvision); 'random' for a random-init --arch")
+    p.add_argument("--arch", help="timm architecture when the checkpoint does not record it")
+    p.add_argument("--which", choices=["student", "teacher"], default=None, help="network of a pretraining checkpoint (default teacher)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
+    if pos_resample:
+        p.add_argument("--pos-resample", choices=["auto", "timm", "dino"], default="auto",
+                       help="ViT position-embedding resampling to the input size (auto: the checkpoint source's own)")
+    p.add_argument("--trust-source", action="store_true", help="allow legacy pickles (trusted files only)")
+
+
 def _tools(sub) -> None:
     d = _add(sub, "doctor", "bam_dense.cli.commands:doctor", "report versions and which features can run here, with the fix for each")
     d.add_argument("--json", action="store_true", help="machine-readable output")
@@ -277,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"bam-dense {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_pretrain, _convert, _davis, _seg, _det, _bench, _demo, _probe, _tools):
+    for add in (_pretrain, _convert, _eval, _davis, _seg, _det, _bench, _demo, _probe, _tools):
         add(sub)
     return parser
 

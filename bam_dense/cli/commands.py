@@ -66,7 +66,41 @@ def davis_propagate(args: Namespace) -> int:
     done = run(args.checkpoint, args.davis_root, args.out, args.arch, args.set, args.sequences, params, args.patch_size,
                args.resnet_stage, args.which, args.device, args.save_overlays, args.trust_source,
                pos_resample=args.pos_resample)
-    print(f"[bam-dense] propagated {len(done)} sequence(s) into {args.out}")
+    from bam_dense.davis.propagate import resolution_protocol
+
+    print(f"[bam-dense] propagated {len(done)} sequence(s) into {args.out} at short side {args.resolution} "
+          f"({resolution_protocol(args.resolution)})")
+    return 0
+
+
+def eval_retrieval(args: Namespace) -> int:
+    from bam_dense.eval.retrieval import RetrievalParams, run
+
+    params = RetrievalParams(input_size=args.input_size, memory_size=args.memory_size or None,
+                             augmentation_epochs=args.augmentation_epochs, augment=not args.no_augment,
+                             neighbours=args.neighbours, temperature=args.temperature, batch_size=args.batch_size,
+                             seed=args.seed)
+    record = run(args.checkpoint, args.dataset, args.data_root, args.out, params, args.arch, args.which,
+                 args.trust_source, args.device, args.pos_resample, args.train_list, args.nn_backend)
+    print(f"[bam-dense] retrieval mIoU {record['metrics']['mIoU']:.2f} on {args.dataset} at {args.input_size} px "
+          f"({record['memory_patches']} memory patches, {record['index']} search)")
+    if args.out:
+        print(f"[bam-dense] {args.out}")
+    return 0
+
+
+def eval_linear(args: Namespace) -> int:
+    from bam_dense.eval.linear_probe import run
+
+    record = run(args.checkpoint, args.data_root, args.out, args.recipe, args.resolution, args.cache_dir, args.lrs,
+                 args.epochs, args.batch_size, args.selection, args.holdout_fraction, args.arch, args.which,
+                 args.trust_source, args.device, args.workers, args.seed)
+    grid = record["grid"]
+    print(f"[bam-dense] linear probe ({record['recipe']['name']}, {record['resolution']} px): top-1 "
+          f"{record['metrics']['top1']:.2f} at lr {grid['selected_lr']:g} (selected on {grid['selection']}); "
+          f"recipe lr {record['recipe']['lr']:g}: {record['metrics']['top1_at_recipe_lr']:.2f}")
+    if record["features_from_cache"]:
+        print(f"[bam-dense] features from {record['features_from_cache']}")
     return 0
 
 
@@ -77,9 +111,12 @@ def davis_eval(args: Namespace) -> int:
     res = evaluate(args.davis_root, args.results, args.task, args.set, args.sequences, args.workers)
     gp, sp = write_csvs(res, out, args.set)
     chart = plot_per_sequence(res, out / f"per-sequence_results-{args.set}.png")
-    write_metrics_json(res, out / "metrics.json", args.davis_root, args.results, args.task, args.set)
+    metrics = write_metrics_json(res, out / "metrics.json", args.davis_root, args.results, args.task, args.set)
     sys.stdout.write(f"--------------------------- Global results for {args.set} ---------------------------\n")
     print(res.table())
+    resolution = json.loads(metrics.read_text()).get("resolution")
+    if resolution is not None:
+        print(f"[bam-dense] frames at short side {resolution}")
     print(f"\n[bam-dense] {gp}\n[bam-dense] {sp}\n[bam-dense] {chart}")
     return 0
 

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from bam_dense.convert.maps import targets_for
 from bam_dense.convert.sources import (
+    ARCH_RECORD,
     ConversionError,
     Source,
     create_meta_model,
@@ -30,8 +31,12 @@ from bam_dense.convert.sources import (
 )
 from bam_dense.core.atomic import atomic_write, atomic_write_text
 from bam_dense.core.checkpoint import atomic_save
+from bam_dense.models.rf_resnet import RFResNet, architecture_record, receptive_field
 
 TARGETS = ("timm", "timm-folder", "torchvision", "mmseg", "mmseg-mae", "mmdet", "detectron2", "safetensors")
+# an RF-ResNet goes only where its architecture record can travel with the weights (timm-folder's config.json
+# names a timm architecture, which it is not; mmseg, mmdet and detectron2 build standard ResNets)
+RF_RESNET_TARGETS = ("torchvision", "timm", "safetensors")
 
 
 @dataclass
@@ -162,6 +167,22 @@ def convert_source(source: Source, to: str, out: str | Path, arch: str | None = 
         raise ConversionError(f"{source.path} does not fit {arch} {kwargs or ''}: " + "; ".join(parts)
                               + " (wrong --arch?)")
 
+    record = None
+    if isinstance(model, RFResNet):
+        if to not in RF_RESNET_TARGETS:
+            report.status, report.notes = "failed", report.notes + [f"{to} cannot express {arch}"]
+            if write_report:
+                _write_report(report, out)
+            raise ConversionError(
+                f"target {to} cannot express {arch}, an RF-ResNet (receptive field {receptive_field(model.cfg)} px): "
+                f"{to}'s ResNet has a 3x3 convolution in every block and ResNet's stem, while {arch} has blocks with 1x1 "
+                f"convolutions only, its own strides and stem (stem stride {model.cfg.stem_stride}, max-pool "
+                f"{'on' if model.cfg.maxpool else 'off'}, stage strides {list(model.cfg.strides)}); loading these "
+                f"weights there would compute other features. Use --to {', '.join(RF_RESNET_TARGETS)}: torchvision-style "
+                "names plus an architecture record from which bam-dense rebuilds the network")
+        record = architecture_record(arch, model.cfg)
+        report.notes.append(f"architecture record: {arch} {record['kwargs']} (receptive field {record['receptive_field']} "
+                            f"px, output stride {record['output_stride']}); rebuild with {record['builder']}")
     maps = targets_for(kind)
     if to not in maps:
         raise ConversionError(f"target {to} does not take a {kind} backbone ({arch}); "
@@ -195,7 +216,7 @@ def convert_source(source: Source, to: str, out: str | Path, arch: str | None = 
                             f"num_heads={heads} (heads cannot be read from the weights)")
     if to == "mmseg" and kind == "vit":
         report.notes.append("mmseg VisionTransformer must be built with patch_bias=True to take patch_embed.projection.bias")
-    _write_target(to, converted, out, arch, kwargs, kind)
+    _write_target(to, converted, out, arch, kwargs, kind, record)
     if write_report:
         _write_report(report, out)
     return report
@@ -214,13 +235,19 @@ def report_path(out: str | Path, target: str) -> Path:
     return out / "conversion_report.json" if target == "timm-folder" else out.with_name(out.name + ".report.json")
 
 
-def _write_target(to: str, sd: dict[str, torch.Tensor], out: Path, arch: str, kwargs: dict, kind: str) -> None:
+def _write_target(to: str, sd: dict[str, torch.Tensor], out: Path, arch: str, kwargs: dict, kind: str,
+                  record: dict | None = None) -> None:
+    """``record``: the architecture record of a network no timm/torchvision name builds (RF-ResNet); the state dict
+    then goes under ``state_dict`` next to it (safetensors: in the metadata)."""
     if to in ("timm", "torchvision"):
-        atomic_save(sd, out)
+        atomic_save(sd if record is None else {"state_dict": sd, ARCH_RECORD: record}, out)
     elif to == "safetensors":
         from safetensors.torch import save
 
-        atomic_write(out, lambda fh: fh.write(save(sd, metadata={"arch": arch, "format": "timm"})))
+        metadata = {"arch": arch, "format": "timm"}
+        if record is not None:
+            metadata[ARCH_RECORD] = json.dumps(record)
+        atomic_write(out, lambda fh: fh.write(save(sd, metadata=metadata)))
     elif to == "timm-folder":
         from safetensors.torch import save
 

@@ -29,6 +29,7 @@ Files are read with ``torch.load(weights_only=True)`` or safetensors. A pickle t
 
 from __future__ import annotations
 
+import json
 import math
 import pickle
 import re
@@ -69,13 +70,21 @@ def read_checkpoint(path: str | Path, trust_source: bool = False) -> object:
     if path.stat().st_size == 0:
         raise ConversionError(f"{path}: empty file, not a checkpoint")
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
+        from safetensors import SafetensorError, safe_open
         from safetensors.torch import load_file
 
         try:
-            return load_file(str(path))
+            tensors = load_file(str(path))
+            with safe_open(str(path), framework="pt") as fh:
+                metadata = fh.metadata() or {}
         except (SafetensorError, OSError, ValueError) as err:
             raise ConversionError(f"{path}: not a readable safetensors file ({err})") from None
+        if ARCH_RECORD in metadata:  # written by bam-dense's converter for an architecture timm cannot name
+            try:
+                return {"state_dict": tensors, ARCH_RECORD: json.loads(metadata[ARCH_RECORD])}
+            except json.JSONDecodeError as err:
+                raise ConversionError(f"{path}: metadata {ARCH_RECORD!r} is not JSON ({err})") from None
+        return tensors
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
@@ -258,6 +267,9 @@ def _backbone_only(state: dict, dropped: list, report_prefix: str = "") -> dict:
 
 
 CLASSIFIER_PREFIXES = ("fc.", "head.", "head_dist.")
+# bam-dense's architecture record in a converted file whose network no timm/torchvision name builds (RF-ResNet):
+# {"arch": preset name, "kwargs": every configuration field, ...}, next to "state_dict" (or safetensors metadata)
+ARCH_RECORD = "architecture"
 
 
 def _drop_classifier(backbone: dict, dropped: list, full_prefix: str = "") -> dict:
@@ -341,9 +353,15 @@ def extract_backbone(obj: object, path: str, source_format: str = "auto", which:
             else:
                 dropped.append((key, _head_reason(key)))
         backbone = _backbone_only(kept, dropped)
-    else:  # timm, torchvision: a plain state dict
+    else:  # timm, torchvision: a plain state dict (with bam-dense's architecture record when it wrote the file)
         backbone = _unwrap_plain(obj)
         which = None
+        record = obj.get(ARCH_RECORD)
+        if isinstance(record, dict):
+            if not isinstance(record.get("arch"), str) or not isinstance(record.get("kwargs"), dict):
+                raise ConversionError(f"{path}: its {ARCH_RECORD!r} record needs 'arch' (a name) and 'kwargs' (a dict), "
+                                      f"got {sorted(record)}")
+            arch, kwargs = record["arch"], dict(record["kwargs"])
     backbone = _drop_classifier(backbone, dropped)
     if not backbone:
         raise ConversionError(f"{path}: no backbone tensors found in this {fmt} checkpoint")
@@ -355,7 +373,15 @@ def create_meta_model(arch: str, kwargs: dict):
     import timm
 
     from bam_dense.models.backbones import _timm_kwargs
+    from bam_dense.models.rf_resnet import PRESETS as RF_RESNETS
+    from bam_dense.models.rf_resnet import create_rf_resnet
 
+    if arch in RF_RESNETS:  # bam-dense's own RF-ResNet family (not a timm model)
+        with torch.device("meta"):
+            try:
+                return create_rf_resnet(arch, **kwargs)
+            except (TypeError, ValueError) as err:
+                raise ConversionError(f"cannot build {arch} with {kwargs}: {err}") from None
     if not timm.is_model(arch):
         raise ConversionError(f"--arch {arch!r} is not a timm architecture")
     with torch.device("meta"):
@@ -581,6 +607,12 @@ def infer_arch(backbone: dict[str, torch.Tensor]) -> tuple[str, dict]:
                     break
         return arch, kwargs
     if _looks_like_resnet(keys):
+        flat = [k for k in keys if re.match(r"layer\d\.\d+\.conv[12]\.weight$", k) and backbone[k].shape[-1] == 1
+                and ("layer1.0.conv3.weight" not in keys or k.endswith("conv2.weight"))]
+        if flat:  # a block without the 3x3 of every ResNet block: an RF-ResNet, whose strides no shape shows
+            raise ConversionError(f"the tensors look like an RF-ResNet (1x1 convolutions where a ResNet has 3x3: "
+                                  f"{', '.join(flat[:3])}) but carry no architecture record; pass --arch with the "
+                                  "preset (rf99_resnet50, rf29_resnet18) or convert from the bam-dense checkpoint")
         blocks = tuple(1 + max((int(m.group(1)) for k in keys if (m := re.match(rf"layer{i}\.(\d+)\.", k))), default=-1)
                        for i in range(1, 5))
         arch = RESNET_BLOCKS.get((blocks, "layer1.0.conv3.weight" in keys))

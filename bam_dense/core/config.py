@@ -127,7 +127,10 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     momentum: float = 0.9  # SGD / LARS
     lars_eta: float = 0.001
-    clip_grad: float | None = None  # global L2 norm
+    clip_grad: float | None = None  # max L2 norm of the gradients (see clip_grad_mode); None: no clipping
+    # total: one norm over all gradients (torch's clip_grad_norm_; BAM) | per_param: each parameter's gradient
+    # on its own (DINO's utils.clip_gradients: factor clip / (||g|| + 1e-6) where below 1)
+    clip_grad_mode: str = "total"
     amp: str = "bf16"  # none | bf16 | fp16 (GPU only; CPU runs fp32)
     fused: bool | None = None  # AdamW's fused kernel; None: on for CUDA, off otherwise
 
@@ -258,6 +261,8 @@ class DINOParams:
     warmup_teacher_temp: float = 0.04
     warmup_teacher_temp_epochs: int = 0  # linear warm-up of the teacher temperature (DINO's linspace per epoch)
     center_momentum: float = 0.9
+    freeze_last_layer: int = 1  # epochs during which the head's last layer gets no update (its gradients dropped)
+    pos_resample: str = "dino"  # ViT local crops: the position table resampled as DINO's interpolate_pos_encoding
 
 
 @dataclass
@@ -558,6 +563,10 @@ def validate(cfg: PretrainConfig) -> None:
         raise ConfigError(f"method.top_k must be >= 0, got {m.top_k}")
     if cfg.optim.warmup_epochs > cfg.optim.epochs:
         raise ConfigError(f"optim.warmup_epochs ({cfg.optim.warmup_epochs}) exceeds optim.epochs ({cfg.optim.epochs})")
+    if cfg.optim.clip_grad_mode not in ("total", "per_param"):
+        raise ConfigError(f"optim.clip_grad_mode must be total or per_param, got {cfg.optim.clip_grad_mode!r}")
+    if m.name == "dino" and m.pos_resample not in ("dino", "timm"):
+        raise ConfigError(f"method.pos_resample must be dino or timm, got {m.pos_resample!r}")
     if cfg.teacher.buffers == "params_and_buffers" and not cfg.teacher.eval_mode:
         raise ConfigError("teacher.buffers: params_and_buffers (EMAN) runs the teacher in eval mode: set teacher.eval_mode: true")
 

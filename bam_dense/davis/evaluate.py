@@ -212,11 +212,18 @@ def evaluate(davis_root: str | Path, results: str | Path, task: str = "semi-supe
 
 def write_metrics_json(res: Results, path: Path, davis_root: str | Path, results: str | Path, task: str = "semi-supervised",
                        subset: str = "val") -> Path:
-    """The global numbers as JSON (what ``bam-dense bench report`` reads)."""
+    """The global numbers as JSON (what ``bam-dense bench report`` reads), with the propagation's input
+    resolution and parameters when ``results`` holds the ``propagation.json`` that ``davis propagate`` wrote."""
     import json
 
     from bam_dense.core.atomic import atomic_write_text
 
     payload = {"task": f"davis_{task}", "davis_root": str(davis_root), "results": str(results), "set": subset,
                "metrics": dict(zip(GLOBAL_COLUMNS, res.global_row)), "per_object": res.objects}
+    record = Path(results) / "propagation.json"
+    if record.is_file():
+        propagation = json.loads(record.read_text())
+        payload["resolution"] = propagation.get("resolution")
+        payload["resolution_protocol"] = propagation.get("resolution_protocol")
+        payload["propagation"] = propagation
     return atomic_write_text(path, json.dumps(payload, indent=1))

@@ -4,7 +4,11 @@ The DINO protocol (DOWNSTREAM.md 4.2), for ViT and ResNet encoders:
 
 1. Frames are read with OpenCV, resized so the short side is ``resolution`` and the long side is floored
    to a multiple of 64 (bilinear), BGR -> RGB, normalised with mean (0.485, 0.456, 0.406) and std
-   (0.228, 0.224, 0.225) (DINO's 0.228 kept for comparability).
+   (0.228, 0.224, 0.225) (DINO's 0.228 kept for comparability). The published resolutions
+   (:data:`PUBLISHED_RESOLUTIONS`): 480, DINO's protocol (the 480p frames as they are), and 960, the short
+   side DINOv3 reports DAVIS at (its paper, Tab. 14; no code released: here the 480p frames are upsampled
+   with the same rule, and every other parameter is DINO's). J&F moves by ten points or more with the
+   resolution, so it is recorded with every result (``propagation.json``, then the metrics JSON).
 2. The first frame's mask is resized (nearest) to the feature grid and one-hot encoded with
    ``max label + 1`` channels (void, 255, counts as background).
 3. Features: ViT patch tokens of the last block after the final norm; ResNet: the map after a chosen stage.
@@ -43,6 +47,17 @@ from bam_dense.data.synthetic import voc_palette
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.228, 0.224, 0.225)  # DINO's value (0.229 elsewhere), kept for comparability
 PALETTE = voc_palette()  # the DAVIS palette; any palette scores the same since the evaluator reads indices
+
+
+PUBLISHED_RESOLUTIONS = {
+    480: "DINO eval_video_segmentation.py: 480p frames, short side 480",
+    960: "DINOv3 (paper Tab. 14): short side 960, the 480p frames upsampled; DINO's other parameters",
+}
+
+
+def resolution_protocol(resolution: int) -> str:
+    """Which published protocol a short side belongs to (or that it belongs to none)."""
+    return PUBLISHED_RESOLUTIONS.get(resolution, f"short side {resolution}: no published protocol uses it")
 
 
 @dataclass
@@ -320,7 +335,8 @@ def run(checkpoint: str, davis_root: str, out: str, arch: str | None = None, sub
     if patch_size is not None and patch_size != extractor.patch:
         raise UserFacingError(f"--patch-size {patch_size} differs from the model's {extractor.patch}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    record = {"checkpoint": checkpoint, "subset": subset, **vars(params), "patch_size": extractor.patch}
+    record = {"checkpoint": checkpoint, "subset": subset, **vars(params), "patch_size": extractor.patch,
+              "resolution_protocol": resolution_protocol(params.resolution)}
     if getattr(extractor, "kind", None) == "vit":
         record["pos_resample"] = extractor.pos_resample
     (out_dir / "propagation.json").write_text(json.dumps(record, indent=1))

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bam_dense.core.dryrun import changed_line, closing_lines, line
 from bam_dense.core.errors import UserFacingError
 
 LAYOUTS = {"ADE20KDataset": "ade20k", "PascalVOCDataset": "voc", "CocoDataset": "coco"}
@@ -53,17 +54,14 @@ class MMDryRunResult:
     notes: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
-        out = [f"dry-run of {self.config} ({self.task})", f"  data           {self.data}",
-               f"  checkpoint     {self.checkpoint}"]
-        out.append("  changed        " + ("; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in self.changed.items()) or "nothing"))
+        out = [f"dry-run of {self.config} ({self.task})", line("data", self.data), line("checkpoint", self.checkpoint),
+               changed_line(self.changed)]
         if self.iterations:
-            out.append(f"  ran            {self.iterations} training iteration(s); {self.seconds_per_iter:.2f} s/iter "
-                       f"(first {self.first_iter_seconds:.2f} s)")
+            out.append(line("ran", f"{self.iterations} training iteration(s); {self.seconds_per_iter:.2f} s/iter "
+                                   f"(first {self.first_iter_seconds:.2f} s)"))
         shown = {k: round(float(v), 4) for k, v in self.metrics.items() if hasattr(v, "__float__")}
-        out.append(f"  evaluation     {self.eval_images} image(s): {shown}")
-        out.append(f"  peak memory    {self.peak_memory_mb:.0f} MiB ({self.memory_kind})")
-        out.extend(f"  note           {n}" for n in self.notes)
-        return out
+        out.append(line("evaluation", f"{self.eval_images} image(s): {shown}"))
+        return [*out, *closing_lines(self.peak_memory_mb, self.memory_kind, self.notes)]
 
     def as_dict(self) -> dict:
         d = dict(self.__dict__)

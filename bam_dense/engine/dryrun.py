@@ -32,6 +32,7 @@ import torch
 from bam_dense.core import dist
 from bam_dense.core.atomic import atomic_write_text
 from bam_dense.core.config import PretrainConfig, load_config, to_dict
+from bam_dense.core.dryrun import changed_line, closing_lines, line
 from bam_dense.core.errors import UserFacingError
 from bam_dense.core.memory import peak_memory
 from bam_dense.engine.trainer import Trainer
@@ -68,21 +69,18 @@ class DryRunResult:
 
     def lines(self) -> list[str]:
         out = [f"dry-run of {self.config} (pretraining)",
-               f"  model          {self.params_m:.1f}M student parameters, as in the full run",
-               f"  data           {self.data}"]
-        out.append("  changed        " + ("; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in self.changed.items()) or "nothing"))
+               line("model", f"{self.params_m:.1f}M student parameters, as in the full run"), line("data", self.data),
+               changed_line(self.changed)]
         loss = "" if self.first_loss is None else f", loss {self.first_loss:.4f} -> {self.last_loss:.4f}"
-        out.append(f"  ran            {self.steps} optimizer step(s){loss}; "
-                   f"{self.seconds_per_step:.2f} s/step (first step {self.first_step_seconds:.2f} s)")
+        out.append(line("ran", f"{self.steps} optimizer step(s){loss}; "
+                               f"{self.seconds_per_step:.2f} s/step (first step {self.first_step_seconds:.2f} s)"))
         if self.knn_top1 is not None:
-            out.append(f"  evaluation     k-NN on {self.knn_images[0]} train / {self.knn_images[1]} val images: "
-                       f"top-1 {100 * self.knn_top1:.1f}%")
+            out.append(line("evaluation", f"k-NN on {self.knn_images[0]} train / {self.knn_images[1]} val images: "
+                                          f"top-1 {100 * self.knn_top1:.1f}%"))
         else:
-            out.append("  evaluation     none (eval.knn.enabled is false in the config)")
-        out.append(f"  peak memory    {self.peak_memory_mb:.0f} MiB ({self.memory_kind})")
-        out.append(f"  checkpoint     {self.checkpoint}")
-        out.extend(f"  note           {n}" for n in self.notes)
-        return out
+            out.append(line("evaluation", "none (eval.knn.enabled is false in the config)"))
+        out.append(line("checkpoint", self.checkpoint))
+        return [*out, *closing_lines(self.peak_memory_mb, self.memory_kind, self.notes)]
 
     def as_dict(self) -> dict:
         d = dict(self.__dict__)

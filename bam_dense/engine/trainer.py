@@ -71,6 +71,21 @@ class Summary:
     bad_images: int = 0
 
 
+def clip_per_parameter_(parameters, max_norm: float) -> None:
+    """Scale each gradient whose L2 norm exceeds ``max_norm`` by ``max_norm / (norm + 1e-6)``, on its own
+    (DINO's ``utils.clip_gradients``; ``clip_grad_norm_`` instead scales all by one total norm)."""
+    for p in parameters:
+        if p.grad is not None:
+            coef = max_norm / (torch.linalg.vector_norm(p.grad.detach()) + 1e-6)
+            p.grad.detach().mul_(torch.clamp(coef, max=1.0))
+
+
+def frozen_parameters(method, epoch: int) -> list[nn.Parameter]:
+    """The parameters ``method`` keeps fixed this epoch (its optional ``frozen_parameters(epoch)``; none by default)."""
+    declared = getattr(method, "frozen_parameters", None)
+    return list(declared(epoch)) if declared is not None else []
+
+
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
@@ -412,7 +427,13 @@ class Trainer:
         else:
             loss.backward()
         clip = self.cfg.optim.clip_grad
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.student.parameters(), clip if clip else float("inf"))
+        per_param = bool(clip) and self.cfg.optim.clip_grad_mode == "per_param"
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.student.parameters(), clip if clip and not per_param else float("inf"))
+        if per_param:
+            clip_per_parameter_(self.student.parameters(), clip)
+        # gradients dropped after clipping, as DINO's cancel_gradients_last_layer: no update, no weight decay
+        for param in frozen_parameters(self.method, self.epoch):
+            param.grad = None
         self.terminate_flag.fill_(float(self._terminate))
         flags = torch.cat([(~torch.isfinite(values).all()).float().reshape(1), self.terminate_flag])
         dist.all_reduce(flags, "max")

@@ -47,7 +47,7 @@ def collect() -> Report:
     report = Report()
     report.versions["python"] = platform.python_version()
     for dist in (
-        "bam-dense", "torch", "torchvision", "timm", "numpy", "opencv-python-headless", "scikit-image",
+        "bam-dense", "torch", "torchvision", "timm", "numpy", "opencv-python-headless", "scikit-image", "faiss-cpu",
         "mmengine", "mmcv", "mmsegmentation", "mmdet", "detectron2", "pycocotools",
     ):
         report.versions[dist] = _version(dist)

@@ -7,18 +7,25 @@ the global crops only. Loss: :func:`~bam_dense.losses.dino.dino_loss` at the tea
 after it the centre, a buffer of the student (so checkpoints carry it), moves by
 :func:`~bam_dense.losses.dino.dino_center`, as DINOLoss.forward does after computing the loss.
 
-Not here (yet): DINO's ``freeze_last_layer`` (no gradient to the last layer in the first epoch).
+As ``main_dino.py`` also: during the first ``freeze_last_layer`` epochs the head's last layer is not updated (the
+engine drops its gradients after clipping, :meth:`DINO.frozen_parameters`); ViT crops of another size than the
+position table's see it resampled as DINO's ``interpolate_pos_encoding`` does (``pos_resample: dino``); the teacher
+never drops paths (``train_dino`` builds it without stochastic depth, the student with ``drop_path_rate``). One
+whole step equals the official one (tests/test_dino_official_step.py).
 """
 
 from __future__ import annotations
 
+from itertools import groupby
+
 import torch
 import torch.nn as nn
+from timm.layers import DropPath
 
 from bam_dense.core.config import DINOParams
 from bam_dense.losses.dino import dino_center, dino_loss
-from bam_dense.methods.base import Method, StepContext, multicrop_features
-from bam_dense.models.backbones import feature_dims
+from bam_dense.methods.base import Method, StepContext
+from bam_dense.models.backbones import feature_dims, features
 from bam_dense.models.heads import DINOHead
 
 
@@ -39,10 +46,13 @@ class DINONet(nn.Module):
                              bottleneck_dim=params.bottleneck_dim, layers=params.head_layers, bn=params.head_bn,
                              norm_last_layer=params.norm_last_layer)
         self.register_buffer("center", torch.zeros(1, params.out_dim))
+        self.pos_resample = params.pos_resample
 
     def forward(self, crops: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        pooled, _ = multicrop_features(self.backbone, crops)
-        return {"logits": self.head(pooled)}  # (V*b) x K, crop-major
+        # consecutive crops of one size in one backbone call (DINO's MultiCropWrapper), then the head on all
+        pooled = [features(self.backbone, torch.cat(list(group)), self.pos_resample).pooled
+                  for _, group in groupby(crops, key=lambda crop: tuple(crop.shape[-2:]))]
+        return {"logits": self.head(torch.cat(pooled))}  # (V*b) x K, crop-major
 
 
 class DINO(Method):
@@ -52,7 +62,16 @@ class DINO(Method):
         super().__init__(student if student is not None else DINONet(backbone, params))
         self.params = params
 
+    def frozen_parameters(self, epoch: int) -> list[nn.Parameter]:
+        """The head's last layer during the first ``freeze_last_layer`` epochs (DINO's ``cancel_gradients_last_layer``)."""
+        if epoch >= self.params.freeze_last_layer:
+            return []
+        return list(self.student.head.last_layer.parameters())
+
     def teacher_forward(self, teacher: nn.Module, crops: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        for module in teacher.modules():  # the EMA copy of the student carries its DropPath modules: switch them off
+            if isinstance(module, DropPath):
+                module.drop_prob = 0.0
         return teacher(crops[:2])  # the global crops (DINO has two)
 
     def loss(self, student_out, teacher_out, ctx: StepContext):

@@ -32,7 +32,7 @@ The paper's exact layouts are not public. Reconstructed presets (docs/methods.md
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn as nn
@@ -172,7 +172,8 @@ class RFResNet(nn.Module):
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1) if cfg.maxpool else nn.Identity()
         block = RFBottleneck if cfg.block == "bottleneck" else RFBasic
         c_in, reduction = cfg.stem_width, cfg.stem_stride * (2 if cfg.maxpool else 1)
-        self.feature_info: list[dict] = []
+        # timm's ResNet layout: entry 0 the stem (before the max-pool), entry i the stage layer{i}
+        self.feature_info: list[dict] = [{"num_chs": cfg.stem_width, "reduction": cfg.stem_stride, "module": "act1"}]
         for stage in range(4):
             stride = cfg.strides[stage - 1] if stage > 0 else 1
             reduction *= stride
@@ -212,6 +213,14 @@ class RFResNet(nn.Module):
         return self.forward_features(x).mean(dim=(2, 3))
 
 
+def architecture_record(name: str, cfg: RFResNetConfig) -> dict:
+    """What rebuilds the network without the preset table: ``create_rf_resnet(record["arch"], **record["kwargs"])``
+    (every :class:`RFResNetConfig` field, lists for tuples), with its field and output stride for the reader."""
+    kwargs = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
+    return {"arch": name, "kwargs": kwargs, "family": "rf-resnet", "receptive_field": receptive_field(cfg),
+            "output_stride": output_stride(cfg), "builder": "bam_dense.models.backbones.create_backbone(arch, kwargs)"}
+
+
 def create_rf_resnet(name: str, zero_init_last: bool = True, **overrides) -> RFResNet:
     """A preset by name (``rf99_resnet50``, ``rf29_resnet18``), fields of :class:`RFResNetConfig` overridable."""
     if name not in PRESETS:
@@ -220,4 +229,4 @@ def create_rf_resnet(name: str, zero_init_last: bool = True, **overrides) -> RFR
                     zero_init_last=zero_init_last)
 
 
-__all__ = ["PRESETS", "RFResNet", "RFResNetConfig", "create_rf_resnet", "output_stride", "receptive_field"]
+__all__ = ["PRESETS", "RFResNet", "RFResNetConfig", "architecture_record", "create_rf_resnet", "output_stride", "receptive_field"]

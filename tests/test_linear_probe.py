@@ -1,0 +1,169 @@
+"""ImageNet linear probe: known answers, DINO's feature recipes, the cached features, the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+from bam_dense.core.errors import UserFacingError
+from bam_dense.eval import linear_probe
+from bam_dense.eval.linear_probe import RECIPES, linear_input, probe_features, train_grid
+
+CODES = torch.randn(10, 32, generator=torch.Generator().manual_seed(100))  # one code per class
+
+
+def _class_coded(n_per_class: int, num_classes: int, dim: int, seed: int, informative: bool):
+    """Features ``3 * code[class] + noise`` (informative) or noise alone, ``n_per_class`` per class."""
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.arange(num_classes).repeat_interleave(n_per_class)
+    noise = torch.randn(len(labels), dim, generator=gen)
+    if not informative:
+        return noise, labels
+    return 3 * CODES[:num_classes, :dim][labels] + 0.3 * noise, labels
+
+
+def test_class_encoding_features_reach_accuracy_one_and_random_features_sit_at_chance():
+    x, y = _class_coded(20, 10, 32, 0, True)
+    vx, vy = _class_coded(10, 10, 32, 1, True)
+    result = train_grid(x, y, vx, vy, 10, RECIPES["dino-vits"], learning_rates=[0.1, 1.0], epochs=15, batch_size=64)
+    assert result.selected_top1 == 1.0 and result.learning_rates == [0.001, 0.1, 1.0]
+
+    rx, ry = _class_coded(40, 10, 32, 2, False)
+    rvx, rvy = _class_coded(60, 10, 32, 3, False)
+    chance = train_grid(rx, ry, rvx, rvy, 10, RECIPES["bam"], learning_rates=[0.01, 0.1], epochs=4, batch_size=64,
+                        selection="holdout")
+    # 600 validation features independent of their labels: 1/10, with a standard error of 0.012
+    assert chance.selected_top1 == pytest.approx(0.1, abs=0.05)
+    assert all(acc == pytest.approx(0.1, abs=0.05) for acc in chance.val_top1)
+    assert chance.holdout_top1 is not None and len(chance.holdout_top1) == 3
+
+
+def test_lr_grid_trains_each_classifier_as_if_alone():
+    """One pass for the grid: each classifier's updates equal those of a lone run at its learning rate."""
+    x, y = _class_coded(8, 4, 6, 0, True)
+    recipe = RECIPES["dino-vitb"]
+    torch.manual_seed(0)
+    together = train_grid(x, y, x, y, 4, recipe, learning_rates=[0.01, 1.0], epochs=3, batch_size=8)
+    for lr in (0.01, 1.0):
+        torch.manual_seed(0)
+        grid = linear_probe.LinearGrid(6, 4, 3, False)
+        alone_init = grid.heads[together.learning_rates.index(lr)].state_dict()
+        torch.manual_seed(0)
+        single = linear_probe.LinearGrid(6, 4, 1, False)
+        single.heads[0].load_state_dict(alone_init)
+        opt = torch.optim.SGD(single.parameters(), lr=lr * 8 / 256, momentum=0.9)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 3, eta_min=0)
+        gen = torch.Generator().manual_seed(0)
+        for _ in range(3):
+            order = torch.randperm(len(x), generator=gen)
+            for i in range(0, len(order), 8):
+                idx = order[i:i + 8]
+                loss = torch.nn.functional.cross_entropy(single(x[idx])[0], y[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            sched.step()
+        acc = float((single(x)[0].argmax(-1) == y).float().mean())
+        assert together.val_top1[together.learning_rates.index(lr)] == pytest.approx(acc)
+
+
+def _manual_tokens(model, images):
+    """Every block's tokens after the final norm, by walking timm's modules."""
+    x = model.patch_embed(images)
+    x = model._pos_embed(x)
+    x = model.norm_pre(x)
+    outs = []
+    for block in model.blocks:
+        x = block(x)
+        outs.append(model.norm(x))
+    return outs
+
+
+def test_probe_features_are_dinos_recipe_and_never_average_registers():
+    torch.manual_seed(0)
+    model = timm.create_model("vit_small_patch14_reg4_dinov2", pretrained=False, num_classes=0, depth=5, embed_dim=32,
+                              num_heads=2, img_size=28, dynamic_img_size=True).eval()
+    images = torch.randn(2, 3, 28, 28)
+    feats = probe_features(model, images)
+    tokens = _manual_tokens(model, images)
+    torch.testing.assert_close(feats["cls"], torch.stack([t[:, 0] for t in tokens[-4:]], dim=1))
+    torch.testing.assert_close(feats["patch_mean"], tokens[-1][:, 5:].mean(1))  # 1 class + 4 register tokens skipped
+    assert not torch.allclose(feats["patch_mean"], tokens[-1][:, 1:].mean(1))
+    vits = linear_input(feats, RECIPES["dino-vits"])
+    vitb = linear_input(feats, RECIPES["dino-vitb"])
+    torch.testing.assert_close(vits, torch.cat([t[:, 0] for t in tokens[-4:]], dim=1))
+    torch.testing.assert_close(vitb, torch.cat([tokens[-1][:, 0], tokens[-1][:, 5:].mean(1)], dim=1))
+    with pytest.raises(UserFacingError, match="needs a ResNet"):
+        linear_input(feats, RECIPES["lewel-r50"])
+
+
+def _bam_dense_checkpoint(path: Path) -> Path:
+    record = torch.load(Path(__file__).parent / "fixtures" / "dino_pos.pt", weights_only=True)["tiny"]
+    state = {f"backbone.{k}": v for k, v in record["state_dict"].items()}
+    torch.save({"format": "bam-dense", "student": state, "teacher": state, "arch": "vit_small_patch16_224",
+                "model_kwargs": dict(record["config"])}, path)
+    return path
+
+
+def test_eval_linear_cli_caches_features_per_checkpoint_and_resolution(synthetic_root, tmp_path, monkeypatch, capsys):
+    from bam_dense.cli import main
+
+    ckpt = _bam_dense_checkpoint(tmp_path / "bam.pth")
+    args = ["eval", "linear", "--checkpoint", str(ckpt), "--data-root", str(synthetic_root / "imagenet"), "--resolution", "32",
+            "--cache-dir", str(tmp_path / "cache"), "--lrs", "0.1", "--epochs", "2", "--batch-size", "16", "--device", "cpu"]
+    # width 16: DINO's ViT-S rule (4 class tokens), which a 2-block encoder cannot give
+    assert main(args) == 2 and "recipe dino-vits reads 4 blocks, the encoder has 2" in capsys.readouterr().err
+    assert main(args + ["--recipe", "dino-vitb", "--out", str(tmp_path / "first.json")]) == 0
+    first = json.loads((tmp_path / "first.json").read_text())
+    assert first["features_from_cache"] is None  # the refused run stopped before extracting
+    assert first["feature_dim"] == 2 * 16 and first["num_classes"] == 10 and first["resolution"] == 32
+    assert first["grid"]["learning_rates"] == [0.001, 0.1] and "DINOv2" in first["selection_rule"]
+    assert len(list((tmp_path / "cache").glob("linear_*_32px.pt"))) == 1
+    assert main(args + ["--recipe", "dino-vitb", "--resolution", "48"]) == 0  # another resolution: its own cache
+    assert len(list((tmp_path / "cache").glob("linear_*px.pt"))) == 2
+
+    def no_extraction(*a, **k):
+        raise AssertionError("features were extracted again")
+
+    monkeypatch.setattr(linear_probe, "_extract_split", no_extraction)
+    assert main(args + ["--recipe", "bam", "--out", str(tmp_path / "second.json")]) == 0  # another recipe, same cache
+    second = json.loads((tmp_path / "second.json").read_text())
+    assert second["features_from_cache"] and second["feature_dim"] == 2 * 16 and second["recipe"]["bn_head"]
+    assert "features from" in capsys.readouterr().out
+
+
+def test_eval_linear_on_a_resnet_uses_pooled_features_and_refuses_a_vit_recipe(synthetic_root, tmp_path):
+    out = tmp_path / "r.json"
+    record = linear_probe.run("random", str(synthetic_root / "imagenet"), str(out), arch="resnet18", resolution=32,
+                              learning_rates=[0.1], epochs=1, device="cpu", progress=False)
+    assert record["recipe"]["name"] == "lewel-r50" and record["feature_dim"] == 512
+    assert record["grid"]["learning_rates"] == [0.1, 0.4] and list(record["recipe"]["milestones"]) == [30, 40]
+    with pytest.raises(UserFacingError, match="recipe dino-vitb is for vit encoders"):
+        linear_probe.run("random", str(synthetic_root / "imagenet"), None, recipe="dino-vitb", arch="resnet18",
+                         resolution=32, epochs=1, device="cpu", progress=False)
+
+
+def test_imagenet_layout_errors_name_the_folder(tmp_path):
+    (tmp_path / "train" / "n1").mkdir(parents=True)
+    with pytest.raises(UserFacingError, match=r"val does not exist"):
+        linear_probe._split_sources(tmp_path)
+
+
+def test_dinov3_probe_features_equal_dinov3s_own_class_and_patch_tokens(tmp_path):
+    """DINOv3 (RoPE, 4 storage tokens) through timm: the last class token and the patch average equal the
+    tokens DINOv3's own code gave (tests/fixtures/make_dinov3_official_fixture.py)."""
+    from bam_dense.davis.propagate import load_backbone
+
+    record = torch.load(Path(__file__).parent / "fixtures" / "dinov3_official.pt", weights_only=True)["qkvb"]
+    src = tmp_path / "dinov3.pth"
+    torch.save(record["checkpoint"], src)
+    backbone = load_backbone(str(src), None, None, False).eval()
+    for tag, x in record["inputs"].items():
+        feats = probe_features(backbone, x)
+        assert feats["cls"].shape == (1, 2, 64)  # both blocks of the 2-block fixture
+        torch.testing.assert_close(feats["cls"][:, -1], record["outputs"][tag]["cls"], atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(feats["patch_mean"], record["outputs"][tag]["patch"].mean(1), atol=2e-5, rtol=1e-4)
