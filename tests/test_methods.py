@@ -89,7 +89,8 @@ def test_lewel_heads_init_equals_the_official_mlp1d_with_the_same_seed():
         assert w.std().item() == pytest.approx(math.sqrt(2 / w.shape[0]), rel=0.15)
 
 
-@pytest.mark.parametrize("recipe", ["lewel_b_r50_eman_200ep", "byol_r50_eman_200ep", "co_byol_r50_100ep"])
+@pytest.mark.parametrize("recipe", ["lewel_b_r50_eman_200ep", "byol_r50_eman_200ep", "co_byol_r50_100ep",
+                                    "co_byol_rf99_r50_100ep"])
 def test_byol_family_heads_start_as_lewels_conv1d_heads(recipe):
     # Every head of the recipe (projectors, neck, predictors): kaiming normal fan_out, std sqrt(2 / out) for
     # each layer (the old predictors used normal(0, 0.01)).

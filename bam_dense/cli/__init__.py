@@ -33,7 +33,7 @@ def _pretrain(sub) -> None:
         sub,
         "pretrain",
         "bam_dense.cli.commands:pretrain",
-        "pretrain an encoder (BAM, BYOL, LEWEL_B, CO-BYOL, CO-BAM, LEWEL-BAM)",
+        "pretrain an encoder (BAM, BYOL, LEWEL_B, DINO, MoCo v3, CO-BYOL, CO-DINO, CO-MoCoV3, CO-BAM, LEWEL-BAM)",
         "Pretrain an encoder from a YAML config (configs/pretrain/*.yaml).\n\n"
         "Overrides are KEY.SUB=VALUE pairs, VALUE parsed as YAML, e.g.\n"
         "  bam-dense pretrain --config configs/pretrain/bam_tiny_cpu.yaml optim.epochs=2 run.output_dir=runs/x\n"

@@ -265,6 +265,42 @@ class DINOParams:
     pos_resample: str = "dino"  # ViT local crops: the position table resampled as DINO's interpolate_pos_encoding
 
 
+@dataclass
+class CODINOParams(DINOParams):
+    """CO-DINO (CO-SSL): DINO plus each cell of a global view distilled from the other view's teacher output.
+
+    The paper's CO-DINO details are not public: every field below is a reconstructed choice (docs/methods.md)."""
+
+    name: str = "co_dino"
+    local_weight: float = 0.3  # w_s (the paper's good range 0.2-0.5); 0: no local head, exactly DINO
+    convex: bool = False  # False: L_g + w_s L_l | True: (1 - w_s) L_g + w_s L_l
+    grid: int = 0  # 0: every cell of the dense map | n: adaptive-average-pool it to n x n first
+    shared_head: bool = False  # True: the cells go through DINO's own head (the paper's Table 6 ablation)
+
+
+@dataclass
+class MoCoV3Params:
+    """MoCo v3 (Chen, Xie & He 2021); defaults from facebookresearch/moco-v3 main_moco.py, except the temperature."""
+
+    name: str = "mocov3"
+    dim: int = 256  # --moco-dim: output width of the projector and predictor
+    mlp_dim: int = 4096  # --moco-mlp-dim: their hidden width
+    temperature: float = 0.2  # --moco-t: 0.2 in CONFIG.md's ViT runs (main_moco.py's default is 1.0)
+
+
+@dataclass
+class COMoCoV3Params(MoCoV3Params):
+    """CO-MoCoV3 (CO-SSL): MoCo v3 plus an InfoNCE of every cell's query against the other view's global keys.
+
+    The paper's CO-MoCoV3 details are not public: every field below is a reconstructed choice (docs/methods.md)."""
+
+    name: str = "co_mocov3"
+    local_weight: float = 0.3  # w_s; 0: no local heads, exactly MoCo v3
+    convex: bool = False  # False: L_g + w_s L_l | True: (1 - w_s) L_g + w_s L_l
+    grid: int = 0  # 0: every cell | n: adaptive-average-pool to n x n first
+    target_head: str = "local"  # local: mean over cells of the momentum local projector (as CO-BYOL) | global: the key
+
+
 METHOD_PARAMS: dict[str, type] = {
     "bam": BAMParams,
     "byol": BYOLParams,
@@ -273,6 +309,9 @@ METHOD_PARAMS: dict[str, type] = {
     "co_bam": COBAMParams,
     "lewel_bam": LEWELBAMParams,
     "dino": DINOParams,
+    "co_dino": CODINOParams,
+    "mocov3": MoCoV3Params,
+    "co_mocov3": COMoCoV3Params,
 }
 
 
@@ -504,6 +543,16 @@ def validate(cfg: PretrainConfig) -> None:
         raise ConfigError(f"method {m.name} needs a momentum teacher: set teacher.enabled: true")
     if m.name in ("byol", "lewel_b", "co_byol") and (v.global_crops != 2 or v.local_crops != 0):
         raise ConfigError(f"method {m.name} uses two views: set data.views.kind: two_view")
+    if m.name in ("dino", "co_dino", "mocov3", "co_mocov3") and not cfg.teacher.enabled:
+        raise ConfigError(f"method {m.name} needs a momentum teacher: set teacher.enabled: true")
+    if m.name in ("mocov3", "co_mocov3") and (v.global_crops != 2 or v.local_crops != 0):
+        raise ConfigError(f"method {m.name} uses two views: set data.views.kind: two_view")
+    if m.name == "co_dino" and v.global_crops != 2:
+        raise ConfigError(f"method co_dino pairs the two global crops: set data.views.global_crops: 2 (got {v.global_crops})")
+    if m.name in ("co_dino", "co_mocov3") and not 0.0 <= m.local_weight <= 1.0:
+        raise ConfigError(f"method.local_weight (w_s) must be in [0, 1], got {m.local_weight}")
+    if m.name in ("co_dino", "co_mocov3") and m.grid < 0:
+        raise ConfigError(f"method.grid must be >= 0 (0: every cell), got {m.grid}")
     if m.name == "lewel_b" and not 0.0 <= m.loss_weight <= 1.0:
         raise ConfigError(f"method.loss_weight must be in [0, 1], got {m.loss_weight}")
     if m.name == "lewel_b" and m.projector.out_dim % m.num_heads:

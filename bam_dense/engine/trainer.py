@@ -453,7 +453,9 @@ class Trainer:
         else:
             self.optimizer.step()
         if self.ema is not None:
-            term_values["teacher_momentum"] = self.ema.update(self.step)
+            # a method whose official loop updates the teacher at the start of a step (MoCo v3) takes the
+            # momentum of the next step here, from the same student weights
+            term_values["teacher_momentum"] = self.ema.update(self.step + self.method.teacher_momentum_lead)
         self._mark(timings, "optimizer", t)
         term_values["lr"], term_values["wd"] = lr, wd
         return term_values, grad_norm_value, True

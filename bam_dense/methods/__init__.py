@@ -33,4 +33,16 @@ def build_method(params, backbone: nn.Module) -> Method:
         from bam_dense.methods.dino import DINO
 
         return DINO(backbone, params)
+    if name == "co_dino":
+        from bam_dense.methods.co_dino import CODINO
+
+        return CODINO(backbone, params)
+    if name == "mocov3":
+        from bam_dense.methods.mocov3 import MoCoV3
+
+        return MoCoV3(backbone, params)
+    if name == "co_mocov3":
+        from bam_dense.methods.co_mocov3 import COMoCoV3
+
+        return COMoCoV3(backbone, params)
     raise ValueError(f"unknown method {name!r}")

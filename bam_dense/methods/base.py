@@ -4,6 +4,8 @@ A method provides:
 * ``student``: an ``nn.Module`` whose ``forward(crops)`` returns a dict of tensors (the engine wraps it
   in DDP, so every trainable parameter lives here);
 * ``teacher_exclude``: the student sub-modules the EMA teacher does not copy (predictors);
+* ``teacher_momentum_lead``: the engine updates the teacher after the optimizer step of step ``i`` with the
+  momentum of step ``i + lead`` (0: DINO, BYOL; 1: MoCo v3, which updates at the start of the next step);
 * ``teacher_forward(teacher, crops)``: the teacher's outputs (default: the same forward);
 * ``loss(student_out, teacher_out, ctx) -> (loss, {term: value})``: a pure function of those outputs.
 """
@@ -29,6 +31,7 @@ class StepContext:
 class Method:
     name = "method"
     teacher_exclude: tuple[str, ...] = ()
+    teacher_momentum_lead: int = 0
 
     def __init__(self, student: nn.Module):
         self.student = student

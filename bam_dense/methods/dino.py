@@ -58,8 +58,8 @@ class DINONet(nn.Module):
 class DINO(Method):
     name = "dino"
 
-    def __init__(self, backbone: nn.Module, params: DINOParams):
-        super().__init__(DINONet(backbone, params))
+    def __init__(self, backbone: nn.Module, params: DINOParams, student: nn.Module | None = None):
+        super().__init__(student if student is not None else DINONet(backbone, params))
         self.params = params
 
     def frozen_parameters(self, epoch: int) -> list[nn.Parameter]:

@@ -1,0 +1,77 @@
+"""CO-DINO (CO-SSL, Aubret et al.; METHODS.md 3): DINO plus local-to-global distillation, CO-BYOL's construction.
+
+DINO unchanged (:mod:`bam_dense.methods.dino`: head on every crop's pooled feature, EMA teacher on the two
+global crops, centring, sharpening, the centre update from the global teacher outputs only). In addition, for
+each of the two global views ``a``: its dense map ``Y_a`` (ResNet last stage or ViT patch tokens, optionally
+adaptive-average-pooled to ``grid x grid``) goes cell by cell (a 1x1 head) through a local DINO head ``h2``
+(DINO's head shape; ``shared_head``: DINO's head itself), and every cell's distribution is matched to the
+**other** view's global teacher distribution, centred and sharpened as in DINO's own term:
+
+    P_b   = softmax((h_xi(y_b) - c) / tau_t)                    (DINO's teacher target of view b)
+    L_l   = 1/2 sum_{(a, b) in {(1, 2), (2, 1)}} mean_{i, cells} -sum_k P_b[i, k] log softmax(h2(Y_a[i, cell]) / tau_s)_k
+    L     = L_g + w_s L_l          (convex: (1 - w_s) L_g + w_s L_l)
+
+This is :func:`~bam_dense.losses.dino.dino_loss` on the per-cell student logits of the two global views against
+the two teacher outputs repeated per cell (the same-view pairs skipped, pairs averaged as DINO averages its
+global term), with the centre and teacher temperature of DINO's term, taken before the centre moves. With
+``w_s = 0`` no local head is built: the network, its initial weights and every step are DINO's.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from bam_dense.core.config import CODINOParams
+from bam_dense.losses.dino import dino_loss
+from bam_dense.methods.base import StepContext, multicrop_features
+from bam_dense.methods.co_byol import local_cells
+from bam_dense.methods.dino import DINO, DINONet, teacher_temp_at_epoch
+from bam_dense.models.backbones import feature_dims
+from bam_dense.models.heads import DINOHead
+
+
+class CODINONet(DINONet):
+    def __init__(self, backbone: nn.Module, params: CODINOParams):
+        super().__init__(backbone, params)  # DINO's modules first: with w_s = 0 the same draws, the same weights
+        self.grid = params.grid
+        self.local = params.local_weight > 0
+        self.local_head = None
+        if self.local and not params.shared_head:
+            self.local_head = DINOHead(feature_dims(backbone)[1], params.out_dim, hidden_dim=params.hidden_dim,
+                                       bottleneck_dim=params.bottleneck_dim, layers=params.head_layers,
+                                       bn=params.head_bn, norm_last_layer=params.norm_last_layer)
+
+    def forward(self, crops: list[torch.Tensor], local: bool = True) -> dict:
+        pooled, dense = multicrop_features(self.backbone, crops)
+        out: dict = {"logits": self.head(pooled)}
+        if self.local and local:
+            head = self.local_head if self.local_head is not None else self.head
+            cells = [local_cells(d, self.grid).transpose(1, 2) for d in dense[:2]]  # B x cells x C per global view
+            out["local_logits"] = [head(c.reshape(-1, c.shape[2])) for c in cells]  # (B cells) x K, image-major
+        return out
+
+
+class CODINO(DINO):
+    name = "co_dino"
+    teacher_exclude = ("local_head",)  # the target is the teacher's global output
+
+    def __init__(self, backbone: nn.Module, params: CODINOParams):
+        super().__init__(backbone, params, student=CODINONet(backbone, params))
+
+    def teacher_forward(self, teacher, crops):
+        return teacher(crops[:2], local=False)
+
+    def loss(self, student_out, teacher_out, ctx: StepContext):
+        p = self.params
+        center = self.student.center.clone()  # DINO's term moves the centre; the local term uses the same one
+        l_g, _ = super().loss(student_out, teacher_out, ctx)
+        if p.local_weight == 0:
+            return l_g, {"global": l_g.detach()}
+        temp = teacher_temp_at_epoch(ctx.epoch, p.warmup_teacher_temp, p.teacher_temp, p.warmup_teacher_temp_epochs)
+        teachers = teacher_out["logits"].chunk(ctx.n_global)
+        cells = student_out["local_logits"][0].shape[0] // teachers[0].shape[0]
+        targets = [t.repeat_interleave(cells, dim=0) for t in teachers]  # every cell of image i: the target of i
+        l_l = dino_loss(student_out["local_logits"], targets, center, student_temp=p.student_temp, teacher_temp=temp)
+        loss = ((1 - p.local_weight) * l_g if p.convex else l_g) + p.local_weight * l_l
+        return loss, {"global": l_g.detach(), "local": l_l.detach()}

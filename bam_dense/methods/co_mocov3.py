@@ -1,0 +1,78 @@
+"""CO-MoCoV3 (CO-SSL, Aubret et al.; METHODS.md 3): MoCo v3 plus local-to-global InfoNCE, CO-BYOL's construction.
+
+Per view: dense map ``Y`` (ResNet last stage or ViT patch tokens), optionally adaptive-average-pooled to
+``grid x grid``; pointwise (1x1) local heads with MoCo v3's head shapes, a local projector ``g2`` and a local
+predictor ``h2``, give one query per cell, ``h2(g2(Y))``. The key of view ``b`` for the cells of view ``a`` is
+its global momentum output: ``t_b = mean_cells g2_xi(Y_b)``, the momentum local projector on every cell,
+averaged (``target_head: local``, CO-BYOL's default, for the reason given there), or MoCo v3's own key
+``g_xi(y_b)`` (``target_head: global``). Every cell's query is contrasted with the keys of the whole batch
+(all processes); its own image's key is the positive:
+
+    L_g = mocov3_loss(h(g(y_1)), g_xi(y_2)) + mocov3_loss(h(g(y_2)), g_xi(y_1))          (MoCo v3)
+    L_l = mocov3_loss(h2(g2(Y_1)), t_2) + mocov3_loss(h2(g2(Y_2)), t_1)                  (mean over cells)
+    L   = L_g + w_s L_l          (convex: (1 - w_s) L_g + w_s L_l)
+
+``L_l`` sums the two directions as ``L_g`` does, so ``w_s`` weighs terms of one scale. With ``w_s = 0`` the
+local heads are not built: the network, its initial weights and every step are MoCo v3's.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from bam_dense.core.config import COMoCoV3Params
+from bam_dense.losses.mocov3 import mocov3_loss
+from bam_dense.methods.base import StepContext
+from bam_dense.methods.co_byol import local_cells
+from bam_dense.methods.mocov3 import MoCoV3, MoCoV3Net, mocov3_head_family
+from bam_dense.models.backbones import feature_dims
+from bam_dense.models.heads import mocov3_predictor, mocov3_projector
+
+
+class COMoCoV3Net(MoCoV3Net):
+    def __init__(self, backbone: nn.Module, params: COMoCoV3Params):
+        super().__init__(backbone, params)  # MoCo v3's modules first: with w_s = 0 the same draws, the same weights
+        self.grid = params.grid
+        self.local = params.local_weight > 0
+        self.local_projector = self.local_predictor = None
+        if self.local:
+            head_family = mocov3_head_family(backbone)
+            self.local_projector = mocov3_projector(feature_dims(backbone)[1], head_family, mlp_dim=params.mlp_dim,
+                                                    dim=params.dim)
+            self.local_predictor = mocov3_predictor(head_family, mlp_dim=params.mlp_dim, dim=params.dim)
+
+    def forward(self, crops: list[torch.Tensor], predict: bool = True, local_target: bool = False) -> list[dict]:
+        outs = []
+        for x in crops:
+            out, feats = self.view(x, predict)
+            if self.local and predict:  # one query per cell: B x cells x dim
+                out["q_local"] = self.local_predictor(self.local_projector(local_cells(feats.dense, self.grid))).transpose(1, 2)
+            elif self.local and local_target:  # g2_xi on every cell (the inputs of its BN statistics), then the mean
+                out["t_local"] = self.local_projector(local_cells(feats.dense, self.grid)).mean(dim=2)
+            outs.append(out)
+        return outs
+
+
+class COMoCoV3(MoCoV3):
+    name = "co_mocov3"
+
+    def __init__(self, backbone: nn.Module, params: COMoCoV3Params):
+        super().__init__(backbone, params, student=COMoCoV3Net(backbone, params))
+        # the momentum local projector only serves the local target
+        self.teacher_exclude = ("predictor", "local_predictor") + (() if params.target_head == "local" else ("local_projector",))
+
+    def teacher_forward(self, teacher, crops):
+        p = self.params
+        return teacher(crops, predict=False, local_target=p.local_weight > 0 and p.target_head == "local")
+
+    def loss(self, student_out, teacher_out, ctx: StepContext):
+        p = self.params
+        l_g = self.global_loss(student_out, teacher_out)
+        if p.local_weight == 0:
+            return l_g, {"global": l_g.detach()}
+        key = "t_local" if p.target_head == "local" else "z"
+        l_l = (mocov3_loss(student_out[0]["q_local"], teacher_out[1][key], p.temperature)
+               + mocov3_loss(student_out[1]["q_local"], teacher_out[0][key], p.temperature))
+        loss = ((1 - p.local_weight) * l_g if p.convex else l_g) + p.local_weight * l_l
+        return loss, {"global": l_g.detach(), "local": l_l.detach()}
