@@ -24,7 +24,7 @@ import torch.nn as nn
 
 from bam_dense.core.config import CODINOParams
 from bam_dense.losses.dino import dino_loss
-from bam_dense.methods.base import StepContext, multicrop_features
+from bam_dense.methods.base import StepContext
 from bam_dense.methods.co_byol import local_cells
 from bam_dense.methods.dino import DINO, DINONet, teacher_temp_at_epoch
 from bam_dense.models.backbones import feature_dims
@@ -43,11 +43,13 @@ class CODINONet(DINONet):
                                        bn=params.head_bn, norm_last_layer=params.norm_last_layer)
 
     def forward(self, crops: list[torch.Tensor], local: bool = True) -> dict:
-        pooled, dense = multicrop_features(self.backbone, crops)
-        out: dict = {"logits": self.head(pooled)}
+        calls = self.crop_features(crops)  # DINO's own backbone calls, so that w_s = 0 is DINO exactly
+        out: dict = {"logits": self.head(torch.cat([f.pooled for _, f in calls]))}
         if self.local and local:
             head = self.local_head if self.local_head is not None else self.head
-            cells = [local_cells(d, self.grid).transpose(1, 2) for d in dense[:2]]  # B x cells x C per global view
+            n, first = calls[0]  # the two global crops come first (and share a size)
+            dense = first.dense.chunk(n)[:2]
+            cells = [local_cells(d, self.grid).transpose(1, 2) for d in dense]  # B x cells x C per global view
             out["local_logits"] = [head(c.reshape(-1, c.shape[2])) for c in cells]  # (B cells) x K, image-major
         return out
 

@@ -25,7 +25,7 @@ from timm.layers import DropPath
 from bam_dense.core.config import DINOParams
 from bam_dense.losses.dino import dino_center, dino_loss
 from bam_dense.methods.base import Method, StepContext
-from bam_dense.models.backbones import feature_dims, features
+from bam_dense.models.backbones import Features, feature_dims, features
 from bam_dense.models.heads import DINOHead
 
 
@@ -48,10 +48,13 @@ class DINONet(nn.Module):
         self.register_buffer("center", torch.zeros(1, params.out_dim))
         self.pos_resample = params.pos_resample
 
+    def crop_features(self, crops: list[torch.Tensor]) -> list[tuple[int, Features]]:
+        """Consecutive crops of one size in one backbone call (DINO's MultiCropWrapper): (crops, features) per call."""
+        groups = [list(group) for _, group in groupby(crops, key=lambda crop: tuple(crop.shape[-2:]))]
+        return [(len(group), features(self.backbone, torch.cat(group), self.pos_resample)) for group in groups]
+
     def forward(self, crops: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        # consecutive crops of one size in one backbone call (DINO's MultiCropWrapper), then the head on all
-        pooled = [features(self.backbone, torch.cat(list(group)), self.pos_resample).pooled
-                  for _, group in groupby(crops, key=lambda crop: tuple(crop.shape[-2:]))]
+        pooled = [f.pooled for _, f in self.crop_features(crops)]
         return {"logits": self.head(torch.cat(pooled))}  # (V*b) x K, crop-major
 
 
