@@ -68,7 +68,7 @@ class PropagationParams:
     topk: int = 5
     temperature: float = 0.1
     resolution: int = 480
-    band_rows: int = 16  # target rows per band: 8 x 832 x 2080 similarities (55 MB) at 480p, 221 MB at 960
+    band_rows: int = 16  # target rows per band: 8 x 832 x 1560 similarities (42 MB) at most at 480p, 221 MB at 960
 
 
 def target_size(height: int, width: int, resolution: int) -> tuple[int, int]:
