@@ -44,7 +44,7 @@ def main() -> None:
     from bam_dense.davis.propagate import load_extractor
     from bam_dense.eval import linear_probe, retrieval
     from bam_dense.eval.dense_probe import linear_seg_probe
-    from bam_dense.eval.features import FeatureCache
+    from bam_dense.eval.features import FeatureCache, square_dense_features
 
     dev = torch.device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
@@ -75,10 +75,9 @@ def main() -> None:
             print(f"{name:<58} {images:>5} images {seconds:8.2f} s {images / seconds:8.1f} images/s", flush=True)
 
         data = retrieval.open_dataset("ade20k", ade)
-        from bam_dense.eval.retrieval import _shared_split
-
         timed("extraction (cold, both ADE20K splits)", n_ade,
-              lambda: [_shared_split(extractor, pairs, args.resolution, cache, 16) for pairs in (data.train, data.val)])
+              lambda: [square_dense_features(extractor, [img for img, _ in pairs], args.resolution, cache, 16)
+                       for pairs in (data.train, data.val)])
         passes = cache.forward_passes
         timed("dense probe on the shared features", n_ade,
               lambda: linear_seg_probe(extractor.backbone, ade, args.resolution, steps=300, feature_cache=cache))

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from bam_dense.core.errors import UserFacingError
-from bam_dense.eval.features import SQUARE_LAYOUT, FeatureCache, dense_selection, read_square
+from bam_dense.eval.features import FeatureCache, square_dense_features
 
 NUM_CLASSES = 150
 PROBE_STEPS = 1500  # full-batch Adam steps: converged (at 300 the ranking of encoders still moved)
@@ -53,16 +53,6 @@ def _load_labels(root: Path, split: str, files: list[Path], size: int) -> torch.
         label = np.where(label == 0, 255, label.astype(np.int64) - 1)  # reduce_zero_label
         labels.append(torch.from_numpy(label))
     return torch.stack(labels)
-
-
-def dense_split(extractor, files: list[Path], size: int, feature_cache: FeatureCache | None = None,
-                batch_size: int = 32) -> torch.Tensor:
-    """``N x D x h x w`` dense features of ``files`` in the ``square-bilinear`` layout, through ``feature_cache``
-    when given (shared with every protocol reading the same split at the same size)."""
-    cache = feature_cache if feature_cache is not None else FeatureCache(None)
-    feats = cache.split(files, lambda i: read_square(files[i], size), lambda images: {"dense": extractor(images)},
-                        layout=SQUARE_LAYOUT, resolution=size, selection=dense_selection(extractor), batch_size=batch_size)
-    return feats["dense"]
 
 
 def _grid_labels(labels: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -108,8 +98,8 @@ def linear_seg_probe(backbone, ade_root: str | Path, image_size: int = 64, steps
     root = Path(ade_root)
     extractor = FeatureExtractor(backbone, torch.device("cpu"))
     tr_files, va_files = split_files(root, "training"), split_files(root, "validation")
-    tr_f = dense_split(extractor, tr_files, image_size, feature_cache)
-    va_f = dense_split(extractor, va_files, image_size, feature_cache)
+    tr_f = square_dense_features(extractor, tr_files, image_size, feature_cache)
+    va_f = square_dense_features(extractor, va_files, image_size, feature_cache)
     tr_y = _load_labels(root, "training", tr_files, image_size)
     va_y = _load_labels(root, "validation", va_files, image_size)
     h, w = tr_f.shape[-2:]

@@ -136,6 +136,16 @@ class _Indexed(torch.utils.data.Dataset):
         return self.load(i)
 
 
+def square_dense_features(extractor, files: Sequence[str | Path], size: int, cache: FeatureCache | None = None,
+                          batch_size: int = 32) -> torch.Tensor:
+    """``N x D x h x w``: ``extractor``'s dense maps of ``files`` read by :func:`read_square` at ``size``, through
+    ``cache`` (the dense probe's splits and retrieval's plain splits: the same key, so extracted once)."""
+    cache = cache if cache is not None else FeatureCache(None)
+    return cache.split(files, lambda i: read_square(files[i], size), lambda images: {"dense": extractor(images)},
+                       layout=SQUARE_LAYOUT, resolution=size, selection=dense_selection(extractor),
+                       batch_size=batch_size)["dense"]
+
+
 def dense_selection(extractor) -> str:
     """The token-selection key of a :class:`~bam_dense.davis.propagate.FeatureExtractor`: its family, and the
     position-table resampling (ViT) or stage (ResNet) that decide its dense map."""
@@ -145,4 +155,4 @@ def dense_selection(extractor) -> str:
 
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "SQUARE_LAYOUT", "FeatureCache", "checkpoint_identity", "dense_selection",
-           "read_square", "split_identity"]
+           "read_square", "split_identity", "square_dense_features"]

@@ -50,10 +50,9 @@ from bam_dense.core.errors import UserFacingError
 from bam_dense.eval.features import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    SQUARE_LAYOUT,
     FeatureCache,
-    dense_selection,
     read_square,
+    square_dense_features,
 )
 from bam_dense.eval.seg_metrics import SegmentationAreas
 
@@ -406,14 +405,6 @@ def _batches(pairs, size: int, batch: int, loader: Callable):
         yield torch.stack([x for x, _ in items]), torch.stack([y for _, y in items])
 
 
-def _shared_split(extractor, pairs, size: int, cache: FeatureCache, batch: int) -> torch.Tensor:
-    """``N x D x h x w`` features of the images of ``pairs`` read by :func:`read_square`, through ``cache``."""
-    files = [img for img, _ in pairs]
-    return cache.split(files, lambda i: read_square(files[i], size), lambda images: {"dense": extractor(images)},
-                       layout=SQUARE_LAYOUT, resolution=size, selection=dense_selection(extractor),
-                       batch_size=batch)["dense"]
-
-
 def _label_batches(pairs, feats: torch.Tensor, size: int, batch: int):
     for i in range(0, len(pairs), batch):
         yield feats[i:i + batch], torch.stack([read_label(ann, size) for _, ann in pairs[i:i + batch]])
@@ -450,7 +441,8 @@ def retrieval_miou(extractor, dataset: RetrievalDataset, params: RetrievalParams
                                 leave=False)
         extract, batches = extractor, passes()
     else:  # the plain training images: shared features
-        train_feats = _shared_split(extractor, dataset.train, p.input_size, cache, p.batch_size)
+        train_files = [img for img, _ in dataset.train]
+        train_feats = square_dense_features(extractor, train_files, p.input_size, cache, p.batch_size)
         extract, batches = (lambda feats: feats), _label_batches(dataset.train, train_feats, p.input_size, p.batch_size)
 
     grid = (p.input_size // patch) ** 2
@@ -458,7 +450,7 @@ def retrieval_miou(extractor, dataset: RetrievalDataset, params: RetrievalParams
     memory = build_memory(extract, batches, patch, dataset.label_classes, per_image, generator, dataset.void_to, capacity)
     index = NeighbourIndex(memory.features, getattr(extractor, "device", "cpu"), index_backend)
     areas = SegmentationAreas(dataset.eval_classes, 255)
-    val_feats = _shared_split(extractor, dataset.val, p.input_size, cache, p.batch_size)
+    val_feats = square_dense_features(extractor, [img for img, _ in dataset.val], p.input_size, cache, p.batch_size)
     for feats, labels in tqdm(_label_batches(dataset.val, val_feats, p.input_size, p.batch_size), desc="validation",
                               total=math.ceil(len(dataset.val) / p.batch_size), disable=not progress, leave=False):
         soft = retrieve_labels(feats, memory, index, p.neighbours, p.temperature)
