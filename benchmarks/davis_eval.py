@@ -94,6 +94,9 @@ def timed(cmd: list[str], env: dict | None = None, cwd: str | None = None) -> tu
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--official-repo", help="checkout of davisvideochallenge/davis2017-evaluation")
+    parser.add_argument("--official-pythonpath", default=None,
+                        help="folder put on the official evaluator's PYTHONPATH (e.g. pandas and scikit-image installed "
+                             "there with pip install --target, outside the project's environment)")
     parser.add_argument("--sequences", type=int, default=6)
     parser.add_argument("--frames", type=int, default=40)
     parser.add_argument("--repeat", type=int, default=3)
@@ -108,32 +111,38 @@ def main() -> None:
         ours_cmd = [sys.executable, "-m", "bam_dense.cli", "davis", "eval", "--davis-root", str(root), "--results", str(res)]
         if args.workers:
             ours_cmd += ["--workers", str(args.workers)]
-        ours = []
-        for _ in range(args.repeat):
-            for csv in res.glob("*.csv"):
-                csv.unlink()
-            t, _ = timed(ours_cmd, env)
-            ours.append(t)
-        ours_csv = (res / "global_results-val.csv").read_text()
-        baseline, label, base_csv = [], "", None
         official = Path(args.official_repo) if args.official_repo else None
-        if official and (official / "evaluation_method.py").exists():
+        use_official = bool(official and (official / "evaluation_method.py").exists())
+        if use_official:
             label = "official davis2017-evaluation"
-            for _ in range(args.repeat):
-                for csv in res.glob("*.csv"):
-                    csv.unlink()
-                t, _ = timed([sys.executable, str(official / "evaluation_method.py"), "--task", "semi-supervised",
-                              "--results_path", str(res), "--davis_path", str(root)], dict(os.environ), str(official))
-                baseline.append(t)
-            base_csv = (res / "global_results-val.csv").read_text()
+            official_env = dict(os.environ)
+            if args.official_pythonpath:
+                official_env["PYTHONPATH"] = args.official_pythonpath
+            base_cmd = [sys.executable, str(official / "evaluation_method.py"), "--task", "semi-supervised",
+                        "--results_path", str(res), "--davis_path", str(root)]
         else:
             label = "per-frame reference (whole-frame boundaries, as the official code)"
             script = Path(tmp) / "reference.py"
             script.write_text(REFERENCE)
-            for _ in range(args.repeat):
+        ours, baseline, ours_csv, base_csv = [], [], None, None
+        for _ in range(args.repeat):  # the two take turns, so that a shared machine's load falls on both alike
+            for csv in res.glob("*.csv"):
+                csv.unlink()
+            t, _ = timed(ours_cmd, env)
+            ours.append(t)
+            ours_csv = (res / "global_results-val.csv").read_text()
+            for csv in res.glob("*.csv"):
+                csv.unlink()
+            if use_official:
+                t, _ = timed(base_cmd, official_env, str(official))
+                base_csv = (res / "global_results-val.csv").read_text()
+            else:
                 t, out = timed([sys.executable, str(script), str(root), str(res)])
-                baseline.append(t)
+            baseline.append(t)
+        if not use_official:
             print(f"reference: {out.strip()}")
+        print("per turn (bam-dense, baseline) seconds: " + ", ".join(f"({o:.2f}, {b:.2f})" for o, b in zip(ours, baseline))
+              + "; ratios " + ", ".join(f"{b / o:.1f}x" for o, b in zip(ours, baseline)))
         o, b = min(ours), min(baseline)
         print(f"bam-dense davis eval: {o:.2f} s (best of {args.repeat}), {n_frames / o:.0f} frames/s")
         print(f"{label}: {b:.2f} s (best of {args.repeat}), {n_frames / b:.0f} frames/s")

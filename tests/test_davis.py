@@ -178,6 +178,27 @@ def test_banded_propagation_equals_the_dense_reference():
                                        propagate_labels_dense(ft, fc, segs, h, w, radius, 5, 0.1), rtol=1e-5, atol=1e-6)
 
 
+def test_banded_propagation_keeps_every_source_tied_at_the_kth_value_as_the_reference():
+    """Features drawn from 3 codes: most targets have far more than k = 5 sources at their k-th similarity,
+    and DINO keeps them all."""
+    gen = torch.Generator().manual_seed(1)
+    h, w, n, c = 9, 13, 3, 4
+    codes = F.normalize(torch.randn(3, 8, generator=gen), dim=1)
+    ft = codes[torch.randint(0, 3, (h * w,), generator=gen)]
+    fc = codes[torch.randint(0, 3, (n, h * w), generator=gen)]
+    segs = torch.rand(n, c, h * w, generator=gen)
+    for radius in (0, 1, 3):
+        ours = propagate_labels(ft, fc, segs, h, w, radius, 5, 0.1, 2)
+        torch.testing.assert_close(ours, propagate_labels_dense(ft, fc, segs, h, w, radius, 5, 0.1), rtol=1e-5, atol=1e-6)
+    # the ties matter here: exactly 5 sources per target (torch.topk's pick among the tied) give other labels
+    rows, cols = torch.arange(h).repeat_interleave(w), torch.arange(w).repeat(h)
+    near = ((rows[:, None] - rows[None]).abs() <= 3) & ((cols[:, None] - cols[None]).abs() <= 3)
+    logits = torch.einsum("td,nsd->tns", ft, fc).masked_fill(~near[:, None], float("-inf")).reshape(h * w, -1) / 0.1
+    top = logits.topk(5, dim=1)
+    five = torch.einsum("tk,tkc->ct", torch.softmax(top.values, dim=1), segs.permute(0, 2, 1).reshape(-1, c)[top.indices])
+    assert (five - ours).abs().max() > 0.01
+
+
 class OracleFeatures:
     """Features = one-hot of the ground truth at patch resolution (plus a little position), frame by frame."""
 

@@ -11,6 +11,7 @@ import torch
 
 from bam_dense.core.errors import UserFacingError
 from bam_dense.eval import linear_probe
+from bam_dense.eval.features import FeatureCache
 from bam_dense.eval.linear_probe import RECIPES, linear_input, probe_features, train_grid
 
 CODES = torch.randn(10, 32, generator=torch.Generator().manual_seed(100))  # one code per class
@@ -122,14 +123,14 @@ def test_eval_linear_cli_caches_features_per_checkpoint_and_resolution(synthetic
     assert first["features_from_cache"] is None  # the refused run stopped before extracting
     assert first["feature_dim"] == 2 * 16 and first["num_classes"] == 10 and first["resolution"] == 32
     assert first["grid"]["learning_rates"] == [0.001, 0.1] and "DINOv2" in first["selection_rule"]
-    assert len(list((tmp_path / "cache").glob("linear_*_32px.pt"))) == 1
+    assert len(list((tmp_path / "cache").glob("features_*_32px.pt"))) == 2  # training and validation splits
     assert main(args + ["--recipe", "dino-vitb", "--resolution", "48"]) == 0  # another resolution: its own cache
-    assert len(list((tmp_path / "cache").glob("linear_*px.pt"))) == 2
+    assert len(list((tmp_path / "cache").glob("features_*px.pt"))) == 4
 
     def no_extraction(*a, **k):
         raise AssertionError("features were extracted again")
 
-    monkeypatch.setattr(linear_probe, "_extract_split", no_extraction)
+    monkeypatch.setattr(FeatureCache, "_extract", no_extraction)
     assert main(args + ["--recipe", "bam", "--out", str(tmp_path / "second.json")]) == 0  # another recipe, same cache
     second = json.loads((tmp_path / "second.json").read_text())
     assert second["features_from_cache"] and second["feature_dim"] == 2 * 16 and second["recipe"]["bn_head"]

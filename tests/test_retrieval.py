@@ -16,9 +16,9 @@ from PIL import Image
 
 from bam_dense.core.errors import UserFacingError
 from bam_dense.data.synthetic import voc_palette
+from bam_dense.eval.features import IMAGENET_MEAN as MEAN
+from bam_dense.eval.features import IMAGENET_STD as STD
 from bam_dense.eval.retrieval import (
-    MEAN,
-    STD,
     NeighbourIndex,
     RetrievalParams,
     build_memory,

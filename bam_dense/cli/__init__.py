@@ -223,6 +223,10 @@ def _demo(sub) -> None:
     p.add_argument("--skip", nargs="*", default=[], help="skip steps: probe davis seg det")
 
 
+FEATURE_CACHE_HELP = ("feature cache folder shared by the protocols of a checkpoint (eval linear, eval retrieval, probe): "
+                      "one extraction per checkpoint, resolution, preprocessing, split and token selection (default: none)")
+
+
 def _probe(sub) -> None:
     p = _add(
         sub,
@@ -239,6 +243,7 @@ def _probe(sub) -> None:
     p.add_argument("--steps", type=int, default=1500, help="full-batch Adam steps of the linear probe (default 1500)")
     p.add_argument("--davis-resolution", type=int, default=96, help="DAVIS short side (default 96)")
     p.add_argument("--random-baseline", action="store_true", help="also score the same encoder at its random initialisation")
+    p.add_argument("--cache-dir", default=None, help=FEATURE_CACHE_HELP + "; the random-init baseline is never cached")
     p.add_argument("--out", help="write the numbers as JSON")
     p.add_argument("--trust-source", action="store_true")
 
@@ -275,6 +280,7 @@ def _eval(sub) -> None:
                         "product on the device; auto = faiss on CPU, on CUDA faiss-gpu when installed, else torch")
     r.add_argument("--batch-size", type=int, default=16)
     r.add_argument("--seed", type=int, default=0, help="augmentation and patch-sampling seed (default 0)")
+    r.add_argument("--cache-dir", default=None, help=FEATURE_CACHE_HELP + "; augmented memory-bank views are never cached")
 
     li = _add(
         esub,
@@ -293,7 +299,7 @@ def _eval(sub) -> None:
                     help="feature and optimisation recipe (default: dino-vits for ViTs up to width 384, dino-vitb for "
                          "wider ViTs, lewel-r50 for ResNets)")
     li.add_argument("--resolution", type=int, default=224, help="centre-crop side (default 224; resize to side*256/224 first)")
-    li.add_argument("--cache-dir", default=None, help="feature cache folder (default: none, features are extracted every run)")
+    li.add_argument("--cache-dir", default=None, help=FEATURE_CACHE_HELP)
     li.add_argument("--lrs", type=float, nargs="+", default=None,
                     help="learning rates per 256 images (default: DINOv2's grid 1e-5..0.1; the recipe's lr is always added)")
     li.add_argument("--epochs", type=int, default=None, help="epochs (default: the recipe's, 100 or 50)")

@@ -81,7 +81,8 @@ def eval_retrieval(args: Namespace) -> int:
                              neighbours=args.neighbours, temperature=args.temperature, batch_size=args.batch_size,
                              seed=args.seed)
     record = run(args.checkpoint, args.dataset, args.data_root, args.out, params, args.arch, args.which,
-                 args.trust_source, args.device, args.pos_resample, args.train_list, args.nn_backend)
+                 args.trust_source, args.device, args.pos_resample, args.train_list, args.nn_backend,
+                 cache_dir=args.cache_dir)
     print(f"[bam-dense] retrieval mIoU {record['metrics']['mIoU']:.2f} on {args.dataset} at {args.input_size} px "
           f"({record['memory_patches']} memory patches, {record['index']} search)")
     if args.out:
@@ -212,8 +213,11 @@ def probe(args: Namespace) -> int:
 
     if not args.ade_root and not args.davis_root:
         raise UserFacingError("give --ade-root and/or --davis-root")
+    from bam_dense.eval.features import FeatureCache
+
     rows = {"checkpoint": run_probe(load_backbone(args.checkpoint, args.arch, args.which, args.trust_source),
-                                    args.ade_root, args.davis_root, args.image_size, args.davis_resolution, args.steps)}
+                                    args.ade_root, args.davis_root, args.image_size, args.davis_resolution, args.steps,
+                                    FeatureCache(args.checkpoint, args.cache_dir))}
     if args.random_baseline:
         rows["random init"] = run_probe(random_init_like(args.checkpoint), args.ade_root, args.davis_root, args.image_size,
                                         args.davis_resolution, args.steps)

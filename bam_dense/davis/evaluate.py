@@ -55,8 +55,9 @@ def _read_png(path: Path, sequence: str, what: str) -> np.ndarray:
     if not path.is_file():
         raise DavisError(f"sequence {sequence}: {what} frame {path.stem} is missing ({path})")
     try:
-        with Image.open(path) as img:
-            array = np.array(img)
+        with Image.open(path) as img:  # one copy out of PIL (np.array(img) makes two)
+            array = np.frombuffer(img.tobytes(), np.uint8).reshape(img.size[1], img.size[0]) if img.mode in ("P", "L") \
+                else np.asarray(img)
     except (OSError, SyntaxError, ValueError) as err:
         raise DavisError(f"sequence {sequence}: {what} frame {path.stem} is not a readable PNG ({path}: {err})") from None
     if array.ndim != 2:
@@ -72,12 +73,15 @@ def evaluate_sequence(davis_root: str, results: str, sequence: str, task: str) -
     if not gt_files:
         raise DavisError(f"sequence {sequence}: no annotations in {ann_dir}")
     gt = np.stack([_read_png(p, sequence, "annotation") for p in gt_files])
-    void = gt == 255
-    gt[void] = 0
-    n_objects = int(gt[0].max())
+    first = gt[0]
+    n_objects = int(first[first != 255].max(initial=0))  # void (255) is set to 0 before the official max
     frame_ids = [p.stem for p in gt_files]
     if task == "semi-supervised":
-        gt, void, frame_ids = gt[1:-1], void[1:-1], frame_ids[1:-1]
+        # no void mask here: void pixels (255) equal none of the object ids 1..n_objects compared below
+        gt, frame_ids = gt[1:-1], frame_ids[1:-1]
+    else:
+        void = gt == 255
+        gt[void] = 0
     res = []
     for frame in frame_ids:
         mask = _read_png(res_root / sequence / f"{frame}.png", sequence, "result")

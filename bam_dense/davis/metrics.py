@@ -25,6 +25,15 @@ import cv2
 import numpy as np
 
 
+def _pixels_per_frame(mask: np.ndarray) -> np.ndarray | np.int64:
+    """``np.sum(mask, axis=(-2, -1))`` of a boolean ``H x W`` or ``T x H x W`` mask, counted by OpenCV's
+    ``countNonZero`` frame by frame (numpy sums booleans through an integer cast, several times slower)."""
+    frames = np.ascontiguousarray(mask).view(np.uint8)
+    if frames.ndim == 2:
+        return np.int64(cv2.countNonZero(frames))
+    return np.fromiter((cv2.countNonZero(f) for f in frames), dtype=np.int64, count=frames.shape[0])
+
+
 def db_eval_iou(annotation: np.ndarray, segmentation: np.ndarray, void_pixels: np.ndarray | None = None):
     """Jaccard index of binary masks (``H x W`` or ``T x H x W``); 1 where both are empty."""
     if annotation.shape != segmentation.shape:
@@ -35,11 +44,11 @@ def db_eval_iou(annotation: np.ndarray, segmentation: np.ndarray, void_pixels: n
         if annotation.shape != void_pixels.shape:
             raise ValueError(f"annotation {annotation.shape} and void pixels {void_pixels.shape} dimensions do not match")
         keep = ~void_pixels.astype(bool)
-        inters = np.sum((segmentation & annotation) & keep, axis=(-2, -1))
-        union = np.sum((segmentation | annotation) & keep, axis=(-2, -1))
+        inters = _pixels_per_frame((segmentation & annotation) & keep)
+        union = _pixels_per_frame((segmentation | annotation) & keep)
     else:
-        inters = np.sum(segmentation & annotation, axis=(-2, -1))
-        union = np.sum(segmentation | annotation, axis=(-2, -1))
+        inters = _pixels_per_frame(segmentation & annotation)
+        union = _pixels_per_frame(segmentation | annotation)
     with np.errstate(invalid="ignore", divide="ignore"):
         j = inters / union
     if j.ndim == 0:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 from collections import deque
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import cv2
@@ -67,7 +68,7 @@ class PropagationParams:
     topk: int = 5
     temperature: float = 0.1
     resolution: int = 480
-    band_rows: int = 4
+    band_rows: int = 16  # target rows per band: 8 x 832 x 1560 similarities (42 MB) at most at 480p, 221 MB at 960
 
 
 def target_size(height: int, width: int, resolution: int) -> tuple[int, int]:
@@ -114,33 +115,60 @@ def _neighbourhood(target_rows: torch.Tensor, target_cols: torch.Tensor, source_
         (target_cols[:, None] - source_cols[None, :]).abs() <= radius)
 
 
+@lru_cache(maxsize=256)
+def _band_outside(h: int, w: int, y0: int, y1: int, sy0: int, sy1: int, radius: int, device: str) -> torch.Tensor:
+    """``t x s``: True where a source of rows ``sy0..sy1`` is outside the target's neighbourhood (rows ``y0..y1``);
+    the same for every frame of a video, so built once."""
+    rows = torch.arange(h, device=device).repeat_interleave(w)
+    cols = torch.arange(w, device=device).repeat(h)
+    t_sl, s_sl = slice(y0 * w, y1 * w), slice(sy0 * w, sy1 * w)
+    return ~_neighbourhood(rows[t_sl], cols[t_sl], rows[s_sl], cols[s_sl], radius)
+
+
 def propagate_labels(feat_tar: torch.Tensor, feats_ctx: torch.Tensor, segs_ctx: torch.Tensor, h: int, w: int,
-                     radius: int, topk: int, temperature: float, band_rows: int = 4) -> torch.Tensor:
+                     radius: int, topk: int, temperature: float, band_rows: int = 16) -> torch.Tensor:
     """Soft labels ``C x h*w`` of the target from the context, with memory bounded by the band size.
 
     ``feat_tar`` ``h*w x D`` and ``feats_ctx`` ``n x h*w x D`` are L2-normalised; ``segs_ctx`` is ``n x C x h*w``.
+
+    Per band: similarities ``n x t x s`` (one batched product, no copy of the context), sources outside the
+    neighbourhood set to -inf, each frame's top-(k+1), then the top-(k+1) of those ``n * (k+1)`` candidates (the
+    joint top over all frames). Only the k kept similarities are exponentiated, and labels are gathered for them
+    alone. Where the (k+1)-th value equals the k-th (a tie: DINO keeps every source reaching the k-th value),
+    that target's weights are computed over every source as the dense reference does.
     """
     n, hw, _ = feats_ctx.shape
     C = segs_ctx.shape[1]
     device = feat_tar.device
-    rows = torch.arange(h, device=device).repeat_interleave(w)
-    cols = torch.arange(w, device=device).repeat(h)
     out = torch.empty(C, hw, device=device, dtype=feat_tar.dtype)
     for y0 in range(0, h, band_rows):
         y1 = min(h, y0 + band_rows)
         sy0, sy1 = (max(0, y0 - radius), min(h, y1 + radius)) if radius > 0 else (0, h)
         t_sl, s_sl = slice(y0 * w, y1 * w), slice(sy0 * w, sy1 * w)
-        logits = torch.einsum("td,nsd->tns", feat_tar[t_sl], feats_ctx[:, s_sl]).div_(temperature)  # t x n x s
+        logits = torch.matmul(feat_tar[t_sl], feats_ctx[:, s_sl].transpose(1, 2))  # n x t x s
         if radius > 0:
-            near = _neighbourhood(rows[t_sl], cols[t_sl], rows[s_sl], cols[s_sl], radius)  # t x s
-            logits.masked_fill_(~near[:, None, :], float("-inf"))
-        cand = logits.reshape(logits.shape[0], -1)  # t x (n*s), context-major
-        kth = cand.topk(min(topk, cand.shape[1]), dim=1).values[:, -1:]
-        keep = cand >= kth
-        weights = cand.exp_().mul_(keep)  # in place: the band's logits become its weights
+            logits.masked_fill_(_band_outside(h, w, y0, y1, sy0, sy1, radius, str(device))[None], float("-inf"))
+        s = logits.shape[2]
+        k = min(topk, n * s)
+        # one more than k: the (k+1)-th value equal to the k-th one is a tie at the k-th value
+        per_frame = logits.topk(min(k + 1, s), dim=2)  # n x t x k'
+        cand_vals = per_frame.values.permute(1, 0, 2).reshape(logits.shape[1], -1)  # t x n*k', frame-major
+        top = cand_vals.topk(min(k + 1, cand_vals.shape[1]), dim=1)
+        kth = top.values[:, k - 1].clone()  # the weights below reuse top.values in place
+        tied = (torch.nonzero(top.values[:, k] == kth).flatten() if top.values.shape[1] > k
+                else torch.empty(0, dtype=torch.long, device=device))
+        frame = torch.div(top.indices[:, :k], per_frame.values.shape[2], rounding_mode="floor")  # t x k
+        pos = per_frame.indices.permute(1, 0, 2).reshape(logits.shape[1], -1).gather(1, top.indices[:, :k])  # t x k
+        weights = top.values[:, :k].div_(temperature).exp_()
         weights.div_(weights.sum(dim=1, keepdim=True))
-        labels = segs_ctx[:, :, s_sl].permute(1, 0, 2).reshape(C, -1)  # C x (n*s), context-major
-        out[:, t_sl] = labels @ weights.t()
+        labels = segs_ctx[:, :, s_sl][frame, :, pos]  # t x k x C
+        out[:, t_sl] = torch.einsum("tk,tkc->ct", weights, labels)
+        if len(tied):  # ties at the k-th value: every tied source weighs in
+            sub = logits[:, tied].div_(temperature).permute(1, 0, 2).reshape(len(tied), -1)  # q x (n*s)
+            keep = sub >= (kth[tied] / temperature)[:, None]
+            weights = sub.exp_().mul_(keep)
+            weights.div_(weights.sum(dim=1, keepdim=True))
+            out[:, t_sl][:, tied] = segs_ctx[:, :, s_sl].permute(1, 0, 2).reshape(C, -1) @ weights.t()
     return out
 
 

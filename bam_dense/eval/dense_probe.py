@@ -23,10 +23,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from bam_dense.core.errors import UserFacingError
-from bam_dense.models.backbones import features
+from bam_dense.eval.features import FeatureCache, square_dense_features
 
-MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
-STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
 NUM_CLASSES = 150
 PROBE_STEPS = 1500  # full-batch Adam steps: converged (at 300 the ranking of encoders still moved)
 
@@ -41,25 +39,20 @@ class ProbeResult:
         return {"linear_probe_miou": self.miou, "davis_jf": self.davis_jf}
 
 
-def _load_split(root: Path, split: str, size: int):
-    images, labels = [], []
-    img_dir, ann_dir = root / "images" / split, root / "annotations" / split
-    files = sorted(img_dir.glob("*.jpg"))
+def split_files(root: Path, split: str) -> list[Path]:
+    files = sorted((root / "images" / split).glob("*.jpg"))
     if not files:
-        raise UserFacingError(f"no images in {img_dir} (an ADE20K-layout folder: ADEChallengeData2016/)")
+        raise UserFacingError(f"no images in {root / 'images' / split} (an ADE20K-layout folder: ADEChallengeData2016/)")
+    return files
+
+
+def _load_labels(root: Path, split: str, files: list[Path], size: int) -> torch.Tensor:
+    labels = []
     for path in files:
-        img = Image.open(path).convert("RGB").resize((size, size), Image.BILINEAR)
-        images.append((torch.from_numpy(np.asarray(img, np.float32) / 255.0).permute(2, 0, 1) - MEAN) / STD)
-        label = np.asarray(Image.open(ann_dir / f"{path.stem}.png").resize((size, size), Image.NEAREST)).astype(np.int64)
-        label = np.where(label == 0, 255, label - 1)  # reduce_zero_label
+        label = np.asarray(Image.open(root / "annotations" / split / f"{path.stem}.png").resize((size, size), Image.NEAREST))
+        label = np.where(label == 0, 255, label.astype(np.int64) - 1)  # reduce_zero_label
         labels.append(torch.from_numpy(label))
-    return torch.stack(images), torch.stack(labels)
-
-
-@torch.no_grad()
-def _dense(backbone, images: torch.Tensor, batch: int = 32) -> torch.Tensor:
-    backbone.eval()
-    return torch.cat([features(backbone, images[i:i + batch]).dense.float() for i in range(0, len(images), batch)])
+    return torch.stack(labels)
 
 
 def _grid_labels(labels: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -97,13 +90,18 @@ def per_image_areas(pred: torch.Tensor, label: torch.Tensor, num_classes: int = 
 
 
 def linear_seg_probe(backbone, ade_root: str | Path, image_size: int = 64, steps: int = PROBE_STEPS, lr: float = 0.01,
-                     seed: int = 0, return_areas: bool = False):
+                     seed: int = 0, return_areas: bool = False, feature_cache: FeatureCache | None = None):
     """mIoU (in [0, 1]) of a linear per-patch classifier on frozen features (with ``return_areas``: and the
-    per-image areas of :func:`per_image_areas`)."""
+    per-image areas of :func:`per_image_areas`). ``feature_cache``: the checkpoint's shared features."""
+    from bam_dense.davis.propagate import FeatureExtractor
+
     root = Path(ade_root)
-    tr_x, tr_y = _load_split(root, "training", image_size)
-    va_x, va_y = _load_split(root, "validation", image_size)
-    tr_f, va_f = _dense(backbone, tr_x), _dense(backbone, va_x)
+    extractor = FeatureExtractor(backbone, torch.device("cpu"))
+    tr_files, va_files = split_files(root, "training"), split_files(root, "validation")
+    tr_f = square_dense_features(extractor, tr_files, image_size, feature_cache)
+    va_f = square_dense_features(extractor, va_files, image_size, feature_cache)
+    tr_y = _load_labels(root, "training", tr_files, image_size)
+    va_y = _load_labels(root, "validation", va_files, image_size)
     h, w = tr_f.shape[-2:]
     x = tr_f.permute(0, 2, 3, 1).reshape(-1, tr_f.shape[1])
     y = _grid_labels(tr_y, h, w).reshape(-1)
@@ -138,10 +136,11 @@ def davis_probe(backbone, davis_root: str | Path, resolution: int = 96) -> float
 
 
 def probe(backbone, ade_root: str | None, davis_root: str | None, image_size: int = 64, davis_resolution: int = 96,
-          steps: int = PROBE_STEPS) -> ProbeResult:
+          steps: int = PROBE_STEPS, feature_cache: FeatureCache | None = None) -> ProbeResult:
     result = ProbeResult()
     if ade_root:
-        result.miou, result.areas = linear_seg_probe(backbone, ade_root, image_size, steps=steps, return_areas=True)
+        result.miou, result.areas = linear_seg_probe(backbone, ade_root, image_size, steps=steps, return_areas=True,
+                                                     feature_cache=feature_cache)
     if davis_root:
         result.davis_jf = davis_probe(backbone, davis_root, davis_resolution)
     return result

@@ -34,9 +34,7 @@ its accuracy is reported beside the selected one.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -45,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bam_dense.core.errors import UserFacingError
+from bam_dense.eval.features import FeatureCache
 
 
 @dataclass(frozen=True)
@@ -158,65 +157,34 @@ def _split_sources(root: Path):
     return train, val
 
 
-@torch.no_grad()
-def _extract_split(backbone, source, resolution: int, device, batch_size: int, num_workers: int, progress: bool):
-    from torch.utils.data import DataLoader, Dataset
-    from tqdm import tqdm
-
-    transform = eval_transform(resolution)
-
-    class Items(Dataset):
-        def __len__(self):
-            return len(source)
-
-        def __getitem__(self, i):
-            img, label = source.load(i)
-            return transform(img), label
-
-    chunks: dict[str, list[torch.Tensor]] = {}
-    labels = []
-    backbone.eval()
-    for images, targets in tqdm(DataLoader(Items(), batch_size=batch_size, num_workers=num_workers), disable=not progress,
-                                desc="features", leave=False):
-        for key, value in probe_features(backbone, images.to(device)).items():
-            chunks.setdefault(key, []).append(value.cpu())
-        labels.append(targets)
-    return {k: torch.cat(v) for k, v in chunks.items()}, torch.cat(labels)
-
-
-def cache_key(checkpoint: str, resolution: int, root: Path, n_train: int, n_val: int) -> str:
-    """Checkpoint identity (path, size, mtime), resolution and the data's identity."""
-    ident = [str(Path(checkpoint).resolve()) if checkpoint != "random" else "random", str(resolution), str(root.resolve()),
-             str(n_train), str(n_val)]
-    if checkpoint != "random":
-        st = os.stat(checkpoint)
-        ident += [str(st.st_size), str(st.st_mtime_ns)]
-    return hashlib.sha256("|".join(ident).encode()).hexdigest()[:16]
+LAYOUT = "resize-crop-bicubic"  # eval_transform: short side resolution * 256 / 224 (bicubic), centre crop
 
 
 def cached_features(backbone, checkpoint: str, data_root: str | Path, resolution: int, cache_dir: str | Path | None,
-                    device, batch_size: int = 128, num_workers: int = 0, progress: bool = False) -> dict:
-    """Train/val features of the ImageNet-layout folder, read from ``cache_dir`` when this checkpoint and
-    resolution were extracted before (``random`` checkpoints are not cached), else extracted and saved."""
+                    device, batch_size: int = 128, num_workers: int = 0, progress: bool = False,
+                    feature_cache: FeatureCache | None = None) -> dict:
+    """Train/val features of the ImageNet-layout folder through the shared :class:`FeatureCache` (``cache_dir``
+    on disk, or the given ``feature_cache``): extracted once per checkpoint, resolution and split (``random``
+    checkpoints are not cached)."""
+    from bam_dense.models.backbones import family
+
     root = Path(data_root)
     train, val = _split_sources(root)
-    path = None
-    if cache_dir is not None and checkpoint != "random":
-        path = Path(cache_dir) / f"linear_{cache_key(checkpoint, resolution, root, len(train), len(val))}_{resolution}px.pt"
-        if path.is_file():
-            cached = torch.load(path, map_location="cpu", weights_only=True)
-            cached["from_cache"] = str(path)
-            return cached
-    train_f, train_y = _extract_split(backbone, train, resolution, device, batch_size, num_workers, progress)
-    val_f, val_y = _extract_split(backbone, val, resolution, device, batch_size, num_workers, progress)
-    record = {"train": train_f, "train_labels": train_y, "val": val_f, "val_labels": val_y, "classes": train.classes,
-              "resolution": resolution, "checkpoint": checkpoint}
-    if path is not None:
-        from bam_dense.core.checkpoint import atomic_save
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_save(record, path)
-    record["from_cache"] = None
+    cache = feature_cache if feature_cache is not None else FeatureCache(checkpoint, cache_dir)
+    transform = eval_transform(resolution)
+    kind = "vit" if family(backbone) in ("vit", "eva") else family(backbone)
+    backbone.eval()
+    record: dict = {"classes": train.classes, "resolution": resolution, "checkpoint": checkpoint}
+    sources = []
+    for name, source in (("train", train), ("val", val)):
+        files = [path for path, _ in source.samples]
+        record[name] = cache.split(files, lambda i, s=source: transform(s.load(i)[0]),
+                                   lambda images: probe_features(backbone, images.to(device)), layout=LAYOUT,
+                                   resolution=resolution, selection=f"linear:{kind}:{N_CACHED_BLOCKS}",
+                                   batch_size=batch_size, num_workers=num_workers, progress=progress)
+        record[f"{name}_labels"] = torch.tensor(source.targets)
+        sources.append(cache.last_source)
+    record["from_cache"] = sources[0] if all(sources) else None
     return record
 
 
@@ -329,8 +297,9 @@ def run(checkpoint: str, data_root: str, out: str | None = None, recipe: str | N
         cache_dir: str | None = None, learning_rates: list[float] | None = None, epochs: int | None = None,
         batch_size: int | None = None, selection: str = "val", holdout_fraction: float = 0.1, arch: str | None = None,
         which: str | None = None, trust_source: bool = False, device: str | None = None, num_workers: int = 0,
-        seed: int = 0, progress: bool = True) -> dict:
-    """``bam-dense eval linear``: features (cached) of a checkpoint, the lr grid, the metrics JSON."""
+        seed: int = 0, progress: bool = True, feature_cache: FeatureCache | None = None) -> dict:
+    """``bam-dense eval linear``: features (cached; ``feature_cache`` shares them with other protocols of the
+    same checkpoint) of a checkpoint, the lr grid, the metrics JSON."""
     from bam_dense.davis.propagate import load_backbone_and_format
     from bam_dense.models.backbones import family
 
@@ -346,7 +315,7 @@ def run(checkpoint: str, data_root: str, out: str | None = None, recipe: str | N
         raise UserFacingError(f"recipe {name} reads {chosen.n_last_blocks} blocks, the encoder has {len(backbone.blocks)}")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     feats = cached_features(backbone.to(dev), checkpoint, data_root, resolution, cache_dir, dev, num_workers=num_workers,
-                            progress=progress)
+                            progress=progress, feature_cache=feature_cache)
     x_train = linear_input(feats["train"], chosen)
     x_val = linear_input(feats["val"], chosen)
     grid = train_grid(x_train, feats["train_labels"], x_val, feats["val_labels"], len(feats["classes"]), chosen,

@@ -47,10 +47,14 @@ import torch.nn.functional as F
 from PIL import Image
 
 from bam_dense.core.errors import UserFacingError
+from bam_dense.eval.features import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    FeatureCache,
+    read_square,
+    square_dense_features,
+)
 from bam_dense.eval.seg_metrics import SegmentationAreas
-
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
 
 # Published defaults (Hummingbird paper, open-hummingbird-eval README's table): 1024 * 10^4 memory
 # patches, 2 augmentation passes, 30 neighbours, temperature 0.02, 512 px input for /16 (504 for /14).
@@ -132,20 +136,23 @@ def open_dataset(name: str, root: str | Path, train_list: str | Path | None = No
 
 
 def _normalise(image: torch.Tensor) -> torch.Tensor:
-    return (image - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
+    return (image - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
 
 
-def read_pair(img_path: Path, ann_path: Path, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validation pair: image resized (bilinear, antialiased) to ``size`` squared and normalised; label
-    resized with torch's nearest (the reference resizes label tensors with ``F.resize(NEAREST)``)."""
-    with Image.open(img_path) as img:
-        image = img.convert("RGB").resize((size, size), Image.BILINEAR)
+def read_label(ann_path: Path, size: int) -> torch.Tensor:
+    """Label map resized with torch's nearest to ``size`` squared (the reference resizes label tensors with
+    ``F.resize(NEAREST)``)."""
     with Image.open(ann_path) as ann:
         label = torch.from_numpy(np.asarray(ann).astype(np.int64))
     if label.ndim != 2:
         raise UserFacingError(f"{ann_path}: a label map must be a single-channel (indexed) PNG, got shape {tuple(label.shape)}")
-    label = F.interpolate(label[None, None].float(), size=(size, size), mode="nearest")[0, 0].long()
-    return _normalise(torch.from_numpy(np.asarray(image, np.float32) / 255.0).permute(2, 0, 1)), label
+    return F.interpolate(label[None, None].float(), size=(size, size), mode="nearest")[0, 0].long()
+
+
+def read_pair(img_path: Path, ann_path: Path, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validation pair: image resized (bilinear, antialiased) to ``size`` squared and normalised
+    (:func:`~bam_dense.eval.features.read_square`), label by :func:`read_label`."""
+    return read_square(img_path, size), read_label(ann_path, size)
 
 
 def augmented_pair(img_path: Path, ann_path: Path, size: int, generator: torch.Generator
@@ -398,13 +405,22 @@ def _batches(pairs, size: int, batch: int, loader: Callable):
         yield torch.stack([x for x, _ in items]), torch.stack([y for _, y in items])
 
 
+def _label_batches(pairs, feats: torch.Tensor, size: int, batch: int):
+    for i in range(0, len(pairs), batch):
+        yield feats[i:i + batch], torch.stack([read_label(ann, size) for _, ann in pairs[i:i + batch]])
+
+
 def retrieval_miou(extractor, dataset: RetrievalDataset, params: RetrievalParams | None = None,
-                   index_backend: str = "auto", progress: bool = False) -> RetrievalResult:
+                   index_backend: str = "auto", progress: bool = False,
+                   feature_cache: FeatureCache | None = None) -> RetrievalResult:
     """Hummingbird mIoU (in [0, 1]) of ``extractor`` (``B x 3 x S x S`` -> ``B x D x S/p x S/p``, with a
-    ``patch`` attribute) on ``dataset``."""
+    ``patch`` attribute) on ``dataset``. The validation split, and the training split without augmentation,
+    go through ``feature_cache`` (shared with the other protocols of the same checkpoint); augmented
+    memory-bank views are extracted afresh."""
     from tqdm import tqdm
 
     p = params or RetrievalParams()
+    cache = feature_cache if feature_cache is not None else FeatureCache(None)
     patch = int(extractor.patch)
     if p.input_size % patch:
         raise UserFacingError(f"input size {p.input_size} is not a multiple of the patch size {patch} "
@@ -416,25 +432,28 @@ def retrieval_miou(extractor, dataset: RetrievalDataset, params: RetrievalParams
         per_image = min(max(1, p.memory_size // (n_train * epochs)), (p.input_size // patch) ** 2)
     generator = torch.Generator().manual_seed(p.seed)
 
-    def loader(img, ann):
-        return augmented_pair(img, ann, p.input_size, generator) if p.augment else read_pair(img, ann, p.input_size)
-
-    def passes():
-        for _ in range(epochs):
-            yield from tqdm(_batches(dataset.train, p.input_size, p.batch_size, loader), desc="memory bank",
-                            total=math.ceil(n_train / p.batch_size), disable=not progress, leave=False)
+    if p.augment:
+        def passes():
+            for _ in range(epochs):
+                yield from tqdm(_batches(dataset.train, p.input_size, p.batch_size,
+                                         lambda img, ann: augmented_pair(img, ann, p.input_size, generator)),
+                                desc="memory bank", total=math.ceil(n_train / p.batch_size), disable=not progress,
+                                leave=False)
+        extract, batches = extractor, passes()
+    else:  # the plain training images: shared features
+        train_files = [img for img, _ in dataset.train]
+        train_feats = square_dense_features(extractor, train_files, p.input_size, cache, p.batch_size)
+        extract, batches = (lambda feats: feats), _label_batches(dataset.train, train_feats, p.input_size, p.batch_size)
 
     grid = (p.input_size // patch) ** 2
     capacity = n_train * epochs * (per_image or grid)
-    memory = build_memory(extractor, passes(), patch, dataset.label_classes, per_image, generator, dataset.void_to,
-                          capacity)
+    memory = build_memory(extract, batches, patch, dataset.label_classes, per_image, generator, dataset.void_to, capacity)
     index = NeighbourIndex(memory.features, getattr(extractor, "device", "cpu"), index_backend)
     areas = SegmentationAreas(dataset.eval_classes, 255)
-    for images, labels in tqdm(_batches(dataset.val, p.input_size, p.batch_size,
-                                        lambda i, a: read_pair(i, a, p.input_size)),
-                               desc="validation", total=math.ceil(len(dataset.val) / p.batch_size),
-                               disable=not progress, leave=False):
-        soft = retrieve_labels(extractor(images), memory, index, p.neighbours, p.temperature)
+    val_feats = square_dense_features(extractor, [img for img, _ in dataset.val], p.input_size, cache, p.batch_size)
+    for feats, labels in tqdm(_label_batches(dataset.val, val_feats, p.input_size, p.batch_size), desc="validation",
+                              total=math.ceil(len(dataset.val) / p.batch_size), disable=not progress, leave=False):
+        soft = retrieve_labels(feats, memory, index, p.neighbours, p.temperature)
         score_labels(predict(soft, p.input_size), labels, areas, dataset)
     iou = areas.iou()
     return RetrievalResult(miou=areas.miou(), per_class_iou=[None if np.isnan(v) else float(v) for v in iou],
@@ -445,16 +464,18 @@ def retrieval_miou(extractor, dataset: RetrievalDataset, params: RetrievalParams
 def run(checkpoint: str, dataset: str, data_root: str, out: str | None = None, params: RetrievalParams | None = None,
         arch: str | None = None, which: str | None = None, trust_source: bool = False, device: str | None = None,
         pos_resample: str = "auto", train_list: str | None = None, index_backend: str = "auto",
-        progress: bool = True) -> dict:
+        progress: bool = True, cache_dir: str | None = None, feature_cache: FeatureCache | None = None) -> dict:
     """``bam-dense eval retrieval``: load the encoder (a bam-dense checkpoint or any public layout
-    :mod:`bam_dense.convert.sources` reads), evaluate, write the metrics JSON to ``out``."""
+    :mod:`bam_dense.convert.sources` reads), evaluate, write the metrics JSON to ``out``. Features of the plain
+    splits are shared through ``feature_cache`` (or a cache in ``cache_dir``) with the checkpoint's other protocols."""
     from bam_dense.davis.propagate import load_extractor
 
     params = params or RetrievalParams()
     data = open_dataset(dataset, data_root, train_list)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     extractor = load_extractor(checkpoint, arch, which, trust_source, dev, pos_resample=pos_resample)
-    result = retrieval_miou(extractor, data, params, index_backend, progress=progress)
+    cache = feature_cache if feature_cache is not None else FeatureCache(checkpoint, cache_dir)
+    result = retrieval_miou(extractor, data, params, index_backend, progress=progress, feature_cache=cache)
     record = {
         "task": "retrieval_segmentation",
         "protocol": "in-context retrieval (Hummingbird, open-hummingbird-eval algorithm)",
