@@ -389,9 +389,14 @@ def test_an_interrupted_run_tree_terminates_the_command_then_kills_what_it_left(
         _wait_for_pids(tmp_path, 1, None)
         os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C in the runner
 
-    threading.Thread(target=interrupt_when_started, daemon=True).start()
-    with pytest.raises(KeyboardInterrupt):
-        procs.run_tree([PYTHON, str(_script(tmp_path, TERM_THEN_WAIT)), str(tmp_path)])
+    # Ctrl-C raises KeyboardInterrupt here as in a terminal (pytest-xdist's workers ignore SIGINT).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        threading.Thread(target=interrupt_when_started, daemon=True).start()
+        with pytest.raises(KeyboardInterrupt):
+            procs.run_tree([PYTHON, str(_script(tmp_path, TERM_THEN_WAIT)), str(tmp_path)])
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert (tmp_path / "terminated").exists(), "the command was not given SIGTERM first"
     left = wait_until_gone(_existing(_wait_for_pids(tmp_path, 1, None, timeout=0)), GONE_WITHIN_S)
     kill_all(left)
