@@ -190,6 +190,45 @@ def test_mm_recipe_dry_run_trains_validates_and_tests(config, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
+# detectron2 recipes (where detectron2 is installed: it is not on the package index)
+# ---------------------------------------------------------------------------------------------
+
+D2_BASES = [p for p in DETECTRON2 if p.name.startswith("Base-")]
+D2_RECIPES = [p for p in DETECTRON2 if p not in D2_BASES]
+
+
+def test_detectron2_base_configs_run_through_the_recipes_that_extend_them():
+    children = {p: p.read_text() for p in D2_RECIPES}
+    for base in D2_BASES:
+        assert any(f"_BASE_: \"{base.name}\"" in text or f"_BASE_: {base.name}" in text for text in children.values()), base
+
+
+@pytest.mark.slow
+@pytest.mark.detectron2
+@pytest.mark.parametrize("config", D2_RECIPES, ids=_ids(D2_RECIPES))
+def test_detectron2_recipe_dry_run_trains_and_evaluates(config, tmp_path):
+    pytest.importorskip("detectron2")
+    import subprocess
+
+    from conftest import PYTHON
+
+    from bam_dense.downstream.dryrun import random_init_backbone_checkpoint
+
+    lazy = config.suffix == ".py"  # the ViTDet LazyConfig; the YAML recipes are ResNet-50
+    ckpt = random_init_backbone_checkpoint("vit_base_patch16_224" if lazy else "resnet50", {}, tmp_path / "init.pth")
+    out = tmp_path / "out"
+    cmd = [PYTHON, str(REPO / "downstream" / "detectron2" / "train_net.py"), "--config-file", str(config),
+           "--checkpoint", ckpt, "--metrics-out", str(out / "metrics.json"), "--dry-run", "--dry-run-iters", "1",
+           "--dry-run-images", "2", "--dry-run-scale", str(CI_LSJ_SCALE if lazy else CI_SCALE)]
+    cmd += [f"train.output_dir={out}"] if lazy else ["OUTPUT_DIR", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert f"dry-run of {config}" in proc.stdout and "s/iter" in proc.stdout
+    metrics = json.loads((out / "metrics.json").read_text())["metrics"]
+    assert "bbox_AP" in metrics and 0.0 <= metrics["bbox_AP"] <= 100.0, metrics
+
+
+# ---------------------------------------------------------------------------------------------
 # Bench plans
 # ---------------------------------------------------------------------------------------------
 

@@ -336,3 +336,51 @@ def test_cli_offers_every_source_format():
     for fmt in FORMATS:
         args = parser.parse_args(["convert", "x.pth", "--to", "timm", "--out", "y.pth", "--source-format", fmt])
         assert args.source_format == fmt
+
+
+# ---------------------------------------------------------------------------- every layout through the protocols
+def _public_layouts(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    """One checkpoint per public layout, saved as its source saves it (the builders above): (file, linear recipe)."""
+    import torchvision
+
+    def save(name: str, payload: dict) -> Path:
+        path = tmp_path / f"{name}.pth"
+        torch.save(payload, path)
+        return path
+
+    vit = randomised("vit_small_patch16_224", depth=1)
+    moco = randomised("vit_small_patch16_224", depth=1, num_heads=12).state_dict()
+    torch.manual_seed(0)
+    r50 = torchvision.models.resnet50().eval()
+    r50_body = {k: v for k, v in r50.state_dict().items() if not k.startswith("fc.")}
+    return {
+        "dino": (save("dino", dino_checkpoint(vit.state_dict())), "dino-vitb"),
+        "dino-resnet50": (save("dino_r50", dino_checkpoint(r50_body)), "lewel-r50"),
+        "ibot": (save("ibot", ibot_checkpoint(vit)), "dino-vitb"),
+        "mae": (save("mae", {"model": randomised("vit_base_patch16_224", depth=1).state_dict()}), "dino-vitb"),
+        "mocov3": (save("mocov3", {"arch": "vit_small", "state_dict": {
+            **{f"module.base_encoder.{k}": v for k, v in moco.items()},
+            **{f"module.momentum_encoder.{k}": v for k, v in moco.items()}}}), "dino-vitb"),
+        "deit-distilled": (save("deit", {"model": timm.create_model("deit_tiny_distilled_patch16_224", depth=1).state_dict()}),
+                           "dino-vitb"),
+        "torchvision-resnet50": (save("tv_r50", r50.state_dict()), "lewel-r50"),
+        "dinov2-registers": (save("dinov2_reg4", DINOV2["reg4"]["checkpoint"]), "dino-vitb"),
+        "dinov3": (save("dinov3", DINOV3["nobias"]["checkpoint"]), "dino-vitb"),
+    }
+
+
+def test_every_public_layout_runs_the_frozen_feature_protocols(tmp_path, synthetic_root):
+    """Retrieval and the linear probe, each on data in its real layout, for every public encoder layout."""
+    from bam_dense.davis.propagate import load_extractor
+    from bam_dense.eval import linear_probe, retrieval
+
+    for name, (path, recipe) in _public_layouts(tmp_path).items():
+        extractor = load_extractor(str(path), None, None, False, torch.device("cpu"))
+        size = 2 * int(extractor.patch) if extractor.kind != "cnn" else 64  # a 2 x 2 patch grid (ResNet: stride 32)
+        record = retrieval.run(str(path), "voc", str(synthetic_root / "voc"), device="cpu", progress=False,
+                               params=retrieval.RetrievalParams(input_size=size, augment=False, memory_size=None, neighbours=4))
+        assert 0.0 <= record["metrics"]["mIoU"] <= 100.0 and record["patch_size"] == extractor.patch, name
+        assert record["val_images"] > 0 and record["memory_patches"] > 0, name
+        probe = linear_probe.run(str(path), str(synthetic_root / "imagenet"), recipe=recipe, resolution=size,
+                                 learning_rates=[0.01], epochs=1, device="cpu", progress=False)
+        assert 0.0 <= probe["metrics"]["top1"] <= 100.0, name

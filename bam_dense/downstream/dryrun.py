@@ -272,12 +272,17 @@ def timm_spec(backbone) -> tuple[str, dict]:
 
 def random_init_checkpoint(cfg, path: Path) -> str:
     """A bam-dense pretraining checkpoint (student only) with a random-init backbone of the config's shape."""
+    arch, kwargs = timm_spec(cfg.model.backbone)
+    return random_init_backbone_checkpoint(arch, kwargs, path)
+
+
+def random_init_backbone_checkpoint(arch: str, kwargs: dict, path: Path) -> str:
+    """A bam-dense pretraining checkpoint (student only) holding ``arch`` at its seeded random initialisation."""
     import torch
 
     from bam_dense.core.checkpoint import atomic_save
     from bam_dense.models.backbones import create_backbone, family
 
-    arch, kwargs = timm_spec(cfg.model.backbone)
     torch.manual_seed(0)
     backbone = create_backbone(arch, kwargs)
     state = {"format": "bam-dense", "version": 1, "arch": arch, "model_kwargs": kwargs, "family": family(backbone),
