@@ -152,3 +152,14 @@ def synthetic_root(tmp_path_factory) -> Path:
     for layout in ("imagenet", "ade20k", "voc", "coco", "davis"):
         synthetic.make(layout, root / layout, seed=0)
     return root
+
+
+def tiny_vit_bam_checkpoint(path: Path) -> Path:
+    """A bam-dense checkpoint around the tiny official DINO ViT of ``fixtures/dino_pos.pt`` (student = teacher)."""
+    import torch
+
+    record = torch.load(Path(__file__).parent / "fixtures" / "dino_pos.pt", weights_only=True)["tiny"]
+    state = {f"backbone.{k}": v for k, v in record["state_dict"].items()}
+    torch.save({"format": "bam-dense", "student": state, "teacher": state, "arch": "vit_small_patch16_224",
+                "model_kwargs": dict(record["config"])}, path)
+    return path

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import PYTHON, REPO
+from conftest import PYTHON, REPO, tiny_vit_bam_checkpoint
 from PIL import Image
 
 from bam_dense.davis.evaluate import DavisError, evaluate, write_csvs
@@ -313,13 +313,6 @@ def tiny_dino_arch(monkeypatch):
     monkeypatch.setattr(sources, "infer_arch", lambda backbone: ("vit_small_patch16_224", dict(DINO_POS["tiny"]["config"])))
 
 
-def _bam_dense_checkpoint(path: Path) -> Path:
-    state = {f"backbone.{k}": v for k, v in _tiny_state().items()}
-    cfg = DINO_POS["tiny"]["config"]
-    torch.save({"format": "bam-dense", "student": state, "teacher": state, "arch": "vit_small_patch16_224",
-                "model_kwargs": dict(cfg)}, path)
-    return path
-
 
 _POS_CASES = [("tiny", name) for name in DINO_POS["tiny"]["sizes"]] + [("davis", name) for name in DINO_POS["davis"]["sizes"]]
 
@@ -389,7 +382,7 @@ def test_auto_pos_resample_follows_the_source_format(tmp_path, tiny_dino_arch):
     with pytest.raises(UserFacingError):
         resolve_pos_resample("bilinear", "dino")
     cpu = torch.device("cpu")
-    dino, bam = _dino_checkpoint(tmp_path / "dino.pth"), _bam_dense_checkpoint(tmp_path / "bam.pth")
+    dino, bam = _dino_checkpoint(tmp_path / "dino.pth"), tiny_vit_bam_checkpoint(tmp_path / "bam.pth")
     assert load_extractor(str(dino), None, None, False, cpu).pos_resample == "dino"
     assert load_extractor(str(bam), None, None, False, cpu).pos_resample == "timm"
     assert load_extractor(str(dino), None, None, False, cpu, pos_resample="timm").pos_resample == "timm"

@@ -8,16 +8,9 @@ from pathlib import Path
 import pytest
 import timm.layers
 import torch
+from conftest import tiny_vit_bam_checkpoint
 
 from bam_dense.eval.features import FeatureCache
-
-
-def _bam_dense_checkpoint(path: Path) -> Path:
-    record = torch.load(Path(__file__).parent / "fixtures" / "dino_pos.pt", weights_only=True)["tiny"]
-    state = {f"backbone.{k}": v for k, v in record["state_dict"].items()}
-    torch.save({"format": "bam-dense", "student": state, "teacher": state, "arch": "vit_small_patch16_224",
-                "model_kwargs": dict(record["config"])}, path)
-    return path
 
 
 @pytest.fixture
@@ -37,7 +30,7 @@ def forward_passes(monkeypatch) -> list[int]:
 def test_probe_then_retrieval_on_one_checkpoint_extracts_the_shared_splits_once(synthetic_root, tmp_path, forward_passes):
     from bam_dense.cli import main
 
-    ckpt = _bam_dense_checkpoint(tmp_path / "bam.pth")
+    ckpt = tiny_vit_bam_checkpoint(tmp_path / "bam.pth")
     ade, cache = str(synthetic_root / "ade20k" / "ADEChallengeData2016"), str(tmp_path / "features")
     probe = ["probe", "--checkpoint", str(ckpt), "--ade-root", ade, "--image-size", "32", "--steps", "3", "--cache-dir", cache]
     retrieval = ["eval", "retrieval", "--checkpoint", str(ckpt), "--dataset", "ade20k", "--data-root", ade, "--input-size", "32",
@@ -65,7 +58,7 @@ def test_probe_then_retrieval_on_one_checkpoint_extracts_the_shared_splits_once(
 
 
 def test_memory_cache_and_key_parts(tmp_path):
-    ckpt = _bam_dense_checkpoint(tmp_path / "bam.pth")
+    ckpt = tiny_vit_bam_checkpoint(tmp_path / "bam.pth")
     files = []
     for i in range(5):
         files.append(tmp_path / f"{i}.bin")

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from conftest import tiny_vit_bam_checkpoint
 
 from bam_dense.core.errors import UserFacingError
 from bam_dense.eval import linear_probe
@@ -102,18 +103,11 @@ def test_probe_features_are_dinos_recipe_and_never_average_registers():
         linear_input(feats, RECIPES["lewel-r50"])
 
 
-def _bam_dense_checkpoint(path: Path) -> Path:
-    record = torch.load(Path(__file__).parent / "fixtures" / "dino_pos.pt", weights_only=True)["tiny"]
-    state = {f"backbone.{k}": v for k, v in record["state_dict"].items()}
-    torch.save({"format": "bam-dense", "student": state, "teacher": state, "arch": "vit_small_patch16_224",
-                "model_kwargs": dict(record["config"])}, path)
-    return path
-
 
 def test_eval_linear_cli_caches_features_per_checkpoint_and_resolution(synthetic_root, tmp_path, monkeypatch, capsys):
     from bam_dense.cli import main
 
-    ckpt = _bam_dense_checkpoint(tmp_path / "bam.pth")
+    ckpt = tiny_vit_bam_checkpoint(tmp_path / "bam.pth")
     args = ["eval", "linear", "--checkpoint", str(ckpt), "--data-root", str(synthetic_root / "imagenet"), "--resolution", "32",
             "--cache-dir", str(tmp_path / "cache"), "--lrs", "0.1", "--epochs", "2", "--batch-size", "16", "--device", "cpu"]
     # width 16: DINO's ViT-S rule (4 class tokens), which a 2-block encoder cannot give

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import PYTHON, REPO
+from conftest import PYTHON, REPO, tiny_vit_bam_checkpoint
 from PIL import Image
 
 from bam_dense.core.errors import UserFacingError
@@ -257,13 +257,6 @@ def test_dataset_errors_name_the_missing_file(tmp_path):
             "voc", tmp_path, [], [], 21, 0, 0, 21, 255), RetrievalParams(input_size=30))
 
 
-def _bam_dense_checkpoint(path: Path) -> Path:
-    record = torch.load(Path(__file__).parent / "fixtures" / "dino_pos.pt", weights_only=True)["tiny"]
-    state = {f"backbone.{k}": v for k, v in record["state_dict"].items()}
-    torch.save({"format": "bam-dense", "student": state, "teacher": state, "arch": "vit_small_patch16_224",
-                "model_kwargs": dict(record["config"])}, path)
-    return path
-
 
 def _dinov2_reg4(path: Path) -> Path:
     """DINOv2 with registers, its own checkpoint layout (tests/fixtures/make_dinov2_official_fixture.py)."""
@@ -278,11 +271,11 @@ def _dinov3(path: Path) -> Path:
 
 
 @pytest.mark.parametrize("source,dataset,size", [("bam-dense", "voc", 32), ("dinov2-reg4", "ade20k", 28), ("dinov3", "voc", 32)])
-def test_eval_retrieval_cli_on_a_bam_dense_checkpoint_and_public_layouts(source, dataset, size, synthetic_root, tmp_path,
+def test_eval_retrieval_cli_on_atiny_vit_bam_checkpoint_and_public_layouts(source, dataset, size, synthetic_root, tmp_path,
                                                                           capsys):
     from bam_dense.cli import main
 
-    ckpt = {"bam-dense": _bam_dense_checkpoint, "dinov2-reg4": _dinov2_reg4, "dinov3": _dinov3}[source](tmp_path / f"{source}.pth")
+    ckpt = {"bam-dense": tiny_vit_bam_checkpoint, "dinov2-reg4": _dinov2_reg4, "dinov3": _dinov3}[source](tmp_path / f"{source}.pth")
     out = tmp_path / "retrieval.json"
     status = main(["eval", "retrieval", "--checkpoint", str(ckpt), "--dataset", dataset, "--data-root", str(synthetic_root / dataset),
                    "--input-size", str(size), "--memory-size", "200", "--device", "cpu", "--out", str(out)])
