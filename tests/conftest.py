@@ -163,3 +163,31 @@ def tiny_vit_bam_checkpoint(path: Path) -> Path:
     torch.save({"format": "bam-dense", "student": state, "teacher": state, "arch": "vit_small_patch16_224",
                 "model_kwargs": dict(record["config"])}, path)
     return path
+
+
+# ---------------------------------------------------------------------------- per-test CPU ledger
+# BAM_DENSE_TEST_LEDGER=path: append one JSON line per test phase with its wall time and the CPU seconds of the
+# pytest process and of the subprocesses it waited for (docs/benchmarks.md reads the suite's budget from it).
+_LEDGER = os.environ.get("BAM_DENSE_TEST_LEDGER")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    if not _LEDGER:
+        return (yield)
+    import json
+    import resource
+
+    def cpu():
+        own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime, kids.ru_utime + kids.ru_stime
+
+    wall, (own, kids) = time.perf_counter(), cpu()
+    try:
+        return (yield)
+    finally:
+        own2, kids2 = cpu()
+        with open(_LEDGER, "a") as fh:
+            fh.write(json.dumps({"test": item.nodeid, "worker": os.environ.get("PYTEST_XDIST_WORKER", "-"),
+                                 "wall_s": round(time.perf_counter() - wall, 2), "cpu_s": round(own2 - own, 2),
+                                 "children_cpu_s": round(kids2 - kids, 2)}) + "\n")
