@@ -7,7 +7,8 @@ CONSTRAINTS ?= constraints/ci.txt
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.bam-dense-core
 PYTEST_ARGS ?=
-# pytest-xdist workers: the suite's processes are mostly single-threaded, two keep both cores busy.
+# pytest-xdist workers: the suite's processes are mostly single-threaded, two keep both cores busy. Tests are
+# handed out one at a time, longest first (tests/conftest.py LONGEST_FIRST), so no long test runs alone at the end.
 TEST_WORKERS ?= 2
 
 CONSTRAINT_FLAG := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
@@ -28,7 +29,7 @@ install: $(STAMP)
 	$(PY) -m bam_dense install-openmmlab
 
 test: install
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist load --maxschedchunk 1 $(PYTEST_ARGS)
 
 demo: install
 	$(VENV)/bin/bam-dense demo

@@ -15,8 +15,12 @@ REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 
 # Two cores: keep torch from oversubscribing when tests start subprocesses. `make test` runs two pytest-xdist
-# workers: one thread each (and for the processes they start).
-os.environ.setdefault("OMP_NUM_THREADS", "1" if os.environ.get("PYTEST_XDIST_WORKER") else "2")
+# workers: one thread each (and for the processes they start). A worker inherits the environment of the pytest
+# process that started it, which has already run this file: the worker sets its own value, it does not default.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+else:
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 # ---------------------------------------------------------------------------- no process outlives its test
 # Every process a test starts inherits TEST_MARK in its environment (forked children share the environment
@@ -191,3 +195,23 @@ def pytest_runtest_protocol(item, nextitem):
             fh.write(json.dumps({"test": item.nodeid, "worker": os.environ.get("PYTEST_XDIST_WORKER", "-"),
                                  "wall_s": round(time.perf_counter() - wall, 2), "cpu_s": round(own2 - own, 2),
                                  "children_cpu_s": round(kids2 - kids, 2)}) + "\n")
+
+
+# ---------------------------------------------------------------------------- longest tests first
+# `make test` hands tests to two pytest-xdist workers one by one (--dist load --maxschedchunk 1): starting the
+# longest ones first keeps a long test from running alone at the end (measured in docs/benchmarks.md).
+LONGEST_FIRST = (
+    "test_reduced_demo_writes_a_report_with_every_section",
+    "test_bench_plan_dry_run",
+    "test_detectron2_recipe_dry_run_trains_and_evaluates",
+    "test_mm_recipe_dry_run_trains_validates_and_tests",
+    "test_a_failing_step_keeps_the_other_results_and_says_why",
+    "test_a_plan_of_two_methods_gives_a_side_by_side_report",
+    "test_tiny_configs_train_with_a_falling_loss",
+    "test_pretraining_recipe_dry_run",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.originalname, len(rank)))  # stable: the others keep their order

@@ -41,7 +41,8 @@ def _plan(tmp_path: Path, checkpoints: dict, synthetic_root: Path, broken: bool 
                  {"name": "lewel-bam-s0", "method": "lewel_bam", "checkpoint": str(checkpoints["lewel_bam"])}],
         "steps": [
             {"name": "probe", "kind": "probe", "benchmark": "synthetic_linear_probe",
-             "ade_root": str(synthetic_root / "ade20k" / "ADEChallengeData2016"), "options": ["--image-size", "32"]},
+             "ade_root": str(synthetic_root / "ade20k" / "ADEChallengeData2016"),
+             "options": ["--image-size", "32", "--steps", "50"]},
             {"name": "davis", "kind": "davis", "benchmark": "synthetic_davis", "davis_root": str(synthetic_root / "davis"),
              "options": ["--resolution", "64", "--device", "cpu"]},
         ],

@@ -25,10 +25,11 @@ MMDET = sorted(CONFIGS.glob("mmdet/**/*.py"))
 DETECTRON2 = sorted(p for p in CONFIGS.glob("detectron2/*") if p.suffix in (".yaml", ".py"))
 BENCH = sorted(CONFIGS.glob("bench/*.yaml"))
 
-# What a user on a laptop passes to keep a 224-px recipe quick (--dry-run-scale): 224 -> 64-px and 96 -> 32-px
-# crops (a 4x4 / 2x2 ViT grid); 512 -> 128 px for segmentation, 800 -> 192 (1333 -> 320) for COCO R50.
+# What a user on a laptop passes to keep a recipe quick (--dry-run-scale): 224 -> 64-px and 96 -> 32-px pretraining
+# crops (a 4x4 / 2x2 ViT grid); for the fine-tunes 512 -> 64 px (segmentation), 800 -> 96 (1333 -> 160) for COCO
+# R50, and ViTDet's 1024-px large-scale jitter -> 128 px. A bench plan's steps all take the fine-tune scale.
 CI_SCALE = 0.25
-CI_LSJ_SCALE = 0.125  # ViTDet's 1024-px large-scale jitter -> 128 px
+CI_MM_SCALE = CI_LSJ_SCALE = 0.125
 
 
 def _ids(paths):
@@ -145,7 +146,7 @@ MM_SIZE_KEY_PATTERNS = (
 def _mm_scale(config: Path) -> float | None:
     if "tiny" in config.parts:
         return None  # already CPU-sized
-    return CI_LSJ_SCALE if "lsj" in config.name else CI_SCALE
+    return CI_LSJ_SCALE if "lsj" in config.name else CI_MM_SCALE
 
 
 def _assert_sizes_only(changed: dict) -> None:
@@ -253,7 +254,7 @@ def test_bench_plan_dry_run(plan_path, tmp_path):
             assert (REPO / step.config).resolve() in {p.resolve() for p in MMSEG + MMDET + DETECTRON2}
     first = plan.runs[0]
     plan.runs = [first]
-    outcomes = run_plan_dry(plan, tmp_path, scale=None if "tiny" in plan_path.stem else CI_SCALE)
+    outcomes = run_plan_dry(plan, tmp_path, scale=None if "tiny" in plan_path.stem else CI_MM_SCALE)
     by_step = {o.step: o for o in outcomes}
     assert set(by_step) == ({"pretrain"} if first.pretrain else set()) | {s.name for s in plan.steps}
     for o in outcomes:

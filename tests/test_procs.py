@@ -401,3 +401,16 @@ def test_an_interrupted_run_tree_terminates_the_command_then_kills_what_it_left(
     left = wait_until_gone(_existing(_wait_for_pids(tmp_path, 1, None, timeout=0)), GONE_WITHIN_S)
     kill_all(left)
     assert not left, "the interrupted command's child outlived it"
+
+
+def test_an_xdist_worker_and_the_processes_it_starts_use_one_torch_thread():
+    """Two workers on two cores: a second torch thread per worker oversubscribes the cores (measured: 4-5x the CPU
+    time of a training test, spent spinning; docs/benchmarks.md). The worker inherits OMP_NUM_THREADS=2 from the
+    pytest process that started it, so conftest must set the value in the worker, not default it."""
+    import torch
+
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        pytest.skip("runs under pytest-xdist (make test)")
+    assert torch.get_num_threads() == 1 and os.environ["OMP_NUM_THREADS"] == "1"
+    child = subprocess.run([PYTHON, "-c", "import torch; print(torch.get_num_threads())"], capture_output=True, text=True)
+    assert child.stdout.strip() == "1", child.stdout + child.stderr
