@@ -175,3 +175,33 @@ def test_vit_s16_r50_configs_and_the_models_build(tmp_path):
     ade = _cfg("upernet_r50_ade20k-512x512_160k.py")
     assert ade.model.backbone.type == "ResNet" and ade.train_cfg.max_iters == 160000 and ade.model.decode_head.num_classes == 150
     MODELS.build(ade.model)
+
+
+def test_the_config_text_is_mmengines_and_formatted_once_per_content(monkeypatch):
+    """mmengine runs yapf over the whole config at each use (log, visualizer, runtime info, dump, each checkpoint);
+    load_config's configs format once per content, with mmengine's own result."""
+    import copy
+    import pickle
+    from collections import OrderedDict
+
+    import mmengine.config.config as mm_config
+    from mmengine.config import Config
+
+    from bam_dense.downstream import mm_config as format_cache
+    from bam_dense.downstream.mm_common import load_config
+
+    monkeypatch.setattr(format_cache, "_FORMATTED", OrderedDict())  # what this process formatted before
+    path = str(CONFIGS / "tiny" / "fcn_r50-d8_voc12aug.py")
+    cfg = load_config(path, ["train_cfg.max_iters=7"], "work", "none")
+    reference = Config.fromfile(path)
+    reference.merge_from_dict({"train_cfg.max_iters": 7})
+    reference.work_dir, reference.launcher = "work", "none"
+    calls = []
+    real = mm_config.FormatCode
+    monkeypatch.setattr(mm_config, "FormatCode", lambda *a, **k: calls.append(1) or real(*a, **k))
+    expected = reference.pretty_text
+    assert len(calls) == 1
+    uses = [cfg.pretty_text for _ in range(4)] + [copy.deepcopy(cfg).pretty_text, pickle.loads(pickle.dumps(cfg)).pretty_text]
+    assert all(text == expected for text in uses) and len(calls) == 2  # one more: this content's first use
+    cfg.train_cfg.max_iters = 9  # a changed config is formatted again
+    assert "max_iters=9" in cfg.pretty_text and len(calls) == 3

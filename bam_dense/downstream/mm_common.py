@@ -39,7 +39,9 @@ def load_config(config: str, cfg_options: list[str], work_dir: str | None, launc
 
     if not Path(config).is_file():
         raise UserFacingError(f"config {config} does not exist")
-    cfg = Config.fromfile(config)
+    from bam_dense.downstream.mm_config import format_once
+
+    cfg = format_once(Config.fromfile(config))
     if cfg_options:
         action = DictAction(option_strings=["--cfg-options"], dest="cfg_options")
         import argparse
