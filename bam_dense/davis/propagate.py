@@ -61,6 +61,13 @@ def resolution_protocol(resolution: int) -> str:
     return PUBLISHED_RESOLUTIONS.get(resolution, f"short side {resolution}: no published protocol uses it")
 
 
+# Target rows per band: a band meets the source rows within the radius, so narrower bands multiply fewer
+# masked-out sources (at 480p: 4 target rows meet 28 source rows, 16 meet 40). Measured on 2 idle CPU cores
+# (docs/benchmarks.md): 4 rows 0.079 s per frame at 480p against 0.105 s with 16, 0.83 against 1.10 s at 960;
+# similarities 8 x 208 x 1456 (10 MB) at most at 480p, 40 MB at 960.
+BAND_ROWS = 4
+
+
 @dataclass
 class PropagationParams:
     n_last_frames: int = 7
@@ -68,7 +75,7 @@ class PropagationParams:
     topk: int = 5
     temperature: float = 0.1
     resolution: int = 480
-    band_rows: int = 16  # target rows per band: 8 x 832 x 1560 similarities (42 MB) at most at 480p, 221 MB at 960
+    band_rows: int = BAND_ROWS
 
 
 def target_size(height: int, width: int, resolution: int) -> tuple[int, int]:
@@ -126,7 +133,7 @@ def _band_outside(h: int, w: int, y0: int, y1: int, sy0: int, sy1: int, radius: 
 
 
 def propagate_labels(feat_tar: torch.Tensor, feats_ctx: torch.Tensor, segs_ctx: torch.Tensor, h: int, w: int,
-                     radius: int, topk: int, temperature: float, band_rows: int = 16) -> torch.Tensor:
+                     radius: int, topk: int, temperature: float, band_rows: int = BAND_ROWS) -> torch.Tensor:
     """Soft labels ``C x h*w`` of the target from the context, with memory bounded by the band size.
 
     ``feat_tar`` ``h*w x D`` and ``feats_ctx`` ``n x h*w x D`` are L2-normalised; ``segs_ctx`` is ``n x C x h*w``.
