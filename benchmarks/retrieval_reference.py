@@ -4,9 +4,9 @@
     git clone https://github.com/vpariza/open-hummingbird-eval /tmp/ohe   # tag 2.0.0 (5e79da2)
     python benchmarks/retrieval_reference.py --hbird-repo /tmp/ohe [--train 64 --val 32 --size 224 --turns 2]
 
-Both implementations get the same synthetic scenes (rectangles of VOC classes with noise and void borders,
-as in ``tests/fixtures/make_hummingbird_fixture.py``) and the same fixed patch encoder (16x16 patches through a
-fixed linear map and tanh, 384-d: cheap, so that the figures are the protocols' own work: memory bank, search,
+Both implementations get the same synthetic scenes (rectangles of VOC classes with noise and void borders:
+``scene`` of ``tests/fixtures/make_hummingbird_fixture.py`` at this size) and the same fixed patch encoder (its
+``encode``: 16x16 patches through a fixed linear map and tanh, 384-d: cheap, so that the figures are the protocols' own work: memory bank, search,
 label attention, scoring), and take turns. The reference is imported from the checkout as the fixture script
 does (its dataset modules, which need pytorch_lightning, stubbed; its GPU faiss index replaced by the exact CPU
 ``IndexFlatIP``); ``HbirdEvaluation`` builds its memory bank in its constructor and scores in ``evaluate``.
@@ -32,23 +32,6 @@ sys.path.insert(0, str(REPO / "tests" / "fixtures"))
 CLASSES = 21
 
 
-def scenes(n: int, size: int, rng: np.random.Generator, colours: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    images, labels = [], []
-    for _ in range(n):
-        label = np.zeros((size, size), np.int64)
-        for cls in rng.choice(np.arange(1, CLASSES), size=rng.integers(1, 4), replace=False):
-            y0, x0 = rng.integers(0, size - size // 3, 2)
-            h, w = rng.integers(size // 5, size // 2, 2)
-            label[y0:y0 + h, x0:x0 + w] = cls
-        image = colours[label].transpose(2, 0, 1) + rng.normal(0, 0.6, (3, size, size))
-        void = np.zeros_like(label, bool)
-        void[:, 1:] |= label[:, 1:] != label[:, :-1]
-        void[1:, :] |= label[1:, :] != label[:-1, :]
-        images.append(torch.tensor(image, dtype=torch.float32))
-        labels.append(torch.from_numpy(np.where(void, 255, label)))
-    return torch.stack(images), torch.stack(labels)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hbird-repo", required=True, type=Path, help="checkout of vpariza/open-hummingbird-eval 2.0.0")
@@ -63,7 +46,7 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=2)
     args = parser.parse_args()
 
-    from make_hummingbird_fixture import load_official
+    from make_hummingbird_fixture import FixedEncoder, encode, load_official, official_loader, scene
 
     from bam_dense.eval.retrieval import NeighbourIndex, build_memory, predict, retrieve_labels
     from bam_dense.eval.seg_metrics import SegmentationAreas
@@ -71,36 +54,30 @@ def main() -> None:
     he = load_official(args.hbird_repo)
     rng = np.random.default_rng(0)
     colours = rng.normal(0, 1, (CLASSES, 3))
-    train_x, train_y = scenes(args.train, args.size, rng, colours)
-    val_x, val_y = scenes(args.val, args.size, rng, colours)
-    weight = torch.randn(3 * args.patch ** 2, args.dim, generator=torch.Generator().manual_seed(0)) / args.patch
-    g = args.size // args.patch
+    size = args.size
 
-    def tokens(images: torch.Tensor) -> torch.Tensor:  # B x N x D, row-major patches
-        b = images.shape[0]
-        cells = images.reshape(b, 3, g, args.patch, g, args.patch).permute(0, 2, 4, 1, 3, 5).reshape(b, g * g, -1)
-        return torch.tanh(cells @ weight)
+    def scenes(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        pairs = [scene(rng, colours, size, CLASSES - 1, size - size // 3, (size // 5, size // 2)) for _ in range(n)]
+        return torch.stack([x for x, _ in pairs]), torch.stack([y for _, y in pairs])
+
+    train_x, train_y = scenes(args.train)
+    val_x, val_y = scenes(args.val)
+    weight = torch.randn(3 * args.patch ** 2, args.dim, generator=torch.Generator().manual_seed(0)) / args.patch
+    g = size // args.patch
 
     def dense(images: torch.Tensor) -> torch.Tensor:  # B x D x h x w
-        return tokens(images).transpose(1, 2).reshape(images.shape[0], -1, g, g)
-
-    class Encoder(torch.nn.Module):
-        eval_spatial_resolution, d_model = g, args.dim
-
-        def forward_features(self, x):
-            return tokens(x), None
-
-    def loader(x, y, batch):  # the reference's loaders give labels as ToTensor() floats: value / 255
-        return [(x[i:i + batch], y[i:i + batch, None].float() / 255) for i in range(0, len(x), batch)]
+        return encode(images, weight, args.patch).transpose(1, 2).reshape(images.shape[0], -1, g, g)
 
     per_image = None if args.memory_size is None else args.memory_size // args.train
 
     def reference():
         torch.manual_seed(1)  # its patch sampling noise comes from the global generator
-        evaluator = he.HbirdEvaluation(Encoder(), loader(train_x, train_y, args.batch), CLASSES, n_neighbours=args.k,
+        evaluator = he.HbirdEvaluation(FixedEncoder(weight, args.patch, size), official_loader(train_x, train_y, args.batch),
+                                       CLASSES, n_neighbours=args.k,
                                        augmentation_epoch=1, device="cpu", nn_method="faiss",
                                        memory_size=args.memory_size, dataset_size=args.train)
-        jac, details = evaluator.evaluate(loader(val_x, val_y, args.batch), g, return_knn_details=True, ignore_index=255)
+        jac, details = evaluator.evaluate(official_loader(val_x, val_y, args.batch), g, return_knn_details=True,
+                                          ignore_index=255)
         return float(jac), details["knns_ca_labels"]
 
     def ours():
@@ -110,13 +87,13 @@ def main() -> None:
         areas, soft_all = SegmentationAreas(CLASSES, 255), []
         for i in range(0, args.val, args.batch):
             soft = retrieve_labels(dense(val_x[i:i + args.batch]), memory, index, args.k, 0.02)
-            areas.update(predict(soft, args.size), val_y[i:i + args.batch])
+            areas.update(predict(soft, size), val_y[i:i + args.batch])
             soft_all.append(soft.flatten(2).transpose(1, 2))
         present = int((areas.union > 0).sum())
         return areas.miou() * present / CLASSES, torch.cat(soft_all)  # the reference averages over all 21 classes
 
     images = args.train + args.val
-    print(f"{args.train} + {args.val} images at {args.size} px, {g}x{g} patches of {args.dim}-d, k={args.k}, memory "
+    print(f"{args.train} + {args.val} images at {size} px, {g}x{g} patches of {args.dim}-d, k={args.k}, memory "
           f"{'every patch' if per_image is None else args.memory_size}; {torch.get_num_threads()} threads")
     for turn in range(1, args.turns + 1):
         t0 = time.perf_counter()
