@@ -27,6 +27,8 @@ import importlib
 import sys
 import tempfile
 import time
+from contextlib import redirect_stdout
+from io import StringIO
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -109,24 +111,18 @@ def main() -> None:
             rows.append((name, seconds))
             print(f"{name:<58} {seconds:8.2f} s {work / seconds:8.1f} images/s   best top-1 {top1:5.1f}%", flush=True)
 
-        from contextlib import redirect_stdout
-        from io import StringIO
+        def dino_quiet() -> float:
+            with redirect_stdout(StringIO()):  # DINO's per-iteration log lines
+                return dino()
 
-        with redirect_stdout(StringIO()):  # DINO's per-iteration log lines
-            start = time.perf_counter()
-            top1 = dino()
-            seconds = time.perf_counter() - start
-        rows.append(("DINO eval_linear.py (re-encodes every epoch)", seconds))
-        print(f"{'DINO eval_linear.py (re-encodes every epoch)':<58} {seconds:8.2f} s {work / seconds:8.1f} images/s   "
-              f"best top-1 {top1:5.1f}%", flush=True)
+        timed("DINO eval_linear.py (re-encodes every epoch)", dino_quiet)
         timed("bam-dense, cold (extraction once + 1 lr)", lambda: ours(str(tmp / "features"), [args.lr]))
         timed("bam-dense, on its cache (1 lr)", lambda: ours(str(tmp / "features"), [args.lr]))
         grid = [args.lr * f for f in (0.1, 0.3, 1, 3, 10, 30, 100)]
         timed(f"bam-dense, on its cache ({len(grid)} lrs in one pass)", lambda: ours(str(tmp / "features"), grid))
         base = rows[0][1]
-        print("ratios to DINO (same work: epochs x images): " + ", ".join(f"{n.split(',')[1].strip() if ',' in n else n}: "
-                                                                           f"{base / s:.1f}x" for n, s in rows[1:]))
-
+        print("speed-up over DINO (same work: epochs x images): "
+              + ", ".join(f"{name}: {base / seconds:.1f}x" for name, seconds in rows[1:]))
 
 if __name__ == "__main__":
     main()
