@@ -277,11 +277,146 @@ def test_zero_local_weight_is_exactly_the_base_method(tmp_path, base, co):
     assert first["loss"] != pytest.approx(loss_b[0]) and "local" in first
 
 
+# ---------------------------------------------------------------------------------------------- local stage
+TINY_RF29 = {"arch": "rf29_resnet18", "kwargs": {"layers": [1, 1, 1, 1], "widths": [8, 16, 24, 32], "stem_width": 8,
+                                                  "strides": [2, 2, 1]}}
+CO_BYOL_HEADS = {"projector": {"layers": 2, "hidden_dim": 16, "out_dim": 8, "bn": True, "bias": False, "act": "relu"},
+                 "predictor": {"layers": 2, "hidden_dim": 16, "out_dim": 8, "bn": True, "bias": False, "act": "relu"}}
+
+
+def _co_cfg(tmp_path, name, model=None, **method):
+    if name != "co_byol":
+        return _cfg(tmp_path, name, model, **method)
+    raw = _cfg(tmp_path, "co_mocov3", model)  # two views, the same data and model sections
+    raw["method"] = {"name": "co_byol", **CO_BYOL_HEADS, **method}
+    return raw
+
+
+def _co_build(tmp_path, name, model=None, **method):
+    cfg = load_config(data=_co_cfg(tmp_path, name, model, **method))
+    torch.manual_seed(0)
+    method_ = build_method(cfg.method, build_backbone(cfg.model))
+    return method_, make_teacher(method_.student, method_.teacher_exclude)
+
+
+@pytest.mark.parametrize("model", [TINY_RESNET, TINY_RF29, None], ids=["resnet", "rf29", "vit"])
+def test_features_tap_an_intermediate_stage_of_the_same_pass(model):
+    from bam_dense.models.backbones import resnet_stage_features, stage_count
+
+    cfg = load_config(data=_cfg(REPO, "dino", model))
+    torch.manual_seed(0)
+    backbone = build_backbone(cfg.model).eval()
+    x = torch.randn(2, 3, 32 if model else 16, 32 if model else 16)
+    plain = features(backbone, x)
+    n = stage_count(backbone)
+    assert n == (4 if model else 2)
+    for stage in range(1, n + 1):
+        feats = features(backbone, x, stage=stage)
+        assert torch.equal(feats.dense, plain.dense) and torch.equal(feats.pooled, plain.pooled)
+        if model:  # an independent pass through the stem and layer1..layer{stage}
+            expected = resnet_stage_features(backbone, x, stage)
+        else:  # timm's own intermediate outputs, normalised by the final norm (DINO's get_intermediate_layers)
+            expected = backbone.get_intermediate_layers(x, n=[stage - 1], reshape=True, norm=True)[0]
+        torch.testing.assert_close(feats.inner, expected, rtol=0, atol=0)
+    assert torch.equal(features(backbone, x, stage=n).inner, plain.dense)  # the last stage is the dense map
+    assert plain.inner is None
+
+
+@pytest.mark.parametrize("name", ["co_byol", "co_dino", "co_mocov3"])
+def test_local_heads_embed_the_chosen_stage(tmp_path, name):
+    from bam_dense.models.backbones import resnet_stage_features
+
+    method, teacher = _co_build(tmp_path, name, TINY_RESNET, local_stage=2, local_weight=0.3)
+    s = method.student
+    s.eval()  # BatchNorm on running statistics, so that the check's separate pass gives the same numbers
+    crops = _views(b=3, size=32, n_local=2 if name == "co_dino" else 0)
+    stage2 = [resnet_stage_features(s.backbone, x, 2) for x in crops[:2]]  # B x 32 x 4 x 4 (layer2 of TINY_RESNET: 32 channels)
+    assert stage2[0].shape == (3, 32, 4, 4)
+    out = s(crops)
+    if name == "co_dino":
+        assert s.local_head.mlp[0].in_features == 32
+        cells = stage2[1].flatten(2).transpose(1, 2).reshape(-1, 32)
+        torch.testing.assert_close(out["local_logits"][1], s.local_head(cells), rtol=1e-4, atol=1e-5)
+    else:
+        assert s.local_projector.linears[0].in_features == 32
+        key = "p_local" if name == "co_byol" else "q_local"
+        got = out[1][key] if name == "co_byol" else out[1][key].transpose(1, 2)
+        torch.testing.assert_close(got, s.local_predictor(s.local_projector(stage2[1].flatten(2))), rtol=1e-4, atol=1e-5)
+    # the global branch still reads the last stage, and a training step runs through the engine's loss
+    with torch.no_grad():
+        t_out = method.teacher_forward(teacher, crops)
+    loss, terms = method.loss(out, t_out, StepContext(0, 0, 2, len(crops)))
+    assert torch.isfinite(loss) and "local" in terms
+
+
+@pytest.mark.parametrize("name", ["co_byol", "co_dino", "co_mocov3"])
+def test_local_stage_of_the_last_stage_is_the_default(tmp_path, name):
+    losses = []
+    for stage in (None, 4):
+        method, teacher = _co_build(tmp_path, name, TINY_RESNET, local_stage=stage)
+        crops = _views(b=3, size=32, n_local=2 if name == "co_dino" else 0)
+        loss, _ = method.loss(method.student(crops), method.teacher_forward(teacher, crops), StepContext(0, 0, 2, len(crops)))
+        losses.append(loss.item())
+    assert losses[0] == losses[1]
+    method, teacher = _co_build(tmp_path, name, TINY_RESNET, local_stage=3)  # and another stage is another loss
+    crops = _views(b=3, size=32, n_local=2 if name == "co_dino" else 0)
+    loss, _ = method.loss(method.student(crops), method.teacher_forward(teacher, crops), StepContext(0, 0, 2, len(crops)))
+    assert loss.item() != pytest.approx(losses[0])
+
+
+@pytest.mark.parametrize("model, stage", [(TINY_RESNET, 0), (TINY_RESNET, 5), (None, 3), (TINY_RESNET, -1)])
+def test_a_stage_the_backbone_lacks_is_refused_at_start_up(tmp_path, model, stage):
+    from bam_dense.core.errors import UserFacingError
+
+    with pytest.raises(UserFacingError, match=r"method\.local_stage: .* is not a stage of .* choose 1-(4|2)"):
+        _co_build(tmp_path, "co_byol", model, local_stage=stage)
+    with pytest.raises(UserFacingError, match=r"method\.shared_head: DINO's own head reads the pooled last stage"):
+        _co_build(tmp_path, "co_dino", TINY_RESNET, local_stage=2, shared_head=True)
+
+
+GLOBAL_MLP = {"layers": 2, "hidden_dim": 24, "out_dim": 12, "bn": True, "bias": False, "act": "relu"}
+
+
+@pytest.mark.parametrize("name", ["co_byol", "co_dino", "co_mocov3"])
+def test_global_mlp_after_pooling_feeds_the_global_head_only(tmp_path, name):
+    method, teacher = _co_build(tmp_path, name, TINY_RESNET, global_mlp=GLOBAL_MLP)
+    s = method.student
+    assert isinstance(s.global_mlp, MLPHead) and s.global_mlp.linears[0].in_features == 128  # the pooled width
+    assert isinstance(teacher.global_mlp, MLPHead)  # part of the momentum encoder, as the backbone
+    s.eval()
+    crops = _views(b=3, size=32, n_local=2 if name == "co_dino" else 0)
+    out = s(crops)
+    pooled = [features(s.backbone, x).pooled for x in crops]
+    if name == "co_dino":
+        assert s.head.mlp[0].in_features == 12 and s.local_head.mlp[0].in_features == 128
+        torch.testing.assert_close(out["logits"], s.head(s.global_mlp(torch.cat(pooled))), rtol=1e-4, atol=1e-5)
+    else:
+        assert s.projector.linears[0].in_features == 12 and s.local_projector.linears[0].in_features == 128
+        torch.testing.assert_close(out[1]["z"], s.projector(s.global_mlp(pooled[1])), rtol=1e-4, atol=1e-5)
+    with pytest.raises(Exception, match=r"method\.shared_head"):
+        _co_build(tmp_path, "co_dino", TINY_RESNET, global_mlp=GLOBAL_MLP, shared_head=True)
+
+
+def test_local_stage_trains_in_the_engine(tmp_path):
+    raw = _co_cfg(tmp_path, "co_mocov3", TINY_RF29, local_stage=3, global_mlp=GLOBAL_MLP)
+    Trainer(load_config(data=raw)).train()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if r["kind"] == "train"]
+    assert len(train) == 2 and all(math.isfinite(r["loss"]) and "local" in r for r in train)
+    # the export keeps the backbone, and names the post-pool MLP it leaves out
+    from bam_dense.convert.api import convert
+
+    checkpoint = tmp_path / "checkpoints" / "last.pth"
+    report = convert(checkpoint, "torchvision", tmp_path / "rf29.pth")
+    reasons = dict(report.dropped)
+    assert reasons["teacher.global_mlp.linears.0.weight"].startswith("post-pool MLP") and not report.unfilled
+
+
 # ---------------------------------------------------------------------------------------------- tiny configs
 def test_tiny_rf29_resnet18_keeps_the_preset_receptive_field(tmp_path):
     from bam_dense.models.rf_resnet import RFResNet
 
-    for config in ("mocov3_tiny_cpu", "co_mocov3_tiny_cpu", "co_dino_tiny_cpu"):
+    for config in ("mocov3_tiny_cpu", "co_mocov3_tiny_cpu", "co_dino_tiny_cpu", "dino_rf29_tiny_cpu", "co_byol_rf29_tiny_cpu"):
         cfg = load_config(REPO / "configs" / "pretrain" / f"{config}.yaml")
         backbone = build_backbone(cfg.model)
         assert isinstance(backbone, RFResNet) and cfg.model.arch == "rf29_resnet18"
@@ -289,7 +424,29 @@ def test_tiny_rf29_resnet18_keeps_the_preset_receptive_field(tmp_path):
         assert features(backbone, torch.zeros(1, 3, 32, 32)).dense.shape[-2:] == (4, 4)
 
 
-@pytest.mark.parametrize("config", ["mocov3_tiny_cpu", "co_mocov3_tiny_cpu", "co_dino_tiny_cpu"])
+@pytest.mark.parametrize("config, twin, differ", [
+    ("dino_rf29_tiny_cpu", "co_dino_tiny_cpu", {"method"}),  # DINO: CO-DINO's tiny run without the local term
+    ("co_byol_rf29_tiny_cpu", "co_byol_tiny_cpu", {"model"}),  # CO-BYOL's tiny run on the RF-29 backbone
+])
+def test_rf29_tiny_configs_change_one_thing_against_their_twin(config, twin, differ):
+    import dataclasses
+
+    a, b = (dataclasses.asdict(load_config(REPO / "configs" / "pretrain" / f"{c}.yaml")) for c in (config, twin))
+    for section in a:
+        if section == "run":
+            assert {k: v for k, v in a[section].items() if k != "output_dir"} == \
+                   {k: v for k, v in b[section].items() if k != "output_dir"}
+        elif section not in differ:
+            assert a[section] == b[section], section
+    if "method" in differ:  # every DINO field of the CO-DINO config, and CO-DINO's own fields at w_s = 0 do nothing
+        assert all(b["method"][k] == v for k, v in a["method"].items() if k != "name")
+    else:  # the backbone and init of the CO-DINO tiny config (torchvision's: no zero-init, as both full recipes)
+        co_dino = load_config(REPO / "configs" / "pretrain" / "co_dino_tiny_cpu.yaml")
+        assert a["model"] == dataclasses.asdict(co_dino.model) and not a["model"]["zero_init_residual"]
+
+
+@pytest.mark.parametrize("config", ["mocov3_tiny_cpu", "co_mocov3_tiny_cpu", "co_dino_tiny_cpu", "dino_rf29_tiny_cpu",
+                                    "co_byol_rf29_tiny_cpu"])
 def test_tiny_configs_train_steps(tmp_path, config):
     cfg = load_config(REPO / "configs" / "pretrain" / f"{config}.yaml", [
         f"run.output_dir={tmp_path}", "run.progress=false", "run.tensorboard=false", "data.num_workers=0",

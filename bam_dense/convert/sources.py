@@ -246,7 +246,8 @@ def _split_network(state: dict, prefix: str, part_name: str, dropped: list) -> d
 
 
 def _head_reason(key: str) -> str:
-    for token, reason in (("proj_head", "projector (pretraining head)"), ("projector", "projector (pretraining head)"),
+    for token, reason in (("global_mlp", "post-pool MLP (pretraining head: CO-SSL's MLP after average pooling)"),
+                          ("proj_head", "projector (pretraining head)"), ("projector", "projector (pretraining head)"),
                           ("pred_head", "predictor (pretraining head)"), ("predictor", "predictor (pretraining head)"),
                           ("neck", "alignment neck (pretraining head)"), ("head", "pretraining head"),
                           ("local_", "local head (pretraining head)")):

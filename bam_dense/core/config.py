@@ -226,6 +226,8 @@ class COBYOLParams:
     convex: bool = False  # False: L_g + w_s L_l (default, METHODS.md 6) | True: (1 - w_s) L_g + w_s L_l
     grid: int = 0  # 0: every cell of the dense map | n: adaptive-average-pool to n x n first
     target_head: str = "local"  # local: mean over cells of the momentum local projector | global: reuse g_xi's output
+    local_stage: int | None = None  # None: the last stage's dense map | k: stage k's map (CNN layer k, ViT block k)
+    global_mlp: HeadConfig | None = None  # an MLP after average pooling giving the global representation (RF-ResNet's)
 
 
 @dataclass
@@ -276,6 +278,8 @@ class CODINOParams(DINOParams):
     convex: bool = False  # False: L_g + w_s L_l | True: (1 - w_s) L_g + w_s L_l
     grid: int = 0  # 0: every cell of the dense map | n: adaptive-average-pool it to n x n first
     shared_head: bool = False  # True: the cells go through DINO's own head (the paper's Table 6 ablation)
+    local_stage: int | None = None  # None: the last stage's dense map | k: stage k's map (CNN layer k, ViT block k)
+    global_mlp: HeadConfig | None = None  # an MLP after average pooling giving the global representation (RF-ResNet's)
 
 
 @dataclass
@@ -299,6 +303,8 @@ class COMoCoV3Params(MoCoV3Params):
     convex: bool = False  # False: L_g + w_s L_l | True: (1 - w_s) L_g + w_s L_l
     grid: int = 0  # 0: every cell | n: adaptive-average-pool to n x n first
     target_head: str = "local"  # local: mean over cells of the momentum local projector (as CO-BYOL) | global: the key
+    local_stage: int | None = None  # None: the last stage's dense map | k: stage k's map (CNN layer k, ViT block k)
+    global_mlp: HeadConfig | None = None  # an MLP after average pooling giving the global representation (RF-ResNet's)
 
 
 METHOD_PARAMS: dict[str, type] = {

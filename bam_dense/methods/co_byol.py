@@ -16,6 +16,11 @@ vector ``y_b`` instead, an EMAN teacher (eval mode) would normalise it with per-
 a pooled vector varies far less than a cell (on a random ResNet-18, pre-BN variance 0.07 pooled against 0.68
 per cell). Cells in, then the mean, is the same target for an EMA teacher in train mode and an EMAN teacher.
 
+Two options shared by the CO methods (CO-DINO, CO-MoCoV3 too): ``local_stage`` takes ``Y`` for the local heads
+from an intermediate stage of the same forward pass (the paper's appendix A.6; the global path keeps the last
+stage), and ``global_mlp`` puts an MLP between ``mean(Y)`` and the base method's head (RF-ResNet's MLP after
+average pooling, the paper's Table 6).
+
 With ``w_s = 0`` it is exactly BYOL. CO-SSL's code is not public: all four heads are initialised as LEWEL's
 1x1-conv MLP1D heads, of the BYOL/LEWEL_B recipe this one follows (kaiming normal, fan_out).
 """
@@ -26,10 +31,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bam_dense.core.config import COBYOLParams
+from bam_dense.core.config import COBYOLParams, HeadConfig
 from bam_dense.losses.byol import byol_loss
 from bam_dense.methods.base import Method, StepContext
-from bam_dense.models.backbones import feature_dims, features
+from bam_dense.models.backbones import Features, check_stage, feature_dims, features, stage_dim
 from bam_dense.models.heads import MLPHead
 
 
@@ -40,30 +45,50 @@ def local_cells(dense: torch.Tensor, grid: int) -> torch.Tensor:
     return dense.flatten(2)
 
 
+def global_mlp(backbone: nn.Module, cfg: HeadConfig | None, init: str) -> MLPHead | None:
+    """CO-SSL's MLP after average pooling (RF-ResNet's, ablated in the paper's Table 6): it turns the pooled vector
+    into the global representation the base method's head reads; the local heads read the cells before pooling."""
+    return None if cfg is None else MLPHead.from_config(feature_dims(backbone)[0], cfg, init=init)
+
+
+def global_dim(backbone: nn.Module, cfg: HeadConfig | None) -> int:
+    """Width of the global representation: the pooled vector's, or the post-pool MLP's output."""
+    return feature_dims(backbone)[0] if cfg is None else cfg.out_dim
+
+
+def local_source(feats: Features, stage: int | None) -> torch.Tensor:
+    """The map the local heads embed: the last stage's (``stage`` None) or the intermediate one features() tapped."""
+    return feats.dense if stage is None else feats.inner
+
+
 class COBYOLNet(nn.Module):
     def __init__(self, backbone: nn.Module, params: COBYOLParams):
         super().__init__()
-        dim = feature_dims(backbone)[1]
         k = params.projector.out_dim
+        check_stage(backbone, params.local_stage, "method.local_stage")
         self.backbone = backbone
         self.grid = params.grid
+        self.stage = params.local_stage
         self.local = params.local_weight > 0  # w_s = 0: no local heads in the graph (exactly BYOL)
-        self.projector = MLPHead.from_config(dim, params.projector, init="kaiming_fan_out")
+        self.projector = MLPHead.from_config(global_dim(backbone, params.global_mlp), params.projector, init="kaiming_fan_out")
         self.predictor = MLPHead.from_config(k, params.predictor, init="kaiming_fan_out")
-        self.local_projector = MLPHead.from_config(dim, params.projector, init="kaiming_fan_out")
+        self.local_projector = MLPHead.from_config(stage_dim(backbone, self.stage), params.projector, init="kaiming_fan_out")
         self.local_predictor = MLPHead.from_config(k, params.predictor, init="kaiming_fan_out")
+        self.global_mlp = global_mlp(backbone, params.global_mlp, init="kaiming_fan_out")  # the heads' init
 
     def view(self, x: torch.Tensor, predict: bool, local: bool) -> dict[str, torch.Tensor]:
-        dense = features(self.backbone, x).dense
-        pooled = dense.mean(dim=(2, 3))
-        out = {"z": self.projector(pooled)}
+        feats = features(self.backbone, x, stage=self.stage if local else None)
+        pooled = feats.dense.mean(dim=(2, 3))
+        out = {"z": self.projector(pooled if self.global_mlp is None else self.global_mlp(pooled))}
+        if local:
+            cells = local_cells(local_source(feats, self.stage), self.grid)
         if predict:
             out["p"] = self.predictor(out["z"])
             if local:
-                out["p_local"] = self.local_predictor(self.local_projector(local_cells(dense, self.grid)))  # B x k x cells
+                out["p_local"] = self.local_predictor(self.local_projector(cells))  # B x k x cells
         elif local:
             # the local target: g2_xi on every cell (the inputs its BN statistics come from), then the mean
-            out["t_local"] = self.local_projector(local_cells(dense, self.grid)).mean(dim=2)
+            out["t_local"] = self.local_projector(cells).mean(dim=2)
         return out
 
     def forward(self, crops: list[torch.Tensor], predict: bool = True, local: bool | None = None) -> list[dict]:

@@ -15,6 +15,8 @@ This is :func:`~bam_dense.losses.dino.dino_loss` on the per-cell student logits 
 the two teacher outputs repeated per cell (the same-view pairs skipped, pairs averaged as DINO averages its
 global term), with the centre and teacher temperature of DINO's term, taken before the centre moves. With
 ``w_s = 0`` no local head is built: the network, its initial weights and every step are DINO's.
+
+``local_stage`` and ``global_mlp``: as CO-BYOL's (:mod:`bam_dense.methods.co_byol`).
 """
 
 from __future__ import annotations
@@ -23,32 +25,43 @@ import torch
 import torch.nn as nn
 
 from bam_dense.core.config import CODINOParams
+from bam_dense.core.errors import UserFacingError
 from bam_dense.losses.dino import dino_loss
 from bam_dense.methods.base import StepContext
-from bam_dense.methods.co_byol import local_cells
+from bam_dense.methods.co_byol import global_dim, global_mlp, local_cells, local_source
 from bam_dense.methods.dino import DINO, DINONet, teacher_temp_at_epoch
-from bam_dense.models.backbones import feature_dims
+from bam_dense.models.backbones import check_stage, stage_dim
 from bam_dense.models.heads import DINOHead
 
 
 class CODINONet(DINONet):
     def __init__(self, backbone: nn.Module, params: CODINOParams):
-        super().__init__(backbone, params)  # DINO's modules first: with w_s = 0 the same draws, the same weights
+        # DINO's modules first: with w_s = 0 (and no post-pool MLP) the same draws, the same weights
+        super().__init__(backbone, params, in_dim=global_dim(backbone, params.global_mlp))
+        check_stage(backbone, params.local_stage, "method.local_stage")
+        if params.shared_head and (params.local_stage is not None or params.global_mlp is not None):
+            raise UserFacingError("method.shared_head: DINO's own head reads the pooled last stage; with "
+                                  "method.local_stage or method.global_mlp set, use shared_head: false")
         self.grid = params.grid
+        self.stage = params.local_stage
         self.local = params.local_weight > 0
         self.local_head = None
         if self.local and not params.shared_head:
-            self.local_head = DINOHead(feature_dims(backbone)[1], params.out_dim, hidden_dim=params.hidden_dim,
+            self.local_head = DINOHead(stage_dim(backbone, self.stage), params.out_dim, hidden_dim=params.hidden_dim,
                                        bottleneck_dim=params.bottleneck_dim, layers=params.head_layers,
                                        bn=params.head_bn, norm_last_layer=params.norm_last_layer)
+        self.global_mlp = global_mlp(backbone, params.global_mlp, init="trunc_normal")  # DINO's head init
 
     def forward(self, crops: list[torch.Tensor], local: bool = True) -> dict:
-        calls = self.crop_features(crops)  # DINO's own backbone calls, so that w_s = 0 is DINO exactly
-        out: dict = {"logits": self.head(torch.cat([f.pooled for _, f in calls]))}
-        if self.local and local:
+        local = self.local and local
+        # DINO's own backbone calls (so that w_s = 0 is DINO exactly), tapping the local stage when one is set
+        calls = self.crop_features(crops, stage=self.stage if local else None)
+        pooled = torch.cat([f.pooled for _, f in calls])
+        out: dict = {"logits": self.head(pooled if self.global_mlp is None else self.global_mlp(pooled))}
+        if local:
             head = self.local_head if self.local_head is not None else self.head
             n, first = calls[0]  # the two global crops come first (and share a size)
-            dense = first.dense.chunk(n)[:2]
+            dense = local_source(first, self.stage).chunk(n)[:2]
             cells = [local_cells(d, self.grid).transpose(1, 2) for d in dense]  # B x cells x C per global view
             out["local_logits"] = [head(c.reshape(-1, c.shape[2])) for c in cells]  # (B cells) x K, image-major
         return out

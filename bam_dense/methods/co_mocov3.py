@@ -14,6 +14,8 @@ averaged (``target_head: local``, CO-BYOL's default, for the reason given there)
 
 ``L_l`` sums the two directions as ``L_g`` does, so ``w_s`` weighs terms of one scale. With ``w_s = 0`` the
 local heads are not built: the network, its initial weights and every step are MoCo v3's.
+
+``local_stage`` and ``global_mlp``: as CO-BYOL's (:mod:`bam_dense.methods.co_byol`).
 """
 
 from __future__ import annotations
@@ -24,32 +26,38 @@ import torch.nn as nn
 from bam_dense.core.config import COMoCoV3Params
 from bam_dense.losses.mocov3 import mocov3_loss
 from bam_dense.methods.base import StepContext
-from bam_dense.methods.co_byol import local_cells
+from bam_dense.methods.co_byol import global_dim, global_mlp, local_cells, local_source
 from bam_dense.methods.mocov3 import MoCoV3, MoCoV3Net, mocov3_head_family
-from bam_dense.models.backbones import feature_dims
+from bam_dense.models.backbones import check_stage, stage_dim
 from bam_dense.models.heads import mocov3_predictor, mocov3_projector
 
 
 class COMoCoV3Net(MoCoV3Net):
     def __init__(self, backbone: nn.Module, params: COMoCoV3Params):
-        super().__init__(backbone, params)  # MoCo v3's modules first: with w_s = 0 the same draws, the same weights
+        # MoCo v3's modules first: with w_s = 0 (and no post-pool MLP) the same draws, the same weights
+        super().__init__(backbone, params, in_dim=global_dim(backbone, params.global_mlp))
+        check_stage(backbone, params.local_stage, "method.local_stage")
         self.grid = params.grid
+        self.stage = params.local_stage
         self.local = params.local_weight > 0
         self.local_projector = self.local_predictor = None
         if self.local:
             head_family = mocov3_head_family(backbone)
-            self.local_projector = mocov3_projector(feature_dims(backbone)[1], head_family, mlp_dim=params.mlp_dim,
+            self.local_projector = mocov3_projector(stage_dim(backbone, self.stage), head_family, mlp_dim=params.mlp_dim,
                                                     dim=params.dim)
             self.local_predictor = mocov3_predictor(head_family, mlp_dim=params.mlp_dim, dim=params.dim)
+        self.global_mlp = global_mlp(backbone, params.global_mlp, init="torch_default")  # MoCo v3's head init
 
     def forward(self, crops: list[torch.Tensor], predict: bool = True, local_target: bool = False) -> list[dict]:
         outs = []
+        tap = self.stage if self.local and (predict or local_target) else None
         for x in crops:
-            out, feats = self.view(x, predict)
+            out, feats = self.view(x, predict, stage=tap)
             if self.local and predict:  # one query per cell: B x cells x dim
-                out["q_local"] = self.local_predictor(self.local_projector(local_cells(feats.dense, self.grid))).transpose(1, 2)
+                cells = local_cells(local_source(feats, self.stage), self.grid)
+                out["q_local"] = self.local_predictor(self.local_projector(cells)).transpose(1, 2)
             elif self.local and local_target:  # g2_xi on every cell (the inputs of its BN statistics), then the mean
-                out["t_local"] = self.local_projector(local_cells(feats.dense, self.grid)).mean(dim=2)
+                out["t_local"] = self.local_projector(local_cells(local_source(feats, self.stage), self.grid)).mean(dim=2)
             outs.append(out)
         return outs
 

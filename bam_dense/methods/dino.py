@@ -39,19 +39,21 @@ def teacher_temp_at_epoch(epoch: int, warmup_temp: float, temp: float, warmup_ep
 
 
 class DINONet(nn.Module):
-    def __init__(self, backbone: nn.Module, params: DINOParams):
+    def __init__(self, backbone: nn.Module, params: DINOParams, in_dim: int | None = None):
         super().__init__()
         self.backbone = backbone
-        self.head = DINOHead(feature_dims(backbone)[0], params.out_dim, hidden_dim=params.hidden_dim,
+        self.head = DINOHead(in_dim or feature_dims(backbone)[0], params.out_dim, hidden_dim=params.hidden_dim,
                              bottleneck_dim=params.bottleneck_dim, layers=params.head_layers, bn=params.head_bn,
                              norm_last_layer=params.norm_last_layer)
         self.register_buffer("center", torch.zeros(1, params.out_dim))
         self.pos_resample = params.pos_resample
 
-    def crop_features(self, crops: list[torch.Tensor]) -> list[tuple[int, Features]]:
-        """Consecutive crops of one size in one backbone call (DINO's MultiCropWrapper): (crops, features) per call."""
+    def crop_features(self, crops: list[torch.Tensor], stage: int | None = None) -> list[tuple[int, Features]]:
+        """Consecutive crops of one size in one backbone call (DINO's MultiCropWrapper): (crops, features) per call;
+        ``stage``: the first call (the global crops) also returns that stage's map."""
         groups = [list(group) for _, group in groupby(crops, key=lambda crop: tuple(crop.shape[-2:]))]
-        return [(len(group), features(self.backbone, torch.cat(group), self.pos_resample)) for group in groups]
+        return [(len(group), features(self.backbone, torch.cat(group), self.pos_resample, stage if i == 0 else None))
+                for i, group in enumerate(groups)]
 
     def forward(self, crops: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         pooled = [f.pooled for _, f in self.crop_features(crops)]

@@ -37,16 +37,19 @@ def mocov3_head_family(backbone: nn.Module) -> str:
 
 
 class MoCoV3Net(nn.Module):
-    def __init__(self, backbone: nn.Module, params: MoCoV3Params):
+    def __init__(self, backbone: nn.Module, params: MoCoV3Params, in_dim: int | None = None):
         super().__init__()
         head_family = mocov3_head_family(backbone)
         self.backbone = backbone
-        self.projector = mocov3_projector(feature_dims(backbone)[0], head_family, mlp_dim=params.mlp_dim, dim=params.dim)
+        self.projector = mocov3_projector(in_dim or feature_dims(backbone)[0], head_family, mlp_dim=params.mlp_dim,
+                                          dim=params.dim)
+        self.global_mlp: nn.Module | None = None  # CO-MoCoV3's optional MLP after pooling
         self.predictor = mocov3_predictor(head_family, mlp_dim=params.mlp_dim, dim=params.dim)
 
-    def view(self, x: torch.Tensor, predict: bool) -> tuple[dict[str, torch.Tensor], Features]:
-        feats = features(self.backbone, x)
-        out = {"z": self.projector(feats.pooled)}  # the key (momentum branch) / the projection (online)
+    def view(self, x: torch.Tensor, predict: bool, stage: int | None = None) -> tuple[dict[str, torch.Tensor], Features]:
+        feats = features(self.backbone, x, stage=stage)
+        pooled = feats.pooled if self.global_mlp is None else self.global_mlp(feats.pooled)
+        out = {"z": self.projector(pooled)}  # the key (momentum branch) / the projection (online)
         if predict:
             out["q"] = self.predictor(out["z"])
         return out, feats

@@ -16,6 +16,10 @@ names, which the converters rely on) with ``num_classes=0``; ``features(backbone
 * MetaFormer (CAFormer): ``dense`` = last stage, ``pooled`` = the head's average pool + norm.
 * RF-ResNet (``rf99_resnet50``, ``rf29_resnet18``; :mod:`bam_dense.models.rf_resnet`, not timm models): a CNN
   like the ResNets, ``dense`` = last stage, ``pooled`` = its global average.
+
+``features(backbone, x, stage=k)`` also returns ``inner``, the dense map of an intermediate stage from the same
+forward pass (CO-SSL's local representations taken before the last stage): a CNN's ``layer{k}`` (1-4), a ViT's
+block ``k`` (1-depth) with the final norm applied, as DINO's ``get_intermediate_layers``.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from bam_dense.models.rf_resnet import RFResNet, create_rf_resnet
 class Features:
     pooled: torch.Tensor  # B x D
     dense: torch.Tensor  # B x C x h x w
+    inner: torch.Tensor | None = None  # B x C' x h' x w': the map of stage ``stage`` when features() was asked for one
 
 
 def family(backbone: nn.Module) -> str:
@@ -187,9 +192,59 @@ def patch_size(backbone: nn.Module) -> int:
     return int(backbone.feature_info[-1]["reduction"])
 
 
-def features(backbone: nn.Module, x: torch.Tensor, pos_resample: str = "timm") -> Features:
+def stage_count(backbone: nn.Module) -> int:
+    """How many stages ``features(..., stage=k)`` can tap: a CNN's 4 layers, a ViT's blocks."""
+    kind = family(backbone)
+    if kind in ("vit", "eva"):
+        return len(backbone.blocks)
+    if kind == "cnn":
+        return 4
+    raise UserFacingError(f"intermediate stages are not supported for the {type(backbone).__name__} backbone")
+
+
+def check_stage(backbone: nn.Module, stage: int | None, key: str) -> None:
+    """Fail at start-up, naming the config ``key``, when ``stage`` is not a stage of this backbone (None: the last)."""
+    if stage is None:
+        return
+    n = stage_count(backbone)
+    if isinstance(stage, bool) or not isinstance(stage, int) or not 1 <= stage <= n:
+        raise UserFacingError(f"{key}: {stage!r} is not a stage of {type(backbone).__name__}: choose 1-{n}, or null "
+                              "for the last stage's dense map")
+
+
+def stage_dim(backbone: nn.Module, stage: int | None) -> int:
+    """Channels of the stage's dense map (None: the last stage's, ``feature_dims(backbone)[1]``)."""
+    if stage is None or family(backbone) in ("vit", "eva"):
+        return feature_dims(backbone)[1]
+    return int(backbone.feature_info[stage]["num_chs"])  # entry 0 is the stem, entry k the stage layer{k}
+
+
+def _stage_module(backbone: nn.Module, stage: int) -> nn.Module:
+    return backbone.blocks[stage - 1] if family(backbone) in ("vit", "eva") else getattr(backbone, f"layer{stage}")
+
+
+def features(backbone: nn.Module, x: torch.Tensor, pos_resample: str = "timm", stage: int | None = None) -> Features:
     """The backbone's :class:`Features`; ``pos_resample`` (ViT only, see :mod:`bam_dense.models.pos_embed`) picks
-    how the position table is resampled to the input size: ``timm`` (its dynamic-size resampling) or ``dino``."""
+    how the position table is resampled to the input size: ``timm`` (its dynamic-size resampling) or ``dino``.
+    ``stage``: also return that stage's map as ``inner``, taken from the same forward pass."""
+    if stage is None:
+        return _features(backbone, x, pos_resample)
+    check_stage(backbone, stage, "stage")
+    captured: list[torch.Tensor] = []
+    hook = _stage_module(backbone, stage).register_forward_hook(lambda _m, _i, out: captured.append(out))
+    try:
+        feats = _features(backbone, x, pos_resample)
+    finally:
+        hook.remove()
+    inner = captured[-1]
+    if family(backbone) in ("vit", "eva"):  # tokens after block ``stage``, normalised as the last block's
+        inner = backbone.norm(inner)[:, backbone.num_prefix_tokens:]
+        inner = inner.transpose(1, 2).reshape(x.shape[0], -1, *feats.dense.shape[-2:])
+    feats.inner = inner
+    return feats
+
+
+def _features(backbone: nn.Module, x: torch.Tensor, pos_resample: str) -> Features:
     kind = family(backbone)
     if kind in ("vit", "eva"):
         from bam_dense.models.pos_embed import vit_forward_features
