@@ -35,7 +35,8 @@ DOWNSTREAM_CONFIGS = {
     "vit": (CONFIG_ROOT / "mmseg" / "tiny" / "upernet_vit_ade20k.py", CONFIG_ROOT / "mmdet" / "tiny" / "mask-rcnn_vit_sfp_coco.py"),
 }
 # The fine-tune lengths live in those configs (the full demo's); the reduced demo shortens them.
-_SHORT = ["train_cfg.max_iters=2", "train_cfg.val_interval=2", "default_hooks.checkpoint.interval=2"]
+_SHORT = ["train_cfg.max_iters=2", "train_cfg.val_interval=2", "default_hooks.checkpoint.interval=2",
+          "default_hooks.logger.interval=1"]  # both iterations logged: the report reads the loss curve
 SIZES = {
     "full": dict(ade=96, coco=48, davis=16, images=1024, pretrain=["optim.epochs=10"], davis_res=96, probe_steps=1500,
                  finetune=[], replicates=1000, coco_replicates=200),
@@ -298,7 +299,45 @@ def compare_all(runs_dir: Path, plan, knn: dict[str, list[float]], size: dict) -
                          "verdict": "not measured", "note": f"not measured: {err}"})
             continue
         rows.append(_row(c))
+    _add_training_state(rows, runs_dir)
     return rows
+
+
+FINETUNE_TASKS = ("seg_ade20k", "det_coco")
+
+
+def finetune_losses(step_dir: Path) -> list[tuple[int, float]]:
+    """(iteration, training loss) as mmengine logged them in a fine-tune's work dir (``*/vis_data/scalars.json``)."""
+    points: list[tuple[int, float]] = []
+    for path in sorted(step_dir.glob("*/vis_data/scalars.json")):
+        for line in path.read_text().splitlines():
+            entry = json.loads(line) if line.strip() else {}
+            if "loss" in entry and "step" in entry:
+                points.append((int(entry["step"]), float(entry["loss"])))
+    return sorted(points)
+
+
+def _add_training_state(rows: list[dict], runs_dir: Path) -> None:
+    """To each fine-tune row without a gain, add what its training logs and the probe row measured: the loss at the
+    first and last logged iteration of both encoders, whether it was still falling at the end, and (segmentation)
+    what a linear classifier on the same frozen features reaches on the same images."""
+    probe = next((r for r in rows if r["task"] == "probe" and not r.get("error")), None)
+    for row in rows:
+        if row["task"] not in FINETUNE_TASKS or row.get("error") or not row["note"]:
+            continue
+        curves = {name: finetune_losses(runs_dir / name / row["task"]) for name in ("bam_tiny", "random_init")}
+        if all(len(c) >= 2 for c in curves.values()):
+            (a, b) = curves["bam_tiny"], curves["random_init"]
+            falling = all(c[-1][1] < c[-2][1] for c in (a, b))
+            row["training"] = {name: [[i, v] for i, v in c] for name, c in curves.items()}
+            row["note"] += (f"; the training loss went {a[0][1]:.2f} -> {a[-1][1]:.2f} (pretrained) and {b[0][1]:.2f} -> "
+                            f"{b[-1][1]:.2f} (random init) between iterations {a[0][0]} and {a[-1][0]}"
+                            + (", still falling at the last one for both: the fine-tune stops before it converges"
+                               if falling else ""))
+        if row["task"] == "seg_ade20k" and probe is not None and row["pretrained"]["value"] < probe["random_init"]["value"]:
+            row["note"] += (f"; a linear classifier on the frozen features reaches {probe['pretrained']['value']:.1f}% "
+                            f"(pretrained) and {probe['random_init']['value']:.1f}% (random init) on the same images, "
+                            f"so the fine-tuned decoder has not yet caught up with the features it was given")
 
 
 def _row(c) -> dict:

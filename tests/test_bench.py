@@ -169,6 +169,8 @@ def test_reduced_demo_writes_a_report_with_every_section(tmp_path):
             assert 0.0 <= row[key]["value"] <= 100.0
         assert row["title"] in table and row["verdict"] in table.split(row["title"])[1].splitlines()[0]
         assert bool(row["note"]) == (row["verdict"] != VERDICTS[0])  # a reason in words wherever there is no gain
+        if task in ("seg_ade20k", "det_coco") and row["note"]:  # the fine-tune's own loss curve, from its logs
+            assert "the training loss went" in row["note"] and len(row["training"]["bam_tiny"]) == 2, row["note"]
     # the leaderboard report shows the same numbers in the same unit (percent), with their intervals
     from bam_dense.bench.published import BENCHMARKS
 
@@ -182,6 +184,33 @@ def test_reduced_demo_writes_a_report_with_every_section(tmp_path):
             assert abs(float(cells[3]) - rows[task][key]["value"]) <= tol, (task, run, cells)
             assert cells[4].strip().startswith("["), cells
     assert "value (%)" in leaderboard and "(%)" in leaderboard
+
+
+def test_fine_tune_rows_say_how_far_training_got_from_the_logs(tmp_path):
+    from bam_dense.demo import _add_training_state, finetune_losses
+
+    def log(run: str, losses: list[float]) -> None:
+        path = tmp_path / run / "seg_ade20k" / "20261202_000000" / "vis_data" / "scalars.json"
+        path.parent.mkdir(parents=True)
+        lines = [json.dumps({"lr": 0.01, "loss": v, "iter": 20 * (i + 1), "step": 20 * (i + 1)}) for i, v in enumerate(losses)]
+        path.write_text("\n".join(lines + [json.dumps({"mIoU": 2.5, "step": 80})]) + "\n")  # a test-time entry, no loss
+
+    log("bam_tiny", [6.0, 5.0, 4.5, 4.0])
+    log("random_init", [6.2, 5.1, 4.4, 4.1])
+    assert finetune_losses(tmp_path / "bam_tiny" / "seg_ade20k") == [(20, 6.0), (40, 5.0), (60, 4.5), (80, 4.0)]
+    iv = {"value": 2.5, "low": 1.8, "high": 3.1}
+    rows = [{"task": "probe", "pretrained": {"value": 25.4}, "random_init": {"value": 21.6}, "note": ""},
+            {"task": "seg_ade20k", "pretrained": iv, "random_init": iv, "note": "the difference is smaller than the spread"}]
+    _add_training_state(rows, tmp_path)
+    note = rows[1]["note"]
+    assert "6.00 -> 4.00 (pretrained) and 6.20 -> 4.10 (random init) between iterations 20 and 80" in note
+    assert "still falling at the last one for both" in note and "reaches 25.4% (pretrained) and 21.6% (random init)" in note
+    log("bam_tiny_flat", [6.0, 4.0, 4.0, 4.1])  # not falling at the end: no such claim
+    (tmp_path / "bam_tiny").rename(tmp_path / "old")
+    (tmp_path / "bam_tiny_flat").rename(tmp_path / "bam_tiny")
+    rows[1]["note"] = "x"
+    _add_training_state(rows, tmp_path)
+    assert "still falling" not in rows[1]["note"] and "6.00 -> 4.10" in rows[1]["note"]
 
 
 DOC_FILES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
