@@ -49,7 +49,9 @@ def test_dino_head_same_seed_same_weights_as_official(dino_official, case):
         if key == "last_layer.weight_g" and case == "bn_free_g":
             torch.testing.assert_close(ours[key], torch.ones_like(ours[key]))  # the fixture set g afterwards
             continue
-        torch.testing.assert_close(ours[key], official[key], rtol=0, atol=0, msg=key)
+        # the same draws through the same ops; torch's vectorised erfinv rounds the last bit differently on some CPUs
+        # (the fixture's machine and an AVX-512 one differ by one ulp in 1-2 of 128 weights), so: 4 ulps, no more
+        torch.testing.assert_close(ours[key], official[key], rtol=5e-7, atol=1e-12, msg=key)
 
 
 @pytest.mark.parametrize("case", ["default", "bn_free_g"])
