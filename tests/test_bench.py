@@ -171,6 +171,11 @@ def test_reduced_demo_writes_a_report_with_every_section(tmp_path):
         assert bool(row["note"]) == (row["verdict"] != VERDICTS[0])  # a reason in words wherever there is no gain
         if task in ("seg_ade20k", "det_coco") and row["note"]:  # the fine-tune's own loss curve, from its logs
             assert "the training loss went" in row["note"] and len(row["training"]["bam_tiny"]) == 2, row["note"]
+    # both encoders' fine-tunes ran with the same mmengine seed (a paired comparison: same decoder init, data order)
+    for step in ("seg_ade20k", "det_coco"):
+        for run in ("bam_tiny", "random_init"):
+            logs = "".join(p.read_text() for p in (tmp_path / "runs" / run / step).glob("*/*.log"))
+            assert re.search(r"^\s+seed: 0$", logs, re.M), (run, step)
     # the leaderboard report shows the same numbers in the same unit (percent), with their intervals
     from bam_dense.bench.published import BENCHMARKS
 
@@ -205,6 +210,7 @@ def test_fine_tune_rows_say_how_far_training_got_from_the_logs(tmp_path):
     note = rows[1]["note"]
     assert "6.00 -> 4.00 (pretrained) and 6.20 -> 4.10 (random init) between iterations 20 and 80" in note
     assert "still falling at the last one for both" in note and "reaches 25.4% (pretrained) and 21.6% (random init)" in note
+    assert "fine-tune seeds" in note  # the seed study's conclusion, on the segmentation row only
     log("bam_tiny_flat", [6.0, 4.0, 4.0, 4.1])  # not falling at the end: no such claim
     (tmp_path / "bam_tiny").rename(tmp_path / "old")
     (tmp_path / "bam_tiny_flat").rename(tmp_path / "bam_tiny")
