@@ -344,12 +344,12 @@ def _add_training_state(rows: list[dict], runs_dir: Path) -> None:
                             f"{b[-1][1]:.2f} (random init) between iterations {a[0][0]} and {a[-1][0]}"
                             + (", still falling at the last one for both: the fine-tune stops before it converges"
                                if falling else ""))
-        if row["task"] == "seg_ade20k":
-            row["note"] += "; " + SEG_SEEDS
         if row["task"] == "seg_ade20k" and probe is not None and row["pretrained"]["value"] < probe["random_init"]["value"]:
             row["note"] += (f"; a linear classifier on the frozen features reaches {probe['pretrained']['value']:.1f}% "
                             f"(pretrained) and {probe['random_init']['value']:.1f}% (random init) on the same images, "
                             f"so the fine-tuned decoder has not yet caught up with the features it was given")
+        if row["task"] == "seg_ade20k":
+            row["note"] += "; " + SEG_SEEDS
 
 
 def _row(c) -> dict:
