@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
-import sys
+from dataclasses import replace
 from pathlib import Path
 
-from bam_dense.bench.plan import BAM, Plan, RunSpec, StepOutcome, StepSpec, _execute, _repo
-from bam_dense.core.paths import REPO_ROOT
+from bam_dense.bench.plan import BAM, STEP_KINDS, Plan, RunSpec, StepOutcome, StepSpec, _execute, _repo
 
 PROBE_DRY_RUN_STEPS = 20
 
@@ -56,59 +55,59 @@ def checkpoint_of(run: RunSpec, run_dir: Path) -> str:
     return str(run_dir / run.name / "pretrain" / "dry-run" / "checkpoints" / "last.pth")
 
 
-def step_commands(step: StepSpec, ckpt: str, out: Path, run_dir: Path, scale: float | None) -> list[list[str]] | str:
-    """The dry-run commands of one step, or the reason it cannot run here."""
-    if step.kind in ("seg", "det"):
-        root = _exists(step.data_root)
-        root_args = ["--data-root", root] if root else []
-        config = _repo(step.config)
-        return [
-            [*BAM, step.kind, "train", config, "--checkpoint", ckpt, "--work-dir", str(out), *root_args, *step.options,
-             "--dry-run", *_scale_args(scale)],
-            [*BAM, step.kind, "test", config, "--checkpoint", str(out), "--work-dir", str(out), *root_args,
-             "--out", str(out / "metrics.json"), "--dry-run", *_scale_args(scale)],
-        ]
-    if step.kind == "detectron2":
-        if importlib.util.find_spec("detectron2") is None:
-            return "detectron2 is not installed here (bam-dense doctor says how to install it)"
-        cmd = [sys.executable, str(REPO_ROOT / "downstream" / "detectron2" / "train_net.py"), "--config-file",
-               _repo(step.config), "--checkpoint", ckpt, "--metrics-out", str(out / "metrics.json"), "--dry-run"]
-        root = _exists(step.coco_root)
-        if root:
-            cmd += ["--coco-root", root]
-        lazy = str(step.config).endswith(".py")
-        return [cmd + step.options + ([f"train.output_dir={out}"] if lazy else ["OUTPUT_DIR", str(out)])]
+def _dry_data(step: StepSpec, run_dir: Path) -> StepSpec:
+    """The step with its data roots as the dry-run reads them: the plan's where they exist here, otherwise synthetic
+    data in the same layout (seg/det/detectron2 without one: the command's own synthetic data)."""
     if step.kind == "davis":
-        root = _exists(step.davis_root) or str(_synthetic("davis", run_dir))
-        sets = Path(root) / "ImageSets" / "2017" / "val.txt"
+        return replace(step, davis_root=_exists(step.davis_root) or str(_synthetic("davis", run_dir)))
+    if step.kind == "probe":
+        return replace(step, ade_root=step.ade_root and (_exists(step.ade_root) or str(_synthetic("ade20k", run_dir))),
+                       davis_root=step.davis_root and (_exists(step.davis_root) or str(_synthetic("davis", run_dir))))
+    if step.kind == "retrieval":
+        layout = "voc" if step.dataset == "voc" else "ade20k"
+        return replace(step, data_root=_exists(step.data_root) or str(_synthetic(layout, run_dir)))
+    if step.kind == "linear":
+        return replace(step, data_root=_exists(step.data_root) or str(_synthetic("imagenet", run_dir)))
+    if step.kind == "detectron2":
+        return replace(step, coco_root=_exists(step.coco_root), nproc=1)
+    return replace(step, data_root=_exists(step.data_root))
+
+
+def _sized(full: int, scale: float | None, default: int) -> str:
+    return str(max(32, int(round(full * scale / 16)) * 16)) if scale else str(default)
+
+
+def _dry_flags(step: StepSpec, scale: float | None) -> list[list[str]]:
+    """What each of the plan's commands of this step gets appended to become its dry-run (argparse keeps the last
+    value of a repeated flag, so these override the step's own options)."""
+    if step.kind in ("seg", "det"):
+        return [["--dry-run", *_scale_args(scale)]] * 2
+    if step.kind == "davis":
+        sets = Path(step.davis_root) / "ImageSets" / "2017" / "val.txt"
         first = sets.read_text().split()[0] if sets.is_file() else None
         seq = ["--sequences", first] if first else []
-        resolution = ["--resolution", str(max(32, int(round(480 * scale / 16)) * 16))] if scale else []
-        return [
-            [*BAM, "davis", "propagate", "--checkpoint", ckpt, "--davis-root", root, "--out", str(out / "results"),
-             *step.options, *seq, *resolution],
-            [*BAM, "davis", "eval", "--davis-root", root, "--results", str(out / "results"), "--out", str(out), *seq],
-        ]
+        return [[*seq, *(["--resolution", _sized(480, scale, 0)] if scale else [])], seq]
     if step.kind == "probe":
-        cmd = [*BAM, "probe", "--checkpoint", ckpt, "--out", str(out / "metrics.json")]
-        if step.ade_root:
-            cmd += ["--ade-root", _exists(step.ade_root) or str(_synthetic("ade20k", run_dir))]
-        if step.davis_root:
-            cmd += ["--davis-root", _exists(step.davis_root) or str(_synthetic("davis", run_dir))]
-        return [cmd + step.options + ["--steps", str(PROBE_DRY_RUN_STEPS)]]
+        return [["--steps", str(PROBE_DRY_RUN_STEPS)]]
     if step.kind == "retrieval":  # one plain pass, every patch kept, input shrunk to a 2x2-patch grid at most
-        layout = "voc" if step.dataset == "voc" else "ade20k"
-        root = _exists(step.data_root) or str(_synthetic(layout, run_dir))
-        size = str(max(32, int(round(512 * scale / 16)) * 16)) if scale else "64"
-        return [[*BAM, "eval", "retrieval", "--checkpoint", ckpt, "--dataset", step.dataset, "--data-root", root,
-                 "--out", str(out / "metrics.json"), *step.options, "--input-size", size, "--no-augment",
-                 "--memory-size", "0"]]
+        return [["--input-size", _sized(512, scale, 64), "--no-augment", "--memory-size", "0"]]
     if step.kind == "linear":
-        root = _exists(step.data_root) or str(_synthetic("imagenet", run_dir))
-        size = str(max(32, int(round(224 * scale / 16)) * 16)) if scale else "32"
-        return [[*BAM, "eval", "linear", "--checkpoint", ckpt, "--data-root", root, "--out", str(out / "metrics.json"),
-                 *step.options, "--resolution", size, "--epochs", "1", "--lrs", "0.001"]]
-    return f"no dry-run for step kind {step.kind!r}"
+        return [["--resolution", _sized(224, scale, 32), "--epochs", "1", "--lrs", "0.001"]]
+    raise KeyError(step.kind)
+
+
+def step_commands(step: StepSpec, ckpt: str, out: Path, run_dir: Path, scale: float | None) -> list[list[str]] | str:
+    """The dry-run commands of one step (the plan's own commands, on data that exists here, with the dry-run flags
+    appended), or the reason it cannot run here."""
+    if step.kind not in STEP_KINDS:
+        return f"no dry-run for step kind {step.kind!r}"
+    if step.kind == "detectron2" and importlib.util.find_spec("detectron2") is None:
+        return "detectron2 is not installed here (bam-dense doctor says how to install it)"
+    step = _dry_data(step, run_dir)
+    commands = STEP_KINDS[step.kind](step, ckpt, out)
+    if step.kind == "detectron2":  # before the config overrides, which take the rest of the command line
+        return [[*commands[0][:2], "--dry-run", *commands[0][2:]]]
+    return [command + flags for command, flags in zip(commands, _dry_flags(step, scale), strict=True)]
 
 
 def run_plan_dry(plan: Plan, run_dir: str | Path, steps: list[str] | None = None, skip: list[str] | None = None,
