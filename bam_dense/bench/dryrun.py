@@ -17,7 +17,8 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
-from bam_dense.bench.plan import BAM, STEP_KINDS, Plan, RunSpec, StepOutcome, StepSpec, _execute, _repo
+from bam_dense.bench.plan import STEP_KINDS, Plan, RunSpec, StepOutcome, StepSpec, _execute, _repo
+from bam_dense.bench.plan import pretrain_commands as plan_pretrain_commands
 
 PROBE_DRY_RUN_STEPS = 20
 
@@ -43,10 +44,9 @@ def _scale_args(scale: float | None) -> list[str]:
 
 
 def pretrain_commands(run: RunSpec, run_dir: Path, scale: float | None) -> list[list[str]]:
-    p = run.pretrain or {}
-    out = run_dir / run.name / "pretrain"
-    args = ["--config", _repo(p["config"]), f"run.output_dir={out}", f"run.seed={run.seed}", *p.get("overrides", [])]
-    return [[*BAM, "pretrain", *args, "--dry-run", *_scale_args(scale)]]
+    """The plan's pretraining command in one process, with ``--dry-run`` (and the scale) appended."""
+    one_process = replace(run, pretrain={**(run.pretrain or {}), "nproc": 1})
+    return [command + ["--dry-run", *_scale_args(scale)] for command in plan_pretrain_commands(one_process, run_dir)]
 
 
 def checkpoint_of(run: RunSpec, run_dir: Path) -> str:
