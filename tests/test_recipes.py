@@ -22,7 +22,8 @@ PRETRAIN = Path(__file__).parents[1] / "configs" / "pretrain"
 # * tiny configs: no source; timm's default, which docs/benchmarks.md's tiny figures were measured with.
 # * MoCo v3 / CO-MoCoV3 (rf29_resnet18 tiny configs): facebookresearch/moco-v3 main_moco.py builds torchvision's
 #   ResNet with zero_init_residual=True. CO-DINO: facebookresearch/dino main_dino.py builds torchvision's
-#   resnet50() as is (zero_init_residual=False).
+#   resnet50() as is (zero_init_residual=False); DINO on rf29 as CO-DINO. CO-BYOL on rf29: the torchvision init of
+#   the CO-BYOL recipes it scales down (co_byol_r50_100ep, co_byol_rf99_r50_100ep).
 # * Full MoCo v3 / CO-MoCoV3 recipes (ResNet-50, RF99-ResNet50): moco-v3 main_moco.py, zero_init_residual=True.
 #   Full CO-DINO recipes: DINO's README ResNet-50 command, torchvision resnet50() as is. CO-BYOL on RF99: as CO-BYOL.
 RESNET_RECIPES = {
@@ -42,6 +43,8 @@ RESNET_RECIPES = {
     "mocov3_tiny_cpu": True,
     "co_mocov3_tiny_cpu": True,
     "co_dino_tiny_cpu": False,
+    "dino_rf29_tiny_cpu": False,
+    "co_byol_rf29_tiny_cpu": False,
     "mocov3_r50_100ep": True,
     "co_mocov3_r50_100ep": True,
     "co_mocov3_rf99_r50_100ep": True,
@@ -157,8 +160,12 @@ def test_co_ssl_recipe_is_its_base_recipe_plus_the_local_term(co, base, method_k
     """A CO recipe differs from the official recipe it reconstructs from only by its method (or backbone)."""
     changed = set(_differences(co, base))
     expected = {"run.output_dir"} | {f"method.{k}" for k in method_keys} | ({"method.name"} if method_keys else set())
-    if "rf99" in co and "rf99" not in base:
-        expected |= {"model.arch"}
+    if "rf99" in co and "rf99" not in base:  # RF-ResNet, with its post-pool MLP (widths from the 23.7 M parameters)
+        expected |= {"model.arch"} | {f"method.global_mlp.{k}" for k in ("layers", "hidden_dim", "out_dim", "bn", "last_bn",
+                                                                          "bias", "act")}
+        mlp = load_config(PRETRAIN / f"{co}.yaml").method.global_mlp
+        assert (mlp.layers, mlp.hidden_dim, mlp.out_dim, mlp.bn, mlp.last_bn, mlp.bias, mlp.act) == \
+               (2, 2048, 256, True, False, False, "relu")
     assert changed == expected
 
 
