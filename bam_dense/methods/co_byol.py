@@ -45,10 +45,11 @@ def local_cells(dense: torch.Tensor, grid: int) -> torch.Tensor:
     return dense.flatten(2)
 
 
-def global_mlp(backbone: nn.Module, cfg: HeadConfig | None, init: str) -> MLPHead | None:
+def global_mlp(backbone: nn.Module, cfg: HeadConfig | None, init: str) -> nn.Module:
     """CO-SSL's MLP after average pooling (RF-ResNet's, ablated in the paper's Table 6): it turns the pooled vector
-    into the global representation the base method's head reads; the local heads read the cells before pooling."""
-    return None if cfg is None else MLPHead.from_config(feature_dims(backbone)[0], cfg, init=init)
+    into the global representation the base method's head reads; the local heads read the cells before pooling.
+    Without one, ``nn.Identity`` (no parameters: the state dict and every draw stay the base method's)."""
+    return nn.Identity() if cfg is None else MLPHead.from_config(feature_dims(backbone)[0], cfg, init=init)
 
 
 def global_dim(backbone: nn.Module, cfg: HeadConfig | None) -> int:
@@ -79,7 +80,7 @@ class COBYOLNet(nn.Module):
     def view(self, x: torch.Tensor, predict: bool, local: bool) -> dict[str, torch.Tensor]:
         feats = features(self.backbone, x, stage=self.stage if local else None)
         pooled = feats.dense.mean(dim=(2, 3))
-        out = {"z": self.projector(pooled if self.global_mlp is None else self.global_mlp(pooled))}
+        out = {"z": self.projector(self.global_mlp(pooled))}
         if local:
             cells = local_cells(local_source(feats, self.stage), self.grid)
         if predict:

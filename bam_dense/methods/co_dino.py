@@ -57,7 +57,7 @@ class CODINONet(DINONet):
         # DINO's own backbone calls (so that w_s = 0 is DINO exactly), tapping the local stage when one is set
         calls = self.crop_features(crops, stage=self.stage if local else None)
         pooled = torch.cat([f.pooled for _, f in calls])
-        out: dict = {"logits": self.head(pooled if self.global_mlp is None else self.global_mlp(pooled))}
+        out: dict = {"logits": self.head(self.global_mlp(pooled))}
         if local:
             head = self.local_head if self.local_head is not None else self.head
             n, first = calls[0]  # the two global crops come first (and share a size)

@@ -50,14 +50,15 @@ class COMoCoV3Net(MoCoV3Net):
 
     def forward(self, crops: list[torch.Tensor], predict: bool = True, local_target: bool = False) -> list[dict]:
         outs = []
-        tap = self.stage if self.local and (predict or local_target) else None
+        cells_wanted = self.local and (predict or local_target)
         for x in crops:
-            out, feats = self.view(x, predict, stage=tap)
-            if self.local and predict:  # one query per cell: B x cells x dim
+            out, feats = self.view(x, predict, stage=self.stage if cells_wanted else None)
+            if cells_wanted:
                 cells = local_cells(local_source(feats, self.stage), self.grid)
+            if self.local and predict:  # one query per cell: B x cells x dim
                 out["q_local"] = self.local_predictor(self.local_projector(cells)).transpose(1, 2)
             elif self.local and local_target:  # g2_xi on every cell (the inputs of its BN statistics), then the mean
-                out["t_local"] = self.local_projector(local_cells(local_source(feats, self.stage), self.grid)).mean(dim=2)
+                out["t_local"] = self.local_projector(cells).mean(dim=2)
             outs.append(out)
         return outs
 

@@ -43,13 +43,12 @@ class MoCoV3Net(nn.Module):
         self.backbone = backbone
         self.projector = mocov3_projector(in_dim or feature_dims(backbone)[0], head_family, mlp_dim=params.mlp_dim,
                                           dim=params.dim)
-        self.global_mlp: nn.Module | None = None  # CO-MoCoV3's optional MLP after pooling
+        self.global_mlp: nn.Module = nn.Identity()  # CO-MoCoV3's optional MLP after pooling (no parameters)
         self.predictor = mocov3_predictor(head_family, mlp_dim=params.mlp_dim, dim=params.dim)
 
     def view(self, x: torch.Tensor, predict: bool, stage: int | None = None) -> tuple[dict[str, torch.Tensor], Features]:
         feats = features(self.backbone, x, stage=stage)
-        pooled = feats.pooled if self.global_mlp is None else self.global_mlp(feats.pooled)
-        out = {"z": self.projector(pooled)}  # the key (momentum branch) / the projection (online)
+        out = {"z": self.projector(self.global_mlp(feats.pooled))}  # the key (momentum branch) / the projection (online)
         if predict:
             out["q"] = self.predictor(out["z"])
         return out, feats
