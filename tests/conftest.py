@@ -41,12 +41,15 @@ def _living(proc: psutil.Process) -> bool:
         return False
 
 
-def processes_marked(name: str, value: str, since: float = 0.0) -> list[psutil.Process]:
-    """Living processes of this user, started at or after ``since``, whose environment has ``name=value``."""
+def processes_marked(name: str, value: str) -> list[psutil.Process]:
+    """Living processes of this user whose environment has ``name=value`` (a value unique to one test or run).
+
+    No filter on start time: psutil derives it from the boot time in whole seconds plus clock ticks, which can lag
+    ``time.time()`` by a second or more (measured -0.996 s here), so such a filter dropped a run's own first process."""
     me, found = os.getuid(), []
-    for proc in psutil.process_iter(["uids", "create_time"]):
+    for proc in psutil.process_iter(["uids"]):
         try:
-            if proc.info["uids"].real != me or proc.info["create_time"] < since - 1 or proc.pid == os.getpid():
+            if proc.info["uids"].real != me or proc.pid == os.getpid():
                 continue
             if proc.environ().get(name) == value and _living(proc):
                 found.append(proc)
@@ -83,9 +86,9 @@ def kill_all(procs: list[psutil.Process]) -> None:
             pass
 
 
-def _left_behind(before: set[int], mark: str, since: float) -> list[psutil.Process]:
+def _left_behind(before: set[int], mark: str) -> list[psutil.Process]:
     me = psutil.Process()
-    left = {p.pid: p for p in processes_marked(TEST_MARK, mark, since)}
+    left = {p.pid: p for p in processes_marked(TEST_MARK, mark)}
     for child in me.children(recursive=True):
         if child.pid not in before and _living(child):
             left.setdefault(child.pid, child)
@@ -102,7 +105,7 @@ def _session_helper(proc: psutil.Process) -> bool:
 @pytest.fixture(autouse=True)
 def no_process_outlives_its_test():
     """Fail a test that leaves a process behind (after a grace period for processes that are ending), killing it."""
-    mark, since = f"{os.getpid()}-{next(_tests)}", time.time()
+    mark = f"{os.getpid()}-{next(_tests)}"
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     outer = os.environ.get(TEST_MARK)
     os.environ[TEST_MARK] = mark
@@ -112,7 +115,7 @@ def no_process_outlives_its_test():
     else:
         os.environ[TEST_MARK] = outer
     deadline = time.monotonic() + LEAK_GRACE_S
-    while (left := _left_behind(before, mark, since)) and time.monotonic() < deadline:
+    while (left := _left_behind(before, mark)) and time.monotonic() < deadline:
         time.sleep(0.05)
     if left:
         description = _describe(left)

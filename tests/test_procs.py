@@ -51,13 +51,13 @@ def _wait_for_pids(folder: Path, n: int, proc: subprocess.Popen | None, timeout:
         time.sleep(0.02)
 
 
-def _kill_and_check_run_ends(proc: subprocess.Popen, mark: str, since: float, what: str, at_least: int) -> None:
+def _kill_and_check_run_ends(proc: subprocess.Popen, mark: str, what: str, at_least: int) -> None:
     """SIGKILL ``proc``; every process of its run (environment ``RUN_MARK=mark``), of which ``at_least`` are
     alive at the kill, must end within 10 s."""
-    seen = processes_marked(RUN_MARK, mark, since)
+    seen = processes_marked(RUN_MARK, mark)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL, f"{what}: the process ended on its own before it could be killed"
-    run = {p.pid: p for p in seen + processes_marked(RUN_MARK, mark, since)}
+    run = {p.pid: p for p in seen + processes_marked(RUN_MARK, mark)}
     assert len(run) >= at_least, f"{what}: found {len(run)} process(es) of the run, expected at least {at_least}"
     left = wait_until_gone(list(run.values()), GONE_WITHIN_S)
     kill_all(left)
@@ -88,11 +88,11 @@ for _ in DataLoader(Blocked(), num_workers=2, worker_init_fn=init):
 
 @pytest.mark.parametrize("hook", ["hook", "at_fork", "none"])
 def test_a_blocked_loader_worker_ends_with_its_killed_parent_only_with_the_hook(tmp_path, hook):
-    mark, since = uuid.uuid4().hex, time.time()
+    mark = uuid.uuid4().hex
     proc = subprocess.Popen([PYTHON, str(_script(tmp_path, BLOCKED_LOADER)), str(tmp_path), hook], env=_env(mark))
     workers = [psutil.Process(pid) for pid in _wait_for_pids(tmp_path, 2, proc)]
     if hook != "none":
-        _kill_and_check_run_ends(proc, mark, since, f"DataLoader with the {hook} hook", at_least=3)
+        _kill_and_check_run_ends(proc, mark, f"DataLoader with the {hook} hook", at_least=3)
         return
     # The control: without the hook the same workers outlive their SIGKILLed parent (this is the bug).
     proc.send_signal(signal.SIGKILL)
@@ -120,11 +120,11 @@ if __name__ == "__main__":
 
 @pytest.mark.parametrize("hook", ["hook", "none"])
 def test_process_pool_workers_end_with_their_killed_parent_only_with_the_hook(tmp_path, hook):
-    mark, since = uuid.uuid4().hex, time.time()
+    mark = uuid.uuid4().hex
     proc = subprocess.Popen([PYTHON, str(_script(tmp_path, BLOCKED_POOL)), str(tmp_path), hook], env=_env(mark))
     workers = [psutil.Process(pid) for pid in _wait_for_pids(tmp_path, 2, proc)]
     if hook == "hook":
-        _kill_and_check_run_ends(proc, mark, since, "process pool with the hook", at_least=3)
+        _kill_and_check_run_ends(proc, mark, "process pool with the hook", at_least=3)
         return
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -154,14 +154,14 @@ os._exit(0)
 
 
 def test_a_child_whose_owner_died_during_its_start_up_ends_when_it_sets_the_hook(tmp_path):
-    mark, since = uuid.uuid4().hex, time.time()
+    mark = uuid.uuid4().hex
     proc = subprocess.Popen([PYTHON, str(_script(tmp_path, ORPHAN_AT_START_UP)), str(tmp_path)], env=_env(mark))
     assert proc.wait() == 0
     children = _existing(_wait_for_pids(tmp_path, 1, None))
     left = wait_until_gone(children, GONE_WITHIN_S)
     kill_all(left)
     assert not left and not (tmp_path / "survived").exists(), "the orphaned child went on after end_with()"
-    assert not processes_marked(RUN_MARK, mark, since)
+    assert not processes_marked(RUN_MARK, mark)
 
 
 def _existing(pids: list[int]) -> list[psutil.Process]:
@@ -290,11 +290,11 @@ def _until(proc: subprocess.Popen, moment: str, tmp_path: Path, timeout: float =
 @pytest.mark.slow
 @pytest.mark.parametrize("moment", ["worker_start_up", "first_batch", "mid_epoch", "checkpoint_write"])
 def test_a_pretraining_run_killed_at_any_moment_leaves_no_process(tmp_path, moment):
-    mark, since = uuid.uuid4().hex, time.time()
+    mark = uuid.uuid4().hex
     proc = _trainer(tmp_path, mark)
     try:
         _until(proc, moment, tmp_path)
-        _kill_and_check_run_ends(proc, mark, since, f"pretraining killed at {moment}",
+        _kill_and_check_run_ends(proc, mark, f"pretraining killed at {moment}",
                                  at_least=3 if moment == "first_batch" else 2)
     finally:
         if proc.poll() is None:
@@ -308,13 +308,13 @@ def test_a_davis_evaluation_killed_while_its_pool_works_leaves_no_process(tmp_pa
     cmd = [PYTHON, "-m", "bam_dense.cli", "davis", "eval", "--davis-root", str(fixture / "DAVIS"),
            "--results", str(tmp_path / "results"), "--workers", "2"]
     for _attempt in range(5):  # the fixture is small: the evaluator may finish before its pool is seen
-        mark, since = uuid.uuid4().hex, time.time()
+        mark = uuid.uuid4().hex
         proc = subprocess.Popen(cmd, env=_env(mark), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         me = psutil.Process(proc.pid)
         while proc.poll() is None and not me.children():
             time.sleep(0.002)
         if proc.poll() is None:
-            _kill_and_check_run_ends(proc, mark, since, "davis eval killed while its pool worked", at_least=2)
+            _kill_and_check_run_ends(proc, mark, "davis eval killed while its pool worked", at_least=2)
             return
         assert proc.returncode == 0
     raise AssertionError("davis eval finished five times before its worker pool could be seen")
@@ -328,7 +328,7 @@ def test_a_killed_bench_runner_takes_its_steps_and_their_workers_with_it(tmp_pat
     plan = {"name": "killed", "runs": [{"name": "r", "method": "bam", "pretrain": {"config": str(tmp_path / "pretrain.yaml")}}],
             "steps": [{"name": "probe", "kind": "probe"}]}  # never reached: the runner dies while pretraining
     (tmp_path / "plan.yaml").write_text(yaml.safe_dump(plan))
-    mark, since = uuid.uuid4().hex, time.time()
+    mark = uuid.uuid4().hex
     with open(tmp_path / "runner.log", "w") as log:
         runner = subprocess.Popen([PYTHON, "-m", "bam_dense.cli", "bench", "run", str(tmp_path / "plan.yaml"), "--run-dir",
                                    str(tmp_path / "runs")], env=_env(mark), stdout=log, stderr=subprocess.STDOUT)
@@ -340,7 +340,7 @@ def test_a_killed_bench_runner_takes_its_steps_and_their_workers_with_it(tmp_pat
     assert workers and runner.poll() is None, (
         f"the runner ended (status {runner.returncode}) or its step started no workers within 120 s:\n"
         + (tmp_path / "runner.log").read_text() + (step_log.read_text() if step_log.exists() else ""))
-    _kill_and_check_run_ends(runner, mark, since, "bench run killed during a pretraining step", at_least=3)
+    _kill_and_check_run_ends(runner, mark, "bench run killed during a pretraining step", at_least=3)
 
 
 # ---------------------------------------------------------------------------- the suite's own guard
