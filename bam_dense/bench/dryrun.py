@@ -17,7 +17,7 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
-from bam_dense.bench.plan import STEP_KINDS, Plan, RunSpec, StepOutcome, StepSpec, _execute, _repo
+from bam_dense.bench.plan import STEP_KINDS, Plan, RunSpec, StepOutcome, StepSpec, _execute, _repo, walk_plan
 from bam_dense.bench.plan import pretrain_commands as plan_pretrain_commands
 
 PROBE_DRY_RUN_STEPS = 20
@@ -114,32 +114,22 @@ def run_plan_dry(plan: Plan, run_dir: str | Path, steps: list[str] | None = None
                  scale: float | None = None) -> list[StepOutcome]:
     """Dry-run every (wanted) step of every run; outputs under ``run_dir`` as a real run's, always re-run."""
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    outcomes = []
-    wanted = set(steps or [s.name for s in plan.steps] + ["pretrain"])
-    skipped = set(skip or [])
-    for run in plan.runs:
-        ckpt = checkpoint_of(run, run_dir)
-        if run.pretrain and "pretrain" in wanted and "pretrain" not in skipped:
-            out = run_dir / run.name / "pretrain"
-            ok, detail = _execute(pretrain_commands(run, run_dir, scale), out)
-            outcomes.append(StepOutcome(run.name, "pretrain", "done" if ok else "failed", detail or str(out / "dry-run")))
-            if not ok:
-                outcomes += [StepOutcome(run.name, s.name, "failed", "pretraining dry-run failed") for s in plan.steps]
-                continue
-        for step in plan.steps:
-            if step.name not in wanted or step.name in skipped:
-                continue
-            out = run_dir / run.name / step.name
-            if out.exists():
-                shutil.rmtree(out)
-            if not Path(ckpt).exists():
-                outcomes.append(StepOutcome(run.name, step.name, "failed", f"checkpoint {ckpt} does not exist"))
-                continue
-            commands = step_commands(step, ckpt, out, run_dir, scale)
-            if isinstance(commands, str):
-                outcomes.append(StepOutcome(run.name, step.name, "skipped", commands))
-                continue
-            ok, detail = _execute(commands, out)
-            outcomes.append(StepOutcome(run.name, step.name, "done" if ok else "failed", detail))
-    return outcomes
+
+    def pretrain(run: RunSpec) -> StepOutcome:
+        out = run_dir / run.name / "pretrain"
+        ok, detail = _execute(pretrain_commands(run, run_dir, scale), out)
+        return StepOutcome(run.name, "pretrain", "done" if ok else "failed", detail or str(out / "dry-run"))
+
+    def do_step(run: RunSpec, step: StepSpec) -> StepOutcome:
+        ckpt, out = checkpoint_of(run, run_dir), run_dir / run.name / step.name
+        if out.exists():
+            shutil.rmtree(out)
+        if not Path(ckpt).exists():
+            return StepOutcome(run.name, step.name, "failed", f"checkpoint {ckpt} does not exist")
+        commands = step_commands(step, ckpt, out, run_dir, scale)
+        if isinstance(commands, str):
+            return StepOutcome(run.name, step.name, "skipped", commands)
+        ok, detail = _execute(commands, out)
+        return StepOutcome(run.name, step.name, "done" if ok else "failed", detail)
+
+    return walk_plan(plan, run_dir, steps, skip, pretrain, do_step, "pretraining dry-run failed")

@@ -25,6 +25,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -232,44 +233,52 @@ def _execute(commands: list[list[str]], out: Path) -> tuple[bool, str]:
     return True, ""
 
 
-def run_plan(plan: Plan, run_dir: str | Path, steps: list[str] | None = None, skip: list[str] | None = None,
-             force: bool = False) -> list[StepOutcome]:
-    run_dir = Path(run_dir)
+def walk_plan(plan: Plan, run_dir: Path, steps: list[str] | None, skip: list[str] | None,
+              pretrain: Callable[[RunSpec], StepOutcome], do_step: Callable[[RunSpec, StepSpec], StepOutcome],
+              pretrain_failed: str) -> list[StepOutcome]:
+    """The wanted steps of every run in order: its pretraining (``pretrain(run)``, where the run has one), then
+    each step (``do_step(run, step)``); when the pretraining fails, every step of the run fails with
+    ``pretrain_failed``. ``steps`` keeps only those named (``pretrain`` included), ``skip`` drops those named."""
     run_dir.mkdir(parents=True, exist_ok=True)
     outcomes = []
     wanted = set(steps or [s.name for s in plan.steps] + ["pretrain"])
     skipped = set(skip or [])
     for run in plan.runs:
-        ckpt = checkpoint_of(run, run_dir)
         if run.pretrain and "pretrain" in wanted and "pretrain" not in skipped:
-            summary = run_dir / run.name / "pretrain" / "summary.json"
-            if summary.exists() and not force and '"completed": true' in summary.read_text():
-                outcomes.append(StepOutcome(run.name, "pretrain", "skipped", "already trained"))
-            else:
-                ok, detail = _execute(pretrain_commands(run, run_dir), run_dir / run.name / "pretrain")
-                outcomes.append(StepOutcome(run.name, "pretrain", "done" if ok else "failed", detail))
-                if not ok:
-                    for step in plan.steps:
-                        outcomes.append(StepOutcome(run.name, step.name, "failed", "pretraining failed"))
-                    continue
-        for step in plan.steps:
-            if step.name not in wanted or step.name in skipped:
+            outcomes.append(pretrain(run))
+            if outcomes[-1].status == "failed":
+                outcomes += [StepOutcome(run.name, step.name, "failed", pretrain_failed) for step in plan.steps]
                 continue
-            out = run_dir / run.name / step.name
-            if (out / "metrics.json").exists() and not force:
-                outcomes.append(StepOutcome(run.name, step.name, "skipped", "metrics.json exists"))
-                continue
-            if force and out.exists():
-                shutil.rmtree(out)
-            if not Path(ckpt).exists():
-                outcomes.append(StepOutcome(run.name, step.name, "failed", f"checkpoint {ckpt} does not exist"))
-                out.mkdir(parents=True, exist_ok=True)
-                (out / "error.txt").write_text(f"checkpoint {ckpt} does not exist\n")
-                continue
-            (out / "error.txt").unlink(missing_ok=True)
-            ok, detail = _execute(STEP_KINDS[step.kind](step, ckpt, out), out)
-            outcomes.append(StepOutcome(run.name, step.name, "done" if ok else "failed", detail))
+        outcomes += [do_step(run, step) for step in plan.steps if step.name in wanted and step.name not in skipped]
     return outcomes
+
+
+def run_plan(plan: Plan, run_dir: str | Path, steps: list[str] | None = None, skip: list[str] | None = None,
+             force: bool = False) -> list[StepOutcome]:
+    run_dir = Path(run_dir)
+
+    def pretrain(run: RunSpec) -> StepOutcome:
+        summary = run_dir / run.name / "pretrain" / "summary.json"
+        if summary.exists() and not force and '"completed": true' in summary.read_text():
+            return StepOutcome(run.name, "pretrain", "skipped", "already trained")
+        ok, detail = _execute(pretrain_commands(run, run_dir), run_dir / run.name / "pretrain")
+        return StepOutcome(run.name, "pretrain", "done" if ok else "failed", detail)
+
+    def do_step(run: RunSpec, step: StepSpec) -> StepOutcome:
+        ckpt, out = checkpoint_of(run, run_dir), run_dir / run.name / step.name
+        if (out / "metrics.json").exists() and not force:
+            return StepOutcome(run.name, step.name, "skipped", "metrics.json exists")
+        if force and out.exists():
+            shutil.rmtree(out)
+        if not Path(ckpt).exists():
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "error.txt").write_text(f"checkpoint {ckpt} does not exist\n")
+            return StepOutcome(run.name, step.name, "failed", f"checkpoint {ckpt} does not exist")
+        (out / "error.txt").unlink(missing_ok=True)
+        ok, detail = _execute(STEP_KINDS[step.kind](step, ckpt, out), out)
+        return StepOutcome(run.name, step.name, "done" if ok else "failed", detail)
+
+    return walk_plan(plan, run_dir, steps, skip, pretrain, do_step, "pretraining failed")
 
 
 def slurm_script(plan: Plan, plan_path: str, run_dir: Path) -> str:
