@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import PYTHON, REPO, tiny_vit_bam_checkpoint
+from fixtures.make_hummingbird_fixture import encode
 from PIL import Image
 
 from bam_dense.core.errors import UserFacingError
@@ -34,13 +35,10 @@ FIXTURE = torch.load(Path(__file__).parent / "fixtures" / "hummingbird_official.
 
 
 def _fixture_encoder(images: torch.Tensor) -> torch.Tensor:
-    """The fixture's patch encoder (make_hummingbird_fixture.encode), as ``B x D x h x w``."""
-    size, patch = FIXTURE["size"], FIXTURE["patch"]
-    g = size // patch
-    b = images.shape[0]
-    cells = images.reshape(b, 3, g, patch, g, patch).permute(0, 2, 4, 1, 3, 5).reshape(b, g * g, -1)
-    tokens = torch.tanh(cells @ FIXTURE["inputs"]["encoder"])
-    return tokens.transpose(1, 2).reshape(b, -1, g, g)
+    """The fixture's patch encoder, the recorder's own, as ``B x D x h x w``."""
+    tokens = encode(images, FIXTURE["inputs"]["encoder"], FIXTURE["patch"])
+    g = images.shape[-1] // FIXTURE["patch"]
+    return tokens.transpose(1, 2).reshape(images.shape[0], -1, g, g)
 
 
 @pytest.mark.parametrize("case", ["bounded", "unbounded"])
