@@ -55,10 +55,10 @@ class COMoCoV3Net(MoCoV3Net):
             out, feats = self.view(x, predict, stage=self.stage if cells_wanted else None)
             if cells_wanted:
                 cells = local_cells(local_source(feats, self.stage), self.grid)
-            if self.local and predict:  # one query per cell: B x cells x dim
-                out["q_local"] = self.local_predictor(self.local_projector(cells)).transpose(1, 2)
-            elif self.local and local_target:  # g2_xi on every cell (the inputs of its BN statistics), then the mean
-                out["t_local"] = self.local_projector(cells).mean(dim=2)
+                if predict:  # one query per cell: B x cells x dim
+                    out["q_local"] = self.local_predictor(self.local_projector(cells)).transpose(1, 2)
+                else:  # the local target: g2_xi on every cell (the inputs of its BN statistics), then the mean
+                    out["t_local"] = self.local_projector(cells).mean(dim=2)
             outs.append(out)
         return outs
 
