@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
+from official_maps import mocov3_mlp_to_mlphead
 
 from bam_dense.models.heads import DINOHead, MLPHead, mocov3_predictor, mocov3_projector
 
@@ -79,23 +80,6 @@ def test_dino_head_frozen_g_gets_no_gradient_but_v_does():
     assert head.last_layer.weight_g.grad is None and head.last_layer.weight_v.grad is not None
 
 
-def _official_to_mlphead(state: dict) -> dict:
-    """moco-v3's Sequential names (Linear at 3i, BatchNorm at 3i+1, last BatchNorm after the last Linear) to
-    MLPHead's (linears.i, norms.i, last_norm)."""
-    linear_idx = sorted({int(k.split(".")[0]) for k, v in state.items() if k.endswith("weight") and v.dim() == 2})
-    out = {}
-    for key, value in state.items():
-        idx, name = key.split(".", 1)
-        idx = int(idx)
-        if idx in linear_idx:
-            out[f"linears.{linear_idx.index(idx)}.{name}"] = value
-        elif idx - 1 in linear_idx and linear_idx.index(idx - 1) < len(linear_idx) - 1:
-            out[f"norms.{linear_idx.index(idx - 1)}.{name}"] = value
-        else:
-            out[f"last_norm.{name}"] = value
-    return out
-
-
 @pytest.mark.parametrize("family", ["cnn", "vit"])
 def test_mocov3_heads_same_seed_same_weights_as_official(mocov3_official, family):
     cfg = mocov3_official["config"]
@@ -104,7 +88,7 @@ def test_mocov3_heads_same_seed_same_weights_as_official(mocov3_official, family
         proj = mocov3_projector(cfg["C"], family, mlp_dim=cfg["mlp_dim"], dim=cfg["dim"])
         pred = mocov3_predictor(family, mlp_dim=cfg["mlp_dim"], dim=cfg["dim"])
         for ours, official in ((proj, rec["projector"]), (pred, rec["predictor"])):
-            mapped = _official_to_mlphead(official)
+            mapped = mocov3_mlp_to_mlphead(official)
             assert sorted(ours.state_dict()) == sorted(mapped)
             for key, value in ours.state_dict().items():
                 torch.testing.assert_close(value, mapped[key], rtol=0, atol=0, msg=key)
@@ -115,8 +99,8 @@ def test_mocov3_heads_output_equals_official(mocov3_official, family):
     cfg, rec = mocov3_official["config"], mocov3_official["mlp"][family]
     proj = mocov3_projector(cfg["C"], family, mlp_dim=cfg["mlp_dim"], dim=cfg["dim"]).train()
     pred = mocov3_predictor(family, mlp_dim=cfg["mlp_dim"], dim=cfg["dim"]).train()
-    proj.load_state_dict(_official_to_mlphead(rec["projector_state"]))
-    pred.load_state_dict(_official_to_mlphead(rec["predictor_state"]))
+    proj.load_state_dict(mocov3_mlp_to_mlphead(rec["projector_state"]))
+    pred.load_state_dict(mocov3_mlp_to_mlphead(rec["predictor_state"]))
     z = proj(rec["x"])
     torch.testing.assert_close(z, rec["z"], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(pred(z), rec["p"], rtol=1e-5, atol=1e-6)

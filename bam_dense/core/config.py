@@ -109,6 +109,10 @@ class ModelConfig:
     # get_arch builds, since it takes ResNets from timm) or at one (torchvision's default, zero_init_residual=False,
     # as the official LEWEL/BYOL ResNet-50). Other architectures must leave it false.
     zero_init_residual: bool = False
+    # ViT only: the initialisation of a source (models/backbones.py _init_vit_): moco (moco-v3 vits.py, the
+    # frozen patch projection included) | timm (timm's default) | dino (timm's with DINO's class token, trunc
+    # normal std 0.02) | auto (moco with the sincos table, timm with a learned one)
+    init: str = "auto"
     sync_bn: bool = False  # convert BatchNorm to SyncBatchNorm under DDP
     compile: bool = False  # torch.compile the student
     channels_last: bool | None = None  # None: channels-last memory format for CNN backbones on CUDA, off otherwise
@@ -127,6 +131,14 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     momentum: float = 0.9  # SGD / LARS
     lars_eta: float = 0.001
+    # LARS update rule (engine/optim.py): lewel (LayneH/LEWEL utils/LARS.py: trust eta ||w|| / (||g|| + wd ||w||),
+    # lr inside the momentum buffer, biases and norm parameters by type excluded) | moco (moco-v3
+    # moco/optimizer.py: trust eta ||w|| / ||g + wd w||, lr applied after the momentum, parameters of ndim <= 1
+    # neither decayed nor adapted)
+    lars_rule: str = "lewel"
+    # AdamW/SGD: decay every parameter, biases and norm parameters too (one group, as MoCo v3's main_moco.py
+    # AdamW over model.parameters()); false: those get no weight decay (the engine's rule by parameter type)
+    decay_1d: bool = False
     clip_grad: float | None = None  # max L2 norm of the gradients (see clip_grad_mode); None: no clipping
     # total: one norm over all gradients (torch's clip_grad_norm_; BAM) | per_param: each parameter's gradient
     # on its own (DINO's utils.clip_gradients: factor clip / (||g|| + 1e-6) where below 1)
@@ -342,6 +354,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.views.interpolation": ("bicubic", "bilinear"),
     "model.pos_embed": ("sincos", "learned"),
     "optim.name": ("adamw", "sgd", "lars"),
+    "optim.lars_rule": ("lewel", "moco"),
+    "model.init": ("auto", "moco", "timm", "dino"),
     "optim.amp": ("none", "bf16", "fp16"),
     "teacher.buffers": ("params", "params_and_buffers"),
     "eval.knn.network": ("teacher", "student"),

@@ -2,13 +2,20 @@
 
 Biases, normalisation-layer parameters (any BatchNorm/LayerNorm/GroupNorm) and other 1-D parameters
 get no weight decay and, under LARS, no trust-ratio adaptation. The groups never depend on parameter
-names, so renaming a module cannot silently change the recipe (the LEWEL defect L4).
+names, so renaming a module cannot silently change the recipe (the LEWEL defect L4). ``decay_1d`` puts every
+parameter in one decayed group instead (MoCo v3's AdamW over ``model.parameters()``).
+
+Two LARS rules, each its source's update exactly (hand-written because the differences are the point):
+:class:`LARS` (LayneH/LEWEL ``utils/LARS.py``) and :class:`MoCoLARS` (facebookresearch/moco-v3
+``moco/optimizer.py``).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
+
+from bam_dense.core.errors import UserFacingError
 
 NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
 
@@ -75,23 +82,78 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
+class MoCoLARS(torch.optim.Optimizer):
+    """LARS with the update rule of MoCo v3's ``moco/optimizer.py``.
+
+    For a parameter of more than one dimension: ``d = g + wd * w``, ``trust = eta * ||w|| / ||d||`` (1 when a
+    norm is 0), ``d <- d * trust``; a parameter of ``ndim <= 1`` (biases, norm scales and shifts) takes
+    ``d = g``: neither decayed nor adapted, whatever its group. Then ``mu <- momentum * mu + d`` and
+    ``w <- w - lr * mu``: unlike :class:`LARS` the buffer holds no learning rate, so during the warm-up the
+    momentum carries past gradients at the current rate.
+    """
+
+    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, eta: float = 0.001):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                d = p.grad
+                if p.ndim > 1:
+                    d = d.add(p, alpha=group["weight_decay"])
+                    w_norm, d_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(d)
+                    trust = torch.where((w_norm > 0) & (d_norm > 0), group["eta"] * w_norm / d_norm,
+                                        torch.ones_like(w_norm))
+                    d = d.mul(trust)
+                state = self.state[p]
+                if "mu" not in state:
+                    state["mu"] = torch.zeros_like(p)
+                state["mu"].mul_(group["momentum"]).add_(d)
+                p.add_(state["mu"], alpha=-group["lr"])
+        return loss
+
+
+LARS_RULES = {"lewel": LARS, "moco": MoCoLARS}
+
+
 def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, betas=(0.9, 0.999),
-                    momentum: float = 0.9, lars_eta: float = 0.001, fused: bool = False) -> torch.optim.Optimizer:
-    """Two groups: ``decay`` (``wd_scale`` 1) and ``no_decay`` (``wd_scale`` 0, no LARS adaptation).
+                    momentum: float = 0.9, lars_eta: float = 0.001, fused: bool = False, lars_rule: str = "lewel",
+                    decay_1d: bool = False) -> torch.optim.Optimizer:
+    """Two groups: ``decay`` (``wd_scale`` 1) and ``no_decay`` (``wd_scale`` 0, no LARS adaptation); one group
+    of every trainable parameter (``wd_scale`` 1) with ``decay_1d`` (AdamW, SGD) or LARS's ``moco`` rule (which
+    leaves 1-d parameters alone by itself, as MoCo v3 gives it ``model.parameters()``).
 
     The engine sets ``group['weight_decay'] = wd * group['wd_scale']`` every step from its schedule.
     ``fused`` selects AdamW's fused kernel (same update, one kernel launch for all parameters).
     """
+    if lars_rule not in LARS_RULES:
+        raise ValueError(f"unknown LARS rule {lars_rule!r}; choose from {', '.join(LARS_RULES)}")
+    if decay_1d and name == "lars":
+        raise UserFacingError("optim.decay_1d applies to adamw and sgd; LARS leaves 1-d parameters undecayed by its rule")
     decay, no_decay = param_groups(model)
-    groups = [
-        {"params": decay, "wd_scale": 1.0, "weight_decay": weight_decay, "lars_adapt": True},
-        {"params": no_decay, "wd_scale": 0.0, "weight_decay": 0.0, "lars_adapt": False},
-    ]
+    if decay_1d or (name == "lars" and lars_rule == "moco"):
+        groups = [{"params": [p for p in model.parameters() if p.requires_grad], "wd_scale": 1.0,
+                   "weight_decay": weight_decay, "lars_adapt": True}]
+    else:
+        groups = [
+            {"params": decay, "wd_scale": 1.0, "weight_decay": weight_decay, "lars_adapt": True},
+            {"params": no_decay, "wd_scale": 0.0, "weight_decay": 0.0, "lars_adapt": False},
+        ]
     if name == "adamw":
         return torch.optim.AdamW([{k: v for k, v in g.items() if k != "lars_adapt"} for g in groups], lr=lr, betas=tuple(betas),
                                  fused=fused)
     if name == "sgd":
         return torch.optim.SGD([{k: v for k, v in g.items() if k != "lars_adapt"} for g in groups], lr=lr, momentum=momentum)
+    if name == "lars" and lars_rule == "moco":
+        return MoCoLARS([{k: v for k, v in g.items() if k != "lars_adapt"} for g in groups], lr=lr, momentum=momentum,
+                        weight_decay=weight_decay, eta=lars_eta)
     if name == "lars":
         return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, eta=lars_eta)
     raise ValueError(f"unknown optimizer {name!r}")

@@ -181,7 +181,8 @@ class Trainer:
             self.model = torch.compile(self.model)
         fused = cfg.optim.fused if cfg.optim.fused is not None else (self.use_cuda and cfg.optim.name == "adamw")
         self.optimizer = build_optimizer(self.student, cfg.optim.name, self.peak_lr, cfg.optim.weight_decay,
-                                         cfg.optim.betas, cfg.optim.momentum, cfg.optim.lars_eta, fused=fused)
+                                         cfg.optim.betas, cfg.optim.momentum, cfg.optim.lars_eta, fused=fused,
+                                         lars_rule=cfg.optim.lars_rule, decay_1d=cfg.optim.decay_1d)
         self.terminate_flag = torch.zeros(1, device=self.device)  # SIGTERM, shared by the ranks with the step's stats
         self.gflop_per_image: float | None = None
         self.peak_tflops = device_peak_tflops(self.device, cfg.run.peak_tflops)

@@ -14,7 +14,10 @@ adaptive-average-pooled to ``grid x grid``) goes cell by cell (a 1x1 head) throu
 This is :func:`~bam_dense.losses.dino.dino_loss` on the per-cell student logits of the two global views against
 the two teacher outputs repeated per cell (the same-view pairs skipped, pairs averaged as DINO averages its
 global term), with the centre and teacher temperature of DINO's term, taken before the centre moves. With
-``w_s = 0`` no local head is built: the network, its initial weights and every step are DINO's.
+``w_s = 0`` no local head is built: the network, its initial weights and every step are DINO's. The local head
+trains as DINO's own: its last layer frozen in the first ``freeze_last_layer`` epochs
+(:meth:`~bam_dense.methods.dino.DINO.frozen_parameters` freezes every DINO head's), and the teacher, built as
+DINO's, never drops paths.
 
 ``local_stage`` and ``global_mlp``: as CO-BYOL's (:mod:`bam_dense.methods.co_byol`).
 """
@@ -29,7 +32,7 @@ from bam_dense.core.errors import UserFacingError
 from bam_dense.losses.dino import dino_loss
 from bam_dense.methods.base import StepContext
 from bam_dense.methods.co_byol import global_dim, global_mlp, local_cells, local_source
-from bam_dense.methods.dino import DINO, DINONet, teacher_temp_at_epoch
+from bam_dense.methods.dino import DINO, DINONet, teacher_temp_at_epoch, without_drop_path_
 from bam_dense.models.backbones import check_stage, stage_dim
 from bam_dense.models.heads import DINOHead
 
@@ -75,6 +78,7 @@ class CODINO(DINO):
         super().__init__(backbone, params, student=CODINONet(backbone, params))
 
     def teacher_forward(self, teacher, crops):
+        without_drop_path_(teacher)  # DINO's teacher, so no stochastic depth
         return teacher(crops[:2], local=False)
 
     def loss(self, student_out, teacher_out, ctx: StepContext):

@@ -38,6 +38,14 @@ def teacher_temp_at_epoch(epoch: int, warmup_temp: float, temp: float, warmup_ep
     return warmup_temp + (temp - warmup_temp) * epoch / (warmup_epochs - 1)
 
 
+def without_drop_path_(teacher: nn.Module) -> None:
+    """Switch off the DropPath modules the EMA copy of the student carries: ``train_dino`` builds DINO's teacher
+    without stochastic depth, so its targets are deterministic."""
+    for module in teacher.modules():
+        if isinstance(module, DropPath):
+            module.drop_prob = 0.0
+
+
 class DINONet(nn.Module):
     def __init__(self, backbone: nn.Module, params: DINOParams, in_dim: int | None = None):
         super().__init__()
@@ -68,15 +76,15 @@ class DINO(Method):
         self.params = params
 
     def frozen_parameters(self, epoch: int) -> list[nn.Parameter]:
-        """The head's last layer during the first ``freeze_last_layer`` epochs (DINO's ``cancel_gradients_last_layer``)."""
+        """The last layer of every DINO head during the first ``freeze_last_layer`` epochs (DINO's
+        ``cancel_gradients_last_layer``)."""
         if epoch >= self.params.freeze_last_layer:
             return []
-        return list(self.student.head.last_layer.parameters())
+        heads = [m for m in self.student.modules() if isinstance(m, DINOHead)]
+        return [p for head in heads for p in head.last_layer.parameters()]
 
     def teacher_forward(self, teacher: nn.Module, crops: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        for module in teacher.modules():  # the EMA copy of the student carries its DropPath modules: switch them off
-            if isinstance(module, DropPath):
-                module.drop_prob = 0.0
+        without_drop_path_(teacher)
         return teacher(crops[:2])  # the global crops (DINO has two)
 
     def loss(self, student_out, teacher_out, ctx: StepContext):

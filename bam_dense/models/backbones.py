@@ -24,13 +24,14 @@ block ``k`` (1-depth) with the final norm applied, as DINO's ``get_intermediate_
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn as nn
 
-from bam_dense.core.config import ModelConfig
+from bam_dense.core.config import CHOICES, ModelConfig
 from bam_dense.core.errors import UserFacingError
 from bam_dense.models.heads import ACTIVATIONS
 from bam_dense.models.rf_resnet import PRESETS as RF_RESNETS
@@ -63,20 +64,51 @@ def family(backbone: nn.Module) -> str:
 
 
 def sincos_2d_position_embedding(grid_h: int, grid_w: int, dim: int, n_prefix: int = 1, temperature: float = 10000.0) -> torch.Tensor:
-    """Fixed 2-D sin-cos table (MoCo v3): ``1 x (n_prefix + h*w) x dim``, prefix rows zero.
+    """MoCo v3's fixed 2-D sin-cos table (``vits.py`` ``build_2d_sincos_position_embedding``, also BAM's
+    ``models/vit.py``): ``1 x (n_prefix + h*w) x dim``, prefix rows zero.
 
-    A quarter of the channels each hold sin(x w), cos(x w), sin(y w), cos(y w) with
-    ``w_k = temperature^(-k / (dim/4))``.
+    Token ``m`` (row-major over the grid, as the patch tokens) gets ``[sin(a w), cos(a w), sin(b w), cos(b w)]``
+    with ``a = m // h``, ``b = m % h`` and ``w_k = temperature^(-k / (dim/4))``: vits.py meshgrids the ``w`` and
+    ``h`` ranges in that order and flattens, so on a square grid the first half encodes the token's row and the
+    second its column. Computed in float32 as there, so the table is vits.py's bit for bit.
     """
     if dim % 4:
         raise ValueError(f"sin-cos position embedding needs dim divisible by 4, got {dim}")
-    ys, xs = torch.meshgrid(torch.arange(grid_h, dtype=torch.float64), torch.arange(grid_w, dtype=torch.float64), indexing="ij")
     quarter = dim // 4
-    omega = 1.0 / temperature ** (torch.arange(quarter, dtype=torch.float64) / quarter)
-    ox = xs.reshape(-1, 1) * omega[None]
-    oy = ys.reshape(-1, 1) * omega[None]
-    table = torch.cat([ox.sin(), ox.cos(), oy.sin(), oy.cos()], dim=1).float()
+    omega = 1.0 / temperature ** (torch.arange(quarter, dtype=torch.float32) / quarter)
+    m = torch.arange(grid_h * grid_w)
+    a = (m // grid_h).float()[:, None] * omega[None]
+    b = (m % grid_h).float()[:, None] * omega[None]
+    table = torch.cat([a.sin(), a.cos(), b.sin(), b.cos()], dim=1)
     return torch.cat([torch.zeros(n_prefix, dim), table], dim=0).unsqueeze(0)
+
+
+VIT_INITS = CHOICES["model.init"]
+
+
+def _init_vit_(model: nn.Module, init: str) -> None:
+    """The ViT initialisations of the sources, after timm's own (``moco`` was asked of timm already).
+
+    * ``moco`` (moco-v3 ``vits.py`` ``VisionTransformerMoCo``): timm's ``weight_init='moco'`` (the QKV thirds and
+      the other linears xavier-uniform, zero biases, class token normal std 1e-6) and, which timm leaves to
+      PyTorch's default, the patch projection xavier-uniform over ``3 p^2`` inputs and ``D`` outputs,
+      ``U(-sqrt(6 / (3 p^2 + D)), +sqrt(6 / (3 p^2 + D)))``, with a zero bias. With ``--stop-grad-conv1`` this
+      random projection is never trained, so its scale stays for the whole run.
+    * ``timm``: timm's default (linears truncated normal std 0.02, class token normal std 1e-6).
+    * ``dino`` (facebookresearch/dino ``vision_transformer.py``): timm's default but the class token truncated
+      normal std 0.02, as DINO's ``trunc_normal_(self.cls_token, std=.02)``.
+    """
+    if init == "moco":
+        proj = model.patch_embed.proj
+        fan_in = proj.in_channels * proj.kernel_size[0] * proj.kernel_size[1]
+        bound = math.sqrt(6.0 / float(fan_in + model.embed_dim))
+        with torch.no_grad():
+            nn.init.uniform_(proj.weight, -bound, bound)
+            if proj.bias is not None:
+                nn.init.zeros_(proj.bias)
+    elif init == "dino" and model.cls_token is not None:
+        with torch.no_grad():
+            nn.init.trunc_normal_(model.cls_token, std=0.02)
 
 
 def _timm_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -115,6 +147,7 @@ def create_backbone(
     dynamic_img_size: bool = True,
     pretrained: bool = False,
     zero_init_residual: bool | None = None,
+    init: str = "auto",
 ) -> nn.Module:
     """A timm backbone (or an RF-ResNet preset) without classifier. ``kwargs`` override timm's constructor
     arguments (an RF-ResNet's configuration fields).
@@ -122,9 +155,14 @@ def create_backbone(
     ``zero_init_residual`` (ResNets only): ``True`` zero-initialises the last BatchNorm of every residual
     block (timm's ``zero_init_last``), ``False`` leaves it at one (torchvision's default); ``None`` keeps
     timm's default.
+
+    ``init`` (ViTs only, :func:`_init_vit_`): ``moco``, ``timm`` or ``dino``; ``auto`` is ``moco`` with the
+    sin-cos table and ``timm`` with a learned one.
     """
     import timm
 
+    if init not in VIT_INITS:
+        raise ValueError(f"unknown ViT initialisation {init!r}; choose from {', '.join(VIT_INITS)}")
     if arch in RF_RESNETS:  # kwargs override RFResNetConfig fields (layers, spatial, maxpool, strides, ...)
         if pretrained:
             raise ValueError(f"{arch!r} has no pretrained weights")
@@ -142,15 +180,21 @@ def create_backbone(
         else:
             kw["zero_init_last"] = zero_init_residual
     probe = arch.lower()
-    is_vit = probe.startswith(("vit_", "deit_"))
-    if is_vit:
+    is_vit = probe.startswith(("vit_", "deit_")) and not _is_timm_eva(arch)  # Eva (RoPE): no table, no moco init
+    if init != "auto" and not is_vit:
+        raise ValueError(f"model.init: {init!r} applies to ViTs only, not {arch!r}; leave it at auto")
+    if is_vit and init == "auto":
+        init = "moco" if pos_embed == "sincos" else "timm"
+    if probe.startswith(("vit_", "deit_")):
         kw.setdefault("dynamic_img_size", dynamic_img_size)
-        if pos_embed == "sincos" and not _is_timm_eva(arch):  # Eva (RoPE) has no table and no moco init
+        if init == "moco":
             kw.setdefault("weight_init", "moco")
     if drop_path_rate:
         kw["drop_path_rate"] = drop_path_rate
     model = timm.create_model(arch, pretrained=pretrained, num_classes=0, **kw)
     if family(model) == "vit":
+        if not pretrained:
+            _init_vit_(model, init)
         if pos_embed == "sincos" and model.pos_embed is not None:
             gh, gw = model.patch_embed.grid_size
             table = sincos_2d_position_embedding(gh, gw, model.embed_dim, n_prefix=0 if model.no_embed_class else model.num_prefix_tokens)
@@ -168,7 +212,8 @@ def build_backbone(m: ModelConfig) -> nn.Module:
     """The backbone a pretraining config's ``model`` section describes (random init, seeded by the caller)."""
     try:
         backbone = create_backbone(m.arch, m.kwargs, pos_embed=m.pos_embed, freeze_patch_embed=m.freeze_patch_embed,
-                                   drop_path_rate=m.drop_path_rate, zero_init_residual=m.zero_init_residual)
+                                   drop_path_rate=m.drop_path_rate, zero_init_residual=m.zero_init_residual,
+                                   init=m.init)
     except (ValueError, TypeError) as err:
         raise UserFacingError(f"model: cannot build {m.arch!r} with kwargs {m.kwargs}: {err}") from None
     if m.grad_checkpointing:

@@ -1,0 +1,175 @@
+"""Two whole MoCo v3 training steps of the engine equal the official ones (facebookresearch/moco-v3 ``train``).
+
+``fixtures/mocov3_step_official.pt`` (``make_mocov3_step_fixture.py``) holds, for a tiny ``MoCo_ViT`` (AdamW) and a
+tiny ``MoCo_ResNet`` (moco-v3's LARS), the initial weights, the batches and what iterations 2 and 3 of an official
+run made of them (lr warm-up and ``--moco-m-cos`` schedules mid-way): the loss, the gradients, the online network
+after the optimizer step and the momentum encoder after its update. Here the engine is built from the **shipped
+recipe** (``configs/pretrain/mocov3_vit_small_300ep.yaml``, ``mocov3_r50_100ep.yaml``) with only the widths, sizes
+and schedule lengths of the fixture put in, loaded with the same weights, and its ``train_step`` must give the same
+numbers; a separate test compares the initialisation the recipe itself gives with the official one.
+
+Key mapping: :func:`official_maps.mocov3_to_ours` (``base_encoder`` / ``momentum_encoder`` to the student's and the
+teacher's ``backbone``, the MLPs' Sequential indices to ``MLPHead``'s), checked key by key.
+
+Teacher: moco-v3 updates the momentum encoder at the start of iteration ``i`` with ``m_i`` from the online
+weights before that step's update; the engine updates it after step ``i - 1`` from the same weights with the same
+``m_i`` (``teacher_momentum_lead``), so its teacher after step 2 is the official one of iteration 3.
+
+Tolerance: 1e-5 absolute on weights of order 0.1-1 that move by 1e-3 to 1e-1 in the steps, 1e-4 of each
+gradient's largest entry, 1e-6 relative on the losses: float32 rounding of equivalent orders of operations (timm
+1.x's fused attention against timm 0.4.9's explicit softmax, DDP's bucketed gradients), amplified by the heads'
+BatchNorm over 8 samples (the gradients agree to about 1e-5 of their size, the losses to 2e-7); a wrong LARS rule
+or weight-decay group moves weights by more than 100 times the tolerance (checked below).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from official_maps import mocov3_to_ours
+
+from bam_dense.core.config import load_config
+from bam_dense.engine.trainer import Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURE = Path(__file__).parent / "fixtures" / "mocov3_step_official.pt"
+RECIPES = {"vit": ROOT / "configs/pretrain/mocov3_vit_small_300ep.yaml", "resnet": ROOT / "configs/pretrain/mocov3_r50_100ep.yaml"}
+HEAD = {"vit": "head", "resnet": "fc"}
+ATOL = 1e-5  # weights of order 0.1-1
+GRAD_RTOL = 1e-4  # gradients: of their tensor's largest entry
+
+
+@pytest.fixture(scope="module")
+def official():
+    return torch.load(FIXTURE, weights_only=True)
+
+
+def _recipe(tmp_path, rec: dict, name: str, optim: dict | None = None):
+    """The shipped recipe with the fixture's widths, sizes and schedule lengths: nothing else changed."""
+    s = rec["cases"][name]["settings"]
+    raw = yaml.safe_load(RECIPES[name].read_text())
+    raw["run"] = {"output_dir": str(tmp_path), "seed": 0, "progress": False, "tensorboard": False, "device": "cpu"}
+    raw["data"].update(path=None, batch_size_per_gpu=s["batch"], num_workers=0,
+                       synthetic={"num_images": s["batch"] * s["iters_per_epoch"], "size": 20, "num_classes": 2, "seed": 0})
+    raw["data"]["views"]["global_size"] = rec["batches"][0][0].shape[-1]
+    vit = rec["vit"]
+    if name == "vit":
+        raw["model"]["kwargs"] = {**raw["model"].get("kwargs", {}), "img_size": vit["img_size"], "patch_size": vit["patch_size"],
+                                  "embed_dim": vit["embed_dim"], "depth": vit["depth"], "num_heads": vit["num_heads"]}
+    else:
+        raw["model"]["kwargs"] = {"layers": [1, 1, 1, 1], "channels": [c // rec["resnet_width_div"] for c in (64, 128, 256, 512)]}
+    raw["optim"].update(epochs=s["epochs"], warmup_epochs=s["warmup_epochs"], lr=s["base_lr"], weight_decay=s["weight_decay"],
+                        amp="none", **(optim or {}))
+    raw["teacher"]["momentum"] = s["moco_m"]
+    raw["method"].update(dim=s["moco_dim"], mlp_dim=s["moco_mlp_dim"])
+    raw["eval"] = {"knn": {"enabled": False}}
+    return load_config(data=raw)
+
+
+def _engine_steps(tmp_path, rec: dict, name: str, optim: dict | None = None) -> tuple[Trainer, list[dict]]:
+    """The official initial state in the recipe's engine, then one ``train_step`` per recorded iteration."""
+    case = rec["cases"][name]
+    trainer = Trainer(_recipe(tmp_path, rec, name, optim))
+    initial = mocov3_to_ours(case["initial"], HEAD[name])
+    assert set(trainer.student.state_dict()) == set(initial), sorted(set(trainer.student.state_dict()) ^ set(initial))
+    trainer.student.load_state_dict(initial)
+    trainer.teacher.load_state_dict({k: v for k, v in initial.items() if not k.startswith("predictor.")})
+    params = dict(trainer.student.named_parameters())
+    adam = case["adam_state"]  # official names: mapped through their moments (the map reads the weights' shapes)
+    official_name = {id(state["exp_avg"]): pname for pname, state in adam.items()}
+    for ours, exp_avg in mocov3_to_ours({p: state["exp_avg"] for p, state in adam.items()}, HEAD[name]).items():
+        trainer.optimizer.state[params[ours]] = {k: v.clone() for k, v in adam[official_name[id(exp_avg)]].items()}
+    trainer.step, trainer.epoch = case["iterations"][0]["iteration"], case["settings"]["start_epoch"]
+    results = []
+    for batch in rec["batches"]:
+        terms, _, finite = trainer.train_step([b.clone() for b in batch])
+        assert finite
+        results.append({"terms": terms, "student": {k: v.clone() for k, v in trainer.student.state_dict().items()},
+                         "grads": {n: p.grad.clone() for n, p in trainer.student.named_parameters() if p.grad is not None},
+                         "teacher": {k: v.clone() for k, v in trainer.teacher.state_dict().items()}})
+        trainer.step += 1
+    return trainer, results
+
+
+def _assert_close(ours: dict, expected: dict, what: str, relative: bool = False) -> None:
+    """Key by key within ATOL, or (``relative``) within GRAD_RTOL of each tensor's largest entry."""
+    assert set(ours) == set(expected), f"{what}: {sorted(set(ours) ^ set(expected))}"
+    for key, value in expected.items():
+        # a gradient that is zero in exact arithmetic (the last norm's bias: the projector's BatchNorm cancels
+        # a shift) is float noise of 1e-7 in both: 1e-6 absolute at least
+        atol = max(GRAD_RTOL * value.abs().max().item(), 1e-6) if relative else ATOL
+        torch.testing.assert_close(ours[key], value, atol=atol, rtol=0, msg=lambda m, k=key: f"{what} {k}: {m}")
+
+
+@pytest.mark.parametrize("name", ["vit", "resnet"])
+def test_two_engine_steps_from_the_recipe_equal_the_official_mocov3_steps(tmp_path, official, name):
+    case = official["cases"][name]
+    _, results = _engine_steps(tmp_path, official, name)
+    its = case["iterations"]
+    for i, (it, ours) in enumerate(zip(its, results)):
+        assert ours["terms"]["lr"] == pytest.approx(it["lr"], rel=1e-12)
+        assert ours["terms"]["loss"] == pytest.approx(it["loss"], rel=1e-6, abs=1e-6)
+        _assert_close(ours["grads"], mocov3_to_ours(it["grads"], HEAD[name]), f"step {i} gradient", relative=True)
+        _assert_close(ours["student"], mocov3_to_ours(it["student"], HEAD[name]), f"step {i} student")
+        if i + 1 < len(its):  # the official update at the start of the next iteration
+            assert ours["terms"]["teacher_momentum"] == pytest.approx(its[i + 1]["momentum"], rel=1e-12)
+            _assert_close(ours["teacher"], mocov3_to_ours(its[i + 1]["teacher"], HEAD[name]), f"step {i} teacher")
+
+
+@pytest.mark.parametrize("name, optim", [
+    ("resnet", {"lars_rule": "lewel"}),  # LEWEL's LARS: trust on ||g|| + wd ||w||, lr inside the momentum buffer
+    ("vit", {"decay_1d": False}),  # biases and LayerNorm parameters without weight decay
+])
+def test_each_official_detail_changes_the_steps_beyond_the_tolerance(tmp_path, official, name, optim):
+    _, results = _engine_steps(tmp_path, official, name, optim)
+    expected = mocov3_to_ours(official["cases"][name]["iterations"][-1]["student"], HEAD[name])
+    gap = max((results[-1]["student"][k] - v).abs().max().item() for k, v in expected.items())
+    assert gap > 100 * ATOL
+
+
+def test_the_vit_recipe_initialises_as_vits_py(tmp_path, official):
+    """The initialisation a user gets from the ViT recipe is VisionTransformerMoCo's: the same fixed position table
+    bit for bit, the frozen patch projection U(+-sqrt(6 / (3 p^2 + D))) with a zero bias, QKV and the other linears
+    xavier-uniform bounds, class token std 1e-6."""
+    trainer = Trainer(_recipe(tmp_path, official, "vit"))
+    ours = trainer.student.state_dict()
+    theirs = mocov3_to_ours(official["cases"]["vit"]["initial"], "head")
+    assert torch.equal(ours["backbone.pos_embed"], theirs["backbone.pos_embed"])
+    vit = official["vit"]
+    bound = (6.0 / (3 * vit["patch_size"] ** 2 + vit["embed_dim"])) ** 0.5
+    for state in (ours, theirs):
+        weight = state["backbone.patch_embed.proj.weight"]
+        assert 0.95 * bound < weight.abs().max().item() <= bound
+        assert not state["backbone.patch_embed.proj.bias"].any()
+        assert state["backbone.cls_token"].abs().max().item() < 1e-5
+    frozen = {n for n, p in trainer.student.named_parameters() if not p.requires_grad}
+    assert frozen == {"backbone." + n.split(".", 1)[1] for n in official["cases"]["vit"]["frozen"]}
+    for key, value in theirs.items():  # the same distribution: linears by their xavier bound, biases zero
+        if key.endswith(".weight") and value.dim() == 2 and key.startswith("backbone."):
+            torch.testing.assert_close(ours[key].abs().max(), value.abs().max(), rtol=0.1, atol=0, msg=key)
+        if key.startswith("backbone.") and key.endswith(".bias") and "norm" not in key:
+            assert not ours[key].any() and not value.any(), key
+
+
+def test_the_resnet_recipe_initialises_as_main_moco(tmp_path, official):
+    """torchvision ``resnet50(zero_init_residual=True)`` as the recipe builds it: the same tensors are constant
+    (the zeroed last BatchNorm of each block, BN ones and zeros), the convolutions kaiming-normal (fan out) of the
+    same scale, the heads PyTorch's default."""
+    trainer = Trainer(_recipe(tmp_path, official, "resnet"))
+    ours = trainer.student.state_dict()
+    theirs = mocov3_to_ours(official["cases"]["resnet"]["initial"], "fc")
+    assert set(ours) == set(theirs)
+    for key, value in theirs.items():
+        if not value.is_floating_point():
+            continue
+        constant = bool((value == value.flatten()[0]).all())
+        assert constant == bool((ours[key] == ours[key].flatten()[0]).all()), key
+        if constant:
+            assert torch.equal(ours[key], value), key
+        else:
+            ratio = ours[key].std().item() / value.std().item()
+            assert 0.6 < ratio < 1.6, f"{key}: std {ours[key].std().item():.4g} against {value.std().item():.4g}"
+    assert not ours["backbone.layer1.0.bn3.weight"].any()  # zero_init_residual
