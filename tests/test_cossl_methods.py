@@ -480,3 +480,28 @@ def test_torchrun_two_cpu_processes_train_the_tiny_config(tmp_path, config):
     assert state["step"] == 2 and state["world_size"] == 2
     train = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert all(math.isfinite(r["local"]) for r in train if r["kind"] == "train")
+
+
+def test_co_dino_teacher_never_drops_paths(tmp_path):
+    """CO-DINO's teacher is DINO's, built without stochastic depth: its targets are deterministic; the student
+    keeps its DropPath."""
+    raw = _cfg(tmp_path, "co_dino", local_weight=0.3)
+    raw["model"]["drop_path_rate"] = 0.5
+    cfg = load_config(data=raw)
+    torch.manual_seed(0)
+    method = build_method(cfg.method, build_backbone(cfg.model))
+    teacher = make_teacher(method.student, method.teacher_exclude)
+    crops = _views(b=3, n_local=2)
+    first, second = (method.teacher_forward(teacher, crops)["logits"] for _ in range(2))
+    assert teacher.training and torch.equal(first, second)
+    assert not torch.equal(method.student(crops)["logits"], method.student(crops)["logits"])
+
+
+@pytest.mark.parametrize("shared_head", [False, True])
+def test_co_dino_freezes_the_last_layer_of_every_head_in_the_first_epochs(tmp_path, shared_head):
+    """DINO's cancel_gradients_last_layer for the local head too (with shared_head: DINO's one head)."""
+    method, _ = _build(tmp_path, "co_dino", TINY_RESNET, shared_head=shared_head, local_weight=0.3, freeze_last_layer=2)
+    heads = [method.student.head] + ([] if shared_head else [method.student.local_head])
+    expected = {id(p) for head in heads for p in head.last_layer.parameters()}
+    assert {id(p) for p in method.frozen_parameters(1)} == expected and len(method.frozen_parameters(1)) == len(expected)
+    assert method.frozen_parameters(2) == []

@@ -32,6 +32,7 @@ import yaml
 from official_maps import mocov3_to_ours
 
 from bam_dense.core.config import load_config
+from bam_dense.core.errors import UserFacingError
 from bam_dense.engine.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -173,3 +174,9 @@ def test_the_resnet_recipe_initialises_as_main_moco(tmp_path, official):
             ratio = ours[key].std().item() / value.std().item()
             assert 0.6 < ratio < 1.6, f"{key}: std {ours[key].std().item():.4g} against {value.std().item():.4g}"
     assert not ours["backbone.layer1.0.bn3.weight"].any()  # zero_init_residual
+
+
+def test_decaying_every_parameter_is_refused_for_lars(tmp_path, official):
+    """LARS has its own rule for 1-d parameters: optim.decay_1d there is an error naming the key."""
+    with pytest.raises(UserFacingError, match="optim.decay_1d"):
+        Trainer(_recipe(tmp_path, official, "resnet", {"decay_1d": True}))
