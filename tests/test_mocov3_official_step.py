@@ -34,6 +34,7 @@ from official_maps import mocov3_to_ours
 from bam_dense.core.config import load_config
 from bam_dense.core.errors import UserFacingError
 from bam_dense.engine.trainer import Trainer
+from bam_dense.models.backbones import build_backbone
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = Path(__file__).parent / "fixtures" / "mocov3_step_official.pt"
@@ -180,3 +181,16 @@ def test_decaying_every_parameter_is_refused_for_lars(tmp_path, official):
     """LARS has its own rule for 1-d parameters: optim.decay_1d there is an error naming the key."""
     with pytest.raises(UserFacingError, match="optim.decay_1d"):
         Trainer(_recipe(tmp_path, official, "resnet", {"decay_1d": True}))
+
+
+@pytest.mark.parametrize("recipe", ["bam_vit_small_16gpu", "bam_vit_base_16gpu"])
+def test_the_bam_recipes_keep_the_init_of_bams_get_arch(recipe):
+    """BAM's get_arch asks timm for weight_init='moco', which leaves the (frozen) patch projection at PyTorch's
+    default, U(+-1/sqrt(3 p^2)) with a non-zero bias: not vits.py's projection of the MoCo v3 recipe."""
+    model = load_config(ROOT / "configs" / "pretrain" / f"{recipe}.yaml").model
+    model.kwargs = {**model.kwargs, "img_size": 32, "depth": 1}
+    torch.manual_seed(0)
+    proj = build_backbone(model).patch_embed.proj
+    bound = 1 / (3 * proj.kernel_size[0] * proj.kernel_size[1]) ** 0.5
+    assert 0.95 * bound < proj.weight.abs().max().item() <= bound
+    assert proj.bias.abs().max().item() > 0.5 * bound

@@ -110,8 +110,9 @@ class ModelConfig:
     # as the official LEWEL/BYOL ResNet-50). Other architectures must leave it false.
     zero_init_residual: bool = False
     # ViT only: the initialisation of a source (models/backbones.py _init_vit_): moco (moco-v3 vits.py, the
-    # frozen patch projection included) | timm (timm's default) | dino (timm's with DINO's class token, trunc
-    # normal std 0.02) | auto (moco with the sincos table, timm with a learned one)
+    # frozen patch projection included) | timm_moco (timm's weight_init='moco', the patch projection at PyTorch's
+    # default: BAM's get_arch) | timm (timm's default) | dino (timm's with DINO's class token, trunc normal std
+    # 0.02) | auto (timm_moco with the sincos table, timm with a learned one)
     init: str = "auto"
     sync_bn: bool = False  # convert BatchNorm to SyncBatchNorm under DDP
     compile: bool = False  # torch.compile the student
@@ -355,7 +356,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.pos_embed": ("sincos", "learned"),
     "optim.name": ("adamw", "sgd", "lars"),
     "optim.lars_rule": ("lewel", "moco"),
-    "model.init": ("auto", "moco", "timm", "dino"),
+    "model.init": ("auto", "moco", "timm_moco", "timm", "dino"),
     "optim.amp": ("none", "bf16", "fp16"),
     "teacher.buffers": ("params", "params_and_buffers"),
     "eval.knn.network": ("teacher", "student"),

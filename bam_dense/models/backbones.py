@@ -33,7 +33,7 @@ import torch.nn as nn
 
 from bam_dense.core.config import CHOICES, ModelConfig
 from bam_dense.core.errors import UserFacingError
-from bam_dense.models.heads import ACTIVATIONS
+from bam_dense.models.heads import ACTIVATIONS, trunc_normal_icdf_
 from bam_dense.models.rf_resnet import PRESETS as RF_RESNETS
 from bam_dense.models.rf_resnet import RFResNet, create_rf_resnet
 
@@ -87,13 +87,16 @@ VIT_INITS = CHOICES["model.init"]
 
 
 def _init_vit_(model: nn.Module, init: str) -> None:
-    """The ViT initialisations of the sources, after timm's own (``moco`` was asked of timm already).
+    """The ViT initialisations of the sources, after timm's own (``moco`` and ``timm_moco`` asked timm for its
+    ``weight_init='moco'``).
 
-    * ``moco`` (moco-v3 ``vits.py`` ``VisionTransformerMoCo``): timm's ``weight_init='moco'`` (the QKV thirds and
-      the other linears xavier-uniform, zero biases, class token normal std 1e-6) and, which timm leaves to
-      PyTorch's default, the patch projection xavier-uniform over ``3 p^2`` inputs and ``D`` outputs,
-      ``U(-sqrt(6 / (3 p^2 + D)), +sqrt(6 / (3 p^2 + D)))``, with a zero bias. With ``--stop-grad-conv1`` this
-      random projection is never trained, so its scale stays for the whole run.
+    * ``timm_moco``: timm's ``weight_init='moco'`` as it is (the QKV thirds and the other linears xavier-uniform,
+      zero biases, class token normal std 1e-6; the patch projection left at PyTorch's default), what BAM's
+      ``get_arch`` builds.
+    * ``moco`` (moco-v3 ``vits.py`` ``VisionTransformerMoCo``): ``timm_moco`` and, which timm leaves out, the
+      patch projection xavier-uniform over ``3 p^2`` inputs and ``D`` outputs, ``U(-sqrt(6 / (3 p^2 + D)),
+      +sqrt(6 / (3 p^2 + D)))``, with a zero bias. With ``--stop-grad-conv1`` this random projection is never
+      trained, so its scale stays for the whole run.
     * ``timm``: timm's default (linears truncated normal std 0.02, class token normal std 1e-6).
     * ``dino`` (facebookresearch/dino ``vision_transformer.py``): timm's default but the class token truncated
       normal std 0.02, as DINO's ``trunc_normal_(self.cls_token, std=.02)``.
@@ -108,7 +111,7 @@ def _init_vit_(model: nn.Module, init: str) -> None:
                 nn.init.zeros_(proj.bias)
     elif init == "dino" and model.cls_token is not None:
         with torch.no_grad():
-            nn.init.trunc_normal_(model.cls_token, std=0.02)
+            trunc_normal_icdf_(model.cls_token, std=0.02)  # DINO's sampler
 
 
 def _timm_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -156,8 +159,8 @@ def create_backbone(
     block (timm's ``zero_init_last``), ``False`` leaves it at one (torchvision's default); ``None`` keeps
     timm's default.
 
-    ``init`` (ViTs only, :func:`_init_vit_`): ``moco``, ``timm`` or ``dino``; ``auto`` is ``moco`` with the
-    sin-cos table and ``timm`` with a learned one.
+    ``init`` (ViTs only, :func:`_init_vit_`): ``moco``, ``timm_moco``, ``timm`` or ``dino``; ``auto`` is
+    ``timm_moco`` with the sin-cos table and ``timm`` with a learned one.
     """
     import timm
 
@@ -184,10 +187,10 @@ def create_backbone(
     if init != "auto" and not is_vit:
         raise ValueError(f"model.init: {init!r} applies to ViTs only, not {arch!r}; leave it at auto")
     if is_vit and init == "auto":
-        init = "moco" if pos_embed == "sincos" else "timm"
+        init = "timm_moco" if pos_embed == "sincos" else "timm"
     if probe.startswith(("vit_", "deit_")):
         kw.setdefault("dynamic_img_size", dynamic_img_size)
-        if init == "moco":
+        if init in ("moco", "timm_moco"):
             kw.setdefault("weight_init", "moco")
     if drop_path_rate:
         kw["drop_path_rate"] = drop_path_rate
