@@ -1,6 +1,38 @@
-"""Official implementations' parameter names to bam-dense's, shared by the tests that load recorded weights."""
+"""Official implementations' parameter names to bam-dense's, and the comparison of recorded states, shared by the
+tests that load recorded weights."""
 
 from __future__ import annotations
+
+import torch
+
+
+def assert_states_close(ours: dict, expected: dict, what: str, atol: float, grad_rtol: float | None = None) -> None:
+    """The same keys, each tensor within ``atol`` (integers equal); with ``grad_rtol`` (gradients) within
+    ``grad_rtol`` of the tensor's largest entry or ``atol``, whichever is larger: a gradient that is zero in
+    exact arithmetic, or a small one summed over many terms, keeps float noise of its own."""
+    assert set(ours) == set(expected), f"{what}: {sorted(set(ours) ^ set(expected))}"
+    for key, value in expected.items():
+        if not value.is_floating_point():
+            assert torch.equal(ours[key], value), f"{what} {key}"
+            continue
+        tol = max(grad_rtol * value.abs().max().item(), atol) if grad_rtol is not None else atol
+        torch.testing.assert_close(ours[key], value, atol=tol, rtol=0, msg=lambda m, k=key: f"{what} {k}: {m}")
+
+
+def assert_same_init(ours: dict, theirs: dict) -> None:
+    """Two independently seeded initialisations of one architecture agree: the same keys, the same constant
+    tensors (BatchNorm ones and zeros, zero-initialised scales) exactly, the random ones of the same scale."""
+    assert set(ours) == set(theirs), sorted(set(ours) ^ set(theirs))
+    for key, value in theirs.items():
+        if not value.is_floating_point():
+            continue
+        constant = bool((value == value.flatten()[0]).all())
+        assert constant == bool((ours[key] == ours[key].flatten()[0]).all()), key
+        if constant:
+            assert torch.equal(ours[key], value), key
+        else:
+            ratio = ours[key].std().item() / value.std().item()
+            assert 0.6 < ratio < 1.6, f"{key}: std {ours[key].std().item():.4g} against {value.std().item():.4g}"
 
 
 def mocov3_mlp_to_mlphead(state: dict) -> dict:
@@ -36,4 +68,21 @@ def mocov3_to_ours(state: dict, head: str) -> dict:
     out = {f"backbone.{k}": v for k, v in parts["backbone"].items()}
     for part in ("projector", "predictor"):
         out.update({f"{part}.{k}": v for k, v in mocov3_mlp_to_mlphead(parts[part]).items()})
+    return out
+
+
+def lewel_to_ours(state: dict) -> dict:
+    """LayneH/LEWEL ``LEWELB_EMAN`` names to ``LEWELNet``'s: ``online_net.`` / ``target_net.`` dropped
+    (``backbone.*``, ``neck.proj*``), the MLP1D's 1x1 convolutions (``mlp.0``, ``mlp.3``; weights squeezed to
+    linear ones) and BatchNorm (``mlp.1``) to ``MLPHead``'s as :func:`mocov3_mlp_to_mlphead`."""
+    out, mlps = {}, {}
+    for key, value in state.items():
+        key = key.split(".", 1)[1] if key.startswith(("online_net.", "target_net.")) else key
+        if ".mlp." in key or key.startswith(("predictor.mlp.", "predictor_obj.mlp.")):
+            head, rest = key.split(".mlp.", 1)
+            mlps.setdefault(head, {})[rest] = value.squeeze(-1) if value.dim() == 3 else value
+        else:
+            out[key] = value
+    for head, state_ in mlps.items():
+        out.update({f"{head}.{k}": v for k, v in mocov3_mlp_to_mlphead(state_).items()})
     return out
