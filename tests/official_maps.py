@@ -21,7 +21,8 @@ def assert_states_close(ours: dict, expected: dict, what: str, atol: float, grad
 
 def assert_same_init(ours: dict, theirs: dict) -> None:
     """Two independently seeded initialisations of one architecture agree: the same keys, the same constant
-    tensors (BatchNorm ones and zeros, zero-initialised scales) exactly, the random ones of the same scale."""
+    tensors (BatchNorm ones and zeros, zero-initialised scales) exactly, the random ones of the same scale (a
+    factor 2 either way: a tensor of 16 entries estimates its std to 20 %; a wrong init is off by 10 or more)."""
     assert set(ours) == set(theirs), sorted(set(ours) ^ set(theirs))
     for key, value in theirs.items():
         if not value.is_floating_point():
@@ -32,7 +33,7 @@ def assert_same_init(ours: dict, theirs: dict) -> None:
             assert torch.equal(ours[key], value), key
         else:
             ratio = ours[key].std().item() / value.std().item()
-            assert 0.6 < ratio < 1.6, f"{key}: std {ours[key].std().item():.4g} against {value.std().item():.4g}"
+            assert 0.5 < ratio < 2, f"{key}: std {ours[key].std().item():.4g} against {value.std().item():.4g}"
 
 
 def mocov3_mlp_to_mlphead(state: dict) -> dict:
@@ -85,4 +86,13 @@ def lewel_to_ours(state: dict) -> dict:
             out[key] = value
     for head, state_ in mlps.items():
         out.update({f"{head}.{k}": v for k, v in mocov3_mlp_to_mlphead(state_).items()})
+    return out
+
+
+def bam_to_ours(state: dict) -> dict:
+    """DanielShalam/BAM ``MultiCropWrapper`` names to ``BAMNet``'s: ``backbone.*`` as is, the projector
+    ``proj_head.projector.*`` (a Sequential of Linear and GELU) to ``projector.*`` as :func:`mocov3_mlp_to_mlphead`."""
+    head = {k[len("proj_head.projector."):]: v for k, v in state.items() if k.startswith("proj_head.projector.")}
+    out = {k: v for k, v in state.items() if not k.startswith("proj_head.")}
+    out.update({f"projector.{k}": v for k, v in mocov3_mlp_to_mlphead(head).items()})
     return out

@@ -25,6 +25,9 @@ class BAMNet(nn.Module):
 
 class BAM(Method):
     name = "bam"
+    # BAM's StudentTeacherWrapper updates the teacher at the start of each step, from the student before its
+    # optimizer step (with the momentum of that step), then computes the targets: MoCo v3's order
+    teacher_momentum_lead = 1
 
     def __init__(self, backbone: nn.Module, params: BAMParams):
         super().__init__(BAMNet(backbone, params))

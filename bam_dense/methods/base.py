@@ -5,7 +5,7 @@ A method provides:
   in DDP, so every trainable parameter lives here);
 * ``teacher_exclude``: the student sub-modules the EMA teacher does not copy (predictors);
 * ``teacher_momentum_lead``: the engine updates the teacher after the optimizer step of step ``i`` with the
-  momentum of step ``i + lead`` (0: DINO, BYOL; 1: MoCo v3, which updates at the start of the next step);
+  momentum of step ``i + lead`` (0: DINO, BYOL, LEWEL; 1: MoCo v3 and BAM, which update at the start of the next step);
 * ``teacher_forward(teacher, crops)``: the teacher's outputs (default: the same forward);
 * ``loss(student_out, teacher_out, ctx) -> (loss, {term: value})``: a pure function of those outputs.
 """

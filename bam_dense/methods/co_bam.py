@@ -48,6 +48,7 @@ class COBAMNet(nn.Module):
 
 class COBAM(Method):
     name = "co_bam"
+    teacher_momentum_lead = 1  # BAM's teacher: updated at the start of each step (methods/bam.py)
     teacher_exclude = ("local_projector",)
 
     def __init__(self, backbone: nn.Module, params: COBAMParams):

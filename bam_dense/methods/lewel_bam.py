@@ -42,6 +42,7 @@ class LEWELBAMNet(nn.Module):
 
 class LEWELBAM(Method):
     name = "lewel_bam"
+    teacher_momentum_lead = 1  # BAM's teacher: updated at the start of each step (methods/bam.py)
 
     def __init__(self, backbone: nn.Module, params: LEWELBAMParams):
         super().__init__(LEWELBAMNet(backbone, params))
