@@ -1,9 +1,40 @@
-"""Official implementations' parameter names to bam-dense's, and the comparison of recorded states, shared by the
-tests that load recorded weights."""
+"""Official implementations' parameter names to bam-dense's, and the loading, stepping and comparison of recorded
+training states, shared by the tests that load recorded weights."""
 
 from __future__ import annotations
 
 import torch
+
+
+def start_from(trainer, student: dict, teacher: dict, step: int, adam: dict | None = None, to_ours=None) -> None:
+    """Put a recorded official state (names already mapped) into an engine ``Trainer``: student, teacher, the
+    global step (the epoch follows from it) and, if given, AdamW moments under official names, mapped by
+    ``to_ours`` through their ``exp_avg`` tensors (the name maps read the weights' shapes)."""
+    ours = set(trainer.student.state_dict())
+    assert ours == set(student), f"unmapped keys: {sorted(ours ^ set(student))}"
+    trainer.student.load_state_dict(student)
+    trainer.teacher.load_state_dict(teacher)
+    if adam:
+        params = dict(trainer.student.named_parameters())
+        official_name = {id(state["exp_avg"]): name for name, state in adam.items()}
+        for name, exp_avg in to_ours({n: state["exp_avg"] for n, state in adam.items()}).items():
+            trainer.optimizer.state[params[name]] = {k: v.clone() for k, v in adam[official_name[id(exp_avg)]].items()}
+    trainer.step = step
+
+
+def engine_steps(trainer, batches: list[list[torch.Tensor]]) -> list[dict]:
+    """One ``train_step`` per batch from the trainer's step on; after each: its terms, the student, its gradients
+    and the teacher."""
+    results = []
+    for batch in batches:
+        trainer.epoch = trainer.step // trainer.steps_per_epoch
+        terms, _, finite = trainer.train_step([c.clone() for c in batch])
+        assert finite
+        results.append({"terms": terms, "student": {k: v.clone() for k, v in trainer.student.state_dict().items()},
+                        "grads": {n: p.grad.clone() for n, p in trainer.student.named_parameters() if p.grad is not None},
+                        "teacher": {k: v.clone() for k, v in trainer.teacher.state_dict().items()}})
+        trainer.step += 1
+    return results
 
 
 def assert_states_close(ours: dict, expected: dict, what: str, atol: float, grad_rtol: float | None = None) -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from official_maps import assert_same_init, assert_states_close, bam_to_ours
+from official_maps import assert_same_init, assert_states_close, bam_to_ours, engine_steps, start_from
 
 from bam_dense.core.config import load_config
 from bam_dense.engine.trainer import Trainer
@@ -58,26 +58,10 @@ def _recipe(tmp_path, rec: dict, method: dict | None = None):
 
 def _engine_steps(tmp_path, rec: dict, method: dict | None = None) -> list[dict]:
     trainer = Trainer(_recipe(tmp_path, rec, method))
-    initial = bam_to_ours(rec["initial"])
-    assert set(trainer.student.state_dict()) == set(initial), sorted(set(trainer.student.state_dict()) ^ set(initial))
-    trainer.student.load_state_dict(initial)
-    trainer.teacher.load_state_dict(bam_to_ours(rec["iterations"][0]["teacher"]))  # after the update of iteration 3
-    params = dict(trainer.student.named_parameters())
-    adam = rec["adam_state"]  # official names: mapped through their moments (the map reads the weights' shapes)
-    official_name = {id(state["exp_avg"]): pname for pname, state in adam.items()}
-    for ours, exp_avg in bam_to_ours({p: state["exp_avg"] for p, state in adam.items()}).items():
-        trainer.optimizer.state[params[ours]] = {k: v.clone() for k, v in adam[official_name[id(exp_avg)]].items()}
-    trainer.step = trainer.epoch = rec["iterations"][0]["iteration"]
-    results = []
-    for batch in rec["batches"]:
-        terms, _, finite = trainer.train_step([c.clone() for c in batch])
-        assert finite
-        results.append({"terms": terms, "student": {k: v.clone() for k, v in trainer.student.state_dict().items()},
-                        "grads": {n: p.grad.clone() for n, p in trainer.student.named_parameters() if p.grad is not None},
-                        "teacher": {k: v.clone() for k, v in trainer.teacher.state_dict().items()}})
-        trainer.step += 1
-        trainer.epoch += 1
-    return results
+    teacher = bam_to_ours(rec["iterations"][0]["teacher"])  # after the update at the start of the first iteration
+    start_from(trainer, bam_to_ours(rec["initial"]), teacher, rec["iterations"][0]["iteration"], rec["adam_state"],
+               bam_to_ours)
+    return engine_steps(trainer, rec["batches"])
 
 
 def test_two_engine_steps_from_the_recipe_equal_the_official_bam_steps(tmp_path, official):

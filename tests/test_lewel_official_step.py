@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from official_maps import assert_same_init, assert_states_close, lewel_to_ours
+from official_maps import assert_same_init, assert_states_close, engine_steps, lewel_to_ours, start_from
 
 from bam_dense.core.config import load_config
 from bam_dense.engine.trainer import Trainer
@@ -64,21 +64,8 @@ def _recipe(tmp_path, rec: dict, optim: dict | None = None):
 
 def _engine_steps(tmp_path, rec: dict, optim: dict | None = None) -> list[dict]:
     trainer = Trainer(_recipe(tmp_path, rec, optim))
-    initial = lewel_to_ours(rec["initial"])
-    assert set(trainer.student.state_dict()) == set(initial), sorted(set(trainer.student.state_dict()) ^ set(initial))
-    trainer.student.load_state_dict(initial)
-    trainer.teacher.load_state_dict(lewel_to_ours(rec["initial_target"]))
-    trainer.step = trainer.epoch = rec["iterations"][0]["iteration"]
-    results = []
-    for batch in rec["batches"]:
-        terms, _, finite = trainer.train_step([b.clone() for b in batch])
-        assert finite
-        results.append({"terms": terms, "student": {k: v.clone() for k, v in trainer.student.state_dict().items()},
-                        "grads": {n: p.grad.clone() for n, p in trainer.student.named_parameters() if p.grad is not None},
-                        "teacher": {k: v.clone() for k, v in trainer.teacher.state_dict().items()}})
-        trainer.step += 1
-        trainer.epoch += 1
-    return results
+    start_from(trainer, lewel_to_ours(rec["initial"]), lewel_to_ours(rec["initial_target"]), rec["iterations"][0]["iteration"])
+    return engine_steps(trainer, rec["batches"])
 
 
 def test_two_engine_steps_from_the_eman_recipe_equal_the_official_lewel_steps(tmp_path, official):

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from official_maps import assert_same_init, assert_states_close, mocov3_to_ours
+from official_maps import assert_same_init, assert_states_close, engine_steps, mocov3_to_ours, start_from
 
 from bam_dense.core.config import load_config
 from bam_dense.core.errors import UserFacingError
@@ -76,24 +76,10 @@ def _engine_steps(tmp_path, rec: dict, name: str, optim: dict | None = None) -> 
     case = rec["cases"][name]
     trainer = Trainer(_recipe(tmp_path, rec, name, optim))
     initial = mocov3_to_ours(case["initial"], HEAD[name])
-    assert set(trainer.student.state_dict()) == set(initial), sorted(set(trainer.student.state_dict()) ^ set(initial))
-    trainer.student.load_state_dict(initial)
-    trainer.teacher.load_state_dict({k: v for k, v in initial.items() if not k.startswith("predictor.")})
-    params = dict(trainer.student.named_parameters())
-    adam = case["adam_state"]  # official names: mapped through their moments (the map reads the weights' shapes)
-    official_name = {id(state["exp_avg"]): pname for pname, state in adam.items()}
-    for ours, exp_avg in mocov3_to_ours({p: state["exp_avg"] for p, state in adam.items()}, HEAD[name]).items():
-        trainer.optimizer.state[params[ours]] = {k: v.clone() for k, v in adam[official_name[id(exp_avg)]].items()}
-    trainer.step, trainer.epoch = case["iterations"][0]["iteration"], case["settings"]["start_epoch"]
-    results = []
-    for batch in rec["batches"]:
-        terms, _, finite = trainer.train_step([b.clone() for b in batch])
-        assert finite
-        results.append({"terms": terms, "student": {k: v.clone() for k, v in trainer.student.state_dict().items()},
-                         "grads": {n: p.grad.clone() for n, p in trainer.student.named_parameters() if p.grad is not None},
-                         "teacher": {k: v.clone() for k, v in trainer.teacher.state_dict().items()}})
-        trainer.step += 1
-    return trainer, results
+    teacher = {k: v for k, v in initial.items() if not k.startswith("predictor.")}  # the first update: the initial
+    start_from(trainer, initial, teacher, case["iterations"][0]["iteration"], case["adam_state"],
+               lambda state: mocov3_to_ours(state, HEAD[name]))
+    return trainer, engine_steps(trainer, rec["batches"])
 
 
 @pytest.mark.parametrize("name", ["vit", "resnet"])

@@ -43,6 +43,14 @@ def param_groups(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Paramete
     return decay, no_decay
 
 
+def _evaluate(closure) -> torch.Tensor | None:
+    """The loss of an optimizer's optional ``closure`` (re-evaluated with gradients on)."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
 class LARS(torch.optim.Optimizer):
     """Momentum SGD with layer-wise trust ratios (You et al.), with the update rule of LEWEL's LARS.
 
@@ -56,10 +64,7 @@ class LARS(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _evaluate(closure)
         for group in self.param_groups:
             wd, eta, mom, lr = group["weight_decay"], group["eta"], group["momentum"], group["lr"]
             for p in group["params"]:
@@ -97,10 +102,7 @@ class MoCoLARS(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _evaluate(closure)
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
