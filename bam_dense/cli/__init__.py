@@ -75,7 +75,8 @@ def _convert(sub) -> None:
         "mmseg VisionTransformer/ResNet, mmseg MAE/BEiT ViT (layer decay), mmdet (ResNet under backbone. "
         "or ViTDet {'model': ...}), detectron2 .pkl, or safetensors of the backbone",
     )
-    p.add_argument("--out", required=True, help="output file (or folder for timm-folder)")
+    p.add_argument("--out", required=True, help="output file (or folder for timm-folder); never the source itself")
+    p.add_argument("--force", action="store_true", help="replace an existing --out (refused without it)")
     p.add_argument("--arch", help="timm architecture, e.g. vit_small_patch16_224, resnet50 (read from the checkpoint when recorded)")
     p.add_argument("--which", choices=["student", "teacher"], default=None, help="which network of a pretraining checkpoint (default: teacher when present)")
     p.add_argument("--img-size", type=int, default=None, help="interpolate the ViT position embedding to this image size (mmseg targets)")
@@ -101,7 +102,11 @@ def _davis(sub) -> None:
     prop.add_argument("--checkpoint", required=True, help="pretraining or converted checkpoint; 'random' for a random-init encoder of --arch")
     prop.add_argument("--arch", help="timm architecture when the checkpoint does not record it")
     prop.add_argument("--davis-root", required=True, help="DAVIS folder with JPEGImages/480p, Annotations/480p, ImageSets/2017")
-    prop.add_argument("--out", required=True, help="results folder (one sub-folder of PNGs per sequence)")
+    prop.add_argument("--out", required=True,
+                      help="results folder (one sub-folder of PNGs per sequence); a re-run into it skips the finished "
+                           "sequences only if they were computed from the same checkpoint content and options")
+    prop.add_argument("--overwrite", action="store_true",
+                      help="--out holds results of other inputs: delete them and start clean (refused without it)")
     prop.add_argument("--set", default="val", help="ImageSets/2017/<set>.txt (default val)")
     prop.add_argument("--sequences", nargs="*", help="only these sequences")
     prop.add_argument("--n-last-frames", type=int, default=7, help="previous frames kept as context (default 7)")

@@ -53,7 +53,7 @@ def convert(args: Namespace) -> int:
     from bam_dense.convert import report_path
 
     report = run_convert(args.src, args.to, args.out, arch=args.arch, which=args.which, img_size=args.img_size,
-                         source_format=args.source_format, trust_source=args.trust_source)
+                         source_format=args.source_format, trust_source=args.trust_source, force=args.force)
     print(report.summary())
     print(f"  report       {report_path(args.out, args.to)}")
     return 0
@@ -65,7 +65,7 @@ def davis_propagate(args: Namespace) -> int:
     params = PropagationParams(args.n_last_frames, args.size_mask_neighborhood, args.topk, args.temperature, args.resolution)
     done = run(args.checkpoint, args.davis_root, args.out, args.arch, args.set, args.sequences, params, args.patch_size,
                args.resnet_stage, args.which, args.device, args.save_overlays, args.trust_source,
-               pos_resample=args.pos_resample)
+               pos_resample=args.pos_resample, overwrite=args.overwrite)
     from bam_dense.davis.propagate import resolution_protocol
 
     print(f"[bam-dense] propagated {len(done)} sequence(s) into {args.out} at short side {args.resolution} "
