@@ -96,8 +96,9 @@ def resize_pos_embed(pos_embed: torch.Tensor, n_prefix: int, new_grid: tuple[int
 
 def load_source(src: str | Path, source_format: str = "auto", which: str | None = None, trust_source: bool = False) -> Source:
     """The backbone of a checkpoint file, refused when any of its tensors is NaN or infinite."""
-    obj = read_checkpoint(src, trust_source=trust_source)
-    return check_finite(extract_backbone(obj, str(src), source_format, which))
+    source = extract_backbone(read_checkpoint(src, trust_source=trust_source), str(src), source_format, which)
+    check_finite(source.backbone, source.path)
+    return source
 
 
 def convert(
