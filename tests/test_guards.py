@@ -119,6 +119,26 @@ def test_propagate_refuses_results_without_a_record(davis_root, tmp_path):
     assert snapshot(out) == before
 
 
+def test_propagate_cli_names_the_other_checkpoint_and_the_way_out(davis_root, tmp_path, capsys):
+    a = tiny_vit_bam_checkpoint(tmp_path / "a.pth")
+    state = torch.load(a, weights_only=True)
+    state["teacher"]["backbone.cls_token"] += 1
+    b = tmp_path / "b.pth"
+    torch.save(state, b)
+    out = tmp_path / "results"
+    args = ["davis", "propagate", "--davis-root", davis_root, "--out", out, "--resolution", "64", "--device", "cpu"]
+    assert cli(capsys, *args, "--checkpoint", a)[0] == 0
+    before = snapshot(out)
+    status, err = cli(capsys, *args, "--checkpoint", b)
+    assert status == 2 and "holds propagation results of other inputs" in err
+    assert hashlib.sha256(b.read_bytes()).hexdigest() in err and "--overwrite" in err
+    assert snapshot(out) == before
+    assert cli(capsys, *args, "--checkpoint", b, "--overwrite")[0] == 0
+    assert json.loads((out / "propagation.json").read_text())["checkpoint"] == str(b)
+    status, err = cli(capsys, *args[:4], "--out", a, "--checkpoint", b)
+    assert status == 2 and f"--out {a} is a file" in err
+
+
 def _trained(tmp_path: Path, **run) -> Path:
     from bam_dense.engine.trainer import Trainer
 

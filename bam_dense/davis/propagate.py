@@ -380,14 +380,15 @@ def check_previous_results(out_dir: Path, inputs: dict, overwrite: bool) -> None
     with ``overwrite``, delete those results first. Resuming with the same inputs keeps the finished sequences."""
     import shutil
 
-    entries = _result_entries(out_dir)
-    if not entries:
-        return
     record = out_dir / "propagation.json"
+    entries = _result_entries(out_dir)
+    if not [e for e in entries if e != record]:  # a record and nothing it could mislabel
+        return
     try:
-        old = json.loads(record.read_text()).get("inputs") if record.is_file() else None
+        loaded = json.loads(record.read_text()) if record.is_file() else None
     except (OSError, ValueError):
-        old = None
+        loaded = None
+    old = loaded.get("inputs") if isinstance(loaded, dict) else None
     if old == inputs:
         return
     if not overwrite:
@@ -396,7 +397,10 @@ def check_previous_results(out_dir: Path, inputs: dict, overwrite: bool) -> None
         raise UserFacingError(f"--out {out_dir} holds propagation results of other inputs ({why}). Choose a new --out "
                               "folder, or add --overwrite to delete those results and start clean")
     for entry in entries:
-        shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        if entry.is_dir():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 def run(checkpoint: str, davis_root: str, out: str, arch: str | None = None, subset: str = "val",
