@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 from bam_dense.core import dist, procs
 from bam_dense.core.atomic import atomic_write, atomic_write_text
 from bam_dense.core.checkpoint import atomic_save, load_own
-from bam_dense.core.config import PretrainConfig, dump, to_dict
+from bam_dense.core.config import PretrainConfig, build, dump, to_dict
 from bam_dense.core.errors import UserFacingError
 from bam_dense.core.memory import peak_memory
 from bam_dense.data.device_augment import DeviceAugment, DeviceViews, collate_device
@@ -79,8 +79,6 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
 def config_changes(saved: dict, current: dict) -> dict[str, list]:
     """``{dotted key: [value in the checkpoint, value now]}`` for every key that differs (a key an older
     checkpoint lacks compares as its default)."""
-    from bam_dense.core.config import build
-
     try:
         saved = to_dict(build(PretrainConfig, saved))  # fills the defaults of keys added since
     except UserFacingError:
