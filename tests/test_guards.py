@@ -119,6 +119,15 @@ def test_propagate_refuses_results_without_a_record(davis_root, tmp_path):
     assert snapshot(out) == before
 
 
+def test_propagate_refuses_to_write_into_the_davis_folder(davis_root, tmp_path):
+    ckpt = tmp_path / "a.pth"
+    ckpt.write_bytes(b"checkpoint a")
+    before = snapshot(davis_root)
+    with pytest.raises(UserFacingError, match=r"is the DAVIS folder itself"):
+        _propagate(davis_root, ckpt, davis_root / ".")
+    assert snapshot(davis_root) == before
+
+
 def test_propagate_cli_names_the_other_checkpoint_and_the_way_out(davis_root, tmp_path, capsys):
     a = tiny_vit_bam_checkpoint(tmp_path / "a.pth")
     state = torch.load(a, weights_only=True)

@@ -424,6 +424,8 @@ def run(checkpoint: str, davis_root: str, out: str, arch: str | None = None, sub
     root, out_dir = Path(davis_root), Path(out)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserFacingError(f"--out {out_dir} is a file; propagation writes a folder (one sub-folder per sequence)")
+    if out_dir.resolve() == root.resolve():
+        raise UserFacingError(f"--out {out_dir} is the DAVIS folder itself: choose a results folder outside the data")
     if sequences is None:
         listing = root / "ImageSets" / "2017" / f"{subset}.txt"
         if not listing.is_file():
