@@ -8,6 +8,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -182,6 +183,14 @@ def test_resume_with_a_safe_change_is_recorded_and_the_first_config_kept(tmp_pat
     assert history[0]["config"] == first
     assert history[1]["step"] == 1 and history[1]["changes"] == {"run.log_every": [1, 5], "run.max_steps": [1, 2]}
     assert yaml.safe_load((out / "config.yaml").read_text())["run"]["log_every"] == 5
+
+
+def test_the_keys_safe_to_change_on_resume_are_the_ones_the_docs_list():
+    from bam_dense.engine.trainer import RESUME_SAFE
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "pretraining.md").read_text()
+    listed = docs[docs.index("Safe to change on resume"):docs.index("config_history.jsonl")]
+    assert set(re.findall(r"`([a-z_.]+)\*?`", listed)) == set(RESUME_SAFE)
 
 
 # ---------------------------------------------------------------------------- 2. overwrites
