@@ -190,7 +190,7 @@ def test_the_keys_safe_to_change_on_resume_are_the_ones_the_docs_list():
 
     docs = (Path(__file__).resolve().parents[1] / "docs" / "pretraining.md").read_text()
     listed = docs[docs.index("Safe to change on resume"):docs.index("config_history.jsonl")]
-    assert set(re.findall(r"`([a-z_.]+)\*?`", listed)) == set(RESUME_SAFE)
+    assert set(re.findall(r"`([a-z0-9_.]+)\*?`", listed)) == set(RESUME_SAFE)
 
 
 # ---------------------------------------------------------------------------- 2. overwrites
