@@ -120,6 +120,8 @@ def load_plan(path: str | Path) -> Plan:
 # ---------------------------------------------------------------------------------------------
 # Step kinds: (step, checkpoint, step dir) -> commands
 # ---------------------------------------------------------------------------------------------
+# A step runs only when the plan decided it must (not done, or --force), into its own folder: its commands replace
+# their earlier outputs there (--force), and propagation starts clean when those came from other inputs (--overwrite).
 
 
 def _repo(path: str | None) -> str | None:
@@ -136,7 +138,7 @@ def _seg_like(task: str):
         return [
             [*BAM, task, "train", _repo(step.config), "--checkpoint", ckpt, "--work-dir", str(out), *root, *step.options],
             [*BAM, task, "test", _repo(step.config), "--checkpoint", str(out), "--work-dir", str(out), *root,
-             "--out", str(out / "metrics.json")],
+             "--out", str(out / "metrics.json"), "--force"],
         ]
 
     return commands
@@ -153,13 +155,14 @@ def _detectron2(step: StepSpec, ckpt: str, out: Path) -> list[list[str]]:
 
 def _davis(step: StepSpec, ckpt: str, out: Path) -> list[list[str]]:
     return [
-        [*BAM, "davis", "propagate", "--checkpoint", ckpt, "--davis-root", step.davis_root, "--out", str(out / "results"), *step.options],
+        [*BAM, "davis", "propagate", "--checkpoint", ckpt, "--davis-root", step.davis_root, "--out", str(out / "results"),
+         "--overwrite", *step.options],
         [*BAM, "davis", "eval", "--davis-root", step.davis_root, "--results", str(out / "results"), "--out", str(out)],
     ]
 
 
 def _probe(step: StepSpec, ckpt: str, out: Path) -> list[list[str]]:
-    cmd = [*BAM, "probe", "--checkpoint", ckpt, "--out", str(out / "metrics.json")]
+    cmd = [*BAM, "probe", "--checkpoint", ckpt, "--out", str(out / "metrics.json"), "--force"]
     if step.ade_root:
         cmd += ["--ade-root", step.ade_root]
     if step.davis_root:
@@ -169,12 +172,12 @@ def _probe(step: StepSpec, ckpt: str, out: Path) -> list[list[str]]:
 
 def _retrieval(step: StepSpec, ckpt: str, out: Path) -> list[list[str]]:
     return [[*BAM, "eval", "retrieval", "--checkpoint", ckpt, "--dataset", step.dataset, "--data-root", step.data_root,
-             "--out", str(out / "metrics.json"), *step.options]]
+             "--out", str(out / "metrics.json"), "--force", *step.options]]
 
 
 def _linear(step: StepSpec, ckpt: str, out: Path) -> list[list[str]]:
     return [[*BAM, "eval", "linear", "--checkpoint", ckpt, "--data-root", step.data_root, "--out", str(out / "metrics.json"),
-             *step.options]]
+             "--force", *step.options]]
 
 
 STEP_KINDS = {"seg": _seg_like("seg"), "det": _seg_like("det"), "detectron2": _detectron2, "davis": _davis, "probe": _probe,

@@ -17,6 +17,32 @@ from bam_dense.core.errors import UserFacingError
 Handler = str  # "package.module:function", called with the parsed argparse.Namespace
 
 
+def positive_int(text: str) -> int:
+    """argparse type of sizes and counts: a whole number >= 1 (0 or less fails here, not deep inside a model)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type of temperatures and scales: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
+    return value
+
+
+def _force(p, what: str = "replace an existing --out (refused without it)") -> None:
+    p.add_argument("--force", action="store_true", help=what)
+
+
 def _add(sub, name: str, handler: Handler, help_text: str, description: str | None = None):
     parser = sub.add_parser(
         name,
@@ -47,8 +73,8 @@ def _pretrain(sub) -> None:
                    help="build everything the full run builds, run a few steps and one k-NN evaluation at reduced "
                         "batch/data sizes (outputs in <run.output_dir>/dry-run), print s/step and peak memory; shrink "
                         "the input size, if needed, with overrides such as data.views.global_size=64")
-    p.add_argument("--dry-run-steps", type=int, default=2, metavar="N", help="optimizer steps of --dry-run (default 2)")
-    p.add_argument("--dry-run-scale", type=float, default=None, metavar="F",
+    p.add_argument("--dry-run-steps", type=positive_int, default=2, metavar="N", help="optimizer steps of --dry-run (default 2)")
+    p.add_argument("--dry-run-scale", type=positive_float, default=None, metavar="F",
                    help="--dry-run: multiply the crop sizes (data.views.global_size/local_size, eval.knn sizes) by F, "
                         "rounded to multiples of 32, e.g. 0.25 on a CPU")
     p.add_argument("--data-root", default=None,
@@ -75,10 +101,11 @@ def _convert(sub) -> None:
         "mmseg VisionTransformer/ResNet, mmseg MAE/BEiT ViT (layer decay), mmdet (ResNet under backbone. "
         "or ViTDet {'model': ...}), detectron2 .pkl, or safetensors of the backbone",
     )
-    p.add_argument("--out", required=True, help="output file (or folder for timm-folder)")
+    p.add_argument("--out", required=True, help="output file (or folder for timm-folder); never the source itself")
+    _force(p)
     p.add_argument("--arch", help="timm architecture, e.g. vit_small_patch16_224, resnet50 (read from the checkpoint when recorded)")
     p.add_argument("--which", choices=["student", "teacher"], default=None, help="which network of a pretraining checkpoint (default: teacher when present)")
-    p.add_argument("--img-size", type=int, default=None, help="interpolate the ViT position embedding to this image size (mmseg targets)")
+    p.add_argument("--img-size", type=positive_int, default=None, help="interpolate the ViT position embedding to this image size (mmseg targets)")
     p.add_argument(
         "--source-format",
         default="auto",
@@ -101,18 +128,22 @@ def _davis(sub) -> None:
     prop.add_argument("--checkpoint", required=True, help="pretraining or converted checkpoint; 'random' for a random-init encoder of --arch")
     prop.add_argument("--arch", help="timm architecture when the checkpoint does not record it")
     prop.add_argument("--davis-root", required=True, help="DAVIS folder with JPEGImages/480p, Annotations/480p, ImageSets/2017")
-    prop.add_argument("--out", required=True, help="results folder (one sub-folder of PNGs per sequence)")
+    prop.add_argument("--out", required=True,
+                      help="results folder (one sub-folder of PNGs per sequence); a re-run into it skips the finished "
+                           "sequences only if they were computed from the same checkpoint content and options")
+    prop.add_argument("--overwrite", action="store_true",
+                      help="--out holds results of other inputs: delete them and start clean (refused without it)")
     prop.add_argument("--set", default="val", help="ImageSets/2017/<set>.txt (default val)")
     prop.add_argument("--sequences", nargs="*", help="only these sequences")
-    prop.add_argument("--n-last-frames", type=int, default=7, help="previous frames kept as context (default 7)")
+    prop.add_argument("--n-last-frames", type=positive_int, default=7, help="previous frames kept as context (default 7)")
     prop.add_argument("--size-mask-neighborhood", type=int, default=12, help="neighbourhood radius in patches (default 12; 0 disables)")
-    prop.add_argument("--topk", type=int, default=5, help="affinities kept per target patch over all context frames (default 5)")
-    prop.add_argument("--temperature", type=float, default=0.1, help="affinity temperature (default 0.1)")
-    prop.add_argument("--resolution", type=int, default=480,
+    prop.add_argument("--topk", type=positive_int, default=5, help="affinities kept per target patch over all context frames (default 5)")
+    prop.add_argument("--temperature", type=positive_float, default=0.1, help="affinity temperature (default 0.1)")
+    prop.add_argument("--resolution", type=positive_int, default=480,
                       help="short side of the resized frames: 480 = DINO's protocol (default), 960 = the short side "
                            "DINOv3 reports (the 480p frames upsampled); recorded with the results")
-    prop.add_argument("--patch-size", type=int, default=None, help="ViT patch size / CNN stride (read from the model by default)")
-    prop.add_argument("--resnet-stage", type=int, default=4, help="ResNet stage whose dense map is used (1-4, default 4)")
+    prop.add_argument("--patch-size", type=positive_int, default=None, help="ViT patch size / CNN stride (read from the model by default)")
+    prop.add_argument("--resnet-stage", type=int, choices=[1, 2, 3, 4], default=4, help="ResNet stage whose dense map is used (1-4, default 4)")
     prop.add_argument("--pos-resample", choices=["auto", "timm", "dino"], default="auto",
                       help="how a ViT's position embedding is resampled to the frame size: dino = DINO's "
                            "interpolate_pos_encoding (DINO, iBOT), timm = timm's dynamic-size resampling (BAM); "
@@ -134,7 +165,7 @@ def _davis(sub) -> None:
     ev.add_argument("--set", default="val")
     ev.add_argument("--sequences", nargs="*", help="only these sequences")
     ev.add_argument("--out", default=None, help="where the CSVs and chart go (default: the results folder)")
-    ev.add_argument("--workers", type=int, default=None, help="processes (default: CPU count)")
+    ev.add_argument("--workers", type=positive_int, default=None, help="processes (default: CPU count)")
 
 
 def _finetune(sub, name: str, title: str, example: str, data_root_help: str) -> None:
@@ -159,6 +190,7 @@ def _finetune(sub, name: str, title: str, example: str, data_root_help: str) -> 
     te.add_argument("--work-dir")
     te.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE")
     te.add_argument("--out", help="metrics JSON path (default <work-dir>/metrics.json)")
+    _force(te)
     te.add_argument("--launcher", choices=["none", "pytorch", "slurm"], default="none")
     te.add_argument("--data-root", help=data_root_help)
     _dry_run_args(te, train=False)
@@ -172,11 +204,11 @@ def _dry_run_args(p, train: bool) -> None:
                         "memory; without --data-root, synthetic data in the dataset's layout under <work-dir>/data "
                         "(default work dir: work_dirs/<config>/dry-run)")
     if train:
-        p.add_argument("--dry-run-iters", type=int, default=2, metavar="N", help="training iterations of --dry-run (default 2)")
-    p.add_argument("--dry-run-scale", type=float, default=None, metavar="F",
+        p.add_argument("--dry-run-iters", type=positive_int, default=2, metavar="N", help="training iterations of --dry-run (default 2)")
+    p.add_argument("--dry-run-scale", type=positive_float, default=None, metavar="F",
                    help="--dry-run: multiply every image size (pipelines, preprocessor, sliding window, ViT img_size) by F, "
                         "e.g. 0.25 on a CPU")
-    p.add_argument("--dry-run-images", type=int, default=2, metavar="N", help="--dry-run: evaluation images (default 2)")
+    p.add_argument("--dry-run-images", type=positive_int, default=2, metavar="N", help="--dry-run: evaluation images (default 2)")
 
 
 def _seg(sub) -> None:
@@ -204,7 +236,7 @@ def _bench(sub) -> None:
                      help="run every step through its own --dry-run (pretraining, seg/det train+test, DAVIS on one "
                           "sequence, probe): the plan's configs at reduced sizes, synthetic data where a data root "
                           "is missing; always re-runs")
-    run.add_argument("--dry-run-scale", type=float, default=None, metavar="F",
+    run.add_argument("--dry-run-scale", type=positive_float, default=None, metavar="F",
                      help="--dry-run: multiply input sizes by F in every step (e.g. 0.25 on a CPU)")
     rep = _add(bsub, "report", "bam_dense.cli.commands:bench_report", "write report.md and charts for one or more run directories")
     rep.add_argument("run_dirs", nargs="+", help="run directories (several: side by side)")
@@ -239,12 +271,13 @@ def _probe(sub) -> None:
     p.add_argument("--which", choices=["student", "teacher"], default=None)
     p.add_argument("--ade-root", help="ADE20K-layout folder (ADEChallengeData2016) for the linear probe")
     p.add_argument("--davis-root", help="DAVIS-layout folder for label propagation")
-    p.add_argument("--image-size", type=int, default=64, help="probe input size (default 64)")
-    p.add_argument("--steps", type=int, default=1500, help="full-batch Adam steps of the linear probe (default 1500)")
-    p.add_argument("--davis-resolution", type=int, default=96, help="DAVIS short side (default 96)")
+    p.add_argument("--image-size", type=positive_int, default=64, help="probe input size (default 64)")
+    p.add_argument("--steps", type=positive_int, default=1500, help="full-batch Adam steps of the linear probe (default 1500)")
+    p.add_argument("--davis-resolution", type=positive_int, default=96, help="DAVIS short side (default 96)")
     p.add_argument("--random-baseline", action="store_true", help="also score the same encoder at its random initialisation")
     p.add_argument("--cache-dir", default=None, help=FEATURE_CACHE_HELP + "; the random-init baseline is never cached")
     p.add_argument("--out", help="write the numbers as JSON")
+    _force(p)
     p.add_argument("--trust-source", action="store_true")
 
 
@@ -267,18 +300,19 @@ def _eval(sub) -> None:
     r.add_argument("--dataset", required=True, choices=["voc", "ade20k"], help="VOCdevkit/VOC2012 (trainaug memory, val) or ADEChallengeData2016")
     r.add_argument("--data-root", required=True, help="the dataset folder (or a folder above it) in its official layout")
     r.add_argument("--out", help="metrics JSON (mIoU, per-class IoU, every protocol parameter)")
-    r.add_argument("--input-size", type=int, default=512, help="square input side (default 512; 504 for patch 14)")
+    _force(r)
+    r.add_argument("--input-size", type=positive_int, default=512, help="square input side (default 512; 504 for patch 14)")
     r.add_argument("--memory-size", type=int, default=1024 * 10**4,
                    help="memory-bank patches (default 10240000, the published size); 0 keeps every patch")
-    r.add_argument("--augmentation-epochs", type=int, default=2, help="augmented passes over the training set (default 2)")
+    r.add_argument("--augmentation-epochs", type=positive_int, default=2, help="augmented passes over the training set (default 2)")
     r.add_argument("--no-augment", action="store_true", help="one plain pass (resize only) instead of the published augmentation")
-    r.add_argument("--neighbours", type=int, default=30, help="nearest neighbours per patch (default 30)")
-    r.add_argument("--temperature", type=float, default=0.02, help="softmax temperature of the attention (default 0.02)")
+    r.add_argument("--neighbours", type=positive_int, default=30, help="nearest neighbours per patch (default 30)")
+    r.add_argument("--temperature", type=positive_float, default=0.02, help="softmax temperature of the attention (default 0.02)")
     r.add_argument("--train-list", help="file of training image ids restricting the memory bank (default: all; VOC trainaug.txt)")
     r.add_argument("--nn-backend", choices=["auto", "faiss", "faiss-gpu", "torch"], default="auto",
                    help="exact nearest-neighbour search: faiss IndexFlatIP on the CPU, faiss's GPU index, or a matrix "
                         "product on the device; auto = faiss on CPU, on CUDA faiss-gpu when installed, else torch")
-    r.add_argument("--batch-size", type=int, default=16)
+    r.add_argument("--batch-size", type=positive_int, default=16)
     r.add_argument("--seed", type=int, default=0, help="augmentation and patch-sampling seed (default 0)")
     r.add_argument("--cache-dir", default=None, help=FEATURE_CACHE_HELP + "; augmented memory-bank views are never cached")
 
@@ -298,18 +332,19 @@ def _eval(sub) -> None:
     li.add_argument("--recipe", choices=["dino-vits", "dino-vitb", "bam", "lewel-r50"], default=None,
                     help="feature and optimisation recipe (default: dino-vits for ViTs up to width 384, dino-vitb for "
                          "wider ViTs, lewel-r50 for ResNets)")
-    li.add_argument("--resolution", type=int, default=224, help="centre-crop side (default 224; resize to side*256/224 first)")
+    li.add_argument("--resolution", type=positive_int, default=224, help="centre-crop side (default 224; resize to side*256/224 first)")
     li.add_argument("--cache-dir", default=None, help=FEATURE_CACHE_HELP)
-    li.add_argument("--lrs", type=float, nargs="+", default=None,
+    li.add_argument("--lrs", type=positive_float, nargs="+", default=None,
                     help="learning rates per 256 images (default: DINOv2's grid 1e-5..0.1; the recipe's lr is always added)")
-    li.add_argument("--epochs", type=int, default=None, help="epochs (default: the recipe's, 100 or 50)")
-    li.add_argument("--batch-size", type=int, default=None, help="classifier batch (default: the recipe's, 1024 or 256)")
+    li.add_argument("--epochs", type=positive_int, default=None, help="epochs (default: the recipe's, 100 or 50)")
+    li.add_argument("--batch-size", type=positive_int, default=None, help="classifier batch (default: the recipe's, 1024 or 256)")
     li.add_argument("--selection", choices=["val", "holdout"], default="val",
                     help="lr selection: best validation top-1 (DINOv2's rule, default) or best on a held-out train part")
     li.add_argument("--holdout-fraction", type=float, default=0.1, help="share of each class held out for --selection holdout")
     li.add_argument("--workers", type=int, default=0, help="data-loading processes for feature extraction")
     li.add_argument("--seed", type=int, default=0)
     li.add_argument("--out", help="metrics JSON (top-1, every lr's accuracy, the selection rule, the recipe)")
+    _force(li)
 
 
 def _encoder_args(p, pos_resample: bool = True) -> None:
@@ -336,14 +371,15 @@ def _tools(sub) -> None:
     )
     i.add_argument("--cache-dir", default=None, help="wheel cache (default ~/.cache/bam-dense/wheels or $BAM_DENSE_CACHE)")
     i.add_argument("--cuda", choices=["auto", "yes", "no"], default="auto", help="build CUDA ops: auto = when a GPU and nvcc are present")
-    i.add_argument("--jobs", type=int, default=None, help="parallel compile jobs (default: CPU count)")
+    i.add_argument("--jobs", type=positive_int, default=None, help="parallel compile jobs (default: CPU count)")
     i.add_argument("--force-rebuild", action="store_true", help="ignore the cached wheel")
     i.add_argument("--log", default=None, help="build log file (default <cache-dir>/logs/...)")
     m = _add(sub, "make-synthetic", "bam_dense.cli.commands:make_synthetic", "write a synthetic dataset in a real dataset's on-disk layout")
     m.add_argument("layout", choices=["imagenet", "ade20k", "voc", "coco", "davis"])
-    m.add_argument("--root", required=True, help="output folder")
-    m.add_argument("--num", type=int, default=None, help="images (sequences for davis) per split")
-    m.add_argument("--size", type=int, default=None, help="image size (short side)")
+    m.add_argument("--root", required=True, help="output folder (refused when it holds anything, unless --force)")
+    _force(m, "write into a --root that is not empty (files of the same names are replaced)")
+    m.add_argument("--num", type=positive_int, default=None, help="images (sequences for davis) per split")
+    m.add_argument("--size", type=positive_int, default=None, help="image size (short side)")
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--colors", choices=["class", "instance"], default="class",
                    help="object colours: fixed per class, or random per object so that only shape and texture "

@@ -53,7 +53,7 @@ def convert(args: Namespace) -> int:
     from bam_dense.convert import report_path
 
     report = run_convert(args.src, args.to, args.out, arch=args.arch, which=args.which, img_size=args.img_size,
-                         source_format=args.source_format, trust_source=args.trust_source)
+                         source_format=args.source_format, trust_source=args.trust_source, force=args.force)
     print(report.summary())
     print(f"  report       {report_path(args.out, args.to)}")
     return 0
@@ -65,7 +65,7 @@ def davis_propagate(args: Namespace) -> int:
     params = PropagationParams(args.n_last_frames, args.size_mask_neighborhood, args.topk, args.temperature, args.resolution)
     done = run(args.checkpoint, args.davis_root, args.out, args.arch, args.set, args.sequences, params, args.patch_size,
                args.resnet_stage, args.which, args.device, args.save_overlays, args.trust_source,
-               pos_resample=args.pos_resample)
+               pos_resample=args.pos_resample, overwrite=args.overwrite)
     from bam_dense.davis.propagate import resolution_protocol
 
     print(f"[bam-dense] propagated {len(done)} sequence(s) into {args.out} at short side {args.resolution} "
@@ -73,8 +73,18 @@ def davis_propagate(args: Namespace) -> int:
     return 0
 
 
+def _check_out(args: Namespace, *sources: str) -> None:
+    """An ``--out`` file: refused where it exists (unless --force) or is one of the command's inputs."""
+    if args.out:
+        from bam_dense.core.outputs import check_output
+
+        check_output(args.out, force=args.force, sources=tuple(s for s in sources if s))
+
+
 def eval_retrieval(args: Namespace) -> int:
     from bam_dense.eval.retrieval import RetrievalParams, run
+
+    _check_out(args, args.checkpoint, args.train_list)
 
     params = RetrievalParams(input_size=args.input_size, memory_size=args.memory_size or None,
                              augmentation_epochs=args.augmentation_epochs, augment=not args.no_augment,
@@ -93,6 +103,8 @@ def eval_retrieval(args: Namespace) -> int:
 def eval_linear(args: Namespace) -> int:
     from bam_dense.eval.linear_probe import run
 
+    _check_out(args, args.checkpoint)
+
     record = run(args.checkpoint, args.data_root, args.out, args.recipe, args.resolution, args.cache_dir, args.lrs,
                  args.epochs, args.batch_size, args.selection, args.holdout_fraction, args.arch, args.which,
                  args.trust_source, args.device, args.workers, args.seed)
@@ -109,6 +121,8 @@ def davis_eval(args: Namespace) -> int:
     from bam_dense.davis.evaluate import evaluate, plot_per_sequence, write_csvs, write_metrics_json
 
     out = Path(args.out) if args.out else Path(args.results)
+    if out.exists() and not out.is_dir():
+        raise UserFacingError(f"--out {out} is a file; davis eval writes a folder (CSVs, chart, metrics.json)")
     res = evaluate(args.davis_root, args.results, args.task, args.set, args.sequences, args.workers)
     gp, sp = write_csvs(res, out, args.set)
     chart = plot_per_sequence(res, out / f"per-sequence_results-{args.set}.png")
@@ -149,6 +163,7 @@ def finetune_train(args: Namespace) -> int:
 
 
 def finetune_test(args: Namespace) -> int:
+    _check_out(args, args.checkpoint)
     if args.dry_run:
         from bam_dense.downstream import dryrun
 
@@ -213,6 +228,7 @@ def probe(args: Namespace) -> int:
 
     if not args.ade_root and not args.davis_root:
         raise UserFacingError("give --ade-root and/or --davis-root")
+    _check_out(args, args.checkpoint)
     from bam_dense.eval.features import FeatureCache
 
     rows = {"checkpoint": run_probe(load_backbone(args.checkpoint, args.arch, args.which, args.trust_source),
@@ -232,8 +248,9 @@ def probe(args: Namespace) -> int:
             payload["per_image"] = rows["checkpoint"].areas
         if "random init" in rows:
             payload["random_init"] = rows["random init"].as_dict()
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(payload, indent=1))
+        from bam_dense.core.atomic import atomic_write_text
+
+        atomic_write_text(args.out, json.dumps(payload, indent=1))
     return 0
 
 
@@ -260,7 +277,10 @@ def install_openmmlab(args: Namespace) -> int:
 
 
 def make_synthetic(args: Namespace) -> int:
+    from bam_dense.core.outputs import check_output
     from bam_dense.data.synthetic import make
+
+    check_output(args.root, "--root", force=args.force, folder=True)
 
     out = make(args.layout, args.root, num=args.num, size=args.size, seed=args.seed, colors=args.colors)
     print(f"wrote synthetic {args.layout} to {out}")

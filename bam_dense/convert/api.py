@@ -24,6 +24,7 @@ from bam_dense.convert.sources import (
     ARCH_RECORD,
     ConversionError,
     Source,
+    check_finite,
     create_meta_model,
     extract_backbone,
     read_checkpoint,
@@ -31,6 +32,7 @@ from bam_dense.convert.sources import (
 )
 from bam_dense.core.atomic import atomic_write, atomic_write_text
 from bam_dense.core.checkpoint import atomic_save
+from bam_dense.core.outputs import check_output
 from bam_dense.models.rf_resnet import RFResNet, architecture_record, receptive_field
 
 TARGETS = ("timm", "timm-folder", "torchvision", "mmseg", "mmseg-mae", "mmdet", "detectron2", "safetensors")
@@ -93,8 +95,10 @@ def resize_pos_embed(pos_embed: torch.Tensor, n_prefix: int, new_grid: tuple[int
 
 
 def load_source(src: str | Path, source_format: str = "auto", which: str | None = None, trust_source: bool = False) -> Source:
-    obj = read_checkpoint(src, trust_source=trust_source)
-    return extract_backbone(obj, str(src), source_format, which)
+    """The backbone of a checkpoint file, refused when any of its tensors is NaN or infinite."""
+    source = extract_backbone(read_checkpoint(src, trust_source=trust_source), str(src), source_format, which)
+    check_finite(source.backbone, source.path)
+    return source
 
 
 def convert(
@@ -107,10 +111,17 @@ def convert(
     source_format: str = "auto",
     trust_source: bool = False,
     write_report: bool = True,
+    force: bool = True,
 ) -> ConversionReport:
-    """Convert ``src`` for target ``to`` into ``out``; raise :class:`ConversionError` on any gap."""
+    """Convert ``src`` for target ``to`` into ``out``; raise :class:`ConversionError` on any gap.
+
+    ``out`` (or the report beside it) is never ``src`` itself; an existing ``out`` is replaced only with ``force``.
+    """
     if to not in TARGETS:
         raise ConversionError(f"unknown target {to!r}; choose from {', '.join(TARGETS)}")
+    folder = to == "timm-folder"
+    writes = (report_path(out, to),) + ((Path(out) / "model.safetensors", Path(out) / "config.json") if folder else ())
+    check_output(out, force=force, folder=folder, sources=(src,), writes=writes)
     source = load_source(src, source_format, which, trust_source)
     return convert_source(source, to, out, arch=arch, img_size=img_size, write_report=write_report)
 
@@ -135,6 +146,8 @@ def convert_source(source: Source, to: str, out: str | Path, arch: str | None = 
         if kind != "vit":
             raise ConversionError("--img-size applies to ViT position embeddings only")
         patch = model.patch_embed.patch_size
+        if img_size < max(patch):
+            raise ConversionError(f"--img-size {img_size}: must be at least the patch size ({max(patch)} px)")
         grid = (img_size // patch[0], img_size // patch[1])
         if "pos_embed" in backbone and tuple(model.patch_embed.grid_size) != grid:
             old = backbone["pos_embed"]

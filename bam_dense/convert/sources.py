@@ -62,6 +62,19 @@ class Source:
     dropped: list[tuple[str, str]] = field(default_factory=list)  # (source key, reason)
 
 
+def check_finite(tensors: dict, path: str) -> None:
+    """Refuse weights holding NaN or infinite values, naming the first such tensor: they would still load, convert
+    with full coverage and produce features, so every number computed from them would look real."""
+    bad = [key for key, value in tensors.items()
+           if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all()]
+    if bad:
+        first = tensors[bad[0]]
+        nan, inf = int(torch.isnan(first).sum()), int(torch.isinf(first).sum())
+        raise ConversionError(f"{path}: tensor {bad[0]} holds non-finite values ({nan} NaN, {inf} inf of "
+                              f"{first.numel()}); {len(bad)} of {len(tensors)} tensors are affected. "
+                              "The weights are broken (a diverged run?): use an earlier checkpoint")
+
+
 def read_checkpoint(path: str | Path, trust_source: bool = False) -> object:
     """Load a file as data only; errors name the file and say what is wrong in one line."""
     path = Path(path)

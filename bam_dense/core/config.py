@@ -10,8 +10,11 @@ the defaults here are only what a config leaves unsaid.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
+import fnmatch
+import math
 import re
 import types
 import typing
@@ -365,6 +368,130 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
+@dataclass(frozen=True)
+class Range:
+    """The interval a number must lie in (``None``: unbounded on that side); NaN and inf never do."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+
+POSITIVE = Range(0, low_open=True)
+NON_NEGATIVE = Range(0)
+COUNT = Range(1)  # sizes, counts, widths, intervals in steps
+FRACTION = Range(0, 1)  # probabilities, shares, convex weights, EMA momenta
+BELOW_ONE = Range(0, 1, high_open=True)
+SCALE = Range(0, 1, low_open=True)  # crop area shares
+
+# What each number may be, checked as the config is read: a value outside its range is refused naming the key
+# (also for values in lists). One line per option; a "method." key holds for every method that has the option,
+# "*" matches any part of a key.
+RANGES: dict[str, Range] = {
+    "run.log_every": COUNT,
+    "run.checkpoint_every": COUNT,
+    "run.keep_every_epochs": NON_NEGATIVE,  # 0: never
+    "run.max_steps": COUNT,
+    "run.peak_tflops": POSITIVE,
+    "data.batch_size_per_gpu": COUNT,
+    "data.num_workers": NON_NEGATIVE,
+    "data.max_bad_fraction": FRACTION,
+    "data.synthetic.num_images": COUNT,
+    "data.synthetic.size": COUNT,
+    "data.synthetic.num_classes": COUNT,
+    "data.views.global_crops": COUNT,
+    "data.views.global_size": COUNT,
+    "data.views.global_scale": SCALE,
+    "data.views.local_crops": NON_NEGATIVE,
+    "data.views.local_size": COUNT,
+    "data.views.local_scale": SCALE,
+    "data.views.*_prob": FRACTION,
+    "data.views.color_jitter": NON_NEGATIVE,
+    "data.views.blur_radius": NON_NEGATIVE,
+    "data.views.std": POSITIVE,
+    "model.drop_path_rate": BELOW_ONE,
+    "optim.epochs": COUNT,
+    "optim.lr": POSITIVE,
+    "optim.lr_batch_scaling": COUNT,
+    "optim.min_lr": NON_NEGATIVE,
+    "optim.warmup_epochs": NON_NEGATIVE,
+    "optim.weight_decay": NON_NEGATIVE,
+    "optim.weight_decay_end": NON_NEGATIVE,
+    "optim.betas": BELOW_ONE,
+    "optim.momentum": BELOW_ONE,
+    "optim.lars_eta": POSITIVE,
+    "optim.clip_grad": NON_NEGATIVE,  # 0: no clipping (DINO's --clip_grad 0)
+    "teacher.momentum": FRACTION,
+    "teacher.momentum_end": FRACTION,
+    "eval.knn.every_epochs": COUNT,
+    "eval.knn.k": COUNT,
+    "eval.knn.temperature": POSITIVE,
+    "eval.knn.max_train_images": COUNT,
+    "eval.knn.image_size": COUNT,
+    "eval.knn.resize_size": COUNT,
+    "eval.knn.batch_size": COUNT,
+    "method.temperature": POSITIVE,  # BAM's attention, MoCo v3's InfoNCE
+    "method.eps": POSITIVE,  # Sinkhorn
+    "method.eps_final": POSITIVE,
+    "method.eps_warmup_epochs": NON_NEGATIVE,
+    "method.sinkhorn_iters": COUNT,
+    "method.top_k": NON_NEGATIVE,  # 0: off
+    "method.n_target": COUNT,
+    "method.student_temp": POSITIVE,
+    "method.teacher_temp": POSITIVE,
+    "method.warmup_teacher_temp": POSITIVE,
+    "method.warmup_teacher_temp_epochs": NON_NEGATIVE,
+    "method.center_momentum": FRACTION,
+    "method.freeze_last_layer": NON_NEGATIVE,
+    "method.out_dim": COUNT,
+    "method.hidden_dim": COUNT,
+    "method.bottleneck_dim": COUNT,
+    "method.head_layers": COUNT,
+    "method.dim": COUNT,
+    "method.mlp_dim": COUNT,
+    "method.num_heads": COUNT,
+    "method.scale": POSITIVE,
+    "method.loss_weight": FRACTION,
+    "method.local_weight": FRACTION,
+    "method.global_weight": FRACTION,
+    "method.grid": NON_NEGATIVE,  # 0: every cell
+    "method.*.layers": COUNT,  # heads
+    "method.*.hidden_dim": COUNT,
+    "method.*.out_dim": COUNT,
+}
+
+
+def _range_of(key: str) -> Range | None:
+    if key in RANGES:
+        return RANGES[key]
+    matches = [pattern for pattern in RANGES if "*" in pattern and fnmatch.fnmatchcase(key, pattern)]
+    return RANGES[max(matches, key=len)] if matches else None  # the most specific pattern
+
+
+def _check_range(key: str, value: Any) -> None:
+    allowed = _range_of(key)
+    if allowed is None or value is None:
+        return
+    items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
+    for i, item in items:
+        if isinstance(item, (int, float)) and not isinstance(item, bool) and item not in allowed:
+            where = key if i is None else f"{key}[{i}]"
+            raise ConfigError(f"{where}: must be {allowed}, got {item!r}")
+
+
 # ---------------------------------------------------------------------------------------------
 # Strict construction
 # ---------------------------------------------------------------------------------------------
@@ -448,6 +575,7 @@ def build(cls: type, data: dict, path: str = "") -> Any:
             kwargs[key] = _build_method(value, sub)
             continue
         kwargs[key] = _coerce(value, hints[key], sub)
+        _check_range(sub, kwargs[key])
         choices = CHOICES.get(sub)
         if choices and kwargs[key] not in choices:
             raise ConfigError(f"{sub}: {kwargs[key]!r} is not one of {', '.join(choices)}")
@@ -521,16 +649,35 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raw = loaded or {}
     if data is not None:
         raw = _merge(raw, data)
-    raw = _merge({}, raw)
-    for key, value in parse_overrides(overrides or []):
-        _set_path(raw, key, value)
-    where = f" (in {path})" if path else ""
+    overrides = parse_overrides(overrides or [])
     try:
-        cfg = build(PretrainConfig, raw)
+        return _resolve(raw, overrides)
     except ConfigError as err:
-        raise ConfigError(f"{err}{where}") from None
+        culprit = _first_failing(raw, overrides, str(err))
+        if culprit:
+            key, value = overrides[culprit - 1]
+            raise ConfigError(f"{err} (in the command-line override {key}={value!r})") from None
+        raise ConfigError(f"{err} (in {path})" if path else str(err)) from None
+
+
+def _resolve(raw: dict, overrides: list[tuple[str, Any]]) -> PretrainConfig:
+    raw = copy.deepcopy(raw)
+    for key, value in overrides:
+        _set_path(raw, key, value)
+    cfg = build(PretrainConfig, raw)
     validate(cfg)
     return cfg
+
+
+def _first_failing(raw: dict, overrides: list[tuple[str, Any]], message: str) -> int:
+    """How many overrides it takes for ``message`` to appear: 0 when the file alone gives it."""
+    for n in range(len(overrides)):
+        try:
+            _resolve(raw, overrides[:n])
+        except ConfigError as err:
+            if str(err) == message:
+                return n
+    return len(overrides)
 
 
 def _merge(base: dict, extra: dict) -> dict:
@@ -544,15 +691,11 @@ def _merge(base: dict, extra: dict) -> dict:
 
 
 def validate(cfg: PretrainConfig) -> None:
-    """Cross-field checks that would otherwise fail hours into a run."""
+    """Cross-field checks that would otherwise fail hours into a run (single values: :data:`RANGES`)."""
     v = cfg.data.views
-    if cfg.data.batch_size_per_gpu < 1:
-        raise ConfigError(f"data.batch_size_per_gpu must be >= 1, got {cfg.data.batch_size_per_gpu}")
     if v.kind == "two_view" and (v.global_crops != 2 or v.local_crops != 0):
         raise ConfigError("data.views: two_view uses exactly 2 global crops and no local crops "
                           f"(got global_crops={v.global_crops}, local_crops={v.local_crops})")
-    if v.global_crops < 1:
-        raise ConfigError(f"data.views.global_crops must be >= 1, got {v.global_crops}")
     for name in ("global_blur_prob", "global_solarize_prob"):
         if len(getattr(v, name)) != v.global_crops:
             raise ConfigError(f"data.views.{name} needs one value per global crop ({v.global_crops}), got {getattr(v, name)}")
@@ -570,18 +713,10 @@ def validate(cfg: PretrainConfig) -> None:
         raise ConfigError(f"method {m.name} uses two views: set data.views.kind: two_view")
     if m.name == "co_dino" and v.global_crops != 2:
         raise ConfigError(f"method co_dino pairs the two global crops: set data.views.global_crops: 2 (got {v.global_crops})")
-    if m.name in ("co_dino", "co_mocov3") and not 0.0 <= m.local_weight <= 1.0:
-        raise ConfigError(f"method.local_weight (w_s) must be in [0, 1], got {m.local_weight}")
-    if m.name in ("co_dino", "co_mocov3") and m.grid < 0:
-        raise ConfigError(f"method.grid must be >= 0 (0: every cell), got {m.grid}")
-    if m.name == "lewel_b" and not 0.0 <= m.loss_weight <= 1.0:
-        raise ConfigError(f"method.loss_weight must be in [0, 1], got {m.loss_weight}")
     if m.name == "lewel_b" and m.projector.out_dim % m.num_heads:
         raise ConfigError(f"method.projector.out_dim ({m.projector.out_dim}) must be divisible by method.num_heads ({m.num_heads})")
     if m.name == "lewel_bam" and m.neck.out_dim % m.num_heads:
         raise ConfigError(f"method.neck.out_dim ({m.neck.out_dim}) must be divisible by method.num_heads ({m.num_heads})")
-    if getattr(m, "top_k", 0) < 0:
-        raise ConfigError(f"method.top_k must be >= 0, got {m.top_k}")
     if cfg.optim.warmup_epochs > cfg.optim.epochs:
         raise ConfigError(f"optim.warmup_epochs ({cfg.optim.warmup_epochs}) exceeds optim.epochs ({cfg.optim.epochs})")
     if cfg.optim.clip_grad_mode not in ("total", "per_param"):

@@ -48,7 +48,10 @@ def read_sequences(davis_root: Path, subset: str, task: str) -> list[str]:
     path = davis_root / "ImageSets" / year / f"{subset}.txt"
     if not path.is_file():
         raise DavisError(f"{path} does not exist (is {davis_root} a DAVIS-2017 folder?)")
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not names:  # the means below would be NaN, written as a result
+        raise DavisError(f"{path} lists no sequences: nothing to evaluate")
+    return names
 
 
 def _read_png(path: Path, sequence: str, what: str) -> np.ndarray:
@@ -140,6 +143,9 @@ def _fmt(value: float) -> str:
 
 
 def aggregate(all_scores: list[SequenceScores]) -> Results:
+    if not any(scores.objects for scores in all_scores):  # every mean would be NaN
+        names = ", ".join(scores.sequence for scores in all_scores) or "none"
+        raise DavisError(f"no object to score: the first annotation frame of every sequence ({names}) holds no object id")
     jm, jr, jd, fm, fr, fd = [], [], [], [], [], []
     per_object, objects = [], {}
     for scores in all_scores:

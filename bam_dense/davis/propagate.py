@@ -346,35 +346,113 @@ def propagate_sequence(extractor, frame_paths: list[Path], first_mask: Path, out
         overlays[0].save(ov_dir.parent / f"{out_dir.name}.gif", save_all=True, append_images=overlays[1:], duration=150, loop=0)
 
 
+def checkpoint_identity(checkpoint: str, arch: str | None) -> dict:
+    """What the results are computed from: a file's size and SHA-256 (not its name), or the random-init ``arch``."""
+    from bam_dense.core.outputs import file_identity
+
+    if checkpoint == "random":
+        return {"random_init": arch}
+    if Path(checkpoint).is_file():
+        return file_identity(checkpoint)
+    return {"name": checkpoint}  # an extractor given in code (tests, the probe): its name is all there is
+
+
+# what propagate writes into --out: the only entries --overwrite deletes
+RESULT_FILES = ("propagation.json", "metrics.json", "global_results-*.csv", "per-sequence_results-*")
+
+
+def _result_entries(out_dir: Path) -> list[Path]:
+    """Sequence folders (masks), overlays, the record and ``davis eval``'s outputs found in ``out_dir``."""
+    if not out_dir.is_dir():
+        return []
+    found = [d for d in out_dir.iterdir() if d.is_dir() and (d.name == "_overlays" or (d / ".done").exists()
+                                                              or any(d.glob("*.png")))]
+    return found + [f for pattern in RESULT_FILES for f in out_dir.glob(pattern) if f.is_file()]
+
+
+def _differences(old: dict, new: dict) -> list[str]:
+    keys = sorted(set(old) | set(new))
+    return [f"{k}: {old.get(k, '(not recorded)')} there, {new.get(k, '(none)')} now" for k in keys if old.get(k) != new.get(k)]
+
+
+def check_previous_results(out_dir: Path, inputs: dict, overwrite: bool) -> None:
+    """Refuse to add to results computed from other inputs (another checkpoint, other options, other code);
+    with ``overwrite``, delete those results first. Resuming with the same inputs keeps the finished sequences."""
+    import shutil
+
+    record = out_dir / "propagation.json"
+    entries = _result_entries(out_dir)
+    if not [e for e in entries if e != record]:  # a record and nothing it could mislabel
+        return
+    try:
+        loaded = json.loads(record.read_text()) if record.is_file() else None
+    except (OSError, ValueError):
+        loaded = None
+    old = loaded.get("inputs") if isinstance(loaded, dict) else None
+    if old == inputs:
+        return
+    if not overwrite:
+        why = ("; ".join(_differences(old, inputs)) if isinstance(old, dict)
+               else f"{record} is missing or records no inputs, so they cannot be told apart from this run's")
+        raise UserFacingError(f"--out {out_dir} holds propagation results of other inputs ({why}). Choose a new --out "
+                              "folder, or add --overwrite to delete those results and start clean")
+    for entry in entries:
+        if entry.is_dir():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
 def run(checkpoint: str, davis_root: str, out: str, arch: str | None = None, subset: str = "val",
         sequences: list[str] | None = None, params: PropagationParams | None = None, patch_size: int | None = None,
         resnet_stage: int = 4, which: str | None = None, device: str | None = None, save_overlays: bool = False,
-        trust_source: bool = False, extractor=None, pos_resample: str = "auto") -> list[str]:
+        trust_source: bool = False, extractor=None, pos_resample: str = "auto", overwrite: bool = False) -> list[str]:
     """Propagate every sequence of ``subset`` (or ``sequences``); returns the sequences processed now.
 
     ``pos_resample`` (``auto``, ``timm``, ``dino``): how a ViT's position table is resampled to the frames, for
     the extractor built here from ``checkpoint`` (a given ``extractor`` carries its own).
+
+    Sequences finished in ``out`` are skipped only when ``out/propagation.json`` records the same inputs
+    (checkpoint content, options, bam-dense version); other inputs are refused, or deleted first with ``overwrite``.
     """
     from tqdm import tqdm
 
+    from bam_dense import __version__
+    from bam_dense.core.atomic import atomic_write_text
+
     params = params or PropagationParams()
     root, out_dir = Path(davis_root), Path(out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserFacingError(f"--out {out_dir} is a file; propagation writes a folder (one sub-folder per sequence)")
+    if out_dir.resolve() == root.resolve():
+        raise UserFacingError(f"--out {out_dir} is the DAVIS folder itself: choose a results folder outside the data")
     if sequences is None:
         listing = root / "ImageSets" / "2017" / f"{subset}.txt"
         if not listing.is_file():
             raise UserFacingError(f"{listing} does not exist (is {root} a DAVIS-2017 folder?)")
         sequences = [s.strip() for s in listing.read_text().splitlines() if s.strip()]
+        if not sequences:
+            raise UserFacingError(f"{listing} lists no sequences: nothing to propagate")
+    if not sequences:
+        raise UserFacingError("no sequences to propagate (--sequences given without names)")
+    identity = checkpoint_identity(checkpoint, arch)
     if extractor is None:
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         extractor = load_extractor(checkpoint, arch, which, trust_source, dev, resnet_stage, pos_resample)
     if patch_size is not None and patch_size != extractor.patch:
         raise UserFacingError(f"--patch-size {patch_size} differs from the model's {extractor.patch}")
+    kind = getattr(extractor, "kind", None)
+    inputs = {"checkpoint": identity, "which": which, **vars(params), "patch_size": extractor.patch,
+              "resnet_stage": resnet_stage if kind == "cnn" else None,
+              "pos_resample": extractor.pos_resample if kind == "vit" else None, "bam_dense": __version__}
+    inputs = json.loads(json.dumps(inputs))  # as the record reads back
+    check_previous_results(out_dir, inputs, overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
     record = {"checkpoint": checkpoint, "subset": subset, **vars(params), "patch_size": extractor.patch,
-              "resolution_protocol": resolution_protocol(params.resolution)}
-    if getattr(extractor, "kind", None) == "vit":
+              "resolution_protocol": resolution_protocol(params.resolution), "inputs": inputs}
+    if kind == "vit":
         record["pos_resample"] = extractor.pos_resample
-    (out_dir / "propagation.json").write_text(json.dumps(record, indent=1))
+    atomic_write_text(out_dir / "propagation.json", json.dumps(record, indent=1))
     done_now = []
     for seq in sequences:
         seq_out = out_dir / seq

@@ -10,13 +10,13 @@ any backbone tensor did not arrive.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import os
 import warnings
 from pathlib import Path
 
 from bam_dense.core.errors import UserFacingError
+from bam_dense.core.outputs import sha256
 
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
 
@@ -24,14 +24,6 @@ warnings.filterwarnings("ignore", message="pkg_resources is deprecated", categor
 SEG_TARGETS = {"VisionTransformer": "mmseg", "MAE": "mmseg-mae", "BEiT": "mmseg-mae", "ResNet": "mmseg", "ResNet10": "mmseg", "ResNetV1c": "mmseg",
                "ResNetV1d": "mmseg", "FrozenTimmEncoder": "timm"}
 DET_TARGETS = {"ResNet": "mmdet", "ResNet10": "mmdet", "TimmViT": "mmdet"}
-
-
-def sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_config(config: str, cfg_options: list[str], work_dir: str | None, launcher: str, data_root: str | None = None):

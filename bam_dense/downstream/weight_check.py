@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from bam_dense.convert.sources import check_finite
 from bam_dense.core.errors import UserFacingError
 
 # Tensors a backbone creates for fine-tuning that no pretraining checkpoint holds.
@@ -78,6 +79,7 @@ def check_backbone(backbone: torch.nn.Module, checkpoint_path: str, prefix: str 
     backbone_type = backbone_type or type(backbone).__name__
     expected = expected_tensors(checkpoint, backbone_type, prefix)
     state = backbone.state_dict()
+    check_finite({k: v for k, v in expected.items() if k in state}, checkpoint_path)
     return _tally(state, {name: expected.get(name) for name in state}, [k for k in expected if k not in state])
 
 

@@ -29,9 +29,9 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 
 from bam_dense.core import dist, procs
-from bam_dense.core.atomic import atomic_write_text
+from bam_dense.core.atomic import atomic_write, atomic_write_text
 from bam_dense.core.checkpoint import atomic_save, load_own
-from bam_dense.core.config import PretrainConfig, dump, to_dict
+from bam_dense.core.config import PretrainConfig, build, dump, to_dict
 from bam_dense.core.errors import UserFacingError
 from bam_dense.core.memory import peak_memory
 from bam_dense.data.device_augment import DeviceAugment, DeviceViews, collate_device
@@ -52,6 +52,43 @@ PREEMPTED_EXIT = 143  # 128 + SIGTERM
 
 class NonFiniteLoss(UserFacingError):
     pass
+
+
+# Keys a resumed run may change: where and how often it logs and saves, when it stops, how fast it computes, the
+# k-NN monitor (which reads the weights, never writes them). Any other change (batch size, lr, schedule, seed,
+# augmentations, data, loss) would make one run of two recipes, and is refused. An entry ending in "." is a prefix.
+RESUME_SAFE = (
+    "run.output_dir", "run.resume", "run.device", "run.tf32", "run.log_every", "run.checkpoint_every",
+    "run.keep_every_epochs", "run.max_steps", "run.nan_policy", "run.tensorboard", "run.progress", "run.count_flops",
+    "run.peak_tflops", "data.num_workers", "data.max_bad_fraction", "model.compile", "model.grad_checkpointing",
+    "model.channels_last", "optim.fused", "eval.",
+)
+HISTORY_FILE = "config_history.jsonl"  # one line per start and resume: the first config whole, then each change
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_changes(saved: dict, current: dict) -> dict[str, list]:
+    """``{dotted key: [value in the checkpoint, value now]}`` for every key that differs (a key an older
+    checkpoint lacks compares as its default)."""
+    try:
+        saved = to_dict(build(PretrainConfig, saved))  # fills the defaults of keys added since
+    except UserFacingError:
+        pass
+    old, new = _flatten(saved), _flatten(current)
+    return {k: [old.get(k), new.get(k)] for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
+
+
+def resume_safe(key: str) -> bool:
+    return any(key.startswith(s) if s.endswith(".") else key == s for s in RESUME_SAFE)
 
 
 class BadDataError(UserFacingError):
@@ -197,6 +234,10 @@ class Trainer:
         self.summary = Summary()
         self.tb = None
         self.metrics_file = None
+        self.resumed_from: Path | None = None
+        self.resume_changes: dict[str, list] = {}
+        self.saved_config: dict | None = None  # the checkpoint's, when resumed
+        self.last_checkpoint: Path | None = None  # written by this run, or the one it resumed from
 
     # ------------------------------------------------------------------ schedules
     def lr_at(self, step: int) -> float:
@@ -248,6 +289,8 @@ class Trainer:
             state["rng"] = rng
             atomic_save(state, path)
         dist.barrier()
+        if name == "last.pth":
+            self.last_checkpoint = path
         return path
 
     def resume_path(self) -> Path | None:
@@ -276,6 +319,15 @@ class Trainer:
                                       f"the config says {to_dict(self.cfg.model)[key]!r}")
         if saved["method"]["name"] != self.cfg.method.name:
             raise UserFacingError(f"run.resume: {path} was trained with method.name={saved['method']['name']!r}")
+        changes = config_changes(saved, to_dict(self.cfg))
+        unsafe = {k: v for k, v in changes.items() if not resume_safe(k)}
+        if unsafe:
+            listed = "; ".join(f"{k}: {old!r} in the checkpoint, {new!r} now" for k, (old, new) in unsafe.items())
+            raise UserFacingError(f"run.resume: {path} was trained with other settings ({listed}). A resumed run keeps "
+                                  "its recipe: resume with the checkpoint's values, or start a new run (another "
+                                  "run.output_dir, or run.resume=none). Changes allowed on resume: "
+                                  + ", ".join(s + "*" if s.endswith(".") else s for s in RESUME_SAFE))
+        self.resume_changes, self.saved_config = changes, saved
         if state["world_size"] != self.world:
             print(f"bam-dense: warning: resuming a {state['world_size']}-process run on {self.world} processes; "
                   "the data order changes", file=sys.stderr)
@@ -301,7 +353,9 @@ class Trainer:
             random.setstate(mine["python"])
             if self.use_cuda and "cuda" in mine:
                 torch.cuda.set_rng_state(mine["cuda"], self.device)
-        self.log_line(f"resumed from {path} at step {self.step} (epoch {self.epoch}, batch {self.batch_in_epoch})")
+        self.resumed_from = self.last_checkpoint = path
+        self.log_line(f"resumed from {path} at step {self.step} (epoch {self.epoch}, batch {self.batch_in_epoch})"
+                      + "".join(f"; {k}: {old!r} -> {new!r}" for k, (old, new) in self.resume_changes.items()))
 
     # ------------------------------------------------------------------ logging
     def log_line(self, text: str) -> None:
@@ -312,12 +366,31 @@ class Trainer:
         if not dist.is_main():
             return
         self.out.mkdir(parents=True, exist_ok=True)
+        self._append_history()
         atomic_write_text(self.out / "config.yaml", dump(self.cfg))
         self.metrics_file = open(self.out / "metrics.jsonl", "a")
         if self.cfg.run.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(str(self.out / "tb"))
+
+    def _append_history(self) -> None:
+        """Record this start or resume in ``config_history.jsonl``: the first line holds the first config whole,
+        so ``config.yaml`` (the config in effect now) may change on resume without losing it."""
+        history = self.out / HISTORY_FILE
+        entries = []
+        now = time.strftime("%Y-%m-%dT%H:%M:%S")
+        if self.resumed_from is None:
+            entries.append({"event": "start", "time": now, "config": to_dict(self.cfg)})
+        else:
+            if not history.exists():  # a run begun before the history existed: its checkpoint's config comes first
+                entries.append({"event": "start", "time": None, "config": self.saved_config,
+                                "note": f"recorded at the first resume, from {self.resumed_from}"})
+            entries.append({"event": "resume", "time": now, "step": self.step, "from": str(self.resumed_from),
+                            "changes": self.resume_changes})
+        previous = history.read_bytes() if history.exists() else b""
+        lines = b"".join(json.dumps(e).encode() + b"\n" for e in entries)
+        atomic_write(history, lambda fh: fh.write(previous + lines))
 
     def record(self, kind: str, values: dict) -> None:
         if not dist.is_main():
@@ -521,6 +594,9 @@ class Trainer:
                             disable=None)
         try:
             self._loop(max_steps, progress)
+            self.summary.steps = self.step  # after the last step or a SIGTERM alike
+            self.summary.epochs_done = self.epoch
+            self.summary.bad_images = self.bad_images
         finally:
             signal.signal(signal.SIGTERM, previous)
             if progress is not None:
@@ -556,8 +632,10 @@ class Trainer:
                     msg = (f"non-finite loss at step {self.step} (epoch {self.epoch}): "
                            + ", ".join(f"{k}={terms[k]}" for k in bad))
                     if cfg.run.nan_policy == "stop":
-                        raise NonFiniteLoss(msg + f"; the last good checkpoint is {self.ckpt_dir / 'last.pth'} "
-                                            "(run.nan_policy=skip drops such steps instead)")
+                        last = (f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else
+                                f"no checkpoint was written: the run stopped before its first one (run.checkpoint_every="
+                                f"{cfg.run.checkpoint_every})")
+                        raise NonFiniteLoss(f"{msg}; {last} (run.nan_policy=skip drops such steps instead)")
                     self.log_line(msg + "; step skipped (run.nan_policy=skip)")
                     self.record("skipped", {"reason": msg})
                 self.step += 1
@@ -602,9 +680,6 @@ class Trainer:
                 self._end_epoch()
         if not self.summary.preempted:
             self.summary.checkpoint = str(self.save())
-        self.summary.steps = self.step
-        self.summary.epochs_done = self.epoch
-        self.summary.bad_images = self.bad_images
 
     def _end_epoch(self) -> None:
         self.epoch += 1

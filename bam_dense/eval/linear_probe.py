@@ -338,8 +338,9 @@ def run(checkpoint: str, data_root: str, out: str | None = None, recipe: str | N
         "history": grid.history,
     }
     if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(record, indent=1))
+        from bam_dense.core.atomic import atomic_write_text
+
+        atomic_write_text(out, json.dumps(record, indent=1))
     return record
 
 

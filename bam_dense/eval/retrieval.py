@@ -492,8 +492,9 @@ def run(checkpoint: str, dataset: str, data_root: str, out: str | None = None, p
     if getattr(extractor, "kind", None) == "vit":
         record["pos_resample"] = extractor.pos_resample
     if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(record, indent=1))
+        from bam_dense.core.atomic import atomic_write_text
+
+        atomic_write_text(out, json.dumps(record, indent=1))
     return record
 
 
