@@ -10,13 +10,13 @@ any backbone tensor did not arrive.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import os
 import warnings
 from pathlib import Path
 
 from bam_dense.core.errors import UserFacingError
+from bam_dense.core.identity import sha256
 
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
 
@@ -24,14 +24,6 @@ warnings.filterwarnings("ignore", message="pkg_resources is deprecated", categor
 SEG_TARGETS = {"VisionTransformer": "mmseg", "MAE": "mmseg-mae", "BEiT": "mmseg-mae", "ResNet": "mmseg", "ResNet10": "mmseg", "ResNetV1c": "mmseg",
                "ResNetV1d": "mmseg", "FrozenTimmEncoder": "timm"}
 DET_TARGETS = {"ResNet": "mmdet", "ResNet10": "mmdet", "TimmViT": "mmdet"}
-
-
-def sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_config(config: str, cfg_options: list[str], work_dir: str | None, launcher: str, data_root: str | None = None):
@@ -250,3 +242,17 @@ def latest_checkpoint(work_dir: str | Path) -> str | None:
     candidates = sorted(Path(work_dir).glob("iter_*.pth"), key=lambda p: int(p.stem.split("_")[1]))
     candidates += sorted(Path(work_dir).glob("epoch_*.pth"), key=lambda p: int(p.stem.split("_")[1]))
     return str(candidates[-1]) if candidates else None
+
+
+VIT_BACKBONES = ("VisionTransformer", "MAE", "BEiT", "FrozenTimmEncoder", "TimmViT")
+
+
+def config_facts(config: str | Path) -> dict:
+    """What a plan check needs from an mmseg / mmdet config without building anything: the backbone's type and
+    family (vit / cnn) and the dataset type of the test split."""
+    from mmengine.config import Config
+
+    cfg = Config.fromfile(str(config))
+    btype = cfg.model.backbone["type"]
+    return {"backbone": btype, "family": "vit" if btype in VIT_BACKBONES else "cnn",
+            "dataset": (cfg.get("test_dataloader") or {}).get("dataset", {}).get("type")}
