@@ -99,9 +99,9 @@ def test_frozen_feature_steps_run_in_a_plan_and_its_dry_run(two_checkpoints, syn
     from bam_dense.bench.plan import load_plan, run_plan
     from bam_dense.bench.published import BENCHMARKS
 
-    steps = [{"name": "hummingbird", "kind": "retrieval", "benchmark": "voc12_retrieval_vits16", "dataset": "voc",
+    steps = [{"name": "hummingbird", "kind": "retrieval", "benchmark": "synthetic_retrieval", "dataset": "voc",
               "data_root": str(synthetic_root / "voc"), "options": ["--input-size", "32", "--no-augment", "--memory-size", "0"]},
-             {"name": "lincls", "kind": "linear", "benchmark": "imagenet_linear_r50", "data_root": str(synthetic_root / "imagenet"),
+             {"name": "lincls", "kind": "linear", "benchmark": "synthetic_linear", "data_root": str(synthetic_root / "imagenet"),
               "options": ["--recipe", "dino-vitb", "--resolution", "32", "--epochs", "2", "--lrs", "0.01"]}]
     path = tmp_path / "plan.yaml"
     for broken, message in (({"dataset": None}, "needs dataset"), ({"dataset": "coco"}, "'coco' is not one of voc, ade20k")):

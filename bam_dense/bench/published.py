@@ -506,6 +506,18 @@ BENCHMARKS: dict[str, Benchmark] = {b.id: b for b in (
         dataset="synthetic DAVIS-2017 layout", step_kinds=("davis",),
     ),
     Benchmark(
+        "synthetic_retrieval", "Synthetic VOC layout, in-context retrieval (mIoU)", "mIoU", "%",
+        "the retrieval protocol on generated data: checks the pipeline, not a benchmark", (),
+        recipe="bam-dense-synthetic", kind="retrieval", resolution="synthetic",
+        dataset="synthetic Pascal VOC 2012 layout", step_kinds=("retrieval",),
+    ),
+    Benchmark(
+        "synthetic_linear", "Synthetic ImageNet layout, linear classification (top-1)", "top1", "%",
+        "the linear probe on generated data: checks the pipeline, not a benchmark", (),
+        recipe="bam-dense-synthetic", kind="frozen linear", resolution="synthetic",
+        dataset="synthetic ImageNet-1k layout", step_kinds=("linear",),
+    ),
+    Benchmark(
         "synthetic_seg", "Synthetic ADE20K layout, tiny UperNet fine-tune (mIoU)", "mIoU", "%",
         "a few CPU iterations on generated data: checks the pipeline, not a benchmark", (),
         recipe="bam-dense-synthetic", resolution="synthetic",

@@ -244,6 +244,9 @@ def write_report(run_dirs: list[Path], out: Path) -> Path:
         lines += ["# Steps without a result", "", "| encoder | step | benchmark | why |", "|---|---|---|---|"]
         lines += [f"| {e.run} | {e.step} | {e.benchmark or '-'} | {e.error or 'no value for the metric'} |" for e in failed]
         lines.append("")
+        reported = {e.benchmark for e in done}
+        for bench_id in dict.fromkeys(e.benchmark for e in failed if e.benchmark not in reported):
+            _benchmark_section(bench_id, [e for e in failed if e.benchmark == bench_id], out, lines, ("no result",))
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path
@@ -269,8 +272,9 @@ def _recorded_cell(c: dict | None) -> str:
 def _benchmark_section(bench_id, rows: list[Entry], out: Path, lines: list[str], group: tuple[str, ...]) -> None:
     bench = BENCHMARKS.get(bench_id or "")
     title = bench.title if bench else f"step {rows[0].step}"
-    lines += [f"## {title}" + (f" ({group[-1]})" if bench and len(group) == 3 and group[2] != bench.resolution_of() else ""),
-              ""]
+    # A number measured at another resolution than its benchmark's published rows is titled with the value it ran at.
+    elsewhere = bool(bench and bench.results and len(group) == 3 and group[2] != bench.resolution_of())
+    lines += [f"## {title}" + (f" ({group[2]})" if elsewhere else ""), ""]
     if bench:
         lines += [f"Protocol: {bench.protocol}. Metric: `{bench.metric}`, in percent.", ""]
     lines += ["| encoder | method | value (%) | 95% interval (%) | pretraining, architecture | recorded conditions |",
@@ -278,11 +282,13 @@ def _benchmark_section(bench_id, rows: list[Entry], out: Path, lines: list[str],
     chart_rows = []
     for e in rows:
         lines.append(f"| {e.run} | {e.method} | {_fmt(e.value)} | {_fmt_spread(e)} | {_conditions_cell(e.conditions)} | "
-                     f"{_recorded_cell(e.conditions)} |")
-        chart_rows.append((e.run, e.value, "run", (e.low, e.high) if e.low is not None else None))
+                     f"{_recorded_cell(e.conditions) if e.value is not None else e.error or '-'} |")
+        if e.value is not None:
+            chart_rows.append((e.run, e.value, "run", (e.low, e.high) if e.low is not None else None))
     by_method: dict[str, list[float]] = {}
     for e in rows:
-        by_method.setdefault(e.method, []).append(e.value)
+        if e.value is not None:
+            by_method.setdefault(e.method, []).append(e.value)
     multi = {m: v for m, v in by_method.items() if len(v) > 1}
     if multi:
         lines += ["", "| method | runs | mean (%) | std (%) | min (%) | max (%) |", "|---|---|---|---|---|---|"]
@@ -296,14 +302,13 @@ def _benchmark_section(bench_id, rows: list[Entry], out: Path, lines: list[str],
                   "| source | note |", "|---|---|---|---|---|---|---|---|"]
         for p in bench.results:
             recipe = bench.recipe_of(p)
-            same, words = protocol_check(bench, p, rows)
+            same, words = protocol_check(bench, p, [e for e in rows if e.value is not None])
             lines.append(f"| {p.method} | {_fmt(to_percent(bench, p.value))} | "
                          f"{_conditions_cell(bench.conditions_of(p))} | {bench.kind}, {bench.resolution_of(p)} | "
                          f"{recipe.id} ({recipe.source}) | {words} | {p.source} | {p.note} |")
             chart_rows.append((p.method, to_percent(bench, p.value), "same" if same else "other", None))
     if bench and chart_rows:
-        name = bench_id if len(group) != 3 or group[2] == bench.resolution_of() else \
-            f"{bench_id}_{re.sub(r'[^A-Za-z0-9]+', '-', group[2]).strip('-')}"
+        name = f"{bench_id}_{re.sub(r'[^A-Za-z0-9]+', '-', group[2]).strip('-')}" if elsewhere else bench_id
         png = _chart(bench, chart_rows, out / f"{name}.png", f"{title}\n{', '.join(group)}")
         lines += ["", f"![{title}]({png.name})"]
     lines.append("")
