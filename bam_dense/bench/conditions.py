@@ -54,9 +54,11 @@ def encoder_facts(arch: str, kwargs: dict | None) -> dict:
 
     kwargs = dict(kwargs or {})
     name, patch = describe_arch(arch, kwargs)
-    kind = family(create_meta_model(arch, kwargs))
+    model = create_meta_model(arch, kwargs)
+    kind = family(model)
     kind = "vit" if kind == "eva" else kind
-    registers = int(kwargs.get("reg_tokens") or kwargs.get("num_reg_tokens") or 0)
+    # prefix tokens besides the class token: DINOv2's registers, DINOv3's storage tokens (timm's Eva keeps no count)
+    registers = int(getattr(model, "num_prefix_tokens", 0)) - int(getattr(model, "cls_token", None) is not None)
     return {"arch": name, "patch": patch if kind == "vit" and patch else "n/a", "registers": registers, "family": kind}
 
 
