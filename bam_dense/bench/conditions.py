@@ -198,11 +198,12 @@ def _probe(commands: list[list[str]], out: Path, payload: dict) -> dict:
     }
 
 
-def _lookup(config: dict, dotted: str):
+def lookup(config: dict, dotted: str, missing=None):
+    """``config["a"]["b"]`` for ``"a.b"``; ``missing`` where a key is absent."""
     node = config
     for part in dotted.split("."):
         if not isinstance(node, dict) or part not in node:
-            return None
+            return missing
         node = node[part]
     return node
 
@@ -216,18 +217,18 @@ def _pipeline_size(pipeline: list | None, types: tuple[str, ...], key: str):
 
 def mm_resolution(resolved: dict) -> str:
     """The input sizes of a resolved mmseg / mmdet config in the words the benchmarks use."""
-    train = _lookup(resolved, "train_dataloader.dataset.pipeline") or resolved.get("train_pipeline")
-    test = _lookup(resolved, "test_dataloader.dataset.pipeline") or resolved.get("test_pipeline")
+    train = lookup(resolved, "train_dataloader.dataset.pipeline") or resolved.get("train_pipeline")
+    test = lookup(resolved, "test_dataloader.dataset.pipeline") or resolved.get("test_pipeline")
     test_scale = _pipeline_size(test, ("Resize",), "scale")
     crop = _pipeline_size(train, ("RandomCrop",), "crop_size")
     scales = _pipeline_size(train, ("RandomChoiceResize",), "scales")
-    mode = _lookup(resolved, "model.test_cfg.mode")
+    mode = lookup(resolved, "model.test_cfg.mode")
     if crop is not None:  # segmentation
         c = crop[0] if isinstance(crop, (list, tuple)) else crop
         words = f"{c} crops; test short side {min(test_scale) if test_scale else '?'}"
         if mode == "slide":
-            stride = _lookup(resolved, "model.test_cfg.stride") or ["?"]
-            window = _lookup(resolved, "model.test_cfg.crop_size") or ["?"]
+            stride = lookup(resolved, "model.test_cfg.stride") or ["?"]
+            window = lookup(resolved, "model.test_cfg.crop_size") or ["?"]
             return f"{words}, sliding window {window[0]}/{stride[0]}"
         return f"{words}, whole image"
     if scales:  # detection, multi-scale training
@@ -240,9 +241,9 @@ def mm_resolution(resolved: dict) -> str:
 
 def _mm(commands: list[list[str]], out: Path, payload: dict) -> dict:
     resolved = payload.get("resolved_config") or {}
-    backbone = _lookup(resolved, "model.backbone") or {}
-    dataset = MM_DATASETS.get(_lookup(resolved, "test_dataloader.dataset.type") or "", "not recorded")
-    root = _lookup(resolved, "test_dataloader.dataset.data_root")
+    backbone = lookup(resolved, "model.backbone") or {}
+    dataset = MM_DATASETS.get(lookup(resolved, "test_dataloader.dataset.type") or "", "not recorded")
+    root = lookup(resolved, "test_dataloader.dataset.data_root")
     indices = backbone.get("out_indices")
     return {
         "dataset": dataset_name(dataset, root), "split": "val", "resolution": mm_resolution(resolved),

@@ -8,12 +8,18 @@ bam-dense commands, so the same plan runs here step by step, or prints one ``sba
 
     RUN_DIR/plan.yaml
     RUN_DIR/<run>/pretrain/...            (checkpoints/last.pth, summary.json)
-    RUN_DIR/<run>/<step>/metrics.json     (what the report reads)
+    RUN_DIR/<run>/<step>/metrics.json     (what the report reads: the number and its conditions)
+    RUN_DIR/<run>/<step>/inputs.json      (what produced it: checkpoint identity, commands, code version)
     RUN_DIR/<run>/<step>/log.txt          (the commands' output)
     RUN_DIR/<run>/<step>/error.txt        (only when the step failed)
 
-A step with a ``metrics.json`` is done and skipped (``--force`` re-runs it); a failing step leaves its
-error and log, and the other steps still run. Each command runs with :func:`bam_dense.core.procs.run_tree`:
+Before anything runs, :func:`check_plan` refuses a step that does not measure its benchmark (step kind, dataset,
+synthetic data under a real benchmark, an encoder family it cannot apply to; ``families`` gives a step to some
+runs only), and :func:`preflight` refuses a run directory holding results made from other inputs (``--overwrite``
+remakes them). A step whose ``metrics.json`` is readable and whose ``inputs.json`` (checkpoint size and SHA-256,
+commands, code version) equals today's is done and skipped (``--force`` re-runs it); a finished step gets the
+``conditions`` it ran under written into its ``metrics.json`` (:mod:`bam_dense.bench.conditions`). A failing step
+leaves its error and log, and the other steps still run. Each command runs with :func:`bam_dense.core.procs.run_tree`:
 whatever it started is killed when it ends or fails, and it dies with the runner (SIGKILL included).
 Adding a benchmark: an entry in :mod:`bam_dense.bench.published` and, for a new kind of step, one function
 in ``STEP_KINDS``.
@@ -50,8 +56,8 @@ class RunSpec:
     seed: int = 0
     checkpoint: str | None = None
     pretrain: dict | None = None
-    # What the leaderboard compares published rows on (bam_dense.bench.published.Conditions); a run that leaves
-    # one out is never reported as the same protocol as a published number.
+    # What the run states about its encoder's pretraining, recorded with every step's conditions
+    # (bam_dense.bench.conditions); arch and patch are the plan check's fallback where the checkpoint is not there yet.
     data: str | None = None  # pretraining data, e.g. "ImageNet-1k"
     epochs: int | str | None = None  # pretraining epochs
     arch: str | None = None  # "ViT-B", "ResNet-50", ...

@@ -1,14 +1,17 @@
 """Published numbers the leaderboard compares against (METHODS.md sections 3-4, DOWNSTREAM.md sections 6 and 8).
 
-One entry per benchmark (task, data, architecture): the metric a step's ``metrics.json`` reports, how to read
-it, and the published results with their sources. Every published row records what makes a number comparable
-(:class:`Conditions`): the encoder's pretraining data and epochs, its architecture and patch size, the protocol
-kind (:data:`PROTOCOLS`: fine-tuned / frozen linear / retrieval / propagation), the input resolution, and the
-source of the number; and the *recipe* that produced it (:data:`RECIPES`): the recipe of a benchmark moves its
-numbers by points (iBOT's ADE20K ViT-S recipe against MAE's, say), so the report calls a row "same recipe" only
-when the run's resolved config has every value the row's recipe requires, and "same protocol" only when that
-holds and every condition matches the run's. Adding a benchmark is adding one entry here and one step kind in
-:mod:`bam_dense.bench.plan` (or reusing one).
+One entry per benchmark (task, data, architecture): the step kinds that measure it, its dataset and the
+encoder families it applies to (what ``bench run`` checks a plan against), the metric a step's ``metrics.json``
+reports, how to read it, and the published results with their sources. Every published row states the
+conditions it holds under (:meth:`Benchmark.conditions_of`, in the words of :mod:`bam_dense.bench.conditions`):
+the benchmark's dataset, protocol kind (:data:`PROTOCOLS`), input resolution and shared conditions, then the row's
+own (position-embedding rule, registers, head recipe, ...), its encoder's architecture and patch size and its
+pretraining data and epochs; and the *recipe* that produced it (:data:`RECIPES`): the recipe of a benchmark moves
+its numbers by points (iBOT's ADE20K ViT-S recipe against MAE's, say), so the report calls a row "same recipe"
+only when the run's resolved config has every value the row's recipe requires (or, for steps that record no
+config, when the recipe is one their recorded conditions identify), and "same protocol" only when that holds and
+every condition the row states equals what the run recorded. Adding a benchmark is adding one entry here and one
+step kind in :mod:`bam_dense.bench.plan` (or reusing one).
 """
 
 from __future__ import annotations

@@ -2,14 +2,14 @@
 
 For every benchmark a plan step names, the report lists each run's number, the mean and spread over runs
 of the same method (seeds), and the published numbers of that benchmark with their sources, notes and
-recipes. Benchmarks are grouped by protocol kind (fine-tuned / frozen linear / retrieval / propagation) and
-input resolution, one heading per group, so numbers of different protocols never share a table. A published
-row is called "same recipe" only when every run's resolved config (recorded by ``seg test`` / ``det test``)
-has every value the row's recipe requires, and "same protocol" only when, besides, its conditions
-(:class:`~bam_dense.bench.published.Conditions`: pretraining data and epochs, architecture, patch size,
-protocol, resolution) equal every run's (the plan's ``runs`` record them); otherwise the report says in words
-which values differ, or what was not recorded. Several run directories are reported side by side. Failed
-steps appear with their error, not as zeros.
+recipes. Numbers are filed by the conditions their step recorded in its ``metrics.json``
+(:mod:`bam_dense.bench.conditions`), never by the benchmark they are filed under: one heading per recorded
+protocol, dataset and input resolution, so numbers of different protocols never share a table. A published row
+is called "same protocol" only when its recipe is the same (:func:`recipe_check` on the resolved config ``seg
+test`` / ``det test`` record, or a recipe the conditions identify) and every condition it states equals what
+every run recorded; otherwise the report says in words which values differ, or what was not recorded. Charts
+hatch the published bars of another protocol (legend). Several run directories are reported side by side.
+Failed steps appear with their error, not as zeros.
 
 Every value is shown in percent, whatever unit the step wrote (J&F and the linear probe's mIoU are
 fractions in their metrics files: they are multiplied by 100 here, published numbers alike). Where a step
@@ -129,15 +129,6 @@ def protocol_check(bench, row: Published, runs: list[Entry]) -> tuple[bool, str]
 _MISSING = object()
 
 
-def _lookup(config: dict, dotted: str):
-    node = config
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return _MISSING
-        node = node[part]
-    return node
-
-
 def _same_value(run_value, wanted) -> bool:
     if isinstance(wanted, float) and isinstance(run_value, (int, float)) and not isinstance(run_value, bool):
         return math.isclose(run_value, wanted, rel_tol=1e-9)
@@ -154,7 +145,7 @@ def recipe_check(recipe: Recipe, resolved_configs: list[dict | None]) -> tuple[b
     differences = []
     for config in configs:
         for key, wanted in recipe.requires.items():
-            got = _lookup(config, key)
+            got = conditions.lookup(config, key, _MISSING)
             if got is _MISSING or not _same_value(got, wanted):
                 shown = "missing" if got is _MISSING else repr(got)
                 item = f"`{key}` {shown} (recipe {wanted!r})"
