@@ -396,3 +396,46 @@ def test_a_run_from_another_folder_writes_under_the_callers_run_dir(two_checkpoi
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (caller / "runs" / "x" / "enc" / "probe" / "metrics.json").is_file()
     assert not (REPO / "runs" / "x").exists()
+
+
+def test_linear_and_retrieval_steps_record_their_recipe_and_search_and_the_report_names_each_difference(
+        two_checkpoints, synthetic_root, tmp_path):
+    import shutil
+
+    from bam_dense.bench.plan import load_plan, run_plan
+    from bam_dense.bench.report import write_report
+
+    for layout in ("imagenet", "voc"):  # the real layouts, as a user's copy (no synthetic mark)
+        shutil.copytree(synthetic_root / layout, tmp_path / layout)
+        for mark in (tmp_path / layout).rglob("SYNTHETIC.txt"):
+            mark.unlink()
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump({"runs": [{"name": "enc", "checkpoint": str(two_checkpoints["bam"]), "data": "ImageNet-1k",
+                                              "epochs": 400}],
+                                    "steps": [{"name": "lincls", "kind": "linear", "benchmark": "imagenet_linear_vitb",
+                                               "data_root": str(tmp_path / "imagenet"),
+                                               "options": ["--recipe", "dino-vitb", "--resolution", "32", "--epochs", "2",
+                                                           "--lrs", "0.01"]},
+                                              {"name": "hummingbird", "kind": "retrieval", "benchmark": "voc12_retrieval_vitb16",
+                                               "dataset": "voc", "data_root": str(tmp_path / "voc"),
+                                               "options": ["--input-size", "32", "--no-augment", "--memory-size", "0"]}]}))
+    run_dir = tmp_path / "run"
+    assert [o.status for o in run_plan(load_plan(path), run_dir, plan_file=path)] == ["done", "done"]
+    linear = json.loads((run_dir / "enc" / "lincls" / "metrics.json").read_text())["conditions"]
+    assert (linear["resolution"], linear["head_recipe"], linear["layers"], linear["pooling"], linear["lr_grid"]) == (
+        "32 (center crop)", "dino-vitb", "last block", "class token + mean of patch tokens",
+        "0.001, 0.01")  # the grid that ran: --lrs plus the recipe's own 0.001, which the probe always trains
+    assert linear["head_epochs"] == "2 epochs" and linear["augmentation"] == "none: cached centre-crop features"
+    retrieval = json.loads((run_dir / "enc" / "hummingbird" / "metrics.json").read_text())["conditions"]
+    assert (retrieval["dataset"], retrieval["resolution"], retrieval["search"]) == ("Pascal VOC 2012", "32 x 32", "exact")
+    assert retrieval["memory"] == "memory every patch, no augmentation, 30 neighbours"
+    report = write_report([run_dir], run_dir).read_text()
+    dino = next(line for line in report.splitlines() if line.startswith("| DINO ViT-B/16 | 78.20 |"))
+    assert "head-training augmentation random-resized crop 224 + flip, every epoch (published) vs none: cached " \
+           "centre-crop features (enc)" in dino
+    assert "input resolution 224 (center crop) (published) vs 32 (center crop) (enc)" in dino
+    assert "head training 100 epochs (published) vs 2 epochs (enc)" in dino
+    hummingbird = next(line for line in report.splitlines() if line.startswith("| DINO ViT-B/16 | 55.90 |"))
+    assert "nearest-neighbour search approximate (ScaNN) (published) vs exact (enc)" in hummingbird
+    assert "**same protocol**" not in report and "NOT the same protocol" not in report  # the legend is in the charts
+    assert (run_dir / "imagenet_linear_vitb_32-center-crop.png").is_file()
