@@ -43,6 +43,7 @@ from bam_dense.bench import conditions
 from bam_dense.bench.published import BENCHMARKS
 from bam_dense.bench.report import NOT_APPLICABLE
 from bam_dense.core import identity, procs
+from bam_dense.core.atomic import atomic_write_text
 from bam_dense.core.errors import UserFacingError
 from bam_dense.core.paths import REPO_ROOT
 
@@ -461,8 +462,6 @@ def result_state(out: Path, inputs: dict, result: str = "metrics.json") -> tuple
 
 
 def _write_inputs(out: Path, inputs: dict) -> None:
-    from bam_dense.core.atomic import atomic_write_text
-
     atomic_write_text(out / INPUTS, json.dumps(inputs, indent=1))
 
 
@@ -584,7 +583,7 @@ def record_plan(plan_file: str | Path, run_dir: Path) -> None:
             n += 1
         target.rename(run_dir / f"plan.{n}.yaml")
         print(f"[bam-dense] {target} differed from {plan_file}: the old one is kept as plan.{n}.yaml")
-    target.write_text(text)
+    atomic_write_text(target, text)
 
 
 def slurm_script(plan: Plan, plan_path: str, run_dir: Path) -> str:
