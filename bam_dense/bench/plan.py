@@ -422,8 +422,9 @@ def step_inputs(commands: list[list[str]], checkpoint: str | None, run_dir: Path
     """The checkpoint's identity (size, SHA-256), the commands (run dir, checkpoint and Python written as
     placeholders, so a moved run directory still matches) and the code version."""
     def placeholder(arg: str) -> str:
-        arg = arg.replace(str(run_dir), "<run-dir>")
-        return "<checkpoint>" if checkpoint and arg == checkpoint else arg.replace(sys.executable, "<python>")
+        if checkpoint and arg == checkpoint:
+            return "<checkpoint>"
+        return arg.replace(str(run_dir), "<run-dir>").replace(sys.executable, "<python>")
 
     record = {"commands": [[placeholder(a) for a in cmd] for cmd in commands], "code": identity.code_version()}
     if checkpoint:
