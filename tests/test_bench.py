@@ -357,6 +357,14 @@ def test_a_changed_checkpoint_never_reuses_old_results(two_checkpoints, syntheti
     with pytest.raises(UserFacingError, match=r"checkpoint changed since its result was made[\s\S]*--overwrite"):
         run_plan(load_plan(second), run_dir, plan_file=second)
     assert _tree(run_dir) == before  # nothing rewritten, plan.yaml included
+    other_options = yaml.safe_load(first.read_text())
+    other_options["steps"][0]["options"][-1] = "30"  # the same checkpoint, another --steps
+    (tmp_path / "c").mkdir()
+    third = tmp_path / "c" / "plan.yaml"
+    third.write_text(yaml.safe_dump(other_options))
+    with pytest.raises(UserFacingError, match=r"commands changed since its result was made"):
+        run_plan(load_plan(third), run_dir, plan_file=third)
+    assert _tree(run_dir) == before
     outcomes = run_plan(load_plan(second), run_dir, overwrite=True, plan_file=second)
     assert [o.status for o in outcomes] == ["done"]
     inputs = json.loads((run_dir / "enc" / "probe" / "inputs.json").read_text())
