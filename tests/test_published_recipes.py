@@ -151,6 +151,17 @@ def test_the_issue_rows_are_listed_with_their_protocols():
                      "ade20k_upernet_vitb16": "fine-tuned"}
 
 
+def _nested(flat: dict) -> dict:
+    out: dict = {}
+    for key, value in flat.items():
+        node = out
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return out
+
+
 DINOV3_S16 = {"arch": "ViT-S", "patch": 16, "registers": 4, "pos_embed_rule": "n/a (RoPE)",
               "pretrain_data": "LVD-1689M (distilled from ViT-7B)", "pretrain_epochs": "not stated (distilled)"}
 DAVIS_480 = {"dataset": "DAVIS-2017", "split": "val", "resolution": "short side 480", "protocol": "propagation",
@@ -171,7 +182,11 @@ def _leaderboard_dir(tmp_path: Path, encoder: dict) -> Path:
     (run_dir / "enc" / "ade-linear").mkdir(parents=True)
     (run_dir / "enc" / "davis").mkdir(parents=True)
     (run_dir / "plan.yaml").write_text(yaml.safe_dump(plan))
-    resolved = _resolved("linear_vit_ade20k-512x512_40k.py")
+    # what the recipe requires, with mmseg's ADE20K pipelines (RandomCrop 512, test Resize (2048, 512)) and data type
+    resolved = _nested({**RECIPES["dinov3-linear-seg"].requires, "test_dataloader.dataset.type": "ADE20KDataset",
+                        "test_dataloader.dataset.pipeline": [{"type": "Resize", "scale": [2048, 512]}],
+                        "train_dataloader.dataset.pipeline": [{"type": "RandomCrop", "crop_size": [512, 512]}],
+                        "model.test_cfg.stride": [341, 341]})
     seg = {**RECORDERS["seg"]([], run_dir, {"resolved_config": resolved}), **encoder}
     (run_dir / "enc" / "ade-linear" / "metrics.json").write_text(json.dumps({"metrics": {"mIoU": 46.0},
                                                                              "resolved_config": resolved, "conditions": seg}))

@@ -381,7 +381,8 @@ BENCHMARKS: dict[str, Benchmark] = {b.id: b for b in (
         "512 crops, sliding window 512/341 (configs/mmseg/linear_vit_ade20k-512x512_40k.py; docs/linear_segmentation.md)",
         (
             Published("DINOv3 ViT-S/16", 47.0, "DINOv3 paper Tab. 14; dinov3 model card", "LVD-1689M (distilled from ViT-7B)",
-                      "not stated (distilled)", "ViT-S", 16, "RoPE, 4 storage tokens"),
+                      "not stated (distilled)", "ViT-S", 16, "RoPE, 4 storage tokens",
+                      conditions=DINOV3_ENCODER),
             Published("DINOv2 ViT-S/14 (DINOv3's re-run)", 45.5, "DINOv3 paper Tab. 14", "LVD-142M (distilled from ViT-g)",
                       "not stated (distilled)", "ViT-S", 14),
             Published("DINOv2 ViT-S/14", 44.3, "DINOv2 paper Tab. 10 (lin.)", "LVD-142M (distilled from ViT-g)",
@@ -398,7 +399,8 @@ BENCHMARKS: dict[str, Benchmark] = {b.id: b for b in (
         "as the ViT-S entry",
         (
             Published("DINOv3 ViT-B/16", 51.8, "DINOv3 paper Tab. 14; dinov3 model card", "LVD-1689M (distilled from ViT-7B)",
-                      "not stated (distilled)", "ViT-B", 16, "RoPE, 4 storage tokens"),
+                      "not stated (distilled)", "ViT-B", 16, "RoPE, 4 storage tokens",
+                      conditions=DINOV3_ENCODER),
             Published("DINOv2 ViT-B/14 (DINOv3's re-run)", 48.4, "DINOv3 paper Tab. 14", "LVD-142M (distilled from ViT-g)",
                       "not stated (distilled)", "ViT-B", 14),
             Published("DINOv2 ViT-B/14", 47.3, "DINOv2 paper Tab. 10 (lin.)", "LVD-142M (distilled from ViT-g)",

@@ -112,7 +112,8 @@ def protocol_check(bench, row: Published, runs: list[Entry]) -> tuple[bool, str]
         same_recipe, recipe_words = recipe_check(recipe, [e.resolved_config for e in runs])
     else:
         same_recipe = recipe.by_conditions
-        recipe_words = recipe.note or ("recipe identified by the recorded conditions" if same_recipe else "recipe not checked")
+        recipe_words = (f"recipe identified by the recorded conditions ({recipe.note})" if same_recipe
+                        else f"recipe not checked: {recipe.note or 'the source states no config values'}")
     differences: list[str] = []
     unstated: list[str] = []
     published = bench.conditions_of(row)
@@ -286,7 +287,7 @@ def _benchmark_section(bench_id, rows: list[Entry], out: Path, lines: list[str],
         for m, v in multi.items():
             lines.append(f"| {m} | {len(v)} | {_fmt(statistics.mean(v))} | {_fmt(statistics.stdev(v))} | "
                          f"{_fmt(min(v))} | {_fmt(max(v))} |")
-    if bench and bench.results:
+    if bench and bench.results and group != ("conditions not recorded",):
         lines += ["", "Published (a row is the same protocol as these runs only where it says \"same protocol\": the "
                   "same recipe, and every condition it states equal to what each run recorded):", "",
                   "| method | value (%) | pretraining, architecture | protocol, resolution | recipe | against these runs "
