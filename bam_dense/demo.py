@@ -252,7 +252,7 @@ def run_demo(out: Path, reduced: bool = False, skip: list[str] | None = None) ->
                 steps)
     _log(f"5/6 downstream tasks for both encoders: {', '.join(s.name for s in steps) or 'none'}")
     (runs_dir / "plan.yaml").write_text(_plan_yaml(plan))
-    outcomes = run_plan(plan, runs_dir)
+    outcomes = run_plan(plan, runs_dir, overwrite=True)  # the demo's own folder: results of other inputs are remade
     _log("6/6 comparison and report")
     rows = compare_all(runs_dir, plan, knn, size)
     minutes = (time.time() - start) / 60

@@ -99,9 +99,9 @@ def test_frozen_feature_steps_run_in_a_plan_and_its_dry_run(two_checkpoints, syn
     from bam_dense.bench.plan import load_plan, run_plan
     from bam_dense.bench.published import BENCHMARKS
 
-    steps = [{"name": "hummingbird", "kind": "retrieval", "benchmark": "voc12_retrieval_vits16", "dataset": "voc",
+    steps = [{"name": "hummingbird", "kind": "retrieval", "benchmark": "synthetic_retrieval", "dataset": "voc",
               "data_root": str(synthetic_root / "voc"), "options": ["--input-size", "32", "--no-augment", "--memory-size", "0"]},
-             {"name": "lincls", "kind": "linear", "benchmark": "imagenet_linear_r50", "data_root": str(synthetic_root / "imagenet"),
+             {"name": "lincls", "kind": "linear", "benchmark": "synthetic_linear", "data_root": str(synthetic_root / "imagenet"),
               "options": ["--recipe", "dino-vitb", "--resolution", "32", "--epochs", "2", "--lrs", "0.01"]}]
     path = tmp_path / "plan.yaml"
     for broken, message in (({"dataset": None}, "needs dataset"), ({"dataset": "coco"}, "'coco' is not one of voc, ade20k")):
@@ -250,3 +250,200 @@ def test_every_bam_dense_command_in_the_docs_parses_with_the_current_cli():
             parser.parse_args(argv)
         except SystemExit as err:
             pytest.fail(f"{doc}: `bam-dense {shlex.join(argv)}` does not parse (exit {err.code})")
+
+
+# ---------------------------------------------------------------------------------------------
+# Conditions recorded from what ran (issue 27 section 1); what produced each result (issue 28 section 1)
+# ---------------------------------------------------------------------------------------------
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _real_layout_davis(synthetic_root: Path, tmp_path: Path) -> Path:
+    """The synthetic DAVIS sequences without their synthetic mark: data in the real layout, as a user's copy."""
+    import shutil
+
+    root = tmp_path / "DAVIS"
+    shutil.copytree(synthetic_root / "davis", root)
+    (root / "SYNTHETIC.txt").unlink()
+    return root
+
+
+def test_a_davis_step_at_another_resolution_is_filed_under_its_own_conditions(two_checkpoints, synthetic_root, tmp_path):
+    from bam_dense.bench.plan import load_plan, run_plan
+    from bam_dense.bench.report import write_report
+
+    davis = _real_layout_davis(synthetic_root, tmp_path)
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump({"name": "davis-128", "runs": [{"name": "bam", "checkpoint": str(two_checkpoints["bam"]),
+                                                                   "data": "ImageNet-1k", "epochs": 800}],
+                                    "steps": [{"name": "davis", "kind": "davis", "benchmark": "davis17_val",
+                                               "davis_root": str(davis), "options": ["--resolution", "128", "--device", "cpu"]}]}))
+    run_dir = tmp_path / "run"
+    outcomes = run_plan(load_plan(path), run_dir, plan_file=path)
+    assert [o.status for o in outcomes] == ["done"], outcomes
+    recorded = json.loads((run_dir / "bam" / "davis" / "metrics.json").read_text())["conditions"]
+    assert recorded["resolution"] == "short side 128" and recorded["dataset"] == "DAVIS-2017"
+    assert recorded["propagation"] == "top-5, temperature 0.1, first + 7 previous frames, radius 12"
+    propagation = json.loads((run_dir / "bam" / "davis" / "results" / "propagation.json").read_text())
+    assert recorded["patch"] == propagation["patch_size"] == 4  # the tiny ViT's, from the checkpoint that ran
+    assert recorded["arch"] == "ViT-S" and recorded["registers"] == 0 and recorded["pretrain_epochs"] == 800
+    report = write_report([run_dir], run_dir).read_text()
+    assert "# Protocol: propagation, DAVIS-2017, input short side 128" in report
+    assert "## DAVIS-2017 val, label propagation (J&F-Mean) (short side 128)" in report
+    assert "short side 480" not in report.split("# Protocol:")[1].split("\n")[0]
+    assert "**same protocol**" not in report
+    dino = next(line for line in report.splitlines() if line.startswith("| DINO ViT-S/16 |"))
+    assert "input resolution short side 480 (published) vs short side 128 (bam)" in dino
+    assert (run_dir / "davis17_val_short-side-128.png").stat().st_size > 0
+
+
+def test_a_wrong_filing_is_refused_at_plan_check_with_the_reason(synthetic_root, tmp_path):
+    from bam_dense.bench.plan import load_plan, run_plan
+    from bam_dense.core.errors import UserFacingError
+
+    davis = _real_layout_davis(synthetic_root, tmp_path)
+    cases = [
+        ({"name": "d", "kind": "probe", "benchmark": "davis17_val", "davis_root": str(davis)},
+         "step d (probe) is filed under davis17_val, which davis steps measure"),
+        ({"name": "r", "kind": "retrieval", "benchmark": "voc12_retrieval_vits16", "dataset": "ade20k",
+          "data_root": str(tmp_path / "ADEChallengeData2016")},
+         "evaluates on ADE20K, but voc12_retrieval_vits16 is on Pascal VOC 2012"),
+        ({"name": "r", "kind": "retrieval", "benchmark": "voc12_retrieval_vits16", "dataset": "voc",
+          "data_root": str(synthetic_root / "voc")}, "holds synthetic data"),
+        ({"name": "l", "kind": "linear", "benchmark": "imagenet_linear_vits", "data_root": str(tmp_path)},
+         "cannot apply to run r50 (a cnn encoder): benchmark imagenet_linear_vits is for vit encoders"),
+    ]
+    for step, reason in cases:
+        arch = "ResNet-50" if "r50" in reason else "ViT-S"  # the first three: a run the steps apply to
+        path = tmp_path / "plan.yaml"
+        path.write_text(yaml.safe_dump({"runs": [{"name": "r50", "checkpoint": str(tmp_path / "r50.pth"), "arch": arch}],
+                                        "steps": [step]}))
+        with pytest.raises(UserFacingError, match=re.escape(reason)) as refused:
+            run_plan(load_plan(path), tmp_path / "run", plan_file=path)
+        assert str(refused.value).count("\n  ") == 1  # that reason alone
+        assert not (tmp_path / "run" / "r50").exists()  # refused before anything ran
+    # a step given per family runs for its family only
+    path.write_text(yaml.safe_dump({"runs": [{"name": "r50", "checkpoint": str(tmp_path / "r50.pth"), "arch": "ResNet-50"}],
+                                    "steps": [{**cases[3][0], "families": ["vit"]}]}))
+    outcomes = run_plan(load_plan(path), tmp_path / "run", plan_file=path)
+    assert [(o.status, o.detail) for o in outcomes] == [("skipped", "not for cnn encoders")]
+
+
+def _probe_plan(tmp_path: Path, checkpoint: Path, synthetic_root: Path) -> Path:
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump({"runs": [{"name": "enc", "checkpoint": str(checkpoint)}],
+                                    "steps": [{"name": "probe", "kind": "probe", "benchmark": "synthetic_linear_probe",
+                                               "ade_root": str(synthetic_root / "ade20k" / "ADEChallengeData2016"),
+                                               "options": ["--image-size", "32", "--steps", "20"]}]}))
+    return path
+
+
+def test_a_changed_checkpoint_never_reuses_old_results(two_checkpoints, synthetic_root, tmp_path):
+    from bam_dense.bench.plan import load_plan, run_plan
+    from bam_dense.core.errors import UserFacingError
+    from bam_dense.core.identity import sha256
+
+    run_dir = tmp_path / "run"
+    (tmp_path / "a").mkdir()
+    first = _probe_plan(tmp_path / "a", two_checkpoints["bam"], synthetic_root)
+    assert [o.status for o in run_plan(load_plan(first), run_dir, plan_file=first)] == ["done"]
+    assert [o.status for o in run_plan(load_plan(first), run_dir, plan_file=first)] == ["skipped"]  # same inputs
+    before = _tree(run_dir)
+    (tmp_path / "b").mkdir()
+    second = _probe_plan(tmp_path / "b", two_checkpoints["lewel_bam"], synthetic_root)
+    with pytest.raises(UserFacingError, match=r"checkpoint changed since its result was made[\s\S]*--overwrite"):
+        run_plan(load_plan(second), run_dir, plan_file=second)
+    assert _tree(run_dir) == before  # nothing rewritten, plan.yaml included
+    other_options = yaml.safe_load(first.read_text())
+    other_options["steps"][0]["options"][-1] = "30"  # the same checkpoint, another --steps
+    (tmp_path / "c").mkdir()
+    third = tmp_path / "c" / "plan.yaml"
+    third.write_text(yaml.safe_dump(other_options))
+    with pytest.raises(UserFacingError, match=r"commands changed since its result was made"):
+        run_plan(load_plan(third), run_dir, plan_file=third)
+    assert _tree(run_dir) == before
+    outcomes = run_plan(load_plan(second), run_dir, overwrite=True, plan_file=second)
+    assert [o.status for o in outcomes] == ["done"]
+    inputs = json.loads((run_dir / "enc" / "probe" / "inputs.json").read_text())
+    assert inputs["checkpoint"]["sha256"] == sha256(two_checkpoints["lewel_bam"])
+    assert (run_dir / "plan.1.yaml").read_bytes() == before["plan.yaml"]  # the old plan kept, not silently replaced
+
+
+def test_a_truncated_metrics_file_is_named_and_not_taken_as_done(two_checkpoints, synthetic_root, tmp_path):
+    from bam_dense.bench.plan import load_plan, run_plan
+    from bam_dense.bench.report import write_report
+    from bam_dense.core.errors import UserFacingError
+
+    plan = _probe_plan(tmp_path, two_checkpoints["bam"], synthetic_root)
+    run_dir = tmp_path / "run"
+    run_plan(load_plan(plan), run_dir, plan_file=plan)
+    metrics = run_dir / "enc" / "probe" / "metrics.json"
+    metrics.write_text(metrics.read_text()[:40])
+    with pytest.raises(UserFacingError, match=re.escape(str(metrics)) + " is not valid JSON"):
+        write_report([run_dir], run_dir)
+    outcomes = run_plan(load_plan(plan), run_dir, plan_file=plan)
+    assert [o.status for o in outcomes] == ["done"]  # re-run, not skipped
+    assert json.loads(metrics.read_text())["conditions"]["resolution"] == "32 x 32"
+
+
+def test_a_run_from_another_folder_writes_under_the_callers_run_dir(two_checkpoints, synthetic_root, tmp_path):
+    import shutil
+
+    caller = tmp_path / "caller"
+    shutil.copytree(synthetic_root / "ade20k", caller / "data" / "ade20k")
+    shutil.copy(two_checkpoints["bam"], caller / "enc.pth")
+    (caller / "plan.yaml").write_text(yaml.safe_dump({
+        "runs": [{"name": "enc", "checkpoint": "enc.pth"}],
+        "steps": [{"name": "probe", "kind": "probe", "benchmark": "synthetic_linear_probe",
+                   "ade_root": "data/ade20k/ADEChallengeData2016", "options": ["--image-size", "32", "--steps", "20"]}]}))
+    proc = subprocess.run([PYTHON, "-m", "bam_dense.cli", "bench", "run", "plan.yaml", "--run-dir", "runs/x"], cwd=caller,
+                          capture_output=True, text=True, env=_env())
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (caller / "runs" / "x" / "enc" / "probe" / "metrics.json").is_file()
+    assert not (REPO / "runs" / "x").exists()
+
+
+def test_linear_and_retrieval_steps_record_their_recipe_and_search_and_the_report_names_each_difference(
+        two_checkpoints, synthetic_root, tmp_path):
+    import shutil
+
+    from bam_dense.bench.plan import load_plan, run_plan
+    from bam_dense.bench.report import write_report
+
+    for layout in ("imagenet", "voc"):  # the real layouts, as a user's copy (no synthetic mark)
+        shutil.copytree(synthetic_root / layout, tmp_path / layout)
+        for mark in (tmp_path / layout).rglob("SYNTHETIC.txt"):
+            mark.unlink()
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump({"runs": [{"name": "enc", "checkpoint": str(two_checkpoints["bam"]), "data": "ImageNet-1k",
+                                              "epochs": 400}],
+                                    "steps": [{"name": "lincls", "kind": "linear", "benchmark": "imagenet_linear_vitb",
+                                               "data_root": str(tmp_path / "imagenet"),
+                                               "options": ["--recipe", "dino-vitb", "--resolution", "32", "--epochs", "2",
+                                                           "--lrs", "0.01"]},
+                                              {"name": "hummingbird", "kind": "retrieval", "benchmark": "voc12_retrieval_vitb16",
+                                               "dataset": "voc", "data_root": str(tmp_path / "voc"),
+                                               "options": ["--input-size", "32", "--no-augment", "--memory-size", "0"]}]}))
+    run_dir = tmp_path / "run"
+    assert [o.status for o in run_plan(load_plan(path), run_dir, plan_file=path)] == ["done", "done"]
+    linear = json.loads((run_dir / "enc" / "lincls" / "metrics.json").read_text())["conditions"]
+    assert (linear["resolution"], linear["head_recipe"], linear["layers"], linear["pooling"], linear["lr_grid"]) == (
+        "32 (center crop)", "dino-vitb", "last block", "class token + mean of patch tokens",
+        "0.001, 0.01")  # the grid that ran: --lrs plus the recipe's own 0.001, which the probe always trains
+    assert linear["head_epochs"] == "2 epochs" and linear["augmentation"] == "none: cached centre-crop features"
+    retrieval = json.loads((run_dir / "enc" / "hummingbird" / "metrics.json").read_text())["conditions"]
+    assert (retrieval["dataset"], retrieval["resolution"], retrieval["search"]) == ("Pascal VOC 2012", "32 x 32", "exact")
+    assert retrieval["memory"] == "memory every patch, no augmentation, 30 neighbours"
+    report = write_report([run_dir], run_dir).read_text()
+    dino = next(line for line in report.splitlines() if line.startswith("| DINO ViT-B/16 | 78.20 |"))
+    assert "head-training augmentation random-resized crop 224 + flip, every epoch (published) vs none: cached " \
+           "centre-crop features (enc)" in dino
+    assert "input resolution 224 (center crop) (published) vs 32 (center crop) (enc)" in dino
+    assert "head training 100 epochs (published) vs 2 epochs (enc)" in dino
+    hummingbird = next(line for line in report.splitlines() if line.startswith("| DINO ViT-B/16 | 55.90 |"))
+    assert "nearest-neighbour search approximate (ScaNN) (published) vs exact (enc)" in hummingbird
+    assert "**same protocol**" not in report and "NOT the same protocol" not in report  # the legend is in the charts
+    assert (run_dir / "imagenet_linear_vitb_32-center-crop.png").is_file()

@@ -87,12 +87,17 @@ def test_ibot_vits_config_builds_the_ibot_network_and_layer_decay():
 
 
 def _run_dir(tmp_path: Path, resolved: dict) -> Path:
+    from bam_dense.bench.conditions import RECORDERS
+
     run_dir = tmp_path / "run"
     plan = {"name": "p", "runs": [{"name": "ours", "method": "bam"}],
             "steps": [{"name": "ade", "kind": "seg", "benchmark": "ade20k_upernet_vits16", "config": "x.py"}]}
     (run_dir / "ours" / "ade").mkdir(parents=True)
     (run_dir / "plan.yaml").write_text(yaml.safe_dump(plan))
-    (run_dir / "ours" / "ade" / "metrics.json").write_text(json.dumps({"metrics": {"mIoU": 44.0}, "resolved_config": resolved}))
+    conditions = {**RECORDERS["seg"]([], run_dir, {"resolved_config": resolved}), "arch": "ViT-S", "patch": 16, "registers": 0,
+                  "pretrain_data": "ImageNet-1k", "pretrain_epochs": 800}
+    (run_dir / "ours" / "ade" / "metrics.json").write_text(json.dumps({"metrics": {"mIoU": 44.0}, "resolved_config": resolved,
+                                                                       "conditions": conditions}))
     return run_dir
 
 
@@ -157,18 +162,36 @@ def _nested(flat: dict) -> dict:
     return out
 
 
-def _leaderboard_dir(tmp_path: Path, run: dict) -> Path:
+DINOV3_S16 = {"arch": "ViT-S", "patch": 16, "registers": 4, "pos_embed_rule": "n/a (RoPE)",
+              "pretrain_data": "LVD-1689M (distilled from ViT-7B)", "pretrain_epochs": "not stated (distilled)"}
+DAVIS_480 = {"dataset": "DAVIS-2017", "split": "val", "resolution": "short side 480", "protocol": "propagation",
+             "layers": "last block, normed patch tokens",
+             "propagation": "top-5, temperature 0.1, first + 7 previous frames, radius 12"}
+
+
+def _leaderboard_dir(tmp_path: Path, encoder: dict) -> Path:
+    """A run directory whose ADE20K linear step ran the shipped linear config (its conditions recorded as ``bench
+    run`` records them from the resolved config) and whose DAVIS step ran DINO's protocol at 480p, both on the
+    encoder ``encoder`` describes."""
+    from bam_dense.bench.conditions import RECORDERS
+
     run_dir = tmp_path / "run"
-    plan = {"name": "p", "runs": [run],
+    plan = {"name": "p", "runs": [{"name": "enc", "method": "m", "checkpoint": "c.pth"}],
             "steps": [{"name": "ade-linear", "kind": "seg", "benchmark": "ade20k_linear_vits", "config": "x.py"},
                       {"name": "davis", "kind": "davis", "benchmark": "davis17_val", "davis_root": "d"}]}
-    (run_dir / run["name"] / "ade-linear").mkdir(parents=True)
-    (run_dir / run["name"] / "davis").mkdir(parents=True)
+    (run_dir / "enc" / "ade-linear").mkdir(parents=True)
+    (run_dir / "enc" / "davis").mkdir(parents=True)
     (run_dir / "plan.yaml").write_text(yaml.safe_dump(plan))
-    resolved = _nested(RECIPES["dinov3-linear-seg"].requires)
-    (run_dir / run["name"] / "ade-linear" / "metrics.json").write_text(json.dumps({"metrics": {"mIoU": 46.0},
-                                                                                    "resolved_config": resolved}))
-    (run_dir / run["name"] / "davis" / "metrics.json").write_text(json.dumps({"metrics": {"J&F-Mean": 0.6}}))
+    # what the recipe requires, with mmseg's ADE20K pipelines (RandomCrop 512, test Resize (2048, 512)) and data type
+    resolved = _nested({**RECIPES["dinov3-linear-seg"].requires, "test_dataloader.dataset.type": "ADE20KDataset",
+                        "test_dataloader.dataset.pipeline": [{"type": "Resize", "scale": [2048, 512]}],
+                        "train_dataloader.dataset.pipeline": [{"type": "RandomCrop", "crop_size": [512, 512]}],
+                        "model.test_cfg.stride": [341, 341]})
+    seg = {**RECORDERS["seg"]([], run_dir, {"resolved_config": resolved}), **encoder}
+    (run_dir / "enc" / "ade-linear" / "metrics.json").write_text(json.dumps({"metrics": {"mIoU": 46.0},
+                                                                             "resolved_config": resolved, "conditions": seg}))
+    (run_dir / "enc" / "davis" / "metrics.json").write_text(json.dumps({"metrics": {"J&F-Mean": 0.6},
+                                                                        "conditions": {**DAVIS_480, **encoder}}))
     return run_dir
 
 
@@ -176,44 +199,52 @@ def _row(report: str, method: str) -> str:
     return next(line for line in report.splitlines() if line.startswith(f"| {method} |"))
 
 
-def test_report_groups_by_protocol_and_says_same_protocol_only_when_every_condition_matches(tmp_path):
-    run = {"name": "dinov3-s16", "method": "dinov3", "checkpoint": "c.pth", "data": "LVD-1689M (distilled from ViT-7B)",
-           "epochs": "not stated (distilled)", "arch": "ViT-S", "patch": 16}
-    run_dir = _leaderboard_dir(tmp_path, run)
+def test_report_groups_by_recorded_conditions_and_says_same_protocol_only_when_every_condition_matches(tmp_path):
+    run_dir = _leaderboard_dir(tmp_path, {**DINOV3_S16, "pos_embed_rule": "n/a (RoPE)"})
     report = write_report([run_dir], run_dir).read_text()
-    linear = report.index("# Protocol: frozen linear, input 512 crops; test short side 512, sliding window 512/341")
-    propagation = report.index("# Protocol: propagation, input 480p")
+    linear = report.index("# Protocol: frozen linear, ADE20K, input 512 crops; test short side 512, sliding window 512/341")
+    propagation = report.index("# Protocol: propagation, DAVIS-2017, input short side 480")
     assert linear < report.index("## ADE20K, frozen linear") < propagation < report.index("## DAVIS-2017 val")
-    assert "**same protocol**" in _row(report, "DINOv3 ViT-S/16")
+    same = _row(report, "DINOv3 ViT-S/16")
+    assert "**same protocol**" in same and "not stated by the source: layers fed to the head" in same
     rerun = _row(report, "DINOv2 ViT-S/14 (DINOv3's re-run)")  # same recipe, other encoder conditions
     assert "not the same protocol" in rerun and "same recipe" in rerun
-    assert "patch size 14 (published) vs 16 (dinov3-s16)" in rerun and "pretraining data LVD-142M" in rerun
+    assert "patch size 14 (published) vs 16 (enc)" in rerun and "pretraining data LVD-142M" in rerun
+    assert "register tokens 0 (published) vs 4 (enc)" in rerun
     ms = _row(report, "DINOv2 ViT-S/14 +ms")
     assert "input resolution 640 px crops, multi-scale test (published) vs 512 crops" in ms and "not checked" in ms
     davis = _row(report, "DINO ViT-S/16")
     assert "not the same protocol" in davis and "architecture" not in davis.split("|")[6]  # ViT-S on both sides
+    assert "position-embedding rule dino (published) vs n/a (RoPE) (enc)" in davis
+    dinov3_960 = _row(report, "DINOv3 ViT-S/16 (short side 960)")  # the DINOv3 protocol: another resolution
+    assert "input resolution short side 960 (published) vs short side 480 (enc)" in dinov3_960
     assert report.count("**same protocol**") == 1
 
 
-def test_a_run_that_does_not_record_its_conditions_is_never_the_same_protocol(tmp_path):
-    run_dir = _leaderboard_dir(tmp_path, {"name": "ours", "method": "bam", "checkpoint": "c.pth", "arch": "ViT-S", "patch": 16})
-    report = write_report([run_dir], run_dir).read_text()
+def test_a_step_that_does_not_record_a_condition_is_never_the_same_protocol(tmp_path):
+    encoder = {k: v for k, v in DINOV3_S16.items() if k != "pretrain_epochs"}
+    report = write_report([_leaderboard_dir(tmp_path, encoder)], tmp_path / "run").read_text()
     row = _row(report, "DINOv3 ViT-S/16")
-    assert "not the same protocol" in row and "pretraining data not recorded for ours" in row
-    assert "pretraining epochs not recorded for ours" in row and "same recipe" in row
+    assert "not the same protocol" in row and "pretraining epochs not recorded for enc" in row and "same recipe" in row
     assert "**same protocol**" not in report
 
 
-def test_a_run_that_pretrains_records_its_architecture_and_epochs_from_its_config(tmp_path):
-    from bam_dense.bench.report import describe_arch
+def test_a_step_without_recorded_conditions_is_filed_apart_and_never_compared(tmp_path):
+    run_dir = _leaderboard_dir(tmp_path, DINOV3_S16)
+    metrics = run_dir / "enc" / "davis" / "metrics.json"
+    metrics.write_text(json.dumps({"metrics": {"J&F-Mean": 0.6}}))  # written by an older bam-dense
+    report = write_report([run_dir], run_dir).read_text()
+    apart = report.split("# Conditions not recorded")[1]
+    assert "| enc | m | 60.00 |" in apart and "DINO ViT-S/16" not in apart
+
+
+def test_the_leaderboard_writes_architectures_as_the_published_rows_do():
+    from bam_dense.bench.conditions import describe_arch, encoder_facts
 
     assert describe_arch("vit_base_patch16_224") == ("ViT-B", 16)
     assert describe_arch("vit_small_patch16_224", {"patch_size": 8}) == ("ViT-S", 8)
     assert describe_arch("resnet50") == ("ResNet-50", None)
-    run = {"name": "bam-vitb", "method": "bam", "data": "ImageNet-1k",
-           "pretrain": {"config": "configs/pretrain/bam_vit_base_16gpu.yaml"}}
-    run_dir = _leaderboard_dir(tmp_path, run)
-    report = write_report([run_dir], run_dir).read_text()
-    assert "| bam-vitb | bam | 46.00 | - |  | ImageNet-1k, 400 epochs; ViT-B/16 |" in report
-    row = _row(report, "DINOv3 ViT-S/16")
-    assert "architecture ViT-S (published) vs ViT-B (bam-vitb)" in row and "patch size" not in row
+    assert encoder_facts("resnet50", {}) == {"arch": "ResNet-50", "patch": "n/a", "registers": 0, "family": "cnn"}
+    assert encoder_facts("vit_base_patch14_reg4_dinov2", {}) == {"arch": "ViT-B", "patch": 14, "registers": 4,
+                                                                 "family": "vit"}
+    assert encoder_facts("vit_small_patch16_dinov3", {})["registers"] == 4  # DINOv3's storage tokens

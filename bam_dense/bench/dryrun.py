@@ -17,7 +17,18 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
-from bam_dense.bench.plan import STEP_KINDS, Plan, RunSpec, StepOutcome, StepSpec, _execute, _repo, walk_plan
+from bam_dense.bench.plan import (
+    STEP_KINDS,
+    Plan,
+    RunSpec,
+    StepOutcome,
+    StepSpec,
+    _execute,
+    _repo,
+    applies,
+    run_family,
+    walk_plan,
+)
 from bam_dense.bench.plan import pretrain_commands as plan_pretrain_commands
 
 PROBE_DRY_RUN_STEPS = 20
@@ -113,7 +124,8 @@ def step_commands(step: StepSpec, ckpt: str, out: Path, run_dir: Path, scale: fl
 def run_plan_dry(plan: Plan, run_dir: str | Path, steps: list[str] | None = None, skip: list[str] | None = None,
                  scale: float | None = None) -> list[StepOutcome]:
     """Dry-run every (wanted) step of every run; outputs under ``run_dir`` as a real run's, always re-run."""
-    run_dir = Path(run_dir)
+    run_dir = Path(run_dir).resolve()
+    families = {run.name: run_family(run) for run in plan.runs}
 
     def pretrain(run: RunSpec) -> StepOutcome:
         out = run_dir / run.name / "pretrain"
@@ -124,6 +136,8 @@ def run_plan_dry(plan: Plan, run_dir: str | Path, steps: list[str] | None = None
         ckpt, out = checkpoint_of(run, run_dir), run_dir / run.name / step.name
         if out.exists():
             shutil.rmtree(out)
+        if not applies(step, families[run.name]):
+            return StepOutcome(run.name, step.name, "skipped", f"not for {families[run.name]} encoders")
         if not Path(ckpt).exists():
             return StepOutcome(run.name, step.name, "failed", f"checkpoint {ckpt} does not exist")
         commands = step_commands(step, ckpt, out, run_dir, scale)

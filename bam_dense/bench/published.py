@@ -1,20 +1,25 @@
 """Published numbers the leaderboard compares against (METHODS.md sections 3-4, DOWNSTREAM.md sections 6 and 8).
 
-One entry per benchmark (task, data, architecture): the metric a step's ``metrics.json`` reports, how to read
-it, and the published results with their sources. Every published row records what makes a number comparable
-(:class:`Conditions`): the encoder's pretraining data and epochs, its architecture and patch size, the protocol
-kind (:data:`PROTOCOLS`: fine-tuned / frozen linear / retrieval / propagation), the input resolution, and the
-source of the number; and the *recipe* that produced it (:data:`RECIPES`): the recipe of a benchmark moves its
-numbers by points (iBOT's ADE20K ViT-S recipe against MAE's, say), so the report calls a row "same recipe" only
-when the run's resolved config has every value the row's recipe requires, and "same protocol" only when that
-holds and every condition matches the run's. Adding a benchmark is adding one entry here and one step kind in
-:mod:`bam_dense.bench.plan` (or reusing one).
+One entry per benchmark (task, data, architecture): the step kinds that measure it, its dataset and the
+encoder families it applies to (what ``bench run`` checks a plan against), the metric a step's ``metrics.json``
+reports, how to read it, and the published results with their sources. Every published row states the
+conditions it holds under (:meth:`Benchmark.conditions_of`, in the words of :mod:`bam_dense.bench.conditions`):
+the benchmark's dataset, protocol kind (:data:`PROTOCOLS`), input resolution and shared conditions, then the row's
+own (position-embedding rule, registers, head recipe, ...), its encoder's architecture and patch size and its
+pretraining data and epochs; and the *recipe* that produced it (:data:`RECIPES`): the recipe of a benchmark moves
+its numbers by points (iBOT's ADE20K ViT-S recipe against MAE's, say), so the report calls a row "same recipe"
+only when the run's resolved config has every value the row's recipe requires (or, for steps that record no
+config, when the recipe is one their recorded conditions identify), and "same protocol" only when that holds and
+every condition the row states equals what the run recorded. Adding a benchmark is adding one entry here and one
+step kind in :mod:`bam_dense.bench.plan` (or reusing one).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+
+from bam_dense.bench.conditions import memory_words, propagation_words, short_side
 
 # The protocol kinds a number can come from; numbers of two kinds are never comparable.
 PROTOCOLS = {
@@ -40,6 +45,9 @@ class Recipe:
     requires: dict[str, Any] = field(default_factory=dict)
     note: str = ""
     resolution: str = ""  # when the recipe's input resolution is not its benchmark's
+    # True where the step's recorded conditions (bam_dense.bench.conditions) state everything the recipe fixes: steps
+    # that record no mmengine config (DAVIS, retrieval, linear probe) can then be the same protocol.
+    by_conditions: bool = False
 
 
 RECIPES: dict[str, Recipe] = {r.id: r for r in (
@@ -88,7 +96,10 @@ RECIPES: dict[str, Recipe] = {r.id: r for r in (
            "window attention + relative position bias in ViTDet; bam-dense's mmdet variant uses global attention, "
            "so its runs are reported as a different recipe until that changes"),
     Recipe("dino-davis-480p", "facebookresearch/dino eval_video_segmentation.py", {},
-           "propagation settings are command-line arguments, not a config: not checked"),
+           "propagation settings are command-line arguments: compared as recorded conditions", by_conditions=True),
+    Recipe("dinov3-davis-960", "DINOv3 paper Tab. 14 (no evaluation code released): DINO's propagation at short side 960",
+           {}, "the propagation parameters are assumed to be DINO's (the paper states only the resolution)",
+           resolution=short_side(960), by_conditions=True),
     Recipe("dinov3-linear-seg", "facebookresearch/dinov3@6876159 dinov3/eval/segmentation/configs/"
            "config-ade20k-linear-training.yaml (+ config.py defaults, models/heads/linear_head.py); DINOv3 paper Tab. 14",
            {"model.backbone.type": "FrozenTimmEncoder", "model.backbone.out_indices": [-1],
@@ -116,12 +127,21 @@ RECIPES: dict[str, Recipe] = {r.id: r for r in (
            "convs), AdamW lr 8e-4 wd 0.05, poly, 160k iterations at batch 16: not the DINOv2/DINOv3 linear recipe"),
     Recipe("hummingbird-retrieval", "Balazevic et al. 2023 (Hummingbird); vpariza/open-hummingbird-eval@5e79da2 README "
            "(memory bank 1024 x 10^4 patches, 2 augmentation epochs, scann)", {},
-           "the retrieval step records no mmengine config: not checked", resolution="512 x 512"),
+           "the retrieval step's parameters are compared as recorded conditions", resolution="512 x 512", by_conditions=True),
     Recipe("cribo-retrieval", "tileb1/CrIBo@311f569 README (dense NN retrieval, Hummingbird protocol)", {},
            "the retrieval step records no mmengine config: not checked; the README and eval_launcher.py state no input "
            "size or memory-bank size", resolution="not stated by CrIBo (Hummingbird's 512 x 512 likely, unverified)"),
     Recipe("lewel-lincls-r50", "LayneH/LEWEL main_lincls.py (MoCo-style linear classification, 100 epochs)", {},
-           "image-level linear classification; the probe records no mmengine config: not checked"),
+           "image-level linear classification; compared as recorded conditions", by_conditions=True),
+    Recipe("dino-lincls", "facebookresearch/dino@7c446df eval_linear.py + README (SGD, 100 epochs, random-resized crops "
+           "and flips)", {}, "compared as recorded conditions", by_conditions=True),
+    Recipe("bam-lincls", "DanielShalam/BAM@fd85871 scripts/linear/linear.slurm + README", {},
+           "compared as recorded conditions", by_conditions=True),
+    Recipe("mocov3-lincls", "facebookresearch/moco-v3@c349e6e main_lincls.py, CONFIG.md (SGD lr 3 x batch/256 for ViT, "
+           "90 epochs, random-resized crops and flips)", {}, "compared as recorded conditions", by_conditions=True),
+    Recipe("dinov2-lincls", "facebookresearch/dinov2@b8931f7 README; eval/linear.py (a grid of heads over n_last_blocks x "
+           "avgpool x lr trained in one pass on augmented images)", {}, "compared as recorded conditions",
+           by_conditions=True),
     Recipe("unverified", "the source does not state its fine-tuning recipe", {},
            "never reported as the same recipe as a run"),
     Recipe("bam-dense-synthetic", "bam-dense's tiny CPU configs on generated data", {}),
@@ -147,33 +167,9 @@ class Published:
     note: str = ""
     recipe: str = ""  # a key of RECIPES; empty: the benchmark's own recipe
     resolution: str = ""
-
-
-@dataclass(frozen=True)
-class Conditions:
-    """What two numbers must share to be compared as the same protocol (every field; None: not recorded)."""
-
-    data: str | None
-    epochs: int | str | None
-    arch: str | None
-    patch: int | None | str  # "n/a" for CNNs, None when not recorded
-    protocol: str
-    resolution: str
-
-    LABELS = {"data": "pretraining data", "epochs": "pretraining epochs", "arch": "architecture", "patch": "patch size",
-              "protocol": "protocol", "resolution": "input resolution"}
-
-    def differences(self, other: Conditions, mine: str = "published", theirs: str = "these runs") -> list[str]:
-        """Each field that differs, in words; a field either side did not record counts as a difference."""
-        out = []
-        for key, label in self.LABELS.items():
-            a, b = getattr(self, key), getattr(other, key)
-            if a is None or b is None:
-                missing = theirs if b is None else mine
-                out.append(f"{label} not recorded for {missing}")
-            elif str(a).strip().lower() != str(b).strip().lower():
-                out.append(f"{label} {a} ({mine}) vs {b} ({theirs})")
-        return out
+    # Conditions of this row that differ from its benchmark's (keys of bam_dense.bench.conditions.LABELS), e.g.
+    # the position-embedding rule or register tokens of its encoder.
+    conditions: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -187,6 +183,12 @@ class Benchmark:
     recipe: str = "unverified"  # the recipe of rows that name none
     kind: str = "fine-tuned"  # a key of PROTOCOLS
     resolution: str = "512 crops; test short side 512"
+    dataset: str = ""  # the evaluation data, in bam_dense.bench.conditions.DATASETS' words
+    step_kinds: tuple[str, ...] = ()  # the plan step kinds that measure it (bench run refuses any other)
+    families: tuple[str, ...] | None = None  # encoder families it applies to (vit, cnn); None: any
+    # The step conditions every row of this benchmark shares (keys of bam_dense.bench.conditions.LABELS), beside
+    # dataset, split, protocol and resolution; a row's own ``conditions`` override them.
+    conditions: dict = field(default_factory=dict)
 
     def recipe_of(self, row: Published) -> Recipe:
         return RECIPES[row.recipe or self.recipe]
@@ -197,9 +199,11 @@ class Benchmark:
         recipe = self.recipe_of(row) if row is not None else RECIPES[self.recipe]
         return recipe.resolution or self.resolution
 
-    def conditions(self, row: Published) -> Conditions:
-        return Conditions(row.data, row.epochs, row.arch, "n/a" if row.patch is None else row.patch, self.kind,
-                          self.resolution_of(row))
+    def conditions_of(self, row: Published) -> dict:
+        """Every condition ``row`` holds under, in the words a step records them (bam_dense.bench.conditions)."""
+        return {"dataset": self.dataset, "split": "val", "protocol": self.kind, "resolution": self.resolution_of(row),
+                "registers": 0, **self.conditions, **row.conditions, "arch": row.arch,
+                "patch": "n/a" if row.patch is None else row.patch, "pretrain_data": row.data, "pretrain_epochs": row.epochs}
 
 
 def missing_fields(bench: Benchmark, row: Published) -> list[str]:
@@ -211,10 +215,32 @@ def missing_fields(bench: Benchmark, row: Published) -> list[str]:
         missing.append(f"protocol ({bench.kind!r} is not one of {', '.join(PROTOCOLS)})")
     if not bench.resolution_of(row):
         missing.append("resolution")
+    if not bench.dataset or not bench.step_kinds:
+        missing.append("dataset and step kinds of the benchmark")
     return missing
 
 
 _R = "[R: recalled, not re-read]"
+# DINO's label propagation (eval_video_segmentation.py defaults; DOWNSTREAM.md 4): last block's normed patch tokens.
+DAVIS_DINO = {"layers": "last block, normed patch tokens", "propagation": propagation_words(5, 0.1, 7, 12)}
+# Hummingbird: the paper's ScaNN search (open-hummingbird-eval's README, which also uses scann), memory 1024 x 10^4
+# patches, 2 augmentation epochs, 30 neighbours; bam-dense's search is exact (a stated difference, docs/protocols.md).
+HUMMINGBIRD = {"layers": "last block, normed patch tokens", "search": "approximate (ScaNN)",
+               "memory": memory_words(1024 * 10**4, 2, True, 30)}
+# The linear-classification sources (DINO eval_linear.py, BAM scripts/linear, LEWEL and MoCo v3 main_lincls.py,
+# DINOv2 eval/linear.py) all train on random-resized crops and flips drawn afresh every epoch.
+LINCLS_AUG = {"augmentation": "random-resized crop 224 + flip, every epoch"}
+DINO_POS = {"pos_embed_rule": "dino"}  # DINO's interpolate_pos_encoding (bam_dense.models.pos_embed)
+LVD1689 = "LVD-1689M (distilled from ViT-7B)"
+LVD142 = "LVD-142M (distilled from ViT-g)"
+DINOV3_ENCODER = {"registers": 4, "pos_embed_rule": "n/a (RoPE)"}
+# The heads of the ViT linear-classification sources (bam_dense.eval.linear_probe.RECIPES names where one exists).
+DINO_VITS_HEAD = {"head_recipe": "dino-vits", "layers": "last 4 blocks", "pooling": "class token", "head_epochs": "100 epochs"}
+DINO_VITB_HEAD = {"head_recipe": "dino-vitb", "layers": "last block", "pooling": "class token + mean of patch tokens",
+                  "head_epochs": "100 epochs"}
+BAM_HEAD = {"head_recipe": "bam", "layers": "last block", "pooling": "class token + mean of patch tokens",
+            "head_epochs": "100 epochs"}
+MOCOV3_HEAD = {"head_recipe": "mocov3-vit", "layers": "last block", "pooling": "class token", "head_epochs": "90 epochs"}
 SLIDE = "512 crops; test short side 512, sliding window 512/341"
 WHOLE = "512 crops; test short side 512, whole image"
 COCO = "multi-scale train 640-800, test 800 (max 1333)"
@@ -238,6 +264,7 @@ BENCHMARKS: dict[str, Benchmark] = {b.id: b for b in (
                       recipe="ibot-upernet-vitb"),
         ),
         resolution=SLIDE,
+        dataset="ADE20K", step_kinds=("seg",), families=("vit",),
     ),
     Benchmark(
         "ade20k_upernet_vits16", "ADE20K, UperNet ViT-S/16, 160k", "mIoU", "%",
@@ -247,6 +274,7 @@ BENCHMARKS: dict[str, Benchmark] = {b.id: b for b in (
         (Published("iBOT ViT-S/16", 45.4, "iBOT paper / README", IN1K, 800, "ViT-S", 16, "800 epochs: iBOT README's ViT-S/16 "
                    "checkpoint", recipe="ibot-upernet-vits"),),
         recipe="ibot-upernet-vits", resolution=SLIDE,
+        dataset="ADE20K", step_kinds=("seg",), families=("vit",),
     ),
     Benchmark(
         "ade20k_upernet_r50", "ADE20K, UperNet R50, 160k", "mIoU", "%",
@@ -254,6 +282,7 @@ BENCHMARKS: dict[str, Benchmark] = {b.id: b for b in (
         (Published("Supervised (mmseg, ResNetV1c)", 42.05, "mmseg configs/upernet/metafile.yaml", IN1K + " (labels)",
                    "not stated", "ResNet-50 (V1c)", None),),
         recipe="mmseg-upernet-r50", resolution=WHOLE,
+        dataset="ADE20K", step_kinds=("seg",), families=("cnn",),
     ),
     Benchmark(
         "voc12aug_fcn_r50", "Pascal VOC 2012 aug, FCN-d8 R50, 20k", "mIoU", "%",
@@ -269,6 +298,7 @@ BENCHMARKS: dict[str, Benchmark] = {b.id: b for b in (
                       "ResNet-50 (V1c)", None, recipe="mmseg-fcn-r50-voc12aug"),
         ),
         recipe="ssl-fcn-r50-voc12aug", resolution=WHOLE,
+        dataset="Pascal VOC 2012", step_kinds=("seg",), families=("cnn",),
     ),
     Benchmark(
         "coco_maskrcnn_r50_fpn_1x", "COCO, Mask R-CNN R50-FPN 1x (box AP)", "bbox_AP", "%",
@@ -282,6 +312,7 @@ BENCHMARKS: dict[str, Benchmark] = {b.id: b for b in (
             Published("Supervised IN-1k", 39.7, "PixPro README", IN1K + " (labels)", "not stated", "ResNet-50", None),
         ),
         recipe="ssl-maskrcnn-r50-fpn-1x", resolution=COCO,
+        dataset="COCO", step_kinds=("det", "detectron2"), families=("cnn",),
     ),
     Benchmark(
         "coco_maskrcnn_r50_fpn_1x_mask", "COCO, Mask R-CNN R50-FPN 1x (mask AP)", "segm_AP", "%",
@@ -293,6 +324,7 @@ BENCHMARKS: dict[str, Benchmark] = {b.id: b for b in (
             Published("Supervised IN-1k", 35.9, "PixPro README", IN1K + " (labels)", "not stated", "ResNet-50", None),
         ),
         recipe="ssl-maskrcnn-r50-fpn-1x", resolution=COCO,
+        dataset="COCO", step_kinds=("det", "detectron2"), families=("cnn",),
     ),
     Benchmark(
         "coco_maskrcnn_r50_fpn_2x", "COCO, Mask R-CNN R50-FPN 2x (box AP)", "bbox_AP", "%",
@@ -300,6 +332,7 @@ BENCHMARKS: dict[str, Benchmark] = {b.id: b for b in (
         (Published("LEWEL_B (SyncBN 400ep)", 43.4, "LEWEL README", IN1K, 400, "ResNet-50", None),
          Published("LEWEL_B (EMAN 200ep)", 42.2, "LEWEL README", IN1K, 200, "ResNet-50", None)),
         recipe="ssl-maskrcnn-r50-fpn-2x", resolution=COCO,
+        dataset="COCO", step_kinds=("det", "detectron2"), families=("cnn",),
     ),
     Benchmark(
         "coco_maskrcnn_r50_c4_1x", "COCO, Mask R-CNN R50-C4 1x (box AP)", "bbox_AP", "%",
@@ -307,6 +340,7 @@ BENCHMARKS: dict[str, Benchmark] = {b.id: b for b in (
         (Published("LEWEL_B (EMAN 200ep)", 38.5, "LEWEL README", IN1K, 200, "ResNet-50", None),
          Published("Supervised IN-1k", 38.2, "PixPro README", IN1K + " (labels)", "not stated", "ResNet-50", None)),
         recipe="ssl-maskrcnn-r50-c4-1x", resolution=COCO,
+        dataset="COCO", step_kinds=("det", "detectron2"), families=("cnn",),
     ),
     Benchmark(
         "coco_vitdet_b", "COCO, ViTDet Mask R-CNN ViT-B (box AP)", "bbox_AP", "%",
@@ -314,19 +348,32 @@ BENCHMARKS: dict[str, Benchmark] = {b.id: b for b in (
         (Published("MAE ViT-B", 51.6, "ViTDet README (detectron2) / mmdet projects/ViTDet", IN1K, 1600, "ViT-B", 16,
                    f"epochs {_R}"),),
         recipe="vitdet-maskrcnn-vitb", resolution="large-scale jitter, 1024 x 1024",
+        dataset="COCO", step_kinds=("det", "detectron2"), families=("vit",),
     ),
     Benchmark(
         "davis17_val", "DAVIS-2017 val, label propagation (J&F-Mean)", "J&F-Mean", "",
         "frozen last-block patch tokens, 480p, top-5, temperature 0.1, first + 7 previous frames, radius 12 (DOWNSTREAM.md 4)",
         (
             Published("DINO ViT-S/16", 0.618, "DINO Table 5; script reference 0.6177", IN1K, 800, "ViT-S", 16,
-                      f"epochs {_R}"),
-            Published("DINO ViT-B/16", 0.623, "DINO Table 5", IN1K, 400, "ViT-B", 16, f"epochs {_R}"),
-            Published("Supervised IN ViT-S/8", 0.660, "DINO Table 5", IN1K + " (labels)", 300, "ViT-S", 8, f"epochs {_R}"),
+                      f"epochs {_R}", conditions=DINO_POS),
+            Published("DINO ViT-B/16", 0.623, "DINO Table 5", IN1K, 400, "ViT-B", 16, f"epochs {_R}", conditions=DINO_POS),
+            Published("Supervised IN ViT-S/8", 0.660, "DINO Table 5", IN1K + " (labels)", 300, "ViT-S", 8, f"epochs {_R}",
+                      conditions=DINO_POS),
+            Published("DINOv3 ViT-S/16 (short side 960)", 0.727, "DINOv3 paper Tab. 14; facebookresearch/dinov3@6876159 "
+                      "MODEL_CARD.md (DAVIS 72.7)", LVD1689, "not stated (distilled)", "ViT-S", 16, "RoPE, 4 storage tokens",
+                      recipe="dinov3-davis-960", conditions=DINOV3_ENCODER),
+            Published("DINOv3 ViT-B/16 (short side 960)", 0.772, "DINOv3 paper Tab. 14; facebookresearch/dinov3@6876159 "
+                      "MODEL_CARD.md (DAVIS 77.2)", LVD1689, "not stated (distilled)", "ViT-B", 16, "RoPE, 4 storage tokens",
+                      recipe="dinov3-davis-960", conditions=DINOV3_ENCODER),
+            Published("DINOv2 ViT-S/14 (DINOv3's re-run, short side 960)", 0.736, "DINOv3 paper Tab. 14 (DOWNSTREAM.md 8; "
+                      "not in a repository file)", LVD142, "not stated (distilled)", "ViT-S", 14, recipe="dinov3-davis-960"),
+            Published("DINOv2 ViT-B/14 (DINOv3's re-run, short side 960)", 0.729, "DINOv3 paper Tab. 14 (DOWNSTREAM.md 8; "
+                      "not in a repository file)", LVD142, "not stated (distilled)", "ViT-B", 14, recipe="dinov3-davis-960"),
             Published("BAM", 0.623, "public benchmark listing of the BAM paper", IN1K, 400, "ViT-B", 16,
                       "listed as J mean; which measure and which encoder are unverified", recipe="unverified"),
         ),
-        recipe="dino-davis-480p", kind="propagation", resolution="480p",
+        recipe="dino-davis-480p", kind="propagation", resolution=short_side(480),
+        dataset="DAVIS-2017", step_kinds=("davis",), conditions=DAVIS_DINO,
     ),
     Benchmark(
         "ade20k_linear_vits", "ADE20K, frozen linear (BN + 1x1) on ViT-S patch tokens, 40k", "mIoU", "%",
@@ -334,7 +381,8 @@ BENCHMARKS: dict[str, Benchmark] = {b.id: b for b in (
         "512 crops, sliding window 512/341 (configs/mmseg/linear_vit_ade20k-512x512_40k.py; docs/linear_segmentation.md)",
         (
             Published("DINOv3 ViT-S/16", 47.0, "DINOv3 paper Tab. 14; dinov3 model card", "LVD-1689M (distilled from ViT-7B)",
-                      "not stated (distilled)", "ViT-S", 16, "RoPE, 4 storage tokens"),
+                      "not stated (distilled)", "ViT-S", 16, "RoPE, 4 storage tokens",
+                      conditions=DINOV3_ENCODER),
             Published("DINOv2 ViT-S/14 (DINOv3's re-run)", 45.5, "DINOv3 paper Tab. 14", "LVD-142M (distilled from ViT-g)",
                       "not stated (distilled)", "ViT-S", 14),
             Published("DINOv2 ViT-S/14", 44.3, "DINOv2 paper Tab. 10 (lin.)", "LVD-142M (distilled from ViT-g)",
@@ -344,13 +392,15 @@ BENCHMARKS: dict[str, Benchmark] = {b.id: b for b in (
                       recipe="dinov2-linear-ms-seg"),
         ),
         recipe="dinov3-linear-seg", kind="frozen linear", resolution=SLIDE,
+        dataset="ADE20K", step_kinds=("seg",), families=("vit",),
     ),
     Benchmark(
         "ade20k_linear_vitb", "ADE20K, frozen linear (BN + 1x1) on ViT-B patch tokens, 40k", "mIoU", "%",
         "as the ViT-S entry",
         (
             Published("DINOv3 ViT-B/16", 51.8, "DINOv3 paper Tab. 14; dinov3 model card", "LVD-1689M (distilled from ViT-7B)",
-                      "not stated (distilled)", "ViT-B", 16, "RoPE, 4 storage tokens"),
+                      "not stated (distilled)", "ViT-B", 16, "RoPE, 4 storage tokens",
+                      conditions=DINOV3_ENCODER),
             Published("DINOv2 ViT-B/14 (DINOv3's re-run)", 48.4, "DINOv3 paper Tab. 14", "LVD-142M (distilled from ViT-g)",
                       "not stated (distilled)", "ViT-B", 14),
             Published("DINOv2 ViT-B/14", 47.3, "DINOv2 paper Tab. 10 (lin.)", "LVD-142M (distilled from ViT-g)",
@@ -365,12 +415,14 @@ BENCHMARKS: dict[str, Benchmark] = {b.id: b for b in (
                       recipe="ibot-linear-seg"),
         ),
         recipe="dinov3-linear-seg", kind="frozen linear", resolution=SLIDE,
+        dataset="ADE20K", step_kinds=("seg",), families=("vit",),
     ),
     Benchmark(
         "voc12aug_linear", "Pascal VOC 2012 aug, frozen linear (BN + 1x1) on ViT patch tokens, 40k", "mIoU", "%",
         "the ADE20K linear recipe on VOC 2012 aug (configs/mmseg/linear_vit_voc12aug-512x512_40k.py); no published "
         "row is listed: DINOv2's VOC numbers come from a config this project has not read",
         (), recipe="dinov3-linear-seg", kind="frozen linear", resolution=SLIDE,
+        dataset="Pascal VOC 2012", step_kinds=("seg",), families=("vit",),
     ),
     Benchmark(
         "voc12_retrieval_vitb16", "Pascal VOC 2012, in-context retrieval (Hummingbird) on ViT-B/16", "mIoU", "%",
@@ -385,6 +437,7 @@ BENCHMARKS: dict[str, Benchmark] = {b.id: b for b in (
                       "epochs from checkpoints/vitb16-in_args.json; ADE20K 30.0", recipe="cribo-retrieval"),
         ),
         recipe="hummingbird-retrieval", kind="retrieval", resolution="512 x 512",
+        dataset="Pascal VOC 2012", step_kinds=("retrieval",), families=("vit",), conditions=HUMMINGBIRD,
     ),
     Benchmark(
         "voc12_retrieval_vits16", "Pascal VOC 2012, in-context retrieval (Hummingbird) on ViT-S/16", "mIoU", "%",
@@ -392,6 +445,7 @@ BENCHMARKS: dict[str, Benchmark] = {b.id: b for b in (
         (Published("CrIBo ViT-S/16", 73.2, "tileb1/CrIBo@311f569 README", IN1K, 800, "ViT-S", 16,
                    "epochs from checkpoints/vits16-in_args.json; ADE20K 28.3", recipe="cribo-retrieval"),),
         recipe="hummingbird-retrieval", kind="retrieval", resolution="512 x 512",
+        dataset="Pascal VOC 2012", step_kinds=("retrieval",), families=("vit",), conditions=HUMMINGBIRD,
     ),
     Benchmark(
         "imagenet_linear_r50", "ImageNet-1k, linear classification on a frozen ResNet-50 (top-1)", "top1", "%",
@@ -404,25 +458,80 @@ BENCHMARKS: dict[str, Benchmark] = {b.id: b for b in (
                       "until they are", recipe="unverified"),
         ),
         recipe="lewel-lincls-r50", kind="frozen linear", resolution="224 (center crop)",
+        dataset="ImageNet-1k", step_kinds=("linear",), families=("cnn",), conditions=LINCLS_AUG,
+    ),
+    Benchmark(
+        "imagenet_linear_vits", "ImageNet-1k, linear classification on a frozen ViT-S (top-1)", "top1", "%",
+        "image-level linear probe on the class token (and pooled patch tokens, per recipe): a classification protocol",
+        (
+            Published("DINO ViT-S/16", 77.0, "facebookresearch/dino@7c446df README", IN1K, 800, "ViT-S", 16,
+                      f"epochs {_R}", recipe="dino-lincls", conditions=DINO_VITS_HEAD),
+            Published("MoCo v3 ViT-S", 73.2, "facebookresearch/moco-v3@c349e6e README (ViT, linear classification)", IN1K,
+                      300, "ViT-S", 16, "patch 16 (ViT-Small of moco-v3 vits.py)", recipe="mocov3-lincls",
+                      conditions=MOCOV3_HEAD),
+            Published("DINOv2 ViT-S/14", 81.1, "facebookresearch/dinov2@b8931f7 README", LVD142, "not stated (distilled)",
+                      "ViT-S", 14, recipe="dinov2-lincls"),
+            Published("DINOv2 ViT-S/14 with registers", 80.9, "facebookresearch/dinov2@b8931f7 README", LVD142,
+                      "not stated (distilled)", "ViT-S", 14, "4 register tokens", recipe="dinov2-lincls",
+                      conditions={"registers": 4}),
+        ),
+        recipe="dino-lincls", kind="frozen linear", resolution="224 (center crop)",
+        dataset="ImageNet-1k", step_kinds=("linear",), families=("vit",), conditions=LINCLS_AUG,
+    ),
+    Benchmark(
+        "imagenet_linear_vitb", "ImageNet-1k, linear classification on a frozen ViT-B (top-1)", "top1", "%",
+        "as the ViT-S entry",
+        (
+            Published("DINO ViT-B/16", 78.2, "facebookresearch/dino@7c446df README", IN1K, 400, "ViT-B", 16,
+                      f"epochs {_R}", recipe="dino-lincls", conditions=DINO_VITB_HEAD),
+            Published("BAM ViT-B/16", 78.1, "DanielShalam/BAM@fd85871 README (METHODS.md 1.11)", IN1K, 400, "ViT-B", 16,
+                      recipe="bam-lincls", conditions=BAM_HEAD),
+            Published("MoCo v3 ViT-B", 76.7, "facebookresearch/moco-v3@c349e6e README (ViT, linear classification)", IN1K,
+                      300, "ViT-B", 16, "patch 16 (ViT-Base of moco-v3 vits.py)", recipe="mocov3-lincls",
+                      conditions=MOCOV3_HEAD),
+            Published("DINOv2 ViT-B/14", 84.5, "facebookresearch/dinov2@b8931f7 README", LVD142, "not stated (distilled)",
+                      "ViT-B", 14, recipe="dinov2-lincls"),
+            Published("DINOv2 ViT-B/14 with registers", 84.6, "facebookresearch/dinov2@b8931f7 README", LVD142,
+                      "not stated (distilled)", "ViT-B", 14, "4 register tokens", recipe="dinov2-lincls",
+                      conditions={"registers": 4}),
+        ),
+        recipe="dino-lincls", kind="frozen linear", resolution="224 (center crop)",
+        dataset="ImageNet-1k", step_kinds=("linear",), families=("vit",), conditions=LINCLS_AUG,
     ),
     Benchmark(
         "synthetic_linear_probe", "Synthetic ADE20K layout, linear per-patch probe (mIoU)", "linear_probe_miou", "",
         "bam-dense's development probe on generated data: checks the pipeline, not a benchmark", (),
         recipe="bam-dense-synthetic", kind="frozen linear", resolution="synthetic",
+        dataset="synthetic ADE20K layout", step_kinds=("probe",),
     ),
     Benchmark(
         "synthetic_davis", "Synthetic DAVIS layout, label propagation (J&F-Mean)", "J&F-Mean", "",
         "bam-dense's generated sequences: checks the pipeline, not a benchmark", (),
         recipe="bam-dense-synthetic", kind="propagation", resolution="synthetic",
+        dataset="synthetic DAVIS-2017 layout", step_kinds=("davis",),
+    ),
+    Benchmark(
+        "synthetic_retrieval", "Synthetic VOC layout, in-context retrieval (mIoU)", "mIoU", "%",
+        "the retrieval protocol on generated data: checks the pipeline, not a benchmark", (),
+        recipe="bam-dense-synthetic", kind="retrieval", resolution="synthetic",
+        dataset="synthetic Pascal VOC 2012 layout", step_kinds=("retrieval",),
+    ),
+    Benchmark(
+        "synthetic_linear", "Synthetic ImageNet layout, linear classification (top-1)", "top1", "%",
+        "the linear probe on generated data: checks the pipeline, not a benchmark", (),
+        recipe="bam-dense-synthetic", kind="frozen linear", resolution="synthetic",
+        dataset="synthetic ImageNet-1k layout", step_kinds=("linear",),
     ),
     Benchmark(
         "synthetic_seg", "Synthetic ADE20K layout, tiny UperNet fine-tune (mIoU)", "mIoU", "%",
         "a few CPU iterations on generated data: checks the pipeline, not a benchmark", (),
         recipe="bam-dense-synthetic", resolution="synthetic",
+        dataset="synthetic ADE20K layout", step_kinds=("seg",),
     ),
     Benchmark(
         "synthetic_det", "Synthetic COCO layout, tiny Mask R-CNN fine-tune (box AP)", "bbox_AP", "%",
         "a few CPU iterations on generated data: checks the pipeline, not a benchmark", (),
         recipe="bam-dense-synthetic", resolution="synthetic",
+        dataset="synthetic COCO layout", step_kinds=("det",),
     ),
 )}

@@ -226,11 +226,16 @@ def _bench(sub) -> None:
     p = sub.add_parser("bench", help="run a benchmark plan and report against the published leaderboard", description="Leaderboard reproduction")
     bsub = p.add_subparsers(dest="bench_command", required=True, metavar="{run,report}")
     run = _add(bsub, "run", "bam_dense.cli.commands:bench_run", "run (or print) the steps of a plan file")
-    run.add_argument("plan", help="configs/bench/*.yaml")
-    run.add_argument("--run-dir", required=True, help="where every step writes its outputs and metrics")
+    run.add_argument("plan", help="configs/bench/*.yaml (relative paths in it: from the working directory, else "
+                                  "bam-dense's bundled configs/)")
+    run.add_argument("--run-dir", required=True, help="where every step writes its outputs and metrics (relative: from "
+                                                      "the working directory)")
     run.add_argument("--steps", nargs="*", help="only these steps (default: all)")
     run.add_argument("--skip", nargs="*", default=[], help="skip these steps")
-    run.add_argument("--force", action="store_true", help="re-run steps that already have results")
+    run.add_argument("--force", action="store_true", help="re-run every step, even those done with the same inputs")
+    run.add_argument("--overwrite", action="store_true",
+                     help="delete the results the run directory holds from other inputs (another checkpoint, options or "
+                          "bam-dense version) and make them again; without it such a run is refused")
     run.add_argument("--print-slurm", action="store_true", help="print one sbatch command per step instead of running")
     run.add_argument("--dry-run", action="store_true",
                      help="run every step through its own --dry-run (pretraining, seg/det train+test, DAVIS on one "

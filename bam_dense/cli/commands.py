@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 from argparse import Namespace
 from pathlib import Path
@@ -177,21 +176,22 @@ def finetune_test(args: Namespace) -> int:
 
 
 def bench_run(args: Namespace) -> int:
-    from bam_dense.bench.plan import load_plan, run_plan, slurm_script
+    from bam_dense.bench.plan import check_plan, load_plan, record_plan, run_plan, slurm_script
 
-    plan = load_plan(args.plan)
-    run_dir = Path(args.run_dir)
+    plan = load_plan(args.plan)  # its relative paths: the caller's working directory, else bundled configs
+    run_dir = Path(args.run_dir).resolve()
     if args.print_slurm:
-        print(slurm_script(plan, args.plan, run_dir.resolve()))
+        check_plan(plan)
+        print(slurm_script(plan, args.plan, run_dir))
         return 0
-    run_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(args.plan, run_dir / "plan.yaml")
     if args.dry_run:
         from bam_dense.bench.dryrun import run_plan_dry
 
+        check_plan(plan)
+        record_plan(args.plan, run_dir)
         outcomes = run_plan_dry(plan, run_dir, args.steps, args.skip, args.dry_run_scale)
     else:
-        outcomes = run_plan(plan, run_dir, args.steps, args.skip, args.force)
+        outcomes = run_plan(plan, run_dir, args.steps, args.skip, args.force, args.overwrite, plan_file=args.plan)
     failed = [o for o in outcomes if o.status == "failed"]
     for o in outcomes:
         print(f"[bam-dense] {o.run:<20} {o.step:<20} {o.status:<8} {o.detail}")
@@ -243,7 +243,8 @@ def probe(args: Namespace) -> int:
         d = "-" if r.davis_jf is None else f"{r.davis_jf:.3f}"
         print(f"{name:<12} {m:>18} {d:>10}")
     if args.out:
-        payload = {"task": "dense_probe", "checkpoint": args.checkpoint, "metrics": rows["checkpoint"].as_dict()}
+        payload = {"task": "dense_probe", "checkpoint": args.checkpoint, "metrics": rows["checkpoint"].as_dict(),
+                   "options": {"image_size": args.image_size, "davis_resolution": args.davis_resolution, "steps": args.steps}}
         if rows["checkpoint"].areas is not None:  # for bootstrap intervals over the validation images
             payload["per_image"] = rows["checkpoint"].areas
         if "random init" in rows:

@@ -1,12 +1,11 @@
-"""What a command may write where: no user file replaced unasked, never an input replaced by its own output,
-and a file identified by content (size + SHA-256) to tell whether a result came from it.
+"""What a command may write where: no user file replaced unasked, never an input replaced by its own output.
+A file's identity (size + SHA-256) is :mod:`bam_dense.core.identity`'s.
 
 No torch import: the CLI calls these before any heavy work.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -53,16 +52,3 @@ def check_output(out: str | os.PathLike, flag: str = "--out", *, force: bool = F
     if path.exists() and not force:
         raise UserFacingError(f"{flag} {out} already exists; choose another path, or add --force to replace it")
     return path
-
-
-def sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def file_identity(path: str | os.PathLike) -> dict:
-    """``{"size": bytes, "sha256": hex}`` of a file: what a result was computed from, whatever its name."""
-    return {"size": Path(path).stat().st_size, "sha256": sha256(path)}

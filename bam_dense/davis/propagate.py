@@ -348,7 +348,7 @@ def propagate_sequence(extractor, frame_paths: list[Path], first_mask: Path, out
 
 def checkpoint_identity(checkpoint: str, arch: str | None) -> dict:
     """What the results are computed from: a file's size and SHA-256 (not its name), or the random-init ``arch``."""
-    from bam_dense.core.outputs import file_identity
+    from bam_dense.core.identity import file_identity
 
     if checkpoint == "random":
         return {"random_init": arch}

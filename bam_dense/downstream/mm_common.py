@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 
 from bam_dense.core.errors import UserFacingError
-from bam_dense.core.outputs import sha256
+from bam_dense.core.identity import sha256
 
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
 
@@ -242,3 +242,17 @@ def latest_checkpoint(work_dir: str | Path) -> str | None:
     candidates = sorted(Path(work_dir).glob("iter_*.pth"), key=lambda p: int(p.stem.split("_")[1]))
     candidates += sorted(Path(work_dir).glob("epoch_*.pth"), key=lambda p: int(p.stem.split("_")[1]))
     return str(candidates[-1]) if candidates else None
+
+
+VIT_BACKBONES = ("VisionTransformer", "MAE", "BEiT", "FrozenTimmEncoder", "TimmViT")
+
+
+def config_facts(config: str | Path) -> dict:
+    """What a plan check needs from an mmseg / mmdet config without building anything: the backbone's type and
+    family (vit / cnn) and the dataset type of the test split."""
+    from mmengine.config import Config
+
+    cfg = Config.fromfile(str(config))
+    btype = cfg.model.backbone["type"]
+    return {"backbone": btype, "family": "vit" if btype in VIT_BACKBONES else "cnn",
+            "dataset": (cfg.get("test_dataloader") or {}).get("dataset", {}).get("type")}
