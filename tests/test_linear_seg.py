@@ -281,6 +281,9 @@ def test_the_checkpoint_gives_the_encoder_its_architecture_and_the_head_its_widt
     adopt_encoder(cfg, "vit_base_patch14_reg4_dinov2", {"img_size": 518}, "ckpt")
     assert (cfg.model.backbone.arch, cfg.model.backbone.model_kwargs) == ("vit_base_patch14_reg4_dinov2", {"img_size": 518})
     assert (cfg.model.decode_head.in_channels, cfg.model.decode_head.channels) == ([768], 768)
+    assert cfg.model.backbone.pos_resample is None  # no rule given: the encoder keeps timm's
+    adopt_encoder(cfg, "vit_base_patch14_reg4_dinov2", {"img_size": 518}, "ckpt", "dinov2-reg")
+    assert cfg.model.backbone.pos_resample == "dinov2-reg"
     ms = _config({"model.backbone.out_indices": [-4, -3, -2, -1]})  # the "+ms" option
     adopt_encoder(ms, "vit_small_patch16_224", {}, "ckpt")
     assert (ms.model.decode_head.in_channels, ms.model.decode_head.in_index, ms.model.decode_head.channels) == (
@@ -291,14 +294,15 @@ def test_the_checkpoint_gives_the_encoder_its_architecture_and_the_head_its_widt
 
 
 @pytest.mark.parametrize(("source", "name", "arch", "same_size"), [
-    ("dinov2", "reg4", "vit_small_patch14_reg4_dinov2", ["same_56x56"]),  # other sizes: timm's resampling, not DINOv2's
-    ("dinov3", "nobias", "vit_small_patch16_dinov3", ["square_64x64", "wide_48x80"]),  # RoPE: every size
+    ("dinov2", "reg4", "vit_small_patch14_reg4_dinov2", "dinov2-reg"),  # DINOv2's own resampling, hub settings
+    ("dinov3", "nobias", "vit_small_patch16_dinov3", "rope"),  # RoPE: no table
 ])
-def test_public_checkpoints_take_the_linear_config_and_give_their_own_patch_features(source, name, arch, same_size, tmp_path):
+def test_public_checkpoints_take_the_linear_config_and_give_their_own_patch_features(source, name, arch, rule, tmp_path):
     """DINOv2 (registers) and DINOv3 (RoPE, storage tokens) checkpoints written by their own code
     (tests/fixtures/make_dinov{2,3}_official_fixture.py): `seg train`'s preparation converts them, gives the config
-    their architecture and the head their width; the built segmentor's encoder holds every tensor (the pretrained-
-    weight check) and returns the official code's normed patch tokens."""
+    their architecture, their source's position-table rule and the head its width; the built segmentor's encoder
+    holds every tensor (the pretrained-weight check) and returns the official code's normed patch tokens at every
+    recorded size, the table's own and another."""
     from bam_dense.downstream.mm_common import SEG_TARGETS, prepare_pretrained
     from bam_dense.downstream.weight_check import check_backbone
 
@@ -309,10 +313,12 @@ def test_public_checkpoints_take_the_linear_config_and_give_their_own_patch_feat
     cfg.work_dir = str(tmp_path / "work")
     path, _ = prepare_pretrained(cfg, str(src), SEG_TARGETS)
     assert cfg.model.backbone.arch == arch and cfg.model.decode_head.in_channels == [64]
+    assert cfg.model.backbone.pos_resample == rule
     model = _build(cfg)
     check = check_backbone(model.backbone, path)
     assert check.ok and check.checked == len(model.backbone.state_dict())
     model.eval()
-    for tag in same_size:
+    assert len(record["inputs"]) == 2
+    for tag in record["inputs"]:
         (dense,) = model.backbone(record["inputs"][tag])
         torch.testing.assert_close(dense.flatten(2).transpose(1, 2), record["outputs"][tag]["patch"], atol=2e-5, rtol=1e-4)

@@ -113,10 +113,7 @@ def _davis(sub) -> None:
                            "DINOv3 reports (the 480p frames upsampled); recorded with the results")
     prop.add_argument("--patch-size", type=int, default=None, help="ViT patch size / CNN stride (read from the model by default)")
     prop.add_argument("--resnet-stage", type=int, default=4, help="ResNet stage whose dense map is used (1-4, default 4)")
-    prop.add_argument("--pos-resample", choices=["auto", "timm", "dino"], default="auto",
-                      help="how a ViT's position embedding is resampled to the frame size: dino = DINO's "
-                           "interpolate_pos_encoding (DINO, iBOT), timm = timm's dynamic-size resampling (BAM); "
-                           "auto (default) = the checkpoint's source format: dino for DINO-format checkpoints, else timm")
+    _pos_resample_arg(prop)
     prop.add_argument("--which", choices=["student", "teacher"], default=None, help="network of a pretraining checkpoint (default teacher)")
     prop.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
     prop.add_argument("--save-overlays", action="store_true", help="also write overlay JPEGs and a GIF per sequence")
@@ -293,7 +290,7 @@ def _eval(sub) -> None:
         "Recipes: dino-vits (CLS of the last 4 blocks), dino-vitb (last CLS + average-pooled patch tokens),\n"
         "bam (dino-vitb + BatchNorm head, lr 0.002), lewel-r50 (ResNet pooled features, lr 0.4, 50 epochs).",
     )
-    _encoder_args(li, pos_resample=False)
+    _encoder_args(li)
     li.add_argument("--data-root", required=True, help="ImageNet-layout folder with train/ and val/")
     li.add_argument("--recipe", choices=["dino-vits", "dino-vitb", "bam", "lewel-r50"], default=None,
                     help="feature and optimisation recipe (default: dino-vits for ViTs up to width 384, dino-vitb for "
@@ -312,6 +309,18 @@ def _eval(sub) -> None:
     li.add_argument("--out", help="metrics JSON (top-1, every lr's accuracy, the selection rule, the recipe)")
 
 
+# bam_dense.convert.sources.pos_resample_choices(), spelled out so that --help imports no torch (a test compares them)
+POS_RESAMPLE_CHOICES = ("auto", "timm", "dino", "dinov2", "dinov2-reg", "deit", "rope")
+
+
+def _pos_resample_arg(p) -> None:
+    p.add_argument("--pos-resample", choices=POS_RESAMPLE_CHOICES, default="auto",
+                   help="how a ViT's position table is resampled to the input size: auto (default) = the rule of the "
+                        "checkpoint's source (dino: DINO/iBOT; dinov2, dinov2-reg: DINOv2 without/with registers; deit: "
+                        "MAE, DeiT, MoCo v3; rope: DINOv3; timm: BAM, bam-dense, timm files); a rule's name overrides it "
+                        "(docs/protocols.md)")
+
+
 def _encoder_args(p, pos_resample: bool = True) -> None:
     p.add_argument("--checkpoint", required=True,
                    help="bam-dense checkpoint or a public encoder's file (DINO, DINOv2 with/without registers, DINOv3, iBOT, "
@@ -320,8 +329,7 @@ def _encoder_args(p, pos_resample: bool = True) -> None:
     p.add_argument("--which", choices=["student", "teacher"], default=None, help="network of a pretraining checkpoint (default teacher)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
     if pos_resample:
-        p.add_argument("--pos-resample", choices=["auto", "timm", "dino"], default="auto",
-                       help="ViT position-embedding resampling to the input size (auto: the checkpoint source's own)")
+        _pos_resample_arg(p)
     p.add_argument("--trust-source", action="store_true", help="allow legacy pickles (trusted files only)")
 
 

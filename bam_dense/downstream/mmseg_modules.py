@@ -114,7 +114,9 @@ class FrozenTimmEncoder(BaseModule):
     * ``final_norm``: the encoder's final LayerNorm applied to every returned block (DINOv3's
       ``use_backbone_norm``; DINOv2's ``get_intermediate_layers(norm=True)``).
     * The input is centre-padded to a multiple of the patch size (DINOv2's CenterPadding; a no-op for patch 16
-      at 512 px). Position tables are resampled to the input grid by timm (bicubic), RoPE is computed for it.
+      at 512 px). Position tables are resampled to the input grid by ``pos_resample``, the rule of the
+      checkpoint's source (:mod:`bam_dense.models.pos_embed`; ``seg train --checkpoint`` fills it from the
+      conversion report, as the architecture), RoPE is computed for it.
     * Frozen: no parameter takes gradients, the encoder stays in eval mode whatever ``train()`` is called
       with, and the forward pass runs without autograd.
 
@@ -125,16 +127,19 @@ class FrozenTimmEncoder(BaseModule):
     """
 
     def __init__(self, arch: str | None = None, model_kwargs: dict | None = None, out_indices=(-1,),
-                 final_norm: bool = True, init_cfg: dict | None = None):
+                 final_norm: bool = True, pos_resample: str | None = None, init_cfg: dict | None = None):
         super().__init__(init_cfg)
         if arch is None:
             raise ValueError("FrozenTimmEncoder: model.backbone.arch is None. `bam-dense seg train --checkpoint CKPT` sets it "
                              "from the checkpoint; otherwise pass --cfg-options model.backbone.arch=<timm name>")
         from bam_dense.models.backbones import create_backbone, family
+        from bam_dense.models.pos_embed import set_pos_rule
 
         self.encoder = create_backbone(arch, dict(model_kwargs or {}), pos_embed="learned")
         if family(self.encoder) not in ("vit", "eva"):
             raise ValueError(f"FrozenTimmEncoder: {arch!r} is not a ViT; the linear protocol reads ViT patch tokens")
+        if pos_resample is not None:
+            set_pos_rule(self.encoder, pos_resample)
         depth = len(self.encoder.blocks)
         indices = [int(i) for i in out_indices]
         if not indices or any(not -depth <= i < depth for i in indices):

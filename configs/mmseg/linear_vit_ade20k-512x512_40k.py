@@ -43,6 +43,7 @@ model = dict(
         model_kwargs=dict(),  # the checkpoint's, with arch
         out_indices=[-1],  # the last block
         final_norm=True,
+        pos_resample=None,  # the checkpoint source's position-table rule (set by `seg train --checkpoint`)
         init_cfg=dict(type="Pretrained", checkpoint=None),
     ),
     decode_head=dict(
