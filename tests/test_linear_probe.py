@@ -280,3 +280,18 @@ def test_cached_and_augmented_protocols_are_named_apart_and_refuse_unknown_ones(
         "resize short side 37 (bilinear), centre crop 32")
     with pytest.raises(UserFacingError, match="unknown linear-probe protocol 'cached'"):
         linear_probe.run(ckpt, str(synthetic_root / "imagenet"), protocol="cached", **common)
+
+
+def test_the_published_lewel_row_states_the_schedule_the_probe_runs():
+    """LEWEL's linear rows come from scripts/srun_lin.sh: 50 epochs, x0.1 at 30 and 40, lr 0.4, batch 256."""
+    import re
+
+    from bam_dense.bench.published import BENCHMARKS
+    from bam_dense.bench.published import RECIPES as PUBLISHED
+
+    bench = BENCHMARKS["imagenet_linear_r50"]
+    source = PUBLISHED[bench.recipe].source
+    lewel = RECIPES["lewel-r50"]
+    assert "srun_lin.sh" in source and "100 epochs, x0.1" not in source
+    assert re.search(r"lr ([\d.]+), batch (\d+), (\d+) epochs, x0\.1 at (\d+) and (\d+)", source).groups() == (
+        str(lewel.lr), str(lewel.batch_size), str(lewel.epochs), *map(str, lewel.milestones))

@@ -178,11 +178,16 @@ class BNLinearHead(BaseDecodeHead):
     ``eval/segmentation/models/heads/linear_head.py``: Dropout2d -> SyncBatchNorm -> Conv2d 1x1, weight ~ N(0, 0.01),
     bias 0, which is mmseg's ``conv_seg`` initialisation). ``channels`` must equal the summed ``in_channels``:
     nothing between the features and the classifier has weights but the BatchNorm's affine pair.
+
+    ``dropout_first=False`` gives DINOv2's order (facebookresearch/dinov2@b8931f7
+    ``eval/segmentation/models/decode_heads/linear_head.py`` ``BNHead``: SyncBatchNorm, then mmseg's ``cls_seg``:
+    dropout, then the 1x1 convolution).
     """
 
-    def __init__(self, **kwargs):
+    def __init__(self, dropout_first: bool = True, **kwargs):
         kwargs.setdefault("input_transform", "resize_concat")
         super().__init__(**kwargs)
+        self.dropout_first = dropout_first
         if self.channels != self.in_channels:
             raise ValueError(f"BNLinearHead: channels ({self.channels}) must equal the summed in_channels ({self.in_channels})")
         from mmcv.cnn import build_norm_layer
@@ -191,6 +196,8 @@ class BNLinearHead(BaseDecodeHead):
 
     def forward(self, inputs):
         x = self._transform_inputs(inputs)
+        if not self.dropout_first:  # DINOv2: BatchNorm, dropout, conv
+            x = self.bn(x)
         if self.dropout is not None:
             x = self.dropout(x)
-        return self.conv_seg(self.bn(x))
+        return self.conv_seg(self.bn(x) if self.dropout_first else x)
