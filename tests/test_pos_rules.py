@@ -140,3 +140,14 @@ def test_the_rule_travels_with_the_converted_encoder_and_every_protocol_applies_
         torch.testing.assert_close(dense.flatten(2).transpose(1, 2), official["patch"], atol=2e-5, rtol=1e-4)
     wrong = FeatureExtractor(backbone, torch.device("cpu"), pos_resample="dino")  # the old rule for this layout
     assert wrong.pos_resample == "dino" and (wrong(x).flatten(2).transpose(1, 2) - official["patch"]).abs().max() > 1e-2
+
+
+def test_a_rule_that_does_not_fit_the_encoder_is_a_clear_error(synthetic_root, tmp_path):
+    from bam_dense.davis.propagate import FeatureExtractor
+    from bam_dense.eval import linear_probe
+
+    with pytest.raises(UserFacingError, match="has a position table, not RoPE"):
+        FeatureExtractor(_vit(), torch.device("cpu"), pos_resample="rope")
+    with pytest.raises(UserFacingError, match="--pos-resample rope"):
+        linear_probe.run("random", str(synthetic_root / "imagenet"), arch="vit_small_patch16_224", pos_resample="rope",
+                         resolution=32, epochs=1, device="cpu", progress=False)

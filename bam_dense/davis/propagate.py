@@ -229,6 +229,8 @@ class FeatureExtractor:
         self.kind = family(backbone)
         self.stage = resnet_stage
         recorded = pos_rule_of(self.backbone)
+        if pos_resample == "rope" and recorded not in (None, "rope"):
+            raise UserFacingError(f"--pos-resample rope: {type(backbone).__name__} has a position table, not RoPE")
         self.pos_resample = recorded if recorded in (None, "rope") else pos_resample or recorded
         if self.kind == "vit":
             self.patch = patch_size(backbone)

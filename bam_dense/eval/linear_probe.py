@@ -492,8 +492,11 @@ def run(checkpoint: str, data_root: str, out: str | None = None, recipe: str | N
         raise UserFacingError(f"unknown linear-probe protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
     _check_selection(selection)
     backbone, source_format = load_backbone_and_format(checkpoint, arch, which, trust_source)
-    if pos_rule_of(backbone) is not None:
-        set_pos_rule(backbone, resolve_pos_resample(pos_resample, pos_rule_of(backbone)))
+    if pos_rule_of(backbone) not in (None, "rope"):
+        try:
+            set_pos_rule(backbone, resolve_pos_resample(pos_resample, pos_rule_of(backbone)))
+        except ValueError as err:
+            raise UserFacingError(f"--pos-resample {pos_resample}: {err}") from None
     name = recipe or default_recipe(backbone, source_format)
     if name not in RECIPES:
         raise UserFacingError(f"unknown recipe {name!r}; choose from {', '.join(RECIPES)}")
