@@ -99,7 +99,7 @@ def main() -> None:
         def ours(cache: str, lrs: list[float]) -> float:
             record = linear_probe.run(str(ckpt), str(root), recipe="dino-vits", resolution=args.resolution, cache_dir=cache,
                                       learning_rates=lrs, epochs=args.epochs, batch_size=args.batch, device="cpu",
-                                      progress=False)
+                                      progress=False, protocol="cached-centre-crop")
             return record["metrics"]["top1"]
 
         rows = []

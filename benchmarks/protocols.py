@@ -93,7 +93,7 @@ def main() -> None:
             timed(f"linear probe (dino-vitb, 5 epochs, 3 lrs), {label}", n_in,
                   lambda: linear_probe.run(str(ckpt), str(tmp / "imagenet"), recipe="dino-vitb", resolution=args.resolution,
                                            cache_dir=str(tmp / "features"), learning_rates=[0.01, 0.1], epochs=5,
-                                           device=args.device, progress=False))
+                                           device=args.device, progress=False, protocol="cached-centre-crop"))
 
 
 if __name__ == "__main__":

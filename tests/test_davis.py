@@ -321,14 +321,14 @@ _POS_CASES = [("tiny", name) for name in DINO_POS["tiny"]["sizes"]] + [("davis",
 def test_dino_pos_resampling_equals_the_official_interpolate_pos_encoding(part, name):
     from timm.layers import resample_abs_pos_embed
 
-    from bam_dense.models.pos_embed import dino_resample_pos_embed
+    from bam_dense.models.pos_embed import resample_pos_table
 
     rec = DINO_POS[part]
     table = rec["state_dict"]["pos_embed"] if part == "tiny" else rec["pos_embed"]
     patch, side = rec["config"]["patch_size"], rec["config"]["img_size"] // rec["config"]["patch_size"]
     h, w = rec["sizes"][name]
     official = rec["pos"][name]
-    torch.testing.assert_close(dino_resample_pos_embed(table, (h, w), patch), official, rtol=0, atol=1e-6)
+    torch.testing.assert_close(resample_pos_table(table, "dino", (h, w), patch), official, rtol=0, atol=1e-6)
     timm_table = resample_abs_pos_embed(table, [h // patch, w // patch], [side, side], num_prefix_tokens=1)
     gap = (timm_table - official).abs().max().item()
     if (h, w) == (side * patch, side * patch):
@@ -352,35 +352,9 @@ def test_dino_mode_features_equal_the_official_extract_feature(tmp_path, tiny_di
         assert gap < 2e-5 if name == "same_8x8" else gap > 0.1, (name, gap)
 
 
-def test_dino_path_is_timms_forward_with_only_the_table_changed():
-    """The DINO path rebuilds timm's forward_features around another table: with timm's table it is timm's."""
-    from timm.layers import resample_abs_pos_embed
-
-    from bam_dense.models.backbones import create_backbone
-    from bam_dense.models.pos_embed import _vit_tokens_with_pos
-
-    cfg = dict(DINO_POS["tiny"]["config"])
-    torch.manual_seed(0)
-    for extra in ({}, {"reg_tokens": 2, "no_embed_class": True}):
-        vit = create_backbone("vit_small_patch16_224", cfg | extra, pos_embed="learned").eval()
-        x = torch.randn(2, 3, 24, 40)
-        n_prefix = 0 if vit.no_embed_class else vit.num_prefix_tokens
-        table = resample_abs_pos_embed(vit.pos_embed, [6, 10], [8, 8], num_prefix_tokens=n_prefix)
-        with torch.no_grad():
-            ours = _vit_tokens_with_pos(vit, vit.patch_embed(x).flatten(1, 2), table)
-            torch.testing.assert_close(ours, vit.forward_features(x), rtol=0, atol=0)
-
-
 def test_auto_pos_resample_follows_the_source_format(tmp_path, tiny_dino_arch):
-    from bam_dense.convert.sources import FORMATS, resolve_pos_resample
-    from bam_dense.core.errors import UserFacingError
     from bam_dense.davis.propagate import load_extractor
 
-    assert {f: resolve_pos_resample("auto", f) for f in FORMATS} == {f: "dino" if f in ("dino", "ibot", "dinov2") else "timm" for f in FORMATS}
-    assert resolve_pos_resample("auto", None) == "timm"  # --checkpoint random
-    assert resolve_pos_resample("timm", "dino") == "timm" and resolve_pos_resample("dino", "bam-dense") == "dino"
-    with pytest.raises(UserFacingError):
-        resolve_pos_resample("bilinear", "dino")
     cpu = torch.device("cpu")
     dino, bam = _dino_checkpoint(tmp_path / "dino.pth"), tiny_vit_bam_checkpoint(tmp_path / "bam.pth")
     assert load_extractor(str(dino), None, None, False, cpu).pos_resample == "dino"

@@ -64,8 +64,8 @@ def test_dinov2_gives_dinov2s_own_features_at_the_table_size_and_resampled(name,
     if n_reg:
         assert dropped(rep)["teacher.dino_head.mlp.0.weight"] == "pretraining head"
         assert dropped(rep)["teacher.ibot_head.mlp.0.weight"] == "pretraining head"
-    mode = resolve_pos_resample("auto", report.source_format)
-    assert mode == "dino"
+    mode = resolve_pos_resample("auto", report.pos_resample)
+    assert mode == ("dinov2-reg" if n_reg else "dinov2")  # the hub's settings differ with registers
     for tag, x in record["inputs"].items():
         expected = record["outputs"][tag]
         got = features(model, x, pos_resample=mode)
@@ -82,7 +82,7 @@ def test_dinov2_with_registers_loads_through_the_protocols_loader(tmp_path):
     src = tmp_path / "dinov2_reg4_teacher.pth"
     torch.save(record["checkpoint"], src)
     extractor = load_extractor(str(src), None, None, False, torch.device("cpu"))
-    assert extractor.backbone.num_prefix_tokens == 5 and extractor.pos_resample == "dino"
+    assert extractor.backbone.num_prefix_tokens == 5 and extractor.pos_resample == "dinov2-reg"
     dense = extractor(record["inputs"]["other_70x84"])
     assert dense.shape == (1, 64, 5, 6)
     torch.testing.assert_close(dense.flatten(2).transpose(1, 2), record["outputs"]["other_70x84"]["patch"], atol=2e-5, rtol=1e-4)
@@ -195,7 +195,7 @@ def test_ibot_teacher_converts_and_gives_its_features(tmp_path):
     assert report.arch == "vit_small_patch16_224" and report.model_kwargs == {"depth": 2}
     assert dropped(rep)["student.module.backbone.masked_embed"] == "student copy"
     assert dropped(rep)["teacher.head.last_layer2.weight_v"] == "pretraining head"
-    assert resolve_pos_resample("auto", "ibot") == "dino"
+    assert report.pos_resample == "dino"  # DINO's interpolate_pos_encoding, unchanged in iBOT
     x = torch.randn(2, 3, 224, 224)
     torch.testing.assert_close(features(loaded, x).dense, features(model, x).dense)
 
@@ -223,7 +223,7 @@ def test_mae_pretraining_checkpoint_drops_the_decoder_and_gives_the_encoders_fea
     reasons = dropped(rep)
     assert reasons["decoder_blocks.0.norm1.weight"] == "MAE decoder (pretraining only)"
     assert "mask token" in reasons["mask_token"]
-    assert resolve_pos_resample("auto", "mae") == "timm"
+    assert report.pos_resample == "deit"  # MAE's interpolate_pos_embed (DeiT's lines)
     x = torch.randn(1, 3, 224, 224)
     torch.testing.assert_close(features(loaded, x).pooled, features(model, x).pooled)
 
@@ -248,6 +248,21 @@ def test_mocov3_vit_small_takes_the_base_encoder_with_12_heads(tmp_path):
     x = torch.randn(1, 3, 224, 224)
     torch.testing.assert_close(features(loaded, x).dense, features(model, x).dense)
     assert load_source(src, which="teacher").backbone["cls_token"].equal(enc["cls_token"] + 1)
+
+
+def test_mocov3_conv_stem_vit_is_refused_with_the_reason(tmp_path):
+    """MoCo v3's vit_conv_small: patch_embed.proj is a Sequential of 3x3 convolutions and BatchNorms (vits.py ConvStem),
+    which no timm ViT builds: refused naming it, not a KeyError."""
+    from bam_dense.convert.sources import ConversionError
+
+    model = randomised("vit_small_patch16_224", depth=1, num_heads=12)
+    enc = {k: v for k, v in model.state_dict().items() if not k.startswith("patch_embed.")}
+    stem = {"patch_embed.proj.0.weight": torch.randn(48, 3, 3, 3), "patch_embed.proj.1.weight": torch.ones(48),
+            "patch_embed.proj.1.running_mean": torch.zeros(48), "patch_embed.proj.12.weight": torch.randn(384, 384, 1, 1)}
+    src = tmp_path / "vit-conv-s.pth.tar"
+    torch.save({"state_dict": {f"module.base_encoder.{k}": v for k, v in {**enc, **stem}.items()}}, src)
+    with pytest.raises(ConversionError, match=r"convolutional stem \(vit_conv_small / vit_conv_base"):
+        load_source(src)
 
 
 def test_mocov3_resnet50_drops_the_projector_fc(tmp_path):

@@ -281,6 +281,9 @@ def test_the_checkpoint_gives_the_encoder_its_architecture_and_the_head_its_widt
     adopt_encoder(cfg, "vit_base_patch14_reg4_dinov2", {"img_size": 518}, "ckpt")
     assert (cfg.model.backbone.arch, cfg.model.backbone.model_kwargs) == ("vit_base_patch14_reg4_dinov2", {"img_size": 518})
     assert (cfg.model.decode_head.in_channels, cfg.model.decode_head.channels) == ([768], 768)
+    assert cfg.model.backbone.pos_resample is None  # no rule given: the encoder keeps timm's
+    adopt_encoder(cfg, "vit_base_patch14_reg4_dinov2", {"img_size": 518}, "ckpt", "dinov2-reg")
+    assert cfg.model.backbone.pos_resample == "dinov2-reg"
     ms = _config({"model.backbone.out_indices": [-4, -3, -2, -1]})  # the "+ms" option
     adopt_encoder(ms, "vit_small_patch16_224", {}, "ckpt")
     assert (ms.model.decode_head.in_channels, ms.model.decode_head.in_index, ms.model.decode_head.channels) == (
@@ -291,14 +294,15 @@ def test_the_checkpoint_gives_the_encoder_its_architecture_and_the_head_its_widt
 
 
 @pytest.mark.parametrize(("source", "name", "arch", "same_size"), [
-    ("dinov2", "reg4", "vit_small_patch14_reg4_dinov2", ["same_56x56"]),  # other sizes: timm's resampling, not DINOv2's
-    ("dinov3", "nobias", "vit_small_patch16_dinov3", ["square_64x64", "wide_48x80"]),  # RoPE: every size
+    ("dinov2", "reg4", "vit_small_patch14_reg4_dinov2", "dinov2-reg"),  # DINOv2's own resampling, hub settings
+    ("dinov3", "nobias", "vit_small_patch16_dinov3", "rope"),  # RoPE: no table
 ])
-def test_public_checkpoints_take_the_linear_config_and_give_their_own_patch_features(source, name, arch, same_size, tmp_path):
+def test_public_checkpoints_take_the_linear_config_and_give_their_own_patch_features(source, name, arch, rule, tmp_path):
     """DINOv2 (registers) and DINOv3 (RoPE, storage tokens) checkpoints written by their own code
     (tests/fixtures/make_dinov{2,3}_official_fixture.py): `seg train`'s preparation converts them, gives the config
-    their architecture and the head their width; the built segmentor's encoder holds every tensor (the pretrained-
-    weight check) and returns the official code's normed patch tokens."""
+    their architecture, their source's position-table rule and the head its width; the built segmentor's encoder
+    holds every tensor (the pretrained-weight check) and returns the official code's normed patch tokens at every
+    recorded size, the table's own and another."""
     from bam_dense.downstream.mm_common import SEG_TARGETS, prepare_pretrained
     from bam_dense.downstream.weight_check import check_backbone
 
@@ -309,10 +313,68 @@ def test_public_checkpoints_take_the_linear_config_and_give_their_own_patch_feat
     cfg.work_dir = str(tmp_path / "work")
     path, _ = prepare_pretrained(cfg, str(src), SEG_TARGETS)
     assert cfg.model.backbone.arch == arch and cfg.model.decode_head.in_channels == [64]
+    assert cfg.model.backbone.pos_resample == rule
     model = _build(cfg)
     check = check_backbone(model.backbone, path)
     assert check.ok and check.checked == len(model.backbone.state_dict())
     model.eval()
-    for tag in same_size:
+    assert len(record["inputs"]) == 2
+    for tag in record["inputs"]:
         (dense,) = model.backbone(record["inputs"][tag])
         torch.testing.assert_close(dense.flatten(2).transpose(1, 2), record["outputs"][tag]["patch"], atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dropout_first", [True, False], ids=["dinov3", "dinov2"])
+def test_head_order_is_dinov3s_by_default_and_dinov2s_on_request(dropout_first):
+    """DINOv3 linear_head.py: Dropout2d -> BatchNorm -> 1x1 conv; DINOv2 BNHead: BatchNorm -> (cls_seg) dropout -> conv."""
+    from bam_dense.downstream.mmseg_modules import BNLinearHead
+
+    head = BNLinearHead(dropout_first=dropout_first, in_channels=[8], in_index=[0], channels=8, num_classes=3,
+                        dropout_ratio=0.5, norm_cfg=dict(type="BN")).train()
+    x = torch.randn(2, 8, 4, 4)
+    torch.manual_seed(0)
+    got = head([x])
+    torch.manual_seed(0)
+    expected = (head.conv_seg(head.bn(head.dropout(x))) if dropout_first else head.conv_seg(head.dropout(head.bn(x))))
+    torch.testing.assert_close(got, expected)
+    torch.manual_seed(0)
+    other = (head.conv_seg(head.dropout(head.bn(x))) if dropout_first else head.conv_seg(head.bn(head.dropout(x))))
+    assert (got - other).abs().max() > 1e-3  # the order matters in training
+    assert _config().model.decode_head.get("dropout_first", True)  # the configs: DINOv3's order
+
+
+def test_the_linear_recipe_has_dinov3s_batch_gpus_and_hue_range():
+    """DINOv3 config-ade20k-linear-training.yaml (6876159): bs 2 per GPU, n_gpus 8; transforms.py PhotoMetricDistortion:
+    hue factor uniform in (-0.5, 0.5) of the circle = mmseg hue_delta 90 of OpenCV's 180; the rest is mmseg's ADE20K
+    base pipeline."""
+    from mmengine.config import Config
+
+    for name in ("linear_vit_ade20k-512x512_40k.py", "linear_vit_voc12aug-512x512_40k.py"):
+        cfg = Config.fromfile(CONFIGS / name)
+        assert cfg.train_dataloader.batch_size * 8 == 16, name  # 2 per GPU x DINOv3's 8 GPUs
+        dataset = cfg.train_dataloader.dataset
+        pipelines = [d.pipeline for d in dataset.datasets] if "datasets" in dataset else [dataset.pipeline]
+        for pipeline in pipelines:
+            (photo,) = [t for t in pipeline if t["type"] == "PhotoMetricDistortion"]
+            assert photo["hue_delta"] * 2 / 180 == 1.0, name  # the whole hue circle, as DINOv3's (-0.5, 0.5)
+    base = Config.fromfile("mmseg::_base_/datasets/ade20k.py").train_pipeline
+    ours = Config.fromfile(LINEAR).train_dataloader.dataset.pipeline
+    assert [dict(t, hue_delta=90) if t["type"] == "PhotoMetricDistortion" else t for t in base] == ours
+
+
+def test_mmseg_hue_delta_90_spans_the_hue_circle():
+    """mmseg's PhotoMetricDistortion shifts OpenCV's 0-180 hue by an integer in [-hue_delta, hue_delta]."""
+    import numpy as np
+    from mmseg.datasets.transforms import PhotoMetricDistortion
+
+    t = PhotoMetricDistortion(hue_delta=90)
+    img = np.zeros((1, 1, 3), np.uint8)
+    img[..., 2] = 255  # pure red in BGR: hue 0
+    import mmcv
+
+    shifts = set()
+    np.random.seed(0)
+    for _ in range(400):
+        hue = int(mmcv.bgr2hsv(t.hue(img.copy()))[0, 0, 0])
+        shifts.add(hue)
+    assert max(shifts) >= 170 and any(60 <= h <= 120 for h in shifts)  # far beyond the default's 18

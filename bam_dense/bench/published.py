@@ -113,7 +113,9 @@ RECIPES: dict[str, Recipe] = {r.id: r for r in (
     Recipe("dinov2-linear-seg", "DINOv2 paper Tab. 10 (\"lin.\"); released config dl.fbaipublicfiles.com/dinov2/"
            "<model>/<model>_ade20k_linear_config.py (mmseg 0.x, a download, not read)", {},
            "DINOv2's own run of the linear protocol; its config was not read, so runs are never called the same recipe. "
-           "DINOv3 re-ran DINOv2 under its recipe (rows with recipe dinov3-linear-seg)"),
+           "Its head (dinov2@b8931f7 eval/segmentation/models/decode_heads/linear_head.py BNHead) applies BatchNorm "
+           "before the dropout, DINOv3's (and bam-dense's default) the dropout first: model.decode_head.dropout_first="
+           "False gives DINOv2's order. DINOv3 re-ran DINOv2 under its recipe (rows with recipe dinov3-linear-seg)"),
     Recipe("dinov2-linear-ms-seg", "DINOv2 paper Tab. 10 (\"+ms\"); released config <model>_ade20k_ms_config.py (a download, "
            "not read)", {},
            "the last four blocks concatenated, 640-px training, multi-scale test (DOWNSTREAM.md 8); config not read",
@@ -127,11 +129,14 @@ RECIPES: dict[str, Recipe] = {r.id: r for r in (
            "convs), AdamW lr 8e-4 wd 0.05, poly, 160k iterations at batch 16: not the DINOv2/DINOv3 linear recipe"),
     Recipe("hummingbird-retrieval", "Balazevic et al. 2023 (Hummingbird); vpariza/open-hummingbird-eval@5e79da2 README "
            "(memory bank 1024 x 10^4 patches, 2 augmentation epochs, scann)", {},
-           "the retrieval step's parameters are compared as recorded conditions", resolution="512 x 512", by_conditions=True),
+           "the retrieval step's parameters are compared as recorded conditions. The reference searches the memory bank "
+           "with ScaNN (approximate nearest neighbours); bam-dense searches exactly (faiss IndexFlatIP or a matrix "
+           "product), which can only find neighbours at least as near", resolution="512 x 512", by_conditions=True),
     Recipe("cribo-retrieval", "tileb1/CrIBo@311f569 README (dense NN retrieval, Hummingbird protocol)", {},
            "the retrieval step records no mmengine config: not checked; the README and eval_launcher.py state no input "
            "size or memory-bank size", resolution="not stated by CrIBo (Hummingbird's 512 x 512 likely, unverified)"),
-    Recipe("lewel-lincls-r50", "LayneH/LEWEL main_lincls.py (MoCo-style linear classification, 100 epochs)", {},
+    Recipe("lewel-lincls-r50", "LayneH/LEWEL@4ee47eb main_lincls.py run by scripts/srun_lin.sh (lr 0.4, batch 256, "
+           "50 epochs, x0.1 at 30 and 40; main_lincls.py's own defaults, 100 epochs at lr 30, are not what it runs)", {},
            "image-level linear classification; compared as recorded conditions", by_conditions=True),
     Recipe("dino-lincls", "facebookresearch/dino@7c446df eval_linear.py + README (SGD, 100 epochs, random-resized crops "
            "and flips)", {}, "compared as recorded conditions", by_conditions=True),

@@ -144,10 +144,7 @@ def _davis(sub) -> None:
                            "DINOv3 reports (the 480p frames upsampled); recorded with the results")
     prop.add_argument("--patch-size", type=positive_int, default=None, help="ViT patch size / CNN stride (read from the model by default)")
     prop.add_argument("--resnet-stage", type=int, choices=[1, 2, 3, 4], default=4, help="ResNet stage whose dense map is used (1-4, default 4)")
-    prop.add_argument("--pos-resample", choices=["auto", "timm", "dino"], default="auto",
-                      help="how a ViT's position embedding is resampled to the frame size: dino = DINO's "
-                           "interpolate_pos_encoding (DINO, iBOT), timm = timm's dynamic-size resampling (BAM); "
-                           "auto (default) = the checkpoint's source format: dino for DINO-format checkpoints, else timm")
+    _pos_resample_arg(prop)
     prop.add_argument("--which", choices=["student", "teacher"], default=None, help="network of a pretraining checkpoint (default teacher)")
     prop.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
     prop.add_argument("--save-overlays", action="store_true", help="also write overlay JPEGs and a GIF per sequence")
@@ -325,31 +322,51 @@ def _eval(sub) -> None:
         esub,
         "linear",
         "bam_dense.cli.commands:eval_linear",
-        "ImageNet linear probe on frozen features (DINO/BAM/LEWEL recipes, a learning-rate grid on cached features)",
-        "Linear probe on an ImageNet-layout folder (train/<class>/*, val/<class>/*). Features (resize + centre crop)\n"
-        "are extracted once per checkpoint and resolution and cached; one classifier per learning rate of the grid\n"
-        "is trained in the same pass over them, and one is selected by --selection.\n"
+        "ImageNet linear probe on frozen features (the sources' recipes, a grid of classifiers trained in one pass)",
+        "Linear probe on an ImageNet-layout folder (train/<class>/*, val/<class>/*). One classifier per learning rate\n"
+        "(and, for dinov2, per token choice) is trained on the same batches in one pass; one is selected by --selection.\n"
+        "--protocol augmented (default, the sources'): a fresh RandomResizedCrop + flip of every training image each\n"
+        "epoch, encoded once per batch for every classifier. --protocol cached-centre-crop: centre-crop features encoded\n"
+        "once and cached (fast; another protocol, named linear-cached-centre-crop in the results).\n"
         "Recipes: dino-vits (CLS of the last 4 blocks), dino-vitb (last CLS + average-pooled patch tokens),\n"
-        "bam (dino-vitb + BatchNorm head, lr 0.002), lewel-r50 (ResNet pooled features, lr 0.4, 50 epochs).",
+        "bam (dino-vitb + BatchNorm head, lr 0.002), dinov2 (blocks {1,4} x avgpool x 13 lrs, 10 epochs),\n"
+        "mocov3-vit (CLS, lr 3, 90 epochs), mocov3-r50 (pooled, lr 0.1, 90 epochs),\n"
+        "lewel-r50 (ResNet pooled features, lr 0.4, 50 epochs).",
     )
-    _encoder_args(li, pos_resample=False)
+    _encoder_args(li)
     li.add_argument("--data-root", required=True, help="ImageNet-layout folder with train/ and val/")
-    li.add_argument("--recipe", choices=["dino-vits", "dino-vitb", "bam", "lewel-r50"], default=None,
-                    help="feature and optimisation recipe (default: dino-vits for ViTs up to width 384, dino-vitb for "
-                         "wider ViTs, lewel-r50 for ResNets)")
+    li.add_argument("--recipe", choices=["dino-vits", "dino-vitb", "bam", "dinov2", "mocov3-vit", "mocov3-r50", "lewel-r50"],
+                    default=None, help="feature and optimisation recipe (default: the checkpoint source's: bam, dinov2, "
+                                       "mocov3-*, lewel-r50; else dino-vits for ViTs up to width 384, dino-vitb for wider "
+                                       "ViTs, lewel-r50 for ResNets)")
+    li.add_argument("--protocol", choices=["augmented", "cached-centre-crop"], default="augmented",
+                    help="augmented (default): the sources' fresh crops and flips every epoch; cached-centre-crop: "
+                         "centre-crop features cached once (fast, reported as its own protocol)")
     li.add_argument("--resolution", type=positive_int, default=224, help="centre-crop side (default 224; resize to side*256/224 first)")
     li.add_argument("--cache-dir", default=None, help=FEATURE_CACHE_HELP)
     li.add_argument("--lrs", type=positive_float, nargs="+", default=None,
                     help="learning rates per 256 images (default: DINOv2's grid 1e-5..0.1; the recipe's lr is always added)")
-    li.add_argument("--epochs", type=positive_int, default=None, help="epochs (default: the recipe's, 100 or 50)")
+    li.add_argument("--epochs", type=positive_int, default=None, help="epochs (default: the recipe's: 100, 90, 50 or 10)")
     li.add_argument("--batch-size", type=positive_int, default=None, help="classifier batch (default: the recipe's, 1024 or 256)")
     li.add_argument("--selection", choices=["val", "holdout"], default="val",
                     help="lr selection: best validation top-1 (DINOv2's rule, default) or best on a held-out train part")
     li.add_argument("--holdout-fraction", type=float, default=0.1, help="share of each class held out for --selection holdout")
-    li.add_argument("--workers", type=int, default=0, help="data-loading processes for feature extraction")
+    li.add_argument("--workers", type=int, default=0, help="data-loading processes (augmented crops, feature extraction)")
     li.add_argument("--seed", type=int, default=0)
     li.add_argument("--out", help="metrics JSON (top-1, every lr's accuracy, the selection rule, the recipe)")
     _force(li)
+
+
+# bam_dense.convert.sources.pos_resample_choices(), spelled out so that --help imports no torch (a test compares them)
+POS_RESAMPLE_CHOICES = ("auto", "timm", "dino", "dinov2", "dinov2-reg", "deit", "rope")
+
+
+def _pos_resample_arg(p) -> None:
+    p.add_argument("--pos-resample", choices=POS_RESAMPLE_CHOICES, default="auto",
+                   help="how a ViT's position table is resampled to the input size: auto (default) = the rule of the "
+                        "checkpoint's source (dino: DINO/iBOT; dinov2, dinov2-reg: DINOv2 without/with registers; deit: "
+                        "MAE, DeiT, MoCo v3; rope: DINOv3; timm: BAM, bam-dense, timm files); a rule's name overrides it "
+                        "(docs/protocols.md)")
 
 
 def _encoder_args(p, pos_resample: bool = True) -> None:
@@ -360,8 +377,7 @@ def _encoder_args(p, pos_resample: bool = True) -> None:
     p.add_argument("--which", choices=["student", "teacher"], default=None, help="network of a pretraining checkpoint (default teacher)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
     if pos_resample:
-        p.add_argument("--pos-resample", choices=["auto", "timm", "dino"], default="auto",
-                       help="ViT position-embedding resampling to the input size (auto: the checkpoint source's own)")
+        _pos_resample_arg(p)
     p.add_argument("--trust-source", action="store_true", help="allow legacy pickles (trusted files only)")
 
 

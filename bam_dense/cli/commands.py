@@ -106,9 +106,10 @@ def eval_linear(args: Namespace) -> int:
 
     record = run(args.checkpoint, args.data_root, args.out, args.recipe, args.resolution, args.cache_dir, args.lrs,
                  args.epochs, args.batch_size, args.selection, args.holdout_fraction, args.arch, args.which,
-                 args.trust_source, args.device, args.workers, args.seed)
+                 args.trust_source, args.device, args.workers, args.seed, protocol=args.protocol,
+                 pos_resample=args.pos_resample)
     grid = record["grid"]
-    print(f"[bam-dense] linear probe ({record['recipe']['name']}, {record['resolution']} px): top-1 "
+    print(f"[bam-dense] linear probe ({record['protocol']}, recipe {record['recipe']['name']}, {record['resolution']} px): top-1 "
           f"{record['metrics']['top1']:.2f} at lr {grid['selected_lr']:g} (selected on {grid['selection']}); "
           f"recipe lr {record['recipe']['lr']:g}: {record['metrics']['top1_at_recipe_lr']:.2f}")
     if record["features_from_cache"]:

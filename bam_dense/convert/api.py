@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from bam_dense.convert.maps import targets_for
 from bam_dense.convert.sources import (
     ARCH_RECORD,
+    POS_RULE_RECORD,
     ConversionError,
     Source,
     check_finite,
@@ -59,6 +60,7 @@ class ConversionReport:
     unexpected: list[str] = field(default_factory=list)  # source backbone tensors the architecture lacks
     mismatched: list[list] = field(default_factory=list)  # [key, source shape, architecture shape]
     notes: list[str] = field(default_factory=list)
+    pos_resample: str = "timm"  # the source's position-table rule (bam_dense.models.pos_embed), applied by every protocol
 
     @property
     def coverage(self) -> str:
@@ -138,7 +140,8 @@ def convert_source(source: Source, to: str, out: str | Path, arch: str | None = 
         raise ConversionError(f"detectron2 reads pickles only from files ending in .pkl, got {out}")
     backbone = dict(source.backbone)
     report = ConversionReport(source=source.path, source_format=source.format, which=source.which, arch=arch,
-                              model_kwargs=kwargs, target=to, output=str(out), dropped=[list(d) for d in source.dropped])
+                              model_kwargs=kwargs, target=to, output=str(out), dropped=[list(d) for d in source.dropped],
+                              pos_resample=source.pos_rule)
 
     model = create_meta_model(arch, kwargs)
     kind = family(model)
@@ -229,7 +232,7 @@ def convert_source(source: Source, to: str, out: str | Path, arch: str | None = 
                             f"num_heads={heads} (heads cannot be read from the weights)")
     if to == "mmseg" and kind == "vit":
         report.notes.append("mmseg VisionTransformer must be built with patch_bias=True to take patch_embed.projection.bias")
-    _write_target(to, converted, out, arch, kwargs, kind, record)
+    _write_target(to, converted, out, arch, kwargs, kind, record, source.pos_rule)
     if write_report:
         _write_report(report, out)
     return report
@@ -249,15 +252,16 @@ def report_path(out: str | Path, target: str) -> Path:
 
 
 def _write_target(to: str, sd: dict[str, torch.Tensor], out: Path, arch: str, kwargs: dict, kind: str,
-                  record: dict | None = None) -> None:
+                  record: dict | None = None, pos_rule: str = "timm") -> None:
     """``record``: the architecture record of a network no timm/torchvision name builds (RF-ResNet); the state dict
-    then goes under ``state_dict`` next to it (safetensors: in the metadata)."""
+    then goes under ``state_dict`` next to it (safetensors: in the metadata). ``pos_rule``: the source's
+    position-table rule, in safetensors' metadata (every target's report records it too)."""
     if to in ("timm", "torchvision"):
         atomic_save(sd if record is None else {"state_dict": sd, ARCH_RECORD: record}, out)
     elif to == "safetensors":
         from safetensors.torch import save
 
-        metadata = {"arch": arch, "format": "timm"}
+        metadata = {"arch": arch, "format": "timm", POS_RULE_RECORD: pos_rule}
         if record is not None:
             metadata[ARCH_RECORD] = json.dumps(record)
         atomic_write(out, lambda fh: fh.write(save(sd, metadata=metadata)))

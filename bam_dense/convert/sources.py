@@ -60,6 +60,7 @@ class Source:
     arch: str | None = None
     model_kwargs: dict = field(default_factory=dict)
     dropped: list[tuple[str, str]] = field(default_factory=list)  # (source key, reason)
+    pos_rule: str = "timm"  # how the source resamples a ViT's position table (bam_dense.models.pos_embed)
 
 
 def check_finite(tensors: dict, path: str) -> None:
@@ -92,12 +93,15 @@ def read_checkpoint(path: str | Path, trust_source: bool = False) -> object:
                 metadata = fh.metadata() or {}
         except (SafetensorError, OSError, ValueError) as err:
             raise ConversionError(f"{path}: not a readable safetensors file ({err})") from None
+        records = {}
         if ARCH_RECORD in metadata:  # written by bam-dense's converter for an architecture timm cannot name
             try:
-                return {"state_dict": tensors, ARCH_RECORD: json.loads(metadata[ARCH_RECORD])}
+                records[ARCH_RECORD] = json.loads(metadata[ARCH_RECORD])
             except json.JSONDecodeError as err:
                 raise ConversionError(f"{path}: metadata {ARCH_RECORD!r} is not JSON ({err})") from None
-        return tensors
+        if POS_RULE_RECORD in metadata:  # the source's position-table rule, written by bam-dense's converter
+            records[POS_RULE_RECORD] = metadata[POS_RULE_RECORD]
+        return {"state_dict": tensors, **records} if records else tensors
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
@@ -284,6 +288,7 @@ CLASSIFIER_PREFIXES = ("fc.", "head.", "head_dist.")
 # bam-dense's architecture record in a converted file whose network no timm/torchvision name builds (RF-ResNet):
 # {"arch": preset name, "kwargs": every configuration field, ...}, next to "state_dict" (or safetensors metadata)
 ARCH_RECORD = "architecture"
+POS_RULE_RECORD = "pos_resample"  # a converted file's record of its source's position-table rule (safetensors metadata)
 
 
 def _drop_classifier(backbone: dict, dropped: list, full_prefix: str = "") -> dict:
@@ -379,7 +384,12 @@ def extract_backbone(obj: object, path: str, source_format: str = "auto", which:
     backbone = _drop_classifier(backbone, dropped)
     if not backbone:
         raise ConversionError(f"{path}: no backbone tensors found in this {fmt} checkpoint")
-    return Source(path=str(path), format=fmt, which=which, backbone=backbone, arch=arch, model_kwargs=kwargs, dropped=dropped)
+    rule = obj.get(POS_RULE_RECORD) if isinstance(obj.get(POS_RULE_RECORD), str) else native_pos_rule(fmt, backbone)
+    if rule not in pos_resample_choices()[1:]:
+        raise ConversionError(f"{path}: its {POS_RULE_RECORD!r} record is {rule!r}, not one of "
+                              f"{', '.join(pos_resample_choices()[1:])}")
+    return Source(path=str(path), format=fmt, which=which, backbone=backbone, arch=arch, model_kwargs=kwargs,
+                  dropped=dropped, pos_rule=rule)
 
 
 def create_meta_model(arch: str, kwargs: dict):
@@ -539,27 +549,47 @@ def _mocov3_backbone(obj: dict, path: str, which: str | None, dropped: list) -> 
             dropped.append((key, other))
         else:
             dropped.append((key, _head_reason(key)))
+    if any(k.startswith("patch_embed.proj.") and k.count(".") > 2 for k in backbone):
+        raise ConversionError(f"{path}: a MoCo v3 ViT with a convolutional stem (vit_conv_small / vit_conv_base: "
+                              "patch_embed.proj is a stack of 3x3 convolutions with BatchNorm, "
+                              f"{sorted(k for k in backbone if k.startswith('patch_embed.'))[:3]}), which no timm "
+                              "architecture builds; bam-dense reads MoCo v3's vit_small, vit_base and ResNets")
     kwargs = {}
     if "cls_token" in backbone and backbone["cls_token"].shape[-1] == 384:  # MoCo v3's ViT-S has 12 heads
         kwargs = {"num_heads": 12}
     return backbone, which, kwargs
 
 
-# How each source's own evaluation resamples a ViT's position table to other input sizes (see
-# bam_dense.models.pos_embed): DINO with its interpolate_pos_encoding, iBOT (the same function) and DINOv2
-# (the same: offset 0.1, scale factor, no antialias, same early-out); BAM's, MAE's and MoCo v3's evaluations
-# go through timm, as do bam-dense checkpoints and plain timm files (which no longer say where they came from).
-NATIVE_POS_RESAMPLE = {"dino": "dino", "ibot": "dino", "dinov2": "dino"}  # DINOv3: RoPE, no table
-POS_RESAMPLE_CHOICES = ("auto", "timm", "dino")
+# How each source resamples a ViT's position table to other input sizes (bam_dense.models.pos_embed.POS_RULES):
+# DINO and iBOT with DINO's interpolate_pos_encoding, DINOv2 with its own (the hub's settings differ with and without
+# registers), MAE and DeiT with interpolate_pos_embed (MoCo v3's ViTs transfer through DeiT), DINOv3 with RoPE (no
+# table); BAM's evaluation, bam-dense checkpoints and plain timm files with timm's.
+NATIVE_POS_RESAMPLE = {"dino": "dino", "ibot": "dino", "dinov2": "dinov2", "dinov3": "rope", "mae": "deit", "mocov3": "deit"}
 
 
-def resolve_pos_resample(mode: str, source_format: str | None) -> str:
-    """``timm`` or ``dino``: ``mode`` itself, or for ``auto`` the way the checkpoint's source evaluates."""
-    if mode not in POS_RESAMPLE_CHOICES:
-        raise UserFacingError(f"unknown position-embedding resampling {mode!r}; choose from {', '.join(POS_RESAMPLE_CHOICES)}")
-    if mode != "auto":
-        return mode
+def native_pos_rule(source_format: str | None, backbone: dict | None = None) -> str:
+    """The position-table rule of a source layout: DINOv2 with registers (``reg_token``) has its own settings; a plain
+    timm file with a distillation token is a DeiT's."""
+    keys = backbone or {}
+    if source_format == "dinov2" and "reg_token" in keys:
+        return "dinov2-reg"
+    if source_format == "timm" and "dist_token" in keys:
+        return "deit"
     return NATIVE_POS_RESAMPLE.get(source_format or "", "timm")
+
+
+def pos_resample_choices() -> tuple[str, ...]:
+    from bam_dense.models.pos_embed import POS_RESAMPLE
+
+    return ("auto", *POS_RESAMPLE)
+
+
+def resolve_pos_resample(mode: str, native: str | None) -> str:
+    """The rule to apply: ``mode`` itself, or for ``auto`` the source's own ``native`` rule (timm's when unknown)."""
+    choices = pos_resample_choices()
+    if mode not in choices:
+        raise UserFacingError(f"unknown position-embedding resampling {mode!r}; choose from {', '.join(choices)}")
+    return (native or "timm") if mode == "auto" else mode
 
 
 def resolve_arch(source: Source, arch: str | None = None) -> tuple[str, dict]:

@@ -12,9 +12,9 @@ The DINO protocol (DOWNSTREAM.md 4.2), for ViT and ResNet encoders:
 2. The first frame's mask is resized (nearest) to the feature grid and one-hot encoded with
    ``max label + 1`` channels (void, 255, counts as background).
 3. Features: ViT patch tokens of the last block after the final norm; ResNet: the map after a chosen stage.
-   The ViT's position table is resampled to the frame's grid the way the checkpoint's source evaluates
-   (``pos_resample``: ``dino`` = DINO's ``interpolate_pos_encoding``, ``timm`` = timm's dynamic-size
-   resampling; ``auto`` picks by source format, see :mod:`bam_dense.models.pos_embed`).
+   The ViT's position table is resampled to the frame's grid by the checkpoint source's own rule, recorded
+   with the loaded encoder (``pos_resample``: ``auto``, or a rule of :mod:`bam_dense.models.pos_embed` named
+   to override it: ``dino``, ``dinov2``, ``dinov2-reg``, ``deit``, ``timm``).
 4. Context: the first frame plus the ``n_last_frames`` previous frames with their *soft* label maps.
 5. Affinity ``exp(<f_t, f_s> / T)`` of L2-normalised features, restricted to sources within
    ``size_mask_neighborhood`` patches (Chebyshev distance) of the target position, keeping for each target
@@ -210,20 +210,28 @@ def norm_mask(mask: torch.Tensor) -> torch.Tensor:
 class FeatureExtractor:
     """Frozen dense features: ViT patch tokens after the final norm, or a ResNet stage's map.
 
-    ``pos_resample`` (``timm`` or ``dino``) is how a ViT's position table meets the frame size.
+    ``pos_resample`` is how a ViT's position table meets the frame size: a rule of
+    :mod:`bam_dense.models.pos_embed`, recorded with the backbone (None: the rule it carries, timm's when none).
     """
 
-    def __init__(self, backbone: torch.nn.Module, device: torch.device, resnet_stage: int = 4, pos_resample: str = "timm"):
+    def __init__(self, backbone: torch.nn.Module, device: torch.device, resnet_stage: int = 4,
+                 pos_resample: str | None = None):
         from bam_dense.models.backbones import family, patch_size
-        from bam_dense.models.pos_embed import POS_RESAMPLE
+        from bam_dense.models.pos_embed import check_rule, pos_rule_of
 
-        if pos_resample not in POS_RESAMPLE:
-            raise UserFacingError(f"unknown position-embedding resampling {pos_resample!r}; choose from {', '.join(POS_RESAMPLE)}")
+        if pos_resample is not None:
+            try:
+                check_rule(pos_resample)
+            except ValueError as err:
+                raise UserFacingError(str(err)) from None
         self.backbone = backbone.eval().to(device)
         self.device = device
         self.kind = family(backbone)
         self.stage = resnet_stage
-        self.pos_resample = pos_resample
+        recorded = pos_rule_of(self.backbone)
+        if pos_resample == "rope" and recorded not in (None, "rope"):
+            raise UserFacingError(f"--pos-resample rope: {type(backbone).__name__} has a position table, not RoPE")
+        self.pos_resample = recorded if recorded in (None, "rope") else pos_resample or recorded
         if self.kind == "vit":
             self.patch = patch_size(backbone)
         elif self.kind == "cnn":
@@ -244,11 +252,12 @@ class FeatureExtractor:
 
 def load_backbone_and_format(checkpoint: str, arch: str | None, which: str | None,
                              trust_source: bool) -> tuple[torch.nn.Module, str | None]:
-    """(timm backbone with the checkpoint's weights (strict), the detected source format); ``checkpoint='random'``
-    gives a random-init ``arch`` and no format."""
+    """(timm backbone with the checkpoint's weights (strict) and its source's position-table rule recorded, the
+    detected source format); ``checkpoint='random'`` gives a random-init ``arch`` and no format."""
     from bam_dense.convert import load_source
     from bam_dense.convert.sources import resolve_arch
     from bam_dense.models.backbones import create_backbone
+    from bam_dense.models.pos_embed import set_pos_rule
 
     if checkpoint == "random":
         if not arch:
@@ -260,7 +269,7 @@ def load_backbone_and_format(checkpoint: str, arch: str | None, which: str | Non
     missing, unexpected = backbone.load_state_dict(source.backbone, strict=False)
     if missing or unexpected:
         raise UserFacingError(f"{checkpoint} does not fit {name} {kwargs}: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    return backbone, source.format
+    return set_pos_rule(backbone, source.pos_rule), source.format
 
 
 def load_backbone(checkpoint: str, arch: str | None, which: str | None, trust_source: bool) -> torch.nn.Module:
@@ -270,11 +279,12 @@ def load_backbone(checkpoint: str, arch: str | None, which: str | None, trust_so
 
 def load_extractor(checkpoint: str, arch: str | None, which: str | None, trust_source: bool, device: torch.device,
                    resnet_stage: int = 4, pos_resample: str = "auto") -> FeatureExtractor:
-    """The extractor for a checkpoint; ``pos_resample='auto'`` resamples the way the checkpoint's source evaluates."""
+    """The extractor for a checkpoint; ``pos_resample='auto'`` keeps the source's own rule, a rule's name overrides it."""
     from bam_dense.convert.sources import resolve_pos_resample
+    from bam_dense.models.pos_embed import pos_rule_of
 
-    backbone, source_format = load_backbone_and_format(checkpoint, arch, which, trust_source)
-    return FeatureExtractor(backbone, device, resnet_stage, resolve_pos_resample(pos_resample, source_format))
+    backbone = load_backbone(checkpoint, arch, which, trust_source)
+    return FeatureExtractor(backbone, device, resnet_stage, resolve_pos_resample(pos_resample, pos_rule_of(backbone)))
 
 
 def overlay(frame_path: Path, mask: np.ndarray, alpha: float = 0.5) -> Image.Image:
@@ -409,7 +419,7 @@ def run(checkpoint: str, davis_root: str, out: str, arch: str | None = None, sub
         trust_source: bool = False, extractor=None, pos_resample: str = "auto", overwrite: bool = False) -> list[str]:
     """Propagate every sequence of ``subset`` (or ``sequences``); returns the sequences processed now.
 
-    ``pos_resample`` (``auto``, ``timm``, ``dino``): how a ViT's position table is resampled to the frames, for
+    ``pos_resample`` (``auto`` or a rule's name): how a ViT's position table is resampled to the frames, for
     the extractor built here from ``checkpoint`` (a given ``extractor`` carries its own).
 
     Sequences finished in ``out`` are skipped only when ``out/propagation.json`` records the same inputs

@@ -111,7 +111,7 @@ def prepare_pretrained(cfg, checkpoint: str, targets: dict[str, str], trust_sour
             raise UserFacingError(f"--checkpoint {checkpoint}: the frozen-encoder protocols read pretraining or timm "
                                   "checkpoints (bam-dense, DINO, iBOT, DINOv2, DINOv3, MAE, MoCo v3, timm), not a "
                                   "framework's layout")
-        adopt_encoder(cfg, report["arch"], report["model_kwargs"], f"--checkpoint {checkpoint}")
+        adopt_encoder(cfg, report["arch"], report["model_kwargs"], f"--checkpoint {checkpoint}", report.get("pos_resample"))
     init_cfg = dict(backbone.get("init_cfg") or {}, type="Pretrained", checkpoint=path)  # keeps a configured prefix
     if target == "mmdet" and btype == "ResNet" and "prefix" not in init_cfg:
         init_cfg["prefix"] = "backbone."  # where `bam-dense convert --to mmdet` puts ResNet keys
@@ -122,8 +122,9 @@ def prepare_pretrained(cfg, checkpoint: str, targets: dict[str, str], trust_sour
     return path, report
 
 
-def adopt_encoder(cfg, arch: str, model_kwargs: dict, where: str) -> None:
-    """Give a ``FrozenTimmEncoder`` config the checkpoint's architecture, and its linear head the matching width.
+def adopt_encoder(cfg, arch: str, model_kwargs: dict, where: str, pos_resample: str | None = None) -> None:
+    """Give a ``FrozenTimmEncoder`` config the checkpoint's architecture and position-table rule (``pos_resample``,
+    unless the config names one), and its linear head the matching width.
 
     A config that leaves ``model.backbone.arch`` at None (``model_kwargs`` empty, ``decode_head.in_channels`` None)
     takes them from the checkpoint; values the config does set must agree with it, or this stops naming both.
@@ -142,6 +143,8 @@ def adopt_encoder(cfg, arch: str, model_kwargs: dict, where: str) -> None:
                               f"{where} holds {arch!r} / {model_kwargs}; leave arch at None to take the checkpoint's, or "
                               "pass the matching checkpoint")
     backbone["arch"], backbone["model_kwargs"] = arch, model_kwargs
+    if backbone.get("pos_resample") is None:
+        backbone["pos_resample"] = pos_resample
     width = create_meta_model(arch, model_kwargs).embed_dim
     layers = len(backbone.get("out_indices") or [-1])
     in_channels = [width] * layers
@@ -160,7 +163,7 @@ def _adopt_encoder_for_test(cfg, checkpoint: str) -> None:
                               f"{len(reports)} conversion reports (expected the one `seg train` wrote); pass "
                               "--cfg-options model.backbone.arch=<timm name> [model.backbone.model_kwargs.KEY=VALUE]")
     report = json.loads(reports[0].read_text())
-    adopt_encoder(cfg, report["arch"], report["model_kwargs"], str(reports[0]))
+    adopt_encoder(cfg, report["arch"], report["model_kwargs"], str(reports[0]), report.get("pos_resample"))
 
 
 def add_hooks(cfg, *names: str) -> None:

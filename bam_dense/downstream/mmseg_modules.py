@@ -114,7 +114,9 @@ class FrozenTimmEncoder(BaseModule):
     * ``final_norm``: the encoder's final LayerNorm applied to every returned block (DINOv3's
       ``use_backbone_norm``; DINOv2's ``get_intermediate_layers(norm=True)``).
     * The input is centre-padded to a multiple of the patch size (DINOv2's CenterPadding; a no-op for patch 16
-      at 512 px). Position tables are resampled to the input grid by timm (bicubic), RoPE is computed for it.
+      at 512 px). Position tables are resampled to the input grid by ``pos_resample``, the rule of the
+      checkpoint's source (:mod:`bam_dense.models.pos_embed`; ``seg train --checkpoint`` fills it from the
+      conversion report, as the architecture), RoPE is computed for it.
     * Frozen: no parameter takes gradients, the encoder stays in eval mode whatever ``train()`` is called
       with, and the forward pass runs without autograd.
 
@@ -125,16 +127,19 @@ class FrozenTimmEncoder(BaseModule):
     """
 
     def __init__(self, arch: str | None = None, model_kwargs: dict | None = None, out_indices=(-1,),
-                 final_norm: bool = True, init_cfg: dict | None = None):
+                 final_norm: bool = True, pos_resample: str | None = None, init_cfg: dict | None = None):
         super().__init__(init_cfg)
         if arch is None:
             raise ValueError("FrozenTimmEncoder: model.backbone.arch is None. `bam-dense seg train --checkpoint CKPT` sets it "
                              "from the checkpoint; otherwise pass --cfg-options model.backbone.arch=<timm name>")
         from bam_dense.models.backbones import create_backbone, family
+        from bam_dense.models.pos_embed import set_pos_rule
 
         self.encoder = create_backbone(arch, dict(model_kwargs or {}), pos_embed="learned")
         if family(self.encoder) not in ("vit", "eva"):
             raise ValueError(f"FrozenTimmEncoder: {arch!r} is not a ViT; the linear protocol reads ViT patch tokens")
+        if pos_resample is not None:
+            set_pos_rule(self.encoder, pos_resample)
         depth = len(self.encoder.blocks)
         indices = [int(i) for i in out_indices]
         if not indices or any(not -depth <= i < depth for i in indices):
@@ -173,11 +178,16 @@ class BNLinearHead(BaseDecodeHead):
     ``eval/segmentation/models/heads/linear_head.py``: Dropout2d -> SyncBatchNorm -> Conv2d 1x1, weight ~ N(0, 0.01),
     bias 0, which is mmseg's ``conv_seg`` initialisation). ``channels`` must equal the summed ``in_channels``:
     nothing between the features and the classifier has weights but the BatchNorm's affine pair.
+
+    ``dropout_first=False`` gives DINOv2's order (facebookresearch/dinov2@b8931f7
+    ``eval/segmentation/models/decode_heads/linear_head.py`` ``BNHead``: SyncBatchNorm, then mmseg's ``cls_seg``:
+    dropout, then the 1x1 convolution).
     """
 
-    def __init__(self, **kwargs):
+    def __init__(self, dropout_first: bool = True, **kwargs):
         kwargs.setdefault("input_transform", "resize_concat")
         super().__init__(**kwargs)
+        self.dropout_first = dropout_first
         if self.channels != self.in_channels:
             raise ValueError(f"BNLinearHead: channels ({self.channels}) must equal the summed in_channels ({self.in_channels})")
         from mmcv.cnn import build_norm_layer
@@ -186,6 +196,8 @@ class BNLinearHead(BaseDecodeHead):
 
     def forward(self, inputs):
         x = self._transform_inputs(inputs)
+        if not self.dropout_first:  # DINOv2: BatchNorm, dropout, conv
+            x = self.bn(x)
         if self.dropout is not None:
             x = self.dropout(x)
-        return self.conv_seg(self.bn(x))
+        return self.conv_seg(self.bn(x) if self.dropout_first else x)

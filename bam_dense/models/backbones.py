@@ -271,9 +271,10 @@ def _stage_module(backbone: nn.Module, stage: int) -> nn.Module:
     return backbone.blocks[stage - 1] if family(backbone) in ("vit", "eva") else getattr(backbone, f"layer{stage}")
 
 
-def features(backbone: nn.Module, x: torch.Tensor, pos_resample: str = "timm", stage: int | None = None) -> Features:
+def features(backbone: nn.Module, x: torch.Tensor, pos_resample: str | None = None, stage: int | None = None) -> Features:
     """The backbone's :class:`Features`; ``pos_resample`` (ViT only, see :mod:`bam_dense.models.pos_embed`) picks
-    how the position table is resampled to the input size: ``timm`` (its dynamic-size resampling) or ``dino``.
+    how the position table is resampled to the input size (None: the rule recorded with the backbone, timm's when
+    none was).
     ``stage``: also return that stage's map as ``inner``, taken from the same forward pass."""
     if stage is None:
         return _features(backbone, x, pos_resample)
@@ -292,7 +293,7 @@ def features(backbone: nn.Module, x: torch.Tensor, pos_resample: str = "timm", s
     return feats
 
 
-def _features(backbone: nn.Module, x: torch.Tensor, pos_resample: str) -> Features:
+def _features(backbone: nn.Module, x: torch.Tensor, pos_resample: str | None) -> Features:
     kind = family(backbone)
     if kind in ("vit", "eva"):
         from bam_dense.models.pos_embed import vit_forward_features

@@ -14,8 +14,10 @@
 # The encoder's architecture comes from the checkpoint (`bam-dense seg train CONFIG --checkpoint CKPT` fills
 # model.backbone.arch / model_kwargs and the head's width from the conversion), so one file serves ViT-S/B/L,
 # patch 14 or 16, with or without registers, DINOv3's RoPE.
-# Deliberate differences, stated: mmseg's pipeline (RandomResize caps the long side at 2048 x ratio, mmseg's
-# PhotoMetricDistortion hue delta 18 instead of torchvision's hue factor); the number reported is the model at
+# Hue jitter as DINOv3's PhotoMetricDistortion: a hue factor uniform in (-0.5, 0.5) of the circle (torchvision
+# adjust_hue), here mmseg's hue_delta 90 of OpenCV's 180 (mmseg's default 18 would be a fifth of that range).
+# Deliberate differences, stated: mmseg's pipeline (RandomResize caps the long side at 2048 x ratio; hue shifts in
+# whole steps of 1/180 of the circle, torchvision's in 1/255); the number reported is the model at
 # the last iteration (`seg test`), while DINOv3's train.py keeps the best of the validations every 5000 iterations;
 # DINOv3's warm-up multiplies by (1 - it/40000) and then jumps to the cosine, where this one multiplies by the
 # cosine throughout (up to 3.6 % apart during the 1500 warm-up iterations, the same cosine after).
@@ -43,6 +45,7 @@ model = dict(
         model_kwargs=dict(),  # the checkpoint's, with arch
         out_indices=[-1],  # the last block
         final_norm=True,
+        pos_resample=None,  # the checkpoint source's position-table rule (set by `seg train --checkpoint`)
         init_cfg=dict(type="Pretrained", checkpoint=None),
     ),
     decode_head=dict(
@@ -75,7 +78,16 @@ param_scheduler = [
 train_cfg = dict(type="IterBasedTrainLoop", max_iters=max_iters, val_interval=5000)
 default_hooks = dict(checkpoint=dict(by_epoch=False, interval=5000))
 
-train_dataloader = dict(batch_size=2, dataset=dict(data_root=data_root))  # x 8 GPUs = 16
+train_pipeline = [  # mmseg's ade20k base, with DINOv3's hue range
+    dict(type="LoadImageFromFile"),
+    dict(type="LoadAnnotations", reduce_zero_label=True),
+    dict(type="RandomResize", scale=(2048, 512), ratio_range=(0.5, 2.0), keep_ratio=True),
+    dict(type="RandomCrop", crop_size=crop_size, cat_max_ratio=0.75),
+    dict(type="RandomFlip", prob=0.5),
+    dict(type="PhotoMetricDistortion", hue_delta=90),
+    dict(type="PackSegInputs"),
+]
+train_dataloader = dict(batch_size=2, dataset=dict(data_root=data_root, pipeline=train_pipeline))  # x 8 GPUs = 16
 val_dataloader = dict(batch_size=1, dataset=dict(data_root=data_root))
 test_dataloader = val_dataloader
 val_evaluator = dict(type="IoUMetricWithClasses", iou_metrics=["mIoU"])

@@ -16,7 +16,7 @@ train_pipeline = [
     dict(type="RandomResize", scale=(2048, 512), ratio_range=(0.5, 2.0), keep_ratio=True),
     dict(type="RandomCrop", crop_size=crop_size, cat_max_ratio=0.75),
     dict(type="RandomFlip", prob=0.5),
-    dict(type="PhotoMetricDistortion"),
+    dict(type="PhotoMetricDistortion", hue_delta=90),  # DINOv3's hue range (the ADE20K config)
     dict(type="PackSegInputs"),
 ]
 test_pipeline = [
