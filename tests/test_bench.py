@@ -433,14 +433,15 @@ def test_linear_and_retrieval_steps_record_their_recipe_and_search_and_the_repor
     assert (linear["resolution"], linear["head_recipe"], linear["layers"], linear["pooling"], linear["lr_grid"]) == (
         "32 (center crop)", "dino-vitb", "last block", "class token + mean of patch tokens",
         "0.001, 0.01")  # the grid that ran: --lrs plus the recipe's own 0.001, which the probe always trains
-    assert linear["head_epochs"] == "2 epochs" and linear["augmentation"] == "none: cached centre-crop features"
+    assert linear["head_epochs"] == "2 epochs" and linear["augmentation"] == "random-resized crop 32 + flip, every epoch"
+    assert linear["pos_embed_rule"] == "timm"  # a bam-dense checkpoint: timm's resampling (bam_dense.models.pos_embed)
     retrieval = json.loads((run_dir / "enc" / "hummingbird" / "metrics.json").read_text())["conditions"]
     assert (retrieval["dataset"], retrieval["resolution"], retrieval["search"]) == ("Pascal VOC 2012", "32 x 32", "exact")
     assert retrieval["memory"] == "memory every patch, no augmentation, 30 neighbours"
     report = write_report([run_dir], run_dir).read_text()
     dino = next(line for line in report.splitlines() if line.startswith("| DINO ViT-B/16 | 78.20 |"))
-    assert "head-training augmentation random-resized crop 224 + flip, every epoch (published) vs none: cached " \
-           "centre-crop features (enc)" in dino
+    assert "head-training augmentation random-resized crop 224 + flip, every epoch (published) vs random-resized " \
+           "crop 32 + flip, every epoch (enc)" in dino
     assert "input resolution 224 (center crop) (published) vs 32 (center crop) (enc)" in dino
     assert "head training 100 epochs (published) vs 2 epochs (enc)" in dino
     hummingbird = next(line for line in report.splitlines() if line.startswith("| DINO ViT-B/16 | 55.90 |"))

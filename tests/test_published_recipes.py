@@ -162,7 +162,7 @@ def _nested(flat: dict) -> dict:
     return out
 
 
-DINOV3_S16 = {"arch": "ViT-S", "patch": 16, "registers": 4, "pos_embed_rule": "n/a (RoPE)",
+DINOV3_S16 = {"arch": "ViT-S", "patch": 16, "registers": 4, "pos_embed_rule": "rope",
               "pretrain_data": "LVD-1689M (distilled from ViT-7B)", "pretrain_epochs": "not stated (distilled)"}
 DAVIS_480 = {"dataset": "DAVIS-2017", "split": "val", "resolution": "short side 480", "protocol": "propagation",
              "layers": "last block, normed patch tokens",
@@ -200,7 +200,7 @@ def _row(report: str, method: str) -> str:
 
 
 def test_report_groups_by_recorded_conditions_and_says_same_protocol_only_when_every_condition_matches(tmp_path):
-    run_dir = _leaderboard_dir(tmp_path, {**DINOV3_S16, "pos_embed_rule": "n/a (RoPE)"})
+    run_dir = _leaderboard_dir(tmp_path, {**DINOV3_S16, "pos_embed_rule": "rope"})
     report = write_report([run_dir], run_dir).read_text()
     linear = report.index("# Protocol: frozen linear, ADE20K, input 512 crops; test short side 512, sliding window 512/341")
     propagation = report.index("# Protocol: propagation, DAVIS-2017, input short side 480")
@@ -215,7 +215,7 @@ def test_report_groups_by_recorded_conditions_and_says_same_protocol_only_when_e
     assert "input resolution 640 px crops, multi-scale test (published) vs 512 crops" in ms and "not checked" in ms
     davis = _row(report, "DINO ViT-S/16")
     assert "not the same protocol" in davis and "architecture" not in davis.split("|")[6]  # ViT-S on both sides
-    assert "position-embedding rule dino (published) vs n/a (RoPE) (enc)" in davis
+    assert "position-embedding rule dino (published) vs rope (enc)" in davis
     dinov3_960 = _row(report, "DINOv3 ViT-S/16 (short side 960)")  # the DINOv3 protocol: another resolution
     assert "input resolution short side 960 (published) vs short side 480 (enc)" in dinov3_960
     assert report.count("**same protocol**") == 1

@@ -172,15 +172,20 @@ def _linear(commands: list[list[str]], out: Path, payload: dict) -> dict:
         n = recipe.get("n_last_blocks", 1)
         layers = "last block" if n == 1 else f"last {n} blocks"
         pooling = "class token + mean of patch tokens" if recipe.get("avgpool") else "class token"
-    cached = "features_from_cache" in payload and "augmentation" not in payload
+    # The probe states its own protocol (bam_dense.eval.linear_probe.protocol_name): the sources' augmented recipe,
+    # or the cached centre-crop mode, reported as a protocol of its own.
+    probe = payload.get("conditions") or {}
+    cached = payload.get("protocol", "linear-cached-centre-crop") == "linear-cached-centre-crop"
+    augmentation = ("none: cached centre-crop features" if cached
+                    else f"random-resized crop {int(payload['resolution'])} + flip, every epoch")
     return {
         "dataset": dataset_name(DATASETS["imagenet"], option(commands[0], "--data-root")), "split": "val",
         "resolution": centre_crop(int(payload["resolution"])), "protocol": "frozen linear",
         "layers": layers, "pooling": pooling,
-        "pos_embed_rule": payload.get("pos_embed_rule", payload.get("pos_resample", "not recorded by the step")),
+        "pos_embed_rule": probe.get("pos_resample") or probe.get("pos_embed_rule") or "not recorded by the step",
         "head_recipe": recipe.get("name"), "head_epochs": f"{grid.get('epochs', recipe.get('epochs'))} epochs",
         "lr_grid": ", ".join(f"{lr:g}" for lr in grid.get("learning_rates", [])),
-        "augmentation": payload.get("augmentation") or ("none: cached centre-crop features" if cached else None),
+        "augmentation": augmentation,
         "selection": payload.get("selection_rule"),
         "recipe_protocol": payload.get("protocol"),
     }

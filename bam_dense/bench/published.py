@@ -238,7 +238,7 @@ LINCLS_AUG = {"augmentation": "random-resized crop 224 + flip, every epoch"}
 DINO_POS = {"pos_embed_rule": "dino"}  # DINO's interpolate_pos_encoding (bam_dense.models.pos_embed)
 LVD1689 = "LVD-1689M (distilled from ViT-7B)"
 LVD142 = "LVD-142M (distilled from ViT-g)"
-DINOV3_ENCODER = {"registers": 4, "pos_embed_rule": "n/a (RoPE)"}
+DINOV3_ENCODER = {"registers": 4, "pos_embed_rule": "rope"}  # no table: RoPE follows the grid
 # The heads of the ViT linear-classification sources (bam_dense.eval.linear_probe.RECIPES names where one exists).
 DINO_VITS_HEAD = {"head_recipe": "dino-vits", "layers": "last 4 blocks", "pooling": "class token", "head_epochs": "100 epochs"}
 DINO_VITB_HEAD = {"head_recipe": "dino-vitb", "layers": "last block", "pooling": "class token + mean of patch tokens",
