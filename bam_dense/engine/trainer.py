@@ -370,7 +370,7 @@ class Trainer:
     def _autocast(self):
         if self.amp_dtype is None:
             return torch.autocast(device_type=self.device.type, enabled=False)
-        return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
     def _mark(self, timings: dict | None, phase: str, since: float) -> float:
         """Add the time since ``since`` to ``timings[phase]`` (synchronising CUDA); no-op without timings."""
