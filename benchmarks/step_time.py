@@ -233,9 +233,8 @@ def setup_bam(repo: Path, batch: int, steps: int, tmp: str):
 
 
 def setup_mocov3(repo: Path, batch: int, steps: int, tmp: str):
-    import torch
-
     import timm.layers
+    import torch
 
     helpers = types.ModuleType("timm.models.layers.helpers")  # vits.py's import path in the timm it was written for
     helpers.to_2tuple = timm.layers.to_2tuple
@@ -296,7 +295,7 @@ def setup_lewel_b(repo: Path, batch: int, steps: int, tmp: str):
     def official():
         main.train(loader, model, optimizer, None, next(epoch) % epochs, args)
 
-    trainer = project_trainer("lewel_b", batch, ["model.arch=resnet18", f"method.num_heads=4",
+    trainer = project_trainer("lewel_b", batch, ["model.arch=resnet18", "method.num_heads=4",
                                                  f"method.projector={{layers: 2, hidden_dim: {hid}, out_dim: {dim}, bn: true, "
                                                  "last_bn: false, bias: false, act: relu}",
                                                  f"method.predictor={{layers: 2, hidden_dim: {hid}, out_dim: {dim}, bn: true, "
