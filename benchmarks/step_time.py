@@ -2,7 +2,7 @@
 """One training step of bam-dense beside the official training loop: same model, batch and CPU, turns alternating.
 
     python benchmarks/step_time.py --official /tmp/official [--methods bam dino mocov3 lewel_b bam_loss]
-        [--repeats 12 --steps 2 --threads 2] [--json step_time.json]
+        [--batch 16 --repeats 8 --steps 1 --threads 1] [--json step_time.json]
 
 ``--official`` is a folder holding checkouts of the official repositories (nothing of them is copied here; each is
 imported from there): ``bam`` (DanielShalam/BAM), ``dino`` (facebookresearch/dino), ``moco-v3``
@@ -21,7 +21,7 @@ the recipe's config with the same sizes. The ratio of a repeat is official secon
 bam-dense faster); printed per method: the median ratio, its interquartile range over the repeats, a 95%
 bootstrap interval of the median, and the median seconds per step of each side.
 
-Sizes (CPU-sized; ``--batch`` changes the batch): ViT 192 wide, 6 blocks, 3 heads, patch 16 on 96-px global and
+Sizes (CPU-sized; ``--batch`` changes the batch, 16 by default): ViT 192 wide, 6 blocks, 3 heads, patch 16 on 96-px global and
 48-px local crops (BAM: 2 + 6 crops, 2048-d projector, top-k 32; DINO: 2 + 4 crops, head 2048 -> 256 -> 4096;
 MoCo v3: 2 crops, 1024-d MLPs, 256-d output); LEWEL_B: ResNet-18 on two 96-px crops, 1024-d MLPs, LARS. The bare
 ``bam_loss`` entry times the loss alone (forward + backward, teacher variant, 8 crops, 4096-d outputs) at batches
@@ -63,15 +63,19 @@ GLOBAL, LOCAL = 96, 48
 
 
 # ------------------------------------------------------------------------------------------------ plumbing
-class Holder(__import__("torch").nn.Module):
+def holding(module):
     """What ``student.module`` reads where the official loop expects DDP: the module, called through."""
+    import torch
 
-    def __init__(self, module):
-        super().__init__()
-        self.module = module
+    class Holder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.module = module
 
-    def forward(self, *args, **kwargs):
-        return self.module(*args, **kwargs)
+        def forward(self, *args, **kwargs):
+            return self.module(*args, **kwargs)
+
+    return Holder()
 
 
 def cpu_stand_ins(tmp: str) -> None:
@@ -143,7 +147,7 @@ def setup_dino(repo: Path, batch: int, steps: int, tmp: str):
     teacher.load_state_dict(student.state_dict())
     for p in teacher.parameters():
         p.requires_grad = False
-    student = Holder(student)
+    student = holding(student)
     epochs = 100
     loss_fn = main_dino.DINOLoss(out_dim, 2 + n_local, 0.04, 0.04, 0, epochs)
     optimizer = torch.optim.AdamW(utils.get_params_groups(student))
@@ -255,7 +259,8 @@ def setup_mocov3(repo: Path, batch: int, steps: int, tmp: str):
     def official():
         main_moco.train(loader, model, optimizer, scaler, writer, next(epoch) % epochs, args)
 
-    trainer = project_trainer("mocov3", batch, [VIT_OVERRIDES[0], f"method.mlp_dim={mlp_dim}", f"method.dim={dim}",
+    kwargs = ", ".join(f"{k}: {v}" for k, v in {**VIT, "img_size": GLOBAL}.items())  # a table of the crops' size, as built above
+    trainer = project_trainer("mocov3", batch, [f"model.kwargs={{{kwargs}}}", f"method.mlp_dim={mlp_dim}", f"method.dim={dim}",
                                                 "model.sync_bn=false"], tmp)
     return official, project_turn(trainer, batch_crops, steps)
 
@@ -393,11 +398,12 @@ def main() -> None:
     for name in ("bam", "dino", "moco", "lewel"):
         parser.add_argument(f"--{name}-repo", type=Path, default=None, help=f"the {name} checkout (default: --official/...)")
     parser.add_argument("--methods", nargs="+", default=["bam", "dino", "mocov3", "lewel_b", "bam_loss"], choices=list(SETUPS))
-    parser.add_argument("--batch", type=int, default=32, help="images per step (default 32)")
+    parser.add_argument("--batch", type=int, default=16, help="images per step (default 16)")
     parser.add_argument("--loss-batches", type=int, nargs="+", default=[32, 64, 128, 256], help="bam_loss: images per step")
-    parser.add_argument("--steps", type=int, default=2, help="steps per turn (default 2)")
-    parser.add_argument("--repeats", type=int, default=12, help="alternating rounds (default 12)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--steps", type=int, default=1, help="steps per turn (default 1)")
+    parser.add_argument("--repeats", type=int, default=8, help="alternating rounds (default 8)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: on a shared machine, idle threads of a team spin and skew turns)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument("--worker", nargs=3, metavar=("METHOD", "REPO", "BATCH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -420,7 +426,7 @@ def main() -> None:
 
     print(f"torch {torch.__version__}, {args.threads} threads, {args.repeats} alternating rounds of {args.steps} steps")
     print(f"{'method':<10} {'batch':>5} {'official s/step':>15} {'bam-dense s/step':>16} {'ratio (median)':>14} "
-          f"{'IQR':>13} {'95% CI of median':>17}  official commit")
+          f"{'IQR':>13} {'95% CI of median':>17}")
     rows = []
     for method in args.methods:
         for batch in (args.loss_batches if method == "bam_loss" else [args.batch]):
@@ -431,11 +437,11 @@ def main() -> None:
                 print(f"{method:<10} {batch:>5} failed:\n{proc.stderr[-3000:]}")
                 continue
             r = json.loads(proc.stdout.strip().splitlines()[-1])
-            r["official_commit"] = commit_of(repos[method])
+            r["official_commit"] = commit_of(repos[method])  # None for an extracted archive
             rows.append(r)
             print(f"{method:<10} {batch:>5} {r['official_s_per_step']:>15.4f} {r['project_s_per_step']:>16.4f} "
                   f"{r['ratio_median']:>13.2f}x {r['ratio_iqr'][0]:>6.2f}-{r['ratio_iqr'][1]:<5.2f} "
-                  f"{r['ratio_ci95'][0]:>8.2f}-{r['ratio_ci95'][1]:<7.2f}  {r['official_commit']}", flush=True)
+                  f"{r['ratio_ci95'][0]:>8.2f}-{r['ratio_ci95'][1]:<7.2f}", flush=True)
     if args.json:
         from bam_dense.core.atomic import atomic_write_text
 
