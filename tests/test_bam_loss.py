@@ -131,3 +131,20 @@ def test_eps_schedule_is_linspace_then_constant_for_any_length():
     assert eps_at_epoch(5, 0.05, None, 0) == 0.05
     # B9: a run shorter than the warm-up has a defined schedule
     assert [round(eps_at_epoch(e, 0.1, 0.05, 30), 6) for e in range(3)] == [0.1, round(0.1 - 0.05 / 29, 6), round(0.1 - 0.1 / 29, 6)]
+
+
+def test_l2_normalize_equals_f_normalize_forward_and_backward():
+    """The closed-form backward of l2_normalize is autograd's through F.normalize, also for zero and tiny rows."""
+    from bam_dense.losses.bam import l2_normalize
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 40, generator=gen, dtype=torch.float64)
+    x[3] = 0.0
+    x[5] *= 1e-14  # below eps: F.normalize divides by the constant eps
+    x.requires_grad_(True)
+    g = torch.randn(16, 40, generator=gen, dtype=torch.float64)
+    expected = torch.autograd.grad((F.normalize(x, dim=-1) * g).sum(), x)[0]
+    got = torch.autograd.grad((l2_normalize(x) * g).sum(), x)[0]
+    torch.testing.assert_close(l2_normalize(x), F.normalize(x, dim=-1), rtol=0, atol=1e-15)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-15)
+    assert got[5].abs().max() > 1e3  # the tiny row's gradient is g / eps, not the projected one

@@ -148,7 +148,7 @@ class OptimConfig:
     # on its own (DINO's utils.clip_gradients: factor clip / (||g|| + 1e-6) where below 1)
     clip_grad_mode: str = "total"
     amp: str = "bf16"  # none | bf16 | fp16 (GPU only; CPU runs fp32)
-    fused: bool | None = None  # AdamW's fused kernel; None: on for CUDA, off otherwise
+    fused: bool | None = None  # AdamW's fused kernel; None: on for AdamW (CUDA and CPU kernels exist)
 
 
 @dataclass

@@ -88,7 +88,7 @@ def barrier() -> None:
 
 def all_reduce(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
     """In-place all-reduce (``sum``, ``max``, ``min`` or ``mean``); identity at world size 1."""
-    if not is_initialized():
+    if world_size() == 1:  # also in a group of one process: no collective call
         return tensor
     ops = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN, "mean": dist.ReduceOp.SUM}
     dist.all_reduce(tensor, op=ops[op])
@@ -119,7 +119,7 @@ class _GatherWithGrad(torch.autograd.Function):
 
 def all_gather(x: torch.Tensor, grad: bool = True) -> torch.Tensor:
     """Gather ``x`` from every rank, stacked on a new leading dimension (``W x ...``)."""
-    if not is_initialized():
+    if world_size() == 1:
         return x.unsqueeze(0)
     if grad and x.requires_grad:
         return _GatherWithGrad.apply(x)

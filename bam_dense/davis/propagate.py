@@ -36,7 +36,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -90,6 +89,8 @@ def target_size(height: int, width: int, resolution: int) -> tuple[int, int]:
 
 
 def read_frame(path: str | Path, resolution: int) -> tuple[torch.Tensor, int, int]:
+    import cv2  # here, not at the top: propagation itself runs where OpenCV is absent (benchmarks/gpu_check.py)
+
     img = cv2.imread(str(path))
     if img is None:
         raise UserFacingError(f"cannot read frame {path}")

@@ -59,19 +59,16 @@ def dino_loss(
     shapes = {tuple(c.shape) for c in students + teachers}
     if len(shapes) != 1:
         raise ValueError(f"every crop's logits must be B x K with the same B and K, got {sorted(shapes)}")
-    log_p = [F.log_softmax(s.float() / student_temp, dim=-1) for s in students]
-    center = center.detach().float().reshape(1, -1)
-    total, terms = 0.0, 0
-    for g, t in enumerate(teachers):
-        q = F.softmax((t.detach().float() - center) / teacher_temp, dim=-1)
-        for v, lp in enumerate(log_p):
-            if v == g:
-                continue
-            total = total + (-q * lp).sum(dim=-1).mean()
-            terms += 1
+    terms = len(teachers) * (len(students) - 1)
     if terms == 0:
         raise ValueError("no (teacher, student) pair of different views: give at least two crops")
-    return total / terms
+    log_p = F.log_softmax(torch.stack(students).float().div_(student_temp), dim=-1)  # V x B x K
+    center = center.detach().float().reshape(1, -1)
+    q = F.softmax((torch.stack(teachers).detach().float() - center) / teacher_temp, dim=-1)  # G x B x K
+    # every student crop meets every teacher crop but its own: one weighted sum reads each log-softmax once
+    weights = q.sum(0).expand_as(log_p).clone()
+    weights[: len(teachers)] -= q
+    return -(weights * log_p).sum() / (terms * log_p.shape[1])
 
 
 @torch.no_grad()

@@ -66,7 +66,7 @@ class COBAM(Method):
                                   n_global=ctx.n_global, n_target=p.n_target,
                                   eps=eps_at_epoch(ctx.epoch, p.eps, p.eps_final, p.eps_warmup_epochs),
                                   sinkhorn_iters=p.sinkhorn_iters, top_k=p.top_k, positive_masking=p.positive_masking)
-            logits = F.normalize(z.float(), dim=-1) @ bt.columns.t()
+            logits = bt.rows @ bt.columns.t()
             l_bam = attention_cross_entropy(logits, bt.targets, bt.mask, ctx.n_crops, p.temperature, bt.b)
             if p.local_weight == 0:
                 return l_bam, {"bam": l_bam.detach()}
