@@ -37,7 +37,10 @@ ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = Path(__file__).parent / "fixtures" / "lewel_step_official.pt"
 RECIPE = ROOT / "configs/pretrain/lewel_b_r50_eman_200ep.yaml"
 ATOL = 1e-5  # weights of order 0.1-1
-GRAD_RTOL, GRAD_ATOL = 1e-4, 1e-5  # gradients: of their tensor's largest entry, or absolute
+# Gradients: within GRAD_RTOL of their tensor's largest entry, or GRAD_ATOL. LEWEL's heads normalise over 8 samples
+# and the second step starts from weights that already carry float32 rounding: a BatchNorm weight gradient was
+# measured 1.0e-4 of its tensor's largest entry away in a 2-worker suite run (6.15e-5 on 0.61), so 3e-4 here.
+GRAD_RTOL, GRAD_ATOL = 3e-4, 1e-5
 
 
 @pytest.fixture(scope="module")

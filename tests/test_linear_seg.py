@@ -293,7 +293,7 @@ def test_the_checkpoint_gives_the_encoder_its_architecture_and_the_head_its_widt
         adopt_encoder(fixed, "vit_base_patch16_224", {}, "ckpt")
 
 
-@pytest.mark.parametrize(("source", "name", "arch", "same_size"), [
+@pytest.mark.parametrize(("source", "name", "arch", "rule"), [
     ("dinov2", "reg4", "vit_small_patch14_reg4_dinov2", "dinov2-reg"),  # DINOv2's own resampling, hub settings
     ("dinov3", "nobias", "vit_small_patch16_dinov3", "rope"),  # RoPE: no table
 ])
@@ -343,7 +343,7 @@ def test_head_order_is_dinov3s_by_default_and_dinov2s_on_request(dropout_first):
     assert _config().model.decode_head.get("dropout_first", True)  # the configs: DINOv3's order
 
 
-def test_the_linear_recipe_has_dinov3s_batch_gpus_and_hue_range():
+def test_the_linear_recipe_has_dinov3s_batch_gpus_and_hue_range(tmp_path):
     """DINOv3 config-ade20k-linear-training.yaml (6876159): bs 2 per GPU, n_gpus 8; transforms.py PhotoMetricDistortion:
     hue factor uniform in (-0.5, 0.5) of the circle = mmseg hue_delta 90 of OpenCV's 180; the rest is mmseg's ADE20K
     base pipeline."""
@@ -357,8 +357,11 @@ def test_the_linear_recipe_has_dinov3s_batch_gpus_and_hue_range():
         for pipeline in pipelines:
             (photo,) = [t for t in pipeline if t["type"] == "PhotoMetricDistortion"]
             assert photo["hue_delta"] * 2 / 180 == 1.0, name  # the whole hue circle, as DINOv3's (-0.5, 0.5)
-    base = Config.fromfile("mmseg::_base_/datasets/ade20k.py").train_pipeline
+    reference = tmp_path / "reference.py"  # mmseg's own ADE20K base, read as a config inheriting it reads it
+    reference.write_text('_base_ = ["mmseg::_base_/datasets/ade20k.py"]\n')
+    base = Config.fromfile(reference).train_pipeline
     ours = Config.fromfile(LINEAR).train_dataloader.dataset.pipeline
+    base = [{k: v for k, v in t.items() if k != "_scope_"} for t in base]  # mmengine tags what it read via mmseg::
     assert [dict(t, hue_delta=90) if t["type"] == "PhotoMetricDistortion" else t for t in base] == ours
 
 
