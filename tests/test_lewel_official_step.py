@@ -37,10 +37,15 @@ ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = Path(__file__).parent / "fixtures" / "lewel_step_official.pt"
 RECIPE = ROOT / "configs/pretrain/lewel_b_r50_eman_200ep.yaml"
 ATOL = 1e-5  # weights of order 0.1-1
-# Gradients: within GRAD_RTOL of their tensor's largest entry, or GRAD_ATOL. LEWEL's heads normalise over 8 samples
-# and the second step starts from weights that already carry float32 rounding: a BatchNorm weight gradient was
-# measured 1.0e-4 of its tensor's largest entry away in a 2-worker suite run (6.15e-5 on 0.61), so 3e-4 here.
-GRAD_RTOL, GRAD_ATOL = 3e-4, 1e-5
+# Gradients: within GRAD_RTOL of their tensor's largest entry, or GRAD_ATOL. The first step's are float-close. The
+# second starts from weights that already carry float32 rounding, and LEWEL's BatchNorms over 8 samples amplify it,
+# with the CPU's thread count changing the reduction order: in 2-worker suite runs a BatchNorm weight gradient was
+# measured 1.0e-4 of its tensor's largest entry off (6.15e-5 on 0.61) and another 1.3e-5 absolute (on 0.017). The
+# weights after each step stay within ATOL, and the LARS-rule test shows a real difference moves them 100x further.
+GRAD_TOLERANCE = [(1e-5, 1e-4), (5e-5, 1e-3)]  # (GRAD_ATOL, GRAD_RTOL) of the first and the second step
+# Weights and buffers after each step: ATOL after the first; after the second a running variance of about 2.3 was
+# measured 1.1e-5 off with one thread (5e-6 relative), so 5e-5 there.
+STATE_TOLERANCE = [ATOL, 5 * ATOL]
 
 
 @pytest.fixture(scope="module")
@@ -77,9 +82,9 @@ def test_two_engine_steps_from_the_eman_recipe_equal_the_official_lewel_steps(tm
         assert ours["terms"]["lr"] == pytest.approx(it["lr"], rel=1e-12)
         assert ours["terms"]["teacher_momentum"] == pytest.approx(it["momentum"], rel=1e-12)
         assert ours["terms"]["loss"] == pytest.approx(it["loss"], rel=1e-6, abs=1e-6)
-        assert_states_close(ours["grads"], lewel_to_ours(it["grads"]), f"step {i} gradient", GRAD_ATOL, GRAD_RTOL)
-        assert_states_close(ours["student"], lewel_to_ours(it["student"]), f"step {i} student", ATOL)
-        assert_states_close(ours["teacher"], lewel_to_ours(it["teacher"]), f"step {i} teacher", ATOL)
+        assert_states_close(ours["grads"], lewel_to_ours(it["grads"]), f"step {i} gradient", *GRAD_TOLERANCE[i])
+        assert_states_close(ours["student"], lewel_to_ours(it["student"]), f"step {i} student", STATE_TOLERANCE[i])
+        assert_states_close(ours["teacher"], lewel_to_ours(it["teacher"]), f"step {i} teacher", STATE_TOLERANCE[i])
 
 
 def test_the_moco_lars_rule_changes_the_steps_beyond_the_tolerance(tmp_path, official):
