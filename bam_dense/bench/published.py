@@ -250,6 +250,42 @@ SLIDE = "512 crops; test short side 512, sliding window 512/341"
 WHOLE = "512 crops; test short side 512, whole image"
 COCO = "multi-scale train 640-800, test 800 (max 1333)"
 
+
+def _lewel(value: float, epochs: int = 400) -> Published:
+    """A row of the LEWEL README: LEWEL_B's ResNet-50 at 400 epochs (SyncBN) or 200 epochs (EMAN)."""
+    variant = "SyncBN" if epochs == 400 else "EMAN"
+    return Published(f"LEWEL_B ({variant} {epochs}ep)", value, "LEWEL README", IN1K, epochs, "ResNet-50", None)
+
+
+def _distilled_linear_seg(size: str, dinov3: float, rerun: float, dinov2: float, dinov2_ms: float) -> tuple[Published, ...]:
+    """The DINOv3 and DINOv2 rows of the ADE20K linear benchmark of ViT-``size``: DINOv3's, DINOv2's re-run by DINOv3
+    (both DINOv3 paper Tab. 14) and DINOv2's own linear and multi-scale ones (DINOv2 paper Tab. 10)."""
+    distilled, arch = "not stated (distilled)", f"ViT-{size}"
+    return (
+        Published(f"DINOv3 {arch}/16", dinov3, "DINOv3 paper Tab. 14; dinov3 model card", LVD1689, distilled, arch, 16,
+                  "RoPE, 4 storage tokens", conditions=DINOV3_ENCODER),
+        Published(f"DINOv2 {arch}/14 (DINOv3's re-run)", rerun, "DINOv3 paper Tab. 14", LVD142, distilled, arch, 14),
+        Published(f"DINOv2 {arch}/14", dinov2, "DINOv2 paper Tab. 10 (lin.)", LVD142, distilled, arch, 14,
+                  recipe="dinov2-linear-seg"),
+        Published(f"DINOv2 {arch}/14 +ms", dinov2_ms, "DINOv2 paper Tab. 10 (+ms)", LVD142, distilled, arch, 14,
+                  "last four blocks, 640 px, multi-scale test", recipe="dinov2-linear-ms-seg"),
+    )
+
+
+def _synthetic(id: str, title: str, metric: str, unit: str, step_kind: str, kind: str, dataset: str,
+               protocol: str) -> Benchmark:
+    """A benchmark on bam-dense's generated data: it checks a pipeline and has no published row."""
+    return Benchmark(id, title, metric, unit, protocol, (), recipe="bam-dense-synthetic", kind=kind, resolution="synthetic",
+                     dataset=dataset, step_kinds=(step_kind,))
+
+
+# What the benchmarks of one family share (their task, data, input sizes, step kinds and encoder families).
+COCO_R50 = {"resolution": COCO, "dataset": "COCO", "step_kinds": ("det", "detectron2"), "families": ("cnn",)}
+LINEAR_SEG_VIT = {"recipe": "dinov3-linear-seg", "kind": "frozen linear", "resolution": SLIDE, "step_kinds": ("seg",),
+                  "families": ("vit",)}
+IN1K_LINEAR_VIT = {"recipe": "dino-lincls", "kind": "frozen linear", "resolution": "224 (center crop)",
+                   "dataset": "ImageNet-1k", "step_kinds": ("linear",), "families": ("vit",), "conditions": LINCLS_AUG}
+
 BENCHMARKS: dict[str, Benchmark] = {b.id: b for b in (
     Benchmark(
         "ade20k_upernet_vitb16", "ADE20K, UperNet ViT-B/16, 160k", "mIoU", "%",
@@ -309,43 +345,39 @@ BENCHMARKS: dict[str, Benchmark] = {b.id: b for b in (
         "coco_maskrcnn_r50_fpn_1x", "COCO, Mask R-CNN R50-FPN 1x (box AP)", "bbox_AP", "%",
         "SyncBN everywhere, 4conv1fc box head, multi-scale 640-800, 90k iterations at batch 16 (DOWNSTREAM.md 3a/3b)",
         (
-            Published("LEWEL_B (SyncBN 400ep)", 41.9, "LEWEL README", IN1K, 400, "ResNet-50", None),
-            Published("LEWEL_B (EMAN 200ep)", 41.3, "LEWEL README", IN1K, 200, "ResNet-50", None),
+            _lewel(41.9),
+            _lewel(41.3, 200),
             Published("PixPro (400ep)", 41.4, "PixPro README", IN1K, 400, "ResNet-50", None),
             Published("BYOL (200ep)", 40.9, "mmselfsup 0.x model zoo", IN1K, 200, "ResNet-50", None),
             Published("MoCo v2 (800ep)", 40.4, "PixPro README", IN1K, 800, "ResNet-50", None),
             Published("Supervised IN-1k", 39.7, "PixPro README", IN1K + " (labels)", "not stated", "ResNet-50", None),
         ),
-        recipe="ssl-maskrcnn-r50-fpn-1x", resolution=COCO,
-        dataset="COCO", step_kinds=("det", "detectron2"), families=("cnn",),
+        recipe="ssl-maskrcnn-r50-fpn-1x", **COCO_R50,
     ),
     Benchmark(
         "coco_maskrcnn_r50_fpn_1x_mask", "COCO, Mask R-CNN R50-FPN 1x (mask AP)", "segm_AP", "%",
         "as the box AP row",
         (
-            Published("LEWEL_B (SyncBN 400ep)", 37.9, "LEWEL README", IN1K, 400, "ResNet-50", None),
-            Published("LEWEL_B (EMAN 200ep)", 37.4, "LEWEL README", IN1K, 200, "ResNet-50", None),
+            _lewel(37.9),
+            _lewel(37.4, 200),
             Published("PixPro (400ep)", 37.4, "PixPro README", IN1K, 400, "ResNet-50", None),
             Published("Supervised IN-1k", 35.9, "PixPro README", IN1K + " (labels)", "not stated", "ResNet-50", None),
         ),
-        recipe="ssl-maskrcnn-r50-fpn-1x", resolution=COCO,
-        dataset="COCO", step_kinds=("det", "detectron2"), families=("cnn",),
+        recipe="ssl-maskrcnn-r50-fpn-1x", **COCO_R50,
     ),
     Benchmark(
         "coco_maskrcnn_r50_fpn_2x", "COCO, Mask R-CNN R50-FPN 2x (box AP)", "bbox_AP", "%",
         "the 1x recipe for 180k iterations",
-        (Published("LEWEL_B (SyncBN 400ep)", 43.4, "LEWEL README", IN1K, 400, "ResNet-50", None),
-         Published("LEWEL_B (EMAN 200ep)", 42.2, "LEWEL README", IN1K, 200, "ResNet-50", None)),
-        recipe="ssl-maskrcnn-r50-fpn-2x", resolution=COCO,
-        dataset="COCO", step_kinds=("det", "detectron2"), families=("cnn",),
+        (_lewel(43.4),
+         _lewel(42.2, 200)),
+        recipe="ssl-maskrcnn-r50-fpn-2x", **COCO_R50,
     ),
     Benchmark(
         "coco_maskrcnn_r50_c4_1x", "COCO, Mask R-CNN R50-C4 1x (box AP)", "bbox_AP", "%",
         "C4 with the extra-norm res5 head, SyncBN, 90k iterations (DOWNSTREAM.md 3a)",
-        (Published("LEWEL_B (EMAN 200ep)", 38.5, "LEWEL README", IN1K, 200, "ResNet-50", None),
+        (_lewel(38.5, 200),
          Published("Supervised IN-1k", 38.2, "PixPro README", IN1K + " (labels)", "not stated", "ResNet-50", None)),
-        recipe="ssl-maskrcnn-r50-c4-1x", resolution=COCO,
-        dataset="COCO", step_kinds=("det", "detectron2"), families=("cnn",),
+        recipe="ssl-maskrcnn-r50-c4-1x", **COCO_R50,
     ),
     Benchmark(
         "coco_vitdet_b", "COCO, ViTDet Mask R-CNN ViT-B (box AP)", "bbox_AP", "%",
@@ -385,49 +417,28 @@ BENCHMARKS: dict[str, Benchmark] = {b.id: b for b in (
         "frozen encoder, last block's normed patch tokens, BatchNorm + 1x1 head, AdamW lr 1e-3, 40k iterations at batch 16, "
         "512 crops, sliding window 512/341 (configs/mmseg/linear_vit_ade20k-512x512_40k.py; docs/linear_segmentation.md)",
         (
-            Published("DINOv3 ViT-S/16", 47.0, "DINOv3 paper Tab. 14; dinov3 model card", "LVD-1689M (distilled from ViT-7B)",
-                      "not stated (distilled)", "ViT-S", 16, "RoPE, 4 storage tokens",
-                      conditions=DINOV3_ENCODER),
-            Published("DINOv2 ViT-S/14 (DINOv3's re-run)", 45.5, "DINOv3 paper Tab. 14", "LVD-142M (distilled from ViT-g)",
-                      "not stated (distilled)", "ViT-S", 14),
-            Published("DINOv2 ViT-S/14", 44.3, "DINOv2 paper Tab. 10 (lin.)", "LVD-142M (distilled from ViT-g)",
-                      "not stated (distilled)", "ViT-S", 14, recipe="dinov2-linear-seg"),
-            Published("DINOv2 ViT-S/14 +ms", 47.2, "DINOv2 paper Tab. 10 (+ms)", "LVD-142M (distilled from ViT-g)",
-                      "not stated (distilled)", "ViT-S", 14, "last four blocks, 640 px, multi-scale test",
-                      recipe="dinov2-linear-ms-seg"),
+            *_distilled_linear_seg("S", 47.0, 45.5, 44.3, 47.2),
         ),
-        recipe="dinov3-linear-seg", kind="frozen linear", resolution=SLIDE,
-        dataset="ADE20K", step_kinds=("seg",), families=("vit",),
+        dataset="ADE20K", **LINEAR_SEG_VIT,
     ),
     Benchmark(
         "ade20k_linear_vitb", "ADE20K, frozen linear (BN + 1x1) on ViT-B patch tokens, 40k", "mIoU", "%",
         "as the ViT-S entry",
         (
-            Published("DINOv3 ViT-B/16", 51.8, "DINOv3 paper Tab. 14; dinov3 model card", "LVD-1689M (distilled from ViT-7B)",
-                      "not stated (distilled)", "ViT-B", 16, "RoPE, 4 storage tokens",
-                      conditions=DINOV3_ENCODER),
-            Published("DINOv2 ViT-B/14 (DINOv3's re-run)", 48.4, "DINOv3 paper Tab. 14", "LVD-142M (distilled from ViT-g)",
-                      "not stated (distilled)", "ViT-B", 14),
-            Published("DINOv2 ViT-B/14", 47.3, "DINOv2 paper Tab. 10 (lin.)", "LVD-142M (distilled from ViT-g)",
-                      "not stated (distilled)", "ViT-B", 14, recipe="dinov2-linear-seg"),
-            Published("DINOv2 ViT-B/14 +ms", 51.3, "DINOv2 paper Tab. 10 (+ms)", "LVD-142M (distilled from ViT-g)",
-                      "not stated (distilled)", "ViT-B", 14, "last four blocks, 640 px, multi-scale test",
-                      recipe="dinov2-linear-ms-seg"),
+            *_distilled_linear_seg("B", 51.8, 48.4, 47.3, 51.3),
             Published("iBOT ViT-B/16", 38.3, "iBOT paper / bytedance/ibot README (linear head on frozen features)", IN1K, 400,
                       "ViT-B", 16, f"bytedance/ibot#18: 18-20 without position-embedding resampling; epochs {_R}",
                       recipe="ibot-linear-seg"),
             Published("DINO ViT-B/16", 34.5, "iBOT paper table (iBOT's linear recipe)", IN1K, 400, "ViT-B", 16, f"epochs {_R}",
                       recipe="ibot-linear-seg"),
         ),
-        recipe="dinov3-linear-seg", kind="frozen linear", resolution=SLIDE,
-        dataset="ADE20K", step_kinds=("seg",), families=("vit",),
+        dataset="ADE20K", **LINEAR_SEG_VIT,
     ),
     Benchmark(
         "voc12aug_linear", "Pascal VOC 2012 aug, frozen linear (BN + 1x1) on ViT patch tokens, 40k", "mIoU", "%",
         "the ADE20K linear recipe on VOC 2012 aug (configs/mmseg/linear_vit_voc12aug-512x512_40k.py); no published "
         "row is listed: DINOv2's VOC numbers come from a config this project has not read",
-        (), recipe="dinov3-linear-seg", kind="frozen linear", resolution=SLIDE,
-        dataset="Pascal VOC 2012", step_kinds=("seg",), families=("vit",),
+        (), dataset="Pascal VOC 2012", **LINEAR_SEG_VIT,
     ),
     Benchmark(
         "voc12_retrieval_vitb16", "Pascal VOC 2012, in-context retrieval (Hummingbird) on ViT-B/16", "mIoU", "%",
@@ -480,8 +491,7 @@ BENCHMARKS: dict[str, Benchmark] = {b.id: b for b in (
                       "not stated (distilled)", "ViT-S", 14, "4 register tokens", recipe="dinov2-lincls",
                       conditions={"registers": 4}),
         ),
-        recipe="dino-lincls", kind="frozen linear", resolution="224 (center crop)",
-        dataset="ImageNet-1k", step_kinds=("linear",), families=("vit",), conditions=LINCLS_AUG,
+        **IN1K_LINEAR_VIT,
     ),
     Benchmark(
         "imagenet_linear_vitb", "ImageNet-1k, linear classification on a frozen ViT-B (top-1)", "top1", "%",
@@ -500,43 +510,24 @@ BENCHMARKS: dict[str, Benchmark] = {b.id: b for b in (
                       "not stated (distilled)", "ViT-B", 14, "4 register tokens", recipe="dinov2-lincls",
                       conditions={"registers": 4}),
         ),
-        recipe="dino-lincls", kind="frozen linear", resolution="224 (center crop)",
-        dataset="ImageNet-1k", step_kinds=("linear",), families=("vit",), conditions=LINCLS_AUG,
+        **IN1K_LINEAR_VIT,
     ),
-    Benchmark(
-        "synthetic_linear_probe", "Synthetic ADE20K layout, linear per-patch probe (mIoU)", "linear_probe_miou", "",
-        "bam-dense's development probe on generated data: checks the pipeline, not a benchmark", (),
-        recipe="bam-dense-synthetic", kind="frozen linear", resolution="synthetic",
-        dataset="synthetic ADE20K layout", step_kinds=("probe",),
-    ),
-    Benchmark(
-        "synthetic_davis", "Synthetic DAVIS layout, label propagation (J&F-Mean)", "J&F-Mean", "",
-        "bam-dense's generated sequences: checks the pipeline, not a benchmark", (),
-        recipe="bam-dense-synthetic", kind="propagation", resolution="synthetic",
-        dataset="synthetic DAVIS-2017 layout", step_kinds=("davis",),
-    ),
-    Benchmark(
-        "synthetic_retrieval", "Synthetic VOC layout, in-context retrieval (mIoU)", "mIoU", "%",
-        "the retrieval protocol on generated data: checks the pipeline, not a benchmark", (),
-        recipe="bam-dense-synthetic", kind="retrieval", resolution="synthetic",
-        dataset="synthetic Pascal VOC 2012 layout", step_kinds=("retrieval",),
-    ),
-    Benchmark(
-        "synthetic_linear", "Synthetic ImageNet layout, linear classification (top-1)", "top1", "%",
-        "the linear probe on generated data: checks the pipeline, not a benchmark", (),
-        recipe="bam-dense-synthetic", kind="frozen linear", resolution="synthetic",
-        dataset="synthetic ImageNet-1k layout", step_kinds=("linear",),
-    ),
-    Benchmark(
-        "synthetic_seg", "Synthetic ADE20K layout, tiny UperNet fine-tune (mIoU)", "mIoU", "%",
-        "a few CPU iterations on generated data: checks the pipeline, not a benchmark", (),
-        recipe="bam-dense-synthetic", resolution="synthetic",
-        dataset="synthetic ADE20K layout", step_kinds=("seg",),
-    ),
-    Benchmark(
-        "synthetic_det", "Synthetic COCO layout, tiny Mask R-CNN fine-tune (box AP)", "bbox_AP", "%",
-        "a few CPU iterations on generated data: checks the pipeline, not a benchmark", (),
-        recipe="bam-dense-synthetic", resolution="synthetic",
-        dataset="synthetic COCO layout", step_kinds=("det",),
-    ),
+    _synthetic("synthetic_linear_probe", "Synthetic ADE20K layout, linear per-patch probe (mIoU)", "linear_probe_miou", "",
+               "probe", "frozen linear", "synthetic ADE20K layout",
+               "bam-dense's development probe on generated data: checks the pipeline, not a benchmark"),
+    _synthetic("synthetic_davis", "Synthetic DAVIS layout, label propagation (J&F-Mean)", "J&F-Mean", "",
+               "davis", "propagation", "synthetic DAVIS-2017 layout",
+               "bam-dense's generated sequences: checks the pipeline, not a benchmark"),
+    _synthetic("synthetic_retrieval", "Synthetic VOC layout, in-context retrieval (mIoU)", "mIoU", "%",
+               "retrieval", "retrieval", "synthetic Pascal VOC 2012 layout",
+               "the retrieval protocol on generated data: checks the pipeline, not a benchmark"),
+    _synthetic("synthetic_linear", "Synthetic ImageNet layout, linear classification (top-1)", "top1", "%",
+               "linear", "frozen linear", "synthetic ImageNet-1k layout",
+               "the linear probe on generated data: checks the pipeline, not a benchmark"),
+    _synthetic("synthetic_seg", "Synthetic ADE20K layout, tiny UperNet fine-tune (mIoU)", "mIoU", "%",
+               "seg", "fine-tuned", "synthetic ADE20K layout",
+               "a few CPU iterations on generated data: checks the pipeline, not a benchmark"),
+    _synthetic("synthetic_det", "Synthetic COCO layout, tiny Mask R-CNN fine-tune (box AP)", "bbox_AP", "%",
+               "det", "fine-tuned", "synthetic COCO layout",
+               "a few CPU iterations on generated data: checks the pipeline, not a benchmark"),
 )}
