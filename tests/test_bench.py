@@ -435,6 +435,7 @@ def test_linear_and_retrieval_steps_record_their_recipe_and_search_and_the_repor
         "0.001, 0.01")  # the grid that ran: --lrs plus the recipe's own 0.001, which the probe always trains
     assert linear["head_epochs"] == "2 epochs" and linear["augmentation"] == "random-resized crop 32 + flip, every epoch"
     assert linear["pos_embed_rule"] == "timm"  # a bam-dense checkpoint: timm's resampling (bam_dense.models.pos_embed)
+    assert linear["labels"] == "ImageNet val"  # the val folders' own labels, not ImageNet-ReaL
     retrieval = json.loads((run_dir / "enc" / "hummingbird" / "metrics.json").read_text())["conditions"]
     assert (retrieval["dataset"], retrieval["resolution"], retrieval["search"]) == ("Pascal VOC 2012", "32 x 32", "exact")
     assert retrieval["memory"] == "memory every patch, no augmentation, 30 neighbours"
@@ -444,6 +445,9 @@ def test_linear_and_retrieval_steps_record_their_recipe_and_search_and_the_repor
            "crop 32 + flip, every epoch (enc)" in dino
     assert "input resolution 224 (center crop) (published) vs 32 (center crop) (enc)" in dino
     assert "head training 100 epochs (published) vs 2 epochs (enc)" in dino
+    assert "evaluation labels" not in dino
+    real = next(line for line in report.splitlines() if line.startswith("| DINOv3 ViT-B/16 (ImageNet-ReaL labels) |"))
+    assert "evaluation labels ImageNet-ReaL (published) vs ImageNet val (enc)" in real
     hummingbird = next(line for line in report.splitlines() if line.startswith("| DINO ViT-B/16 | 55.90 |"))
     assert "nearest-neighbour search approximate (ScaNN) (published) vs exact (enc)" in hummingbird
     assert "**same protocol**" not in report and "NOT the same protocol" not in report  # the legend is in the charts

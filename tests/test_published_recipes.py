@@ -248,3 +248,40 @@ def test_the_leaderboard_writes_architectures_as_the_published_rows_do():
     assert encoder_facts("vit_base_patch14_reg4_dinov2", {}) == {"arch": "ViT-B", "patch": 14, "registers": 4,
                                                                  "family": "vit"}
     assert encoder_facts("vit_small_patch16_dinov3", {})["registers"] == 4  # DINOv3's storage tokens
+
+
+def test_dinov3_imagenet_rows_are_real_labels_and_named_as_a_difference_beside_a_linear_probe_step(tmp_path):
+    """DINOv3 publishes ImageNet-ReaL top-1 only: its rows state that label set, a linear-probe step records ImageNet's
+    val labels, and the report names the difference instead of calling them the same protocol."""
+    from bam_dense.bench.conditions import RECORDERS
+
+    data = tmp_path / "imagenet"  # a user's ImageNet copy: no synthetic mark
+    data.mkdir()
+    run_dir = tmp_path / "run"
+    plan = {"name": "p", "runs": [{"name": "enc", "method": "m", "checkpoint": "c.pth"}],
+            "steps": [{"name": "lincls", "kind": "linear", "benchmark": "imagenet_linear_vits", "data_root": str(data)}]}
+    (run_dir / "enc" / "lincls").mkdir(parents=True)
+    (run_dir / "plan.yaml").write_text(yaml.safe_dump(plan))
+    # the parts of the probe's metrics JSON the recorder reads (bam_dense.eval.linear_probe.run, augmented protocol)
+    payload = {"protocol": "linear-dino-vits", "resolution": 224, "selection_rule": "last epoch",
+               "recipe": {"name": "dino-vits", "family": "vit", "n_last_blocks": 1, "avgpool": True},
+               "grid": {"epochs": 100, "learning_rates": [0.001]}, "conditions": {"pos_resample": "rope"}}
+    recorded = {**RECORDERS["linear"]([["bam-dense", "eval", "linear", "--data-root", str(data)]], run_dir, payload),
+                **DINOV3_S16}
+    assert recorded["labels"] == "ImageNet val" and recorded["dataset"] == "ImageNet-1k"
+    (run_dir / "enc" / "lincls" / "metrics.json").write_text(json.dumps({"metrics": {"top1": 80.0},
+                                                                         "conditions": recorded}))
+    report = write_report([run_dir], run_dir).read_text()
+    real = _row(report, "DINOv3 ViT-S/16 (ImageNet-ReaL labels)")
+    assert "| 87.00 |" in real and "MODEL_CARD.md" in real
+    assert "not the same protocol" in real
+    assert "evaluation labels ImageNet-ReaL (published) vs ImageNet val (enc)" in real
+    assert "input resolution not stated by the source (published) vs 224 (center crop) (enc)" in real
+    assert "evaluation labels" not in _row(report, "DINOv2 ViT-S/14")  # an ImageNet val row: same labels
+    assert "**same protocol**" not in report
+    rows = {r.method: r for b in ("imagenet_linear_vitb", "imagenet_linear_vitl") for r in BENCHMARKS[b].results}
+    assert rows["DINOv3 ViT-B/16 (ImageNet-ReaL labels)"].value == 89.3
+    assert rows["DINOv3 ViT-L/16 (ImageNet-ReaL labels)"].value == 90.2
+    assert all(BENCHMARKS[b].conditions_of(r)["labels"] == "ImageNet-ReaL"
+               for b in ("imagenet_linear_vits", "imagenet_linear_vitb", "imagenet_linear_vitl")
+               for r in BENCHMARKS[b].results if r.method.startswith("DINOv3"))

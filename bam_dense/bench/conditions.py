@@ -21,7 +21,7 @@ from pathlib import Path
 from bam_dense.core.errors import UserFacingError
 
 LABELS = {
-    "dataset": "dataset", "split": "split", "resolution": "input resolution", "protocol": "protocol",
+    "dataset": "dataset", "split": "split", "labels": "evaluation labels", "resolution": "input resolution", "protocol": "protocol",
     "arch": "architecture", "patch": "patch size", "registers": "register tokens",
     "layers": "layers fed to the head", "pooling": "pooling", "pos_embed_rule": "position-embedding rule",
     "propagation": "propagation parameters", "search": "nearest-neighbour search", "memory": "memory bank",
@@ -104,6 +104,9 @@ SEARCH = {"faiss": "exact", "faiss-gpu": "exact", "torch": "exact"}  # Neighbour
 DATASETS = {  # (step kind's layout) -> name a benchmark states
     "davis": "DAVIS-2017", "ade20k": "ADE20K", "voc": "Pascal VOC 2012", "imagenet": "ImageNet-1k", "coco": "COCO",
 }
+# The labels a classification step scores against: the val folders' own classes (ImageNet's original validation
+# labels); published rows measured on another label set (ImageNet-ReaL, say) state theirs.
+IMAGENET_VAL_LABELS = "ImageNet val"
 MM_DATASETS = {"ADE20KDataset": "ADE20K", "PascalVOCDataset": "Pascal VOC 2012", "CocoDataset": "COCO"}
 
 
@@ -178,8 +181,10 @@ def _linear(commands: list[list[str]], out: Path, payload: dict) -> dict:
     cached = payload.get("protocol", "linear-cached-centre-crop") == "linear-cached-centre-crop"
     augmentation = ("none: cached centre-crop features" if cached
                     else f"random-resized crop {int(payload['resolution'])} + flip, every epoch")
+    dataset = dataset_name(DATASETS["imagenet"], option(commands[0], "--data-root"))
     return {
-        "dataset": dataset_name(DATASETS["imagenet"], option(commands[0], "--data-root")), "split": "val",
+        "dataset": dataset, "split": "val",
+        "labels": IMAGENET_VAL_LABELS if dataset == DATASETS["imagenet"] else f"{dataset} val",
         "resolution": centre_crop(int(payload["resolution"])), "protocol": "frozen linear",
         "layers": layers, "pooling": pooling,
         "pos_embed_rule": probe.get("pos_resample") or probe.get("pos_embed_rule") or "not recorded by the step",
