@@ -4,7 +4,7 @@ After a step's commands succeed, ``bench run`` writes a ``conditions`` dict into
 next to its number (:func:`record`); the report reads nothing else to decide whether a run sits beside a
 published row "under the same protocol". Each value comes from the outputs the commands wrote (DAVIS's
 ``propagation.json``, the linear probe's and retrieval's metrics JSON, the mmengine config that ``seg test`` /
-``det test`` resolved, the conversion report of the encoder) or, where a command writes nothing, from the
+``det test`` resolved, the ``config.yaml`` detectron2 wrote, the conversion report of the encoder) or, where a command writes nothing, from the
 options it was given; the encoder facts (architecture, patch size, registers) from the checkpoint it read.
 
 Every key has words (:data:`LABELS`); a published row states the same keys in the same words
@@ -18,6 +18,8 @@ import json
 import re
 from pathlib import Path
 
+import yaml
+
 from bam_dense.core.errors import UserFacingError
 
 LABELS = {
@@ -28,6 +30,7 @@ LABELS = {
     "head_recipe": "head recipe", "head_epochs": "head training", "lr_grid": "learning-rate grid",
     "augmentation": "head-training augmentation", "selection": "selection rule",
     "pretrain_data": "pretraining data", "pretrain_epochs": "pretraining epochs",
+    "detector": "detector", "norm": "normalisation", "schedule": "schedule",
 }
 # What decides the group a number is filed in: numbers that differ in one of these never share a table.
 GROUP_KEYS = ("protocol", "dataset", "resolution")
@@ -263,11 +266,111 @@ def _mm(commands: list[list[str]], out: Path, payload: dict) -> dict:
     }
 
 
-RECORDERS = {"davis": _davis, "retrieval": _retrieval, "linear": _linear, "probe": _probe, "seg": _mm, "det": _mm}
+DETECTRON2_CONFIG = "config.yaml"  # detectron2's default_setup writes the full config that ran into OUTPUT_DIR
+
+
+class _Detectron2Loader(yaml.SafeLoader):
+    """``yaml.safe_load`` of a written detectron2 config: LazyConfig.save writes with ``yaml.dump``, so tuples (and
+    objects such as a ``functools.partial``) carry python tags. Tuples are read as lists; any other python object
+    only as its tag's name, never constructed."""
+
+
+def _python_tag(loader, suffix, node):
+    if suffix == "tuple":
+        return loader.construct_sequence(node, deep=True)
+    return f"!!python/{suffix}"
+
+
+_Detectron2Loader.add_multi_constructor("tag:yaml.org,2002:python/", _python_tag)
+
+
+def read_detectron2_config(out: Path) -> dict:
+    """The config a detectron2 step ran (``<OUTPUT_DIR>/config.yaml``), read without detectron2."""
+    path = Path(out) / DETECTRON2_CONFIG
+    if not path.is_file():
+        raise UserFacingError(f"{path} is missing: detectron2 writes the config it ran there; without it the step's "
+                              "conditions cannot be recorded")
+    try:
+        config = yaml.load(path.read_text(), Loader=_Detectron2Loader)  # a SafeLoader: constructs no object
+    except yaml.YAMLError as err:
+        raise UserFacingError(f"{path} is not a readable YAML config: {err}") from err
+    if not isinstance(config, dict) or not ("MODEL" in config or "dataloader" in config):
+        raise UserFacingError(f"{path} is not a detectron2 config (no MODEL section, no LazyConfig dataloader)")
+    return config
+
+
+def is_detectron2_config(config: dict | None) -> bool:
+    """A detectron2 config (YAML: upper-case sections; LazyConfig: ``dataloader``), not an mmengine one."""
+    return isinstance(config, dict) and ("MODEL" in config or "dataloader" in config)
+
+
+def _short(target) -> str:
+    return str(target or "?").rsplit(".", 1)[-1]
+
+
+def d2_resolution(config: dict) -> str:
+    """The input sizes of a detectron2 config in the words the benchmarks use (those of :func:`mm_resolution`)."""
+    if "MODEL" in config:
+        inp = config.get("INPUT") or {}
+        train = inp.get("MIN_SIZE_TRAIN", 800)
+        train = list(train) if isinstance(train, (list, tuple)) else [train]
+        if len(set(train)) == 1:
+            words = f"train {train[0]}"
+        elif inp.get("MIN_SIZE_TRAIN_SAMPLING", "choice") == "range":
+            words = f"range-sampled train {min(train)}-{max(train)}"
+        else:
+            words = f"multi-scale train {min(train)}-{max(train)}"
+        return f"{words}, test {inp.get('MIN_SIZE_TEST', 800)} (max {inp.get('MAX_SIZE_TEST', 1333)})"
+    for aug in lookup(config, "dataloader.train.mapper.augmentations") or []:
+        if isinstance(aug, dict) and _short(aug.get("_target_")) == "ResizeScale":
+            return f"large-scale jitter, {aug.get('target_height')} x {aug.get('target_width')}"
+    return "not recorded by the config"
+
+
+def _detectron2(commands: list[list[str]], out: Path, payload: dict) -> dict:
+    config = read_detectron2_config(out)
+    # kept with the number, as seg/det keep their resolved mmengine config: the report checks recipes on it
+    payload["resolved_config"] = config
+    root = option(commands[0], "--coco-root") or (out / "data" / "coco" if (out / "data" / "coco").is_dir() else None)
+    conditions = {"dataset": dataset_name(DATASETS["coco"], root), "split": "val", "resolution": d2_resolution(config),
+                  "protocol": "fine-tuned"}
+    if "MODEL" in config:
+        model, solver = config["MODEL"], config.get("SOLVER") or {}
+        names = [n for n in (config.get("DATASETS") or {}).get("TEST", []) if "coco" not in n.lower()]
+        if names:
+            conditions["dataset"] = ", ".join(names)
+        box = model.get("ROI_BOX_HEAD") or {}
+        heads = (model.get("ROI_HEADS") or {}).get("NAME", "?")
+        head_words = f", box head {box.get('NUM_CONV', 0)} conv + {box.get('NUM_FC', 0)} fc" \
+            if heads == "StandardROIHeads" else ""
+        conditions.update({
+            "layers": "stages " + "/".join((model.get("RESNETS") or {}).get("OUT_FEATURES", [])),
+            "detector": f"{model.get('META_ARCHITECTURE', '?')}{' with masks' if model.get('MASK_ON') else ''}: "
+                        f"{(model.get('BACKBONE') or {}).get('NAME', '?')}, {heads}{head_words}",
+            "norm": ", ".join(f"{part} {(model.get(key) or {}).get('NORM') or 'none'}" for part, key in (
+                ("backbone", "RESNETS"), ("FPN", "FPN"), ("box head", "ROI_BOX_HEAD"), ("mask head", "ROI_MASK_HEAD"))
+                if key in model),
+            "schedule": f"{solver.get('MAX_ITER')} iterations at batch {solver.get('IMS_PER_BATCH')}, lr "
+                        f"{solver.get('BASE_LR')}, steps {'/'.join(str(x) for x in solver.get('STEPS', []))}",
+        })
+    else:  # LazyConfig (ViTDet)
+        backbone = lookup(config, "model.backbone") or {}
+        net = backbone.get("net") or {}
+        conditions.update({
+            "detector": f"{_short(lookup(config, 'model._target_'))}: {_short(backbone.get('_target_'))} on "
+                        f"{_short(net.get('_target_'))}",
+            "schedule": f"{lookup(config, 'train.max_iter')} iterations at batch "
+                        f"{lookup(config, 'dataloader.train.total_batch_size')}",
+        })
+    return conditions
+
+
+RECORDERS = {"davis": _davis, "retrieval": _retrieval, "linear": _linear, "probe": _probe, "seg": _mm, "det": _mm,
+             "detectron2": _detectron2}
 
 
 def _conversion_encoder(out: Path) -> dict | None:
-    """Encoder facts from the conversion report seg/det wrote in the work dir (the encoder that ran)."""
+    """Encoder facts from the conversion report seg/det/detectron2 wrote in the work dir (the encoder that ran)."""
     for report in sorted(out.glob("pretrained/*.report.json")):
         data = json.loads(report.read_text())
         if data.get("arch"):
@@ -284,7 +387,7 @@ def record(kind: str, commands: list[list[str]], out: Path, checkpoint: str, run
     path = out / "metrics.json"
     payload = read_metrics(path)
     conditions = RECORDERS[kind](commands, out, payload) if kind in RECORDERS else {}
-    encoder = _conversion_encoder(out) if kind in ("seg", "det") else None
+    encoder = _conversion_encoder(out) if kind in ("seg", "det", "detectron2") else None
     if encoder is None:
         encoder = checkpoint_encoder(checkpoint, option(commands[0], "--arch"))
     conditions.update({k: v for k, v in encoder.items() if k != "family"})

@@ -35,9 +35,11 @@ class Recipe:
     """A fine-tuning or evaluation recipe: where it is defined and the config values that identify it.
 
     ``requires`` maps dotted keys of the resolved mmengine config (what ``seg test`` / ``det test`` record as
-    ``resolved_config`` in metrics.json) to the recipe's values. Empty when the source does not state its
-    recipe, or when the step records no config to check (DAVIS, detectron2): such rows are never called
-    "same recipe".
+    ``resolved_config`` in metrics.json) to the recipe's values; ``detectron2`` maps dotted keys of the config a
+    detectron2 step ran (its ``config.yaml``, recorded the same way; YAML ``SOLVER.MAX_ITER`` or LazyConfig
+    ``train.max_iter``) to the values of the source's detectron2 config. A run is checked against the set of its
+    framework; where that set is empty (the source states no config values for it, or the step records no config:
+    DAVIS, retrieval, linear probe) the row is called "same recipe" only through ``by_conditions``.
     """
 
     id: str
@@ -48,6 +50,20 @@ class Recipe:
     # True where the step's recorded conditions (bam_dense.bench.conditions) state everything the recipe fixes: steps
     # that record no mmengine config (DAVIS, retrieval, linear probe) can then be the same protocol.
     by_conditions: bool = False
+    detectron2: dict[str, Any] = field(default_factory=dict)
+
+
+# The MoCo / InfoMin detectron2 setting LEWEL follows (LayneH/LEWEL@4ee47eb det_configs/coco_R_50_FPN_1x.yaml on
+# Base-RCNN-FPN.yaml, with coco_R_50_FPN_1x_infomin.yaml's torchvision-style stride): SyncBN everywhere, nothing
+# frozen, 4conv1fc box head, precise BN, multi-scale training 640-800 (detectron2's test default 800, max 1333).
+_D2_TRAIN_SIZES = [640, 672, 704, 736, 768, 800]
+_D2_SSL = {"MODEL.BACKBONE.FREEZE_AT": 0, "MODEL.RESNETS.NORM": "SyncBN", "TEST.PRECISE_BN.ENABLED": True,
+           "SOLVER.IMS_PER_BATCH": 16, "SOLVER.BASE_LR": 0.02, "INPUT.MIN_SIZE_TRAIN": _D2_TRAIN_SIZES}
+_D2_FPN = {**_D2_SSL, "MODEL.BACKBONE.NAME": "build_resnet_fpn_backbone", "MODEL.RESNETS.STRIDE_IN_1X1": False,
+           "MODEL.FPN.NORM": "SyncBN", "MODEL.ROI_BOX_HEAD.NUM_CONV": 4, "MODEL.ROI_BOX_HEAD.NUM_FC": 1,
+           "MODEL.ROI_BOX_HEAD.NORM": "SyncBN", "MODEL.ROI_MASK_HEAD.NORM": "SyncBN"}
+_D2_1X = {"SOLVER.MAX_ITER": 90000, "SOLVER.STEPS": [60000, 80000]}
+_D2_2X = {"SOLVER.MAX_ITER": 180000, "SOLVER.STEPS": [120000, 160000]}
 
 
 RECIPES: dict[str, Recipe] = {r.id: r for r in (
@@ -81,20 +97,31 @@ RECIPES: dict[str, Recipe] = {r.id: r for r in (
     Recipe("ssl-fcn-r50-voc12aug", "mmselfsup 0.x benchmarks/mmsegmentation/voc12aug/fcn_r50-d8_512x512_20k_voc12aug.py",
            {"optim_wrapper.optimizer.lr": 0.01, "train_cfg.max_iters": 20000},
            "the mmseg FCN recipe on a torchvision-style ResNet-50; the backbone variant is not re-checked here"),
-    Recipe("ssl-maskrcnn-r50-fpn-1x", "LEWEL/PixPro detectron2 configs; mmselfsup 1.x "
+    Recipe("ssl-maskrcnn-r50-fpn-1x", "LayneH/LEWEL@4ee47eb det_configs/coco_R_50_FPN_1x_infomin.yaml (on "
+           "coco_R_50_FPN_1x.yaml, Base-RCNN-FPN.yaml); PixPro detectron2 configs; mmselfsup 1.x "
            "benchmarks/mmdetection/coco/mask-rcnn_r50_fpn_ms-1x_coco.py",
            {"train_cfg.max_epochs": 12, "model.backbone.norm_cfg.type": "SyncBN",
             "model.roi_head.bbox_head.type": "Shared4Conv1FCBBoxHead"},
-           "SyncBN everywhere, 4conv1fc box head, multi-scale 640-800, 90k iterations at batch 16"),
-    Recipe("ssl-maskrcnn-r50-fpn-2x", "LEWEL README (detectron2 2x); mmselfsup 1.x mask-rcnn_r50_fpn_ms-2x_coco.py",
+           "SyncBN everywhere, 4conv1fc box head, multi-scale 640-800, 90k iterations at batch 16",
+           detectron2={**_D2_FPN, **_D2_1X}),
+    Recipe("ssl-maskrcnn-r50-fpn-2x", "LEWEL README (detectron2 2x: LayneH/LEWEL@4ee47eb det_configs/"
+           "coco_R_50_FPN_2x_infomin.yaml, the 1x config at 180k iterations, steps 120k/160k); mmselfsup 1.x "
+           "mask-rcnn_r50_fpn_ms-2x_coco.py",
            {"train_cfg.max_epochs": 24, "model.backbone.norm_cfg.type": "SyncBN",
-            "model.roi_head.bbox_head.type": "Shared4Conv1FCBBoxHead"}),
-    Recipe("ssl-maskrcnn-r50-c4-1x", "LEWEL / MoCo detectron2 configs (C4 with the extra-norm res5 head)", {},
-           "detectron2 only: its runs record no mmengine config to check"),
-    Recipe("vitdet-maskrcnn-vitb", "ViTDet (detectron2 projects/ViTDet; mmdet projects/ViTDet)",
+            "model.roi_head.bbox_head.type": "Shared4Conv1FCBBoxHead"}, detectron2={**_D2_FPN, **_D2_2X}),
+    Recipe("ssl-maskrcnn-r50-c4-1x", "LayneH/LEWEL@4ee47eb det_configs/coco_R_50_C4_1x.yaml and Base-RCNN-C4-BN.yaml "
+           "on facebookresearch/moco@3402035 detection/configs/coco_R_50_C4_2x.yaml (C4 with the extra-norm res5 head)",
+           {}, "detectron2 only: mmdet runs are never called the same recipe",
+           detectron2={**_D2_SSL, **_D2_1X, "MODEL.BACKBONE.NAME": "build_resnet_backbone",
+                       "MODEL.ROI_HEADS.NAME": "Res5ROIHeadsExtraNorm"}),
+    Recipe("vitdet-maskrcnn-vitb", "ViTDet (facebookresearch/detectron2@02b5c4e projects/ViTDet/configs/COCO/"
+           "mask_rcnn_vitdet_b_100ep.py, common/models/mask_rcnn_vitdet.py, coco_loader_lsj.py; mmdet projects/ViTDet)",
            {"model.backbone.window_size": 14},
            "window attention + relative position bias in ViTDet; bam-dense's mmdet variant uses global attention, "
-           "so its runs are reported as a different recipe until that changes"),
+           "so its runs are reported as a different recipe until that changes",
+           detectron2={"model.backbone.net.window_size": 14, "model.backbone.net.window_block_indexes": [0, 1, 3, 4, 6, 7, 9, 10],
+                       "model.backbone.net.use_rel_pos": True, "train.max_iter": 184375,
+                       "dataloader.train.total_batch_size": 64}),
     Recipe("dino-davis-480p", "facebookresearch/dino eval_video_segmentation.py", {},
            "propagation settings are command-line arguments: compared as recorded conditions", by_conditions=True),
     Recipe("dinov3-davis-960", "DINOv3 paper Tab. 14 (no evaluation code released): DINO's propagation at short side 960",

@@ -6,7 +6,7 @@ recipes. Numbers are filed by the conditions their step recorded in its ``metric
 (:mod:`bam_dense.bench.conditions`), never by the benchmark they are filed under: one heading per recorded
 protocol, dataset and input resolution, so numbers of different protocols never share a table. A published row
 is called "same protocol" only when its recipe is the same (:func:`recipe_check` on the resolved config ``seg
-test`` / ``det test`` record, or a recipe the conditions identify) and every condition it states equals what
+test`` / ``det test`` record or the ``config.yaml`` a detectron2 step wrote, or a recipe the conditions identify) and every condition it states equals what
 every run recorded; otherwise the report says in words which values differ, or what was not recorded. Charts
 hatch the published bars of another protocol (legend). Several run directories are reported side by side.
 Failed steps appear with their error, not as zeros.
@@ -45,7 +45,7 @@ class Entry:
     error: str | None = None
     low: float | None = None  # 95% bootstrap interval over the validation images, percent
     high: float | None = None
-    resolved_config: dict | None = None  # the mmengine config the step ran, when it records one
+    resolved_config: dict | None = None  # the mmengine or detectron2 config the step ran, when it records one
     conditions: dict | None = None  # what the step recorded it ran under (bam_dense.bench.conditions)
 
 
@@ -108,7 +108,7 @@ def protocol_check(bench, row: Published, runs: list[Entry]) -> tuple[bool, str]
     if not runs:
         return False, "no run of this benchmark to compare"
     recipe = bench.recipe_of(row)
-    if recipe.requires:
+    if recipe.requires or recipe.detectron2:
         same_recipe, recipe_words = recipe_check(recipe, [e.resolved_config for e in runs])
     else:
         same_recipe = recipe.by_conditions
@@ -137,15 +137,25 @@ def _same_value(run_value, wanted) -> bool:
 
 
 def recipe_check(recipe: Recipe, resolved_configs: list[dict | None]) -> tuple[bool, str]:
-    """(same recipe?, words): whether every run's config has every value ``recipe`` requires."""
-    if not recipe.requires:
+    """(same recipe?, words): whether every run's config has every value ``recipe`` requires of its framework
+    (``requires`` of an mmengine config, ``detectron2`` of the config a detectron2 step wrote)."""
+    if not (recipe.requires or recipe.detectron2):
         return False, f"not checked: {recipe.note or 'the recipe states no config values'}"
     configs = [c for c in resolved_configs if c is not None]
     if not configs:
         return False, "not checked: these runs recorded no config"
     differences = []
+    counts = []
     for config in configs:
-        for key, wanted in recipe.requires.items():
+        detectron2 = conditions.is_detectron2_config(config)
+        required = recipe.detectron2 if detectron2 else recipe.requires
+        if not required:
+            framework = "detectron2" if detectron2 else "mmengine"
+            return False, f"not checked: the recipe states no {framework} config values" + (
+                f" ({recipe.note})" if recipe.note else "")
+        if len(required) not in counts:
+            counts.append(len(required))
+        for key, wanted in required.items():
             got = conditions.lookup(config, key, _MISSING)
             if got is _MISSING or not _same_value(got, wanted):
                 shown = "missing" if got is _MISSING else repr(got)
@@ -154,7 +164,7 @@ def recipe_check(recipe: Recipe, resolved_configs: list[dict | None]) -> tuple[b
                     differences.append(item)
     if differences:
         return False, "different recipe: " + "; ".join(differences)
-    return True, f"same recipe ({len(recipe.requires)} values checked)"
+    return True, f"same recipe ({'/'.join(str(n) for n in counts)} values checked)"
 
 
 def _fmt(value: float | None) -> str:
