@@ -176,7 +176,7 @@ RECIPES: dict[str, Recipe] = {r.id: r for r in (
            by_conditions=True),
     Recipe("dinov3-lincls", "facebookresearch/dinov3@6876159 MODEL_CARD.md (Evaluation, first table: IN-ReaL; \"a linear "
            "layer applied on the class token and the average of the patch tokens\") and dinov3/eval/linear.py (random-"
-           "resized crops and flips, a grid of learning rates); DINOv3 paper Tab. 14", {},
+           "resized crops and flips, a grid of learning rates); the DINOv3 paper's settings not read here", {},
            "the input size, epochs and blocks behind the published numbers are in no file read here, and the numbers "
            "are top-1 on the ImageNet-ReaL labels: never the same protocol as a run scored on ImageNet's val labels"),
     Recipe("unverified", "the source does not state its fine-tuning recipe", {},
@@ -319,7 +319,7 @@ def _distilled_lincls(size: str, dinov2: float, dinov2_registers: float, dinov3_
         Published(f"DINOv2 {arch}/14 with registers", dinov2_registers, dinov2_readme, LVD142, distilled, arch, 14,
                   "4 register tokens", recipe="dinov2-lincls", conditions={"registers": 4}),
         Published(f"DINOv3 {arch}/16 (ImageNet-ReaL labels)", dinov3_real, "facebookresearch/dinov3@6876159 MODEL_CARD.md, "
-                  "Evaluation, results of the ViTs distilled on LVD-1689M, column IN-ReaL (DINOv3 paper Tab. 14)", LVD1689,
+                  "Evaluation, results of the ViTs distilled on LVD-1689M, column IN-ReaL (the paper's table not read here)", LVD1689,
                   distilled, arch, 16, "ImageNet-ReaL top-1: neither the model card nor the README gives an ImageNet val "
                   "number for the distilled ViTs", recipe="dinov3-lincls", resolution="not stated by the source",
                   conditions=DINOV3_REAL),
