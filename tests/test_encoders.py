@@ -45,6 +45,15 @@ def assert_official_features(model, record: dict, patch: int, pos_resample: str 
         torch.testing.assert_close(got.pooled, expected["cls"], atol=2e-5, rtol=1e-4)
 
 
+def converted_official(records: dict, name: str, layout: str, tmp_path: Path):
+    """The official checkpoint ``records[name]``, detected as ``layout``, converted to timm and loaded; the record too."""
+    record = records[name]
+    src = tmp_path / f"{layout}_{name}.pth"
+    torch.save(record["checkpoint"], src)
+    assert detect_format(record["checkpoint"]) == layout
+    return (record, *converted_model(src, tmp_path))
+
+
 def protocol_extractor(record: dict, path: Path):
     """The official checkpoint saved at ``path``, loaded by the protocols' loader (CPU)."""
     from bam_dense.davis.propagate import load_extractor
@@ -73,11 +82,7 @@ def dropped(report_json: dict) -> dict[str, str]:
 # ---------------------------------------------------------------------------- DINOv2 (its own code)
 @pytest.mark.parametrize("name", ["plain", "reg4"])
 def test_dinov2_gives_dinov2s_own_features_at_the_table_size_and_resampled(name, tmp_path):
-    record = DINOV2[name]
-    src = tmp_path / f"dinov2_{name}.pth"
-    torch.save(record["checkpoint"], src)
-    assert detect_format(record["checkpoint"]) == "dinov2"
-    model, report, rep = converted_model(src, tmp_path)
+    record, model, report, rep = converted_official(DINOV2, name, "dinov2", tmp_path)
     n_reg = 4 if name == "reg4" else 0
     assert report.arch == ("vit_small_patch14_reg4_dinov2" if n_reg else "vit_small_patch14_dinov2")
     assert report.model_kwargs == {"embed_dim": 64, "num_heads": 1, "depth": 1 + (name == "reg4"), "img_size": 56}
@@ -131,11 +136,7 @@ def test_dinov2_layerscale_and_registers_are_never_dropped_for_mmseg(tmp_path):
 # ---------------------------------------------------------------------------- DINOv3 (its own code)
 @pytest.mark.parametrize("name", ["qkvb", "nobias"])
 def test_dinov3_gives_dinov3s_own_features_through_timms_rope_vit(name, tmp_path):
-    record = DINOV3[name]
-    src = tmp_path / f"dinov3_{name}.pth"
-    torch.save(record["checkpoint"], src)
-    assert detect_format(record["checkpoint"]) == "dinov3"
-    model, report, rep = converted_model(src, tmp_path)
+    record, model, report, rep = converted_official(DINOV3, name, "dinov3", tmp_path)
     assert report.arch == ("vit_small_patch16_dinov3_qkvb" if name == "qkvb" else "vit_small_patch16_dinov3")
     assert report.model_kwargs == {"global_pool": "token", "embed_dim": 64, "num_heads": 1, "depth": 2 if name == "qkvb" else 1}
     assert model.num_prefix_tokens == 5 and "blocks.0.gamma_1" in rep["filled"]
