@@ -161,6 +161,18 @@ def synthetic_root(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def resnet_checkpoint(tmp_path_factory) -> Path:
+    """timm's ResNet-50 (seed 0, no classifier) saved as a plain state dict: the torchvision-style R50 checkpoint."""
+    import timm
+    import torch
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("r50") / "resnet50.pth"
+    torch.save(timm.create_model("resnet50", num_classes=0).state_dict(), path)
+    return path
+
+
 def tiny_vit_bam_checkpoint(path: Path) -> Path:
     """A bam-dense checkpoint around the tiny official DINO ViT of ``fixtures/dino_pos.pt`` (student = teacher)."""
     import torch

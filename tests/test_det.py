@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import timm
@@ -16,14 +15,6 @@ from bam_dense.downstream import det
 from bam_dense.downstream.weight_check import PretrainedWeightsNotLoaded
 
 CONFIGS = REPO / "configs" / "mmdet"
-
-
-@pytest.fixture(scope="module")
-def resnet_checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("r50") / "resnet50.pth"
-    torch.save(timm.create_model("resnet50", num_classes=0).state_dict(), path)
-    return path
 
 
 def test_mask_rcnn_r50_fpn_trains_and_scores_with_coco_metrics(resnet_checkpoint, synthetic_root, tmp_path):

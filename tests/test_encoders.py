@@ -34,6 +34,38 @@ def randomised(arch: str, seed: int = 0, **kwargs) -> torch.nn.Module:
     return model
 
 
+def assert_official_features(model, record: dict, patch: int, pos_resample: str | None = None) -> None:
+    """``features`` of each recorded input: one cell per patch (no prefix token taken for a patch), and the patch
+    and class tokens the official code gave."""
+    for tag, x in record["inputs"].items():
+        expected = record["outputs"][tag]
+        got = features(model, x, pos_resample=pos_resample)
+        assert got.dense.shape == (1, 64, x.shape[-2] // patch, x.shape[-1] // patch)
+        torch.testing.assert_close(got.dense.flatten(2).transpose(1, 2), expected["patch"], atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(got.pooled, expected["cls"], atol=2e-5, rtol=1e-4)
+
+
+def converted_official(records: dict, name: str, layout: str, tmp_path: Path):
+    """The official checkpoint ``records[name]``, detected as ``layout``, converted to timm and loaded; the record too."""
+    record = records[name]
+    src = tmp_path / f"{layout}_{name}.pth"
+    torch.save(record["checkpoint"], src)
+    assert detect_format(record["checkpoint"]) == layout
+    return (record, *converted_model(src, tmp_path))
+
+
+def protocol_extractor(record: dict, path: Path):
+    """The official checkpoint saved at ``path``, loaded by the protocols' loader (CPU)."""
+    from bam_dense.davis.propagate import load_extractor
+
+    torch.save(record["checkpoint"], path)
+    return load_extractor(str(path), None, None, False, torch.device("cpu"))
+
+
+def assert_official_patches(dense: torch.Tensor, record: dict, tag: str) -> None:
+    torch.testing.assert_close(dense.flatten(2).transpose(1, 2), record["outputs"][tag]["patch"], atol=2e-5, rtol=1e-4)
+
+
 def converted_model(src: Path, tmp_path: Path, **kwargs):
     """``convert`` to timm, then the converted file loaded strictly into the architecture the report names."""
     out = tmp_path / "out_timm.pth"
@@ -50,11 +82,7 @@ def dropped(report_json: dict) -> dict[str, str]:
 # ---------------------------------------------------------------------------- DINOv2 (its own code)
 @pytest.mark.parametrize("name", ["plain", "reg4"])
 def test_dinov2_gives_dinov2s_own_features_at_the_table_size_and_resampled(name, tmp_path):
-    record = DINOV2[name]
-    src = tmp_path / f"dinov2_{name}.pth"
-    torch.save(record["checkpoint"], src)
-    assert detect_format(record["checkpoint"]) == "dinov2"
-    model, report, rep = converted_model(src, tmp_path)
+    record, model, report, rep = converted_official(DINOV2, name, "dinov2", tmp_path)
     n_reg = 4 if name == "reg4" else 0
     assert report.arch == ("vit_small_patch14_reg4_dinov2" if n_reg else "vit_small_patch14_dinov2")
     assert report.model_kwargs == {"embed_dim": 64, "num_heads": 1, "depth": 1 + (name == "reg4"), "img_size": 56}
@@ -66,26 +94,16 @@ def test_dinov2_gives_dinov2s_own_features_at_the_table_size_and_resampled(name,
         assert dropped(rep)["teacher.ibot_head.mlp.0.weight"] == "pretraining head"
     mode = resolve_pos_resample("auto", report.pos_resample)
     assert mode == ("dinov2-reg" if n_reg else "dinov2")  # the hub's settings differ with registers
-    for tag, x in record["inputs"].items():
-        expected = record["outputs"][tag]
-        got = features(model, x, pos_resample=mode)
-        h, w = x.shape[-2] // 14, x.shape[-1] // 14
-        assert got.dense.shape == (1, 64, h, w)  # one cell per patch: no register taken for a patch
-        torch.testing.assert_close(got.dense.flatten(2).transpose(1, 2), expected["patch"], atol=2e-5, rtol=1e-4)
-        torch.testing.assert_close(got.pooled, expected["cls"], atol=2e-5, rtol=1e-4)
+    assert_official_features(model, record, 14, mode)  # one cell per patch: no register taken for a patch
 
 
 def test_dinov2_with_registers_loads_through_the_protocols_loader(tmp_path):
-    from bam_dense.davis.propagate import load_extractor
-
     record = DINOV2["reg4"]
-    src = tmp_path / "dinov2_reg4_teacher.pth"
-    torch.save(record["checkpoint"], src)
-    extractor = load_extractor(str(src), None, None, False, torch.device("cpu"))
+    extractor = protocol_extractor(record, tmp_path / "dinov2_reg4_teacher.pth")
     assert extractor.backbone.num_prefix_tokens == 5 and extractor.pos_resample == "dinov2-reg"
     dense = extractor(record["inputs"]["other_70x84"])
     assert dense.shape == (1, 64, 5, 6)
-    torch.testing.assert_close(dense.flatten(2).transpose(1, 2), record["outputs"]["other_70x84"]["patch"], atol=2e-5, rtol=1e-4)
+    assert_official_patches(dense, record, "other_70x84")
 
 
 def test_timm_named_dinov2_is_inferred_as_the_dinov2_architecture(tmp_path):
@@ -118,11 +136,7 @@ def test_dinov2_layerscale_and_registers_are_never_dropped_for_mmseg(tmp_path):
 # ---------------------------------------------------------------------------- DINOv3 (its own code)
 @pytest.mark.parametrize("name", ["qkvb", "nobias"])
 def test_dinov3_gives_dinov3s_own_features_through_timms_rope_vit(name, tmp_path):
-    record = DINOV3[name]
-    src = tmp_path / f"dinov3_{name}.pth"
-    torch.save(record["checkpoint"], src)
-    assert detect_format(record["checkpoint"]) == "dinov3"
-    model, report, rep = converted_model(src, tmp_path)
+    record, model, report, rep = converted_official(DINOV3, name, "dinov3", tmp_path)
     assert report.arch == ("vit_small_patch16_dinov3_qkvb" if name == "qkvb" else "vit_small_patch16_dinov3")
     assert report.model_kwargs == {"global_pool": "token", "embed_dim": 64, "num_heads": 1, "depth": 2 if name == "qkvb" else 1}
     assert model.num_prefix_tokens == 5 and "blocks.0.gamma_1" in rep["filled"]
@@ -136,25 +150,16 @@ def test_dinov3_gives_dinov3s_own_features_through_timms_rope_vit(name, tmp_path
         assert reasons["teacher.dino_head.mlp.0.weight"] == "pretraining head"
     else:
         assert "blocks.1.attn.q_bias" in rep["filled"] and "blocks.1.attn.v_bias" in rep["filled"]
-    for tag, x in record["inputs"].items():
-        expected = record["outputs"][tag]
-        got = features(model, x)
-        assert got.dense.shape == (1, 64, x.shape[-2] // 16, x.shape[-1] // 16)  # no storage token taken for a patch
-        torch.testing.assert_close(got.dense.flatten(2).transpose(1, 2), expected["patch"], atol=2e-5, rtol=1e-4)
-        torch.testing.assert_close(got.pooled, expected["cls"], atol=2e-5, rtol=1e-4)
+    assert_official_features(model, record, 16)  # no storage token taken for a patch
 
 
 def test_dinov3_loads_through_the_protocols_loader(tmp_path):
-    from bam_dense.davis.propagate import load_extractor
-
     record = DINOV3["nobias"]
-    src = tmp_path / "dinov3_teacher_checkpoint.pth"
-    torch.save(record["checkpoint"], src)
-    extractor = load_extractor(str(src), None, None, False, torch.device("cpu"))
+    extractor = protocol_extractor(record, tmp_path / "dinov3_teacher_checkpoint.pth")
     assert extractor.kind == "eva" and extractor.patch == 16
     dense = extractor(record["inputs"]["wide_48x80"])
     assert dense.shape == (1, 64, 3, 5)
-    torch.testing.assert_close(dense.flatten(2).transpose(1, 2), record["outputs"]["wide_48x80"]["patch"], atol=2e-5, rtol=1e-4)
+    assert_official_patches(dense, record, "wide_48x80")
 
 
 # ---------------------------------------------------------------------------- registers in features()

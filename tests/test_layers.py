@@ -39,26 +39,24 @@ def test_every_subpackage_has_a_layer():
     assert found == named, f"not in a layer: {sorted(found - named)}; layer without a package: {sorted(named - found)}"
 
 
-def _copy(tmp_path: Path) -> Path:
+def _lint_with(tmp_path: Path, module: str, code: str) -> subprocess.CompletedProcess:
+    """``lint-imports`` on a copy of the package whose ``module`` (a path under bam_dense/) has ``code`` appended."""
     root = tmp_path / "repo"
     shutil.copytree(REPO / "bam_dense", root / "bam_dense", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "pyproject.toml", root / "pyproject.toml")
-    return root
+    with (root / "bam_dense" / module).open("a") as fh:
+        fh.write(code)
+    return _lint(root)
 
 
 def test_an_upward_import_breaks_the_layers_contract(tmp_path):
-    root = _copy(tmp_path)
-    with (root / "bam_dense" / "convert" / "maps.py").open("a") as fh:
-        fh.write("\n\ndef _upward():\n    from bam_dense.cli import main  # the converters must not depend on the CLI\n\n    return main\n")
-    proc = _lint(root)
+    proc = _lint_with(tmp_path, "convert/maps.py",
+                      "\n\ndef _upward():\n    from bam_dense.cli import main  # the converters must not depend on the CLI\n\n    return main\n")
     assert proc.returncode == 1, proc.stdout
     assert "BROKEN" in proc.stdout and "bam_dense.convert.maps -> bam_dense.cli" in proc.stdout
 
 
 def test_openmmlab_outside_downstream_breaks_its_contract(tmp_path):
-    root = _copy(tmp_path)
-    with (root / "bam_dense" / "davis" / "metrics.py").open("a") as fh:
-        fh.write("\n\ndef _mm():\n    import mmengine\n\n    return mmengine\n")
-    proc = _lint(root)
+    proc = _lint_with(tmp_path, "davis/metrics.py", "\n\ndef _mm():\n    import mmengine\n\n    return mmengine\n")
     assert proc.returncode == 1, proc.stdout
     assert "bam_dense.davis is not allowed to import mmengine" in proc.stdout

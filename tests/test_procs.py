@@ -86,13 +86,13 @@ for _ in DataLoader(Blocked(), num_workers=2, worker_init_fn=init):
 """
 
 
-@pytest.mark.parametrize("hook", ["hook", "at_fork", "none"])
-def test_a_blocked_loader_worker_ends_with_its_killed_parent_only_with_the_hook(tmp_path, hook):
+def _check_two_workers_end_with_their_killed_parent_only_with_a_hook(tmp_path, source: str, hook: str, what: str):
+    """``source`` run as ``script FOLDER HOOK`` starts two workers that block; the parent is SIGKILLed."""
     mark = uuid.uuid4().hex
-    proc = subprocess.Popen([PYTHON, str(_script(tmp_path, BLOCKED_LOADER)), str(tmp_path), hook], env=_env(mark))
+    proc = subprocess.Popen([PYTHON, str(_script(tmp_path, source)), str(tmp_path), hook], env=_env(mark))
     workers = [psutil.Process(pid) for pid in _wait_for_pids(tmp_path, 2, proc)]
     if hook != "none":
-        _kill_and_check_run_ends(proc, mark, f"DataLoader with the {hook} hook", at_least=3)
+        _kill_and_check_run_ends(proc, mark, what, at_least=3)
         return
     # The control: without the hook the same workers outlive their SIGKILLed parent (this is the bug).
     proc.send_signal(signal.SIGKILL)
@@ -101,6 +101,12 @@ def test_a_blocked_loader_worker_ends_with_its_killed_parent_only_with_the_hook(
         assert wait_until_gone(workers, 3.0) == workers, "without the hook the workers were expected to stay"
     finally:
         kill_all(workers)
+
+
+@pytest.mark.parametrize("hook", ["hook", "at_fork", "none"])
+def test_a_blocked_loader_worker_ends_with_its_killed_parent_only_with_the_hook(tmp_path, hook):
+    _check_two_workers_end_with_their_killed_parent_only_with_a_hook(tmp_path, BLOCKED_LOADER, hook,
+                                                                     f"DataLoader with the {hook} hook")
 
 
 BLOCKED_POOL = """
@@ -120,18 +126,8 @@ if __name__ == "__main__":
 
 @pytest.mark.parametrize("hook", ["hook", "none"])
 def test_process_pool_workers_end_with_their_killed_parent_only_with_the_hook(tmp_path, hook):
-    mark = uuid.uuid4().hex
-    proc = subprocess.Popen([PYTHON, str(_script(tmp_path, BLOCKED_POOL)), str(tmp_path), hook], env=_env(mark))
-    workers = [psutil.Process(pid) for pid in _wait_for_pids(tmp_path, 2, proc)]
-    if hook == "hook":
-        _kill_and_check_run_ends(proc, mark, "process pool with the hook", at_least=3)
-        return
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    try:
-        assert wait_until_gone(workers, 3.0) == workers, "without the hook the workers were expected to stay"
-    finally:
-        kill_all(workers)
+    _check_two_workers_end_with_their_killed_parent_only_with_a_hook(tmp_path, BLOCKED_POOL, hook,
+                                                                     "process pool with the hook")
 
 
 # The start-up race: the owner dies after the child was forked but before it set the parent-death signal.

@@ -16,7 +16,7 @@ from fixtures.make_hummingbird_fixture import encode
 from PIL import Image
 
 from bam_dense.core.errors import UserFacingError
-from bam_dense.data.synthetic import voc_palette
+from bam_dense.data.synthetic import save_png, voc_palette, write_image_sets
 from bam_dense.eval.features import IMAGENET_MEAN as MEAN
 from bam_dense.eval.features import IMAGENET_STD as STD
 from bam_dense.eval.retrieval import (
@@ -110,14 +110,8 @@ def _block_voc(root: Path, n_train: int = 6, n_val: int = 8, size: int = 32, see
             folder = "SegmentationClassAug" if split == "trainaug" else "SegmentationClass"
             if split == "val":
                 label[:PATCH, :PATCH] = 255  # void: never scored
-            (base / folder).mkdir(parents=True, exist_ok=True)
-            png = Image.fromarray(label, mode="P")
-            png.putpalette(voc_palette())
-            png.save(base / folder / f"{name}.png")
-    sets = base / "ImageSets" / "Segmentation"
-    sets.mkdir(parents=True, exist_ok=True)
-    for split, listed in names.items():
-        (sets / f"{split}.txt").write_text("".join(n + "\n" for n in listed))
+            save_png(label, base / folder / f"{name}.png", voc_palette())
+    write_image_sets(base / "ImageSets" / "Segmentation", names)
     return base
 
 

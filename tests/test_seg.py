@@ -7,7 +7,6 @@ import math
 from pathlib import Path
 
 import pytest
-import timm
 import torch
 from conftest import REPO, tiny_pretrain_dict
 
@@ -29,14 +28,6 @@ def vit_checkpoint(tmp_path_factory) -> Path:
         data={"views": {"kind": "multicrop", "global_crops": 2, "global_size": 32, "local_crops": 0}})
     Trainer(load_config(data=cfg)).train()
     return out / "checkpoints" / "last.pth"
-
-
-@pytest.fixture(scope="module")
-def resnet_checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("r50") / "resnet50.pth"
-    torch.save(timm.create_model("resnet50", num_classes=0).state_dict(), path)
-    return path
 
 
 def _losses(runner) -> list[float]:

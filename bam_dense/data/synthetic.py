@@ -269,12 +269,20 @@ def _save_jpeg(image: np.ndarray | Image.Image, path: Path) -> None:
     img.save(path, format="JPEG", quality=92)
 
 
-def _save_png(array: np.ndarray, path: Path, palette: list[int] | None = None) -> None:
+def save_png(array: np.ndarray, path: Path, palette: list[int] | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     img = Image.fromarray(array.astype(np.uint8), mode="P" if palette is not None else "L")
     if palette is not None:
         img.putpalette(palette)
     img.save(path, format="PNG", optimize=False)
+
+
+def write_image_sets(folder: Path, sets: dict[str, list[str]]) -> None:
+    """The image-set lists of a layout (VOC's ImageSets/Segmentation, DAVIS's ImageSets/2017): ``<split>.txt`` for
+    each split, one name a line."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, names in sets.items():
+        (folder / f"{split}.txt").write_text("".join(n + "\n" for n in names))
 
 
 def _boundary(labels: np.ndarray, width: int) -> np.ndarray:
@@ -338,7 +346,7 @@ def make_ade20k(root: Path, num: int = 8, size: int = 96, seed: int = 0, colors:
             label[:, :2] = 0
             name = f"ADE_{'train' if split == 'train' else 'val'}_{offset + i:08d}"
             _save_jpeg(image, base / "images" / folder / f"{name}.jpg")
-            _save_png(label, base / "annotations" / folder / f"{name}.png")
+            save_png(label, base / "annotations" / folder / f"{name}.png")
     return base
 
 
@@ -363,13 +371,9 @@ def make_voc(root: Path, num: int = 8, size: int = 96, seed: int = 0, colors: st
             aug_label = label.copy()
             label[_boundary(label, 3)] = 255  # VOC's void band along every object boundary
             if split != "aug":
-                _save_png(label, base / "SegmentationClass" / f"{name}.png", palette)
-            _save_png(aug_label, base / "SegmentationClassAug" / f"{name}.png")
-    sets = base / "ImageSets" / "Segmentation"
-    sets.mkdir(parents=True, exist_ok=True)
-    for split, names in splits.items():
-        (sets / f"{split}.txt").write_text("".join(n + "\n" for n in names))
-    (sets / "trainaug.txt").write_text("".join(n + "\n" for n in splits["train"] + splits["aug"]))
+                save_png(label, base / "SegmentationClass" / f"{name}.png", palette)
+            save_png(aug_label, base / "SegmentationClassAug" / f"{name}.png")
+    write_image_sets(base / "ImageSets" / "Segmentation", {**splits, "trainaug": splits["train"] + splits["aug"]})
     return base
 
 
@@ -550,12 +554,9 @@ def make_davis(
                 raise RuntimeError(f"could not place {n_objects} objects for {seq}")
             for t, (image, ann) in enumerate(frames):
                 _save_jpeg(image, root / "JPEGImages" / "480p" / seq / f"{t:05d}.jpg")
-                _save_png(ann, root / "Annotations" / "480p" / seq / f"{t:05d}.png", palette)
+                save_png(ann, root / "Annotations" / "480p" / seq / f"{t:05d}.png", palette)
             index += 1
-    sets_dir = root / "ImageSets" / "2017"
-    sets_dir.mkdir(parents=True, exist_ok=True)
-    for split, names in sets.items():
-        (sets_dir / f"{split}.txt").write_text("".join(n + "\n" for n in names))
+    write_image_sets(root / "ImageSets" / "2017", sets)
     return root
 
 

@@ -13,9 +13,9 @@ from pathlib import Path
 from bam_dense.core import procs
 from bam_dense.downstream.mm_common import (
     DET_TARGETS,
+    fine_tune,
     load_config,
     prepare_test,
-    prepare_train,
     resolved_config,
     write_metrics,
 )
@@ -50,10 +50,7 @@ def train(config: str, checkpoint: str, work_dir: str | None = None, cfg_options
           trust_source: bool = False):
     cfg = load_config(config, cfg_options or [], work_dir, launcher)
     _coco_root(cfg, data_root)
-    prepare_train(cfg, checkpoint, DET_TARGETS, amp, resume, trust_source)
-    runner = _runner(cfg)
-    runner.train()
-    return runner
+    return fine_tune(cfg, checkpoint, DET_TARGETS, amp, resume, trust_source, _runner)
 
 
 def test(config: str, checkpoint: str, work_dir: str | None = None, cfg_options: list[str] | None = None,

@@ -185,6 +185,14 @@ def prepare_train(cfg, checkpoint: str, targets: dict[str, str], amp: bool, resu
         cfg.load_from = latest_checkpoint(cfg.work_dir)
 
 
+def fine_tune(cfg, checkpoint: str, targets: dict[str, str], amp: bool, resume: bool, trust_source: bool, runner_for):
+    """``prepare_train``, then the Runner ``runner_for(cfg)`` builds, trained; that Runner (``seg/det train``)."""
+    prepare_train(cfg, checkpoint, targets, amp, resume, trust_source)
+    runner = runner_for(cfg)
+    runner.train()
+    return runner
+
+
 def prepare_test(cfg, checkpoint: str) -> str:
     """Load the fine-tuned ``checkpoint`` (a file, or a work dir's latest); no pretrained init, no weight check."""
     if Path(checkpoint).is_dir():

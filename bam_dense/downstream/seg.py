@@ -16,9 +16,9 @@ from bam_dense.core import procs
 from bam_dense.core.errors import UserFacingError
 from bam_dense.downstream.mm_common import (
     SEG_TARGETS,
+    fine_tune,
     load_config,
     prepare_test,
-    prepare_train,
     resolved_config,
     write_metrics,
 )
@@ -55,10 +55,7 @@ def train(config: str, checkpoint: str, work_dir: str | None = None, cfg_options
           trust_source: bool = False):
     """Fine-tune; returns the mmengine Runner after training."""
     cfg = load_config(config, cfg_options or [], work_dir, launcher, data_root)
-    prepare_train(cfg, checkpoint, SEG_TARGETS, amp, resume, trust_source)
-    runner = _runner(cfg)
-    runner.train()
-    return runner
+    return fine_tune(cfg, checkpoint, SEG_TARGETS, amp, resume, trust_source, _runner)
 
 
 def test(config: str, checkpoint: str, work_dir: str | None = None, cfg_options: list[str] | None = None,

@@ -117,48 +117,46 @@ def _shortcut(c_in: int, c_out: int, stride: int) -> nn.Module | None:
     return nn.Sequential(conv, bn)
 
 
-class RFBottleneck(nn.Module):
+class RFBlock(nn.Module):
+    """A ResNet residual block: ``conv1 .. convN``, each with its BatchNorm and ReLU (timm's/torchvision's names), the
+    shortcut (``downsample`` when the shape changes) added before the last ReLU. ``convs``: (in, out, kernel,
+    stride) of each convolution, in order; ``stride``: the block's."""
+
+    def __init__(self, convs: list[tuple[int, int, int, int]], stride: int):
+        super().__init__()
+        self.n_convs = len(convs)
+        for i, (c_in, c_out, k, s) in enumerate(convs, 1):
+            conv, bn = _conv_bn(c_in, c_out, k, s)
+            self.add_module(f"conv{i}", conv)
+            self.add_module(f"bn{i}", bn)
+            self.add_module(f"act{i}", nn.ReLU(inplace=True))
+        self.downsample = _shortcut(convs[0][0], convs[-1][1], stride)
+
+    def last_bn(self) -> nn.BatchNorm2d:
+        return getattr(self, f"bn{self.n_convs}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        y = x
+        for i in range(1, self.n_convs + 1):
+            y = getattr(self, f"bn{i}")(getattr(self, f"conv{i}")(y))
+            y = getattr(self, f"act{i}")(y + shortcut if i == self.n_convs else y)
+        return y
+
+
+class RFBottleneck(RFBlock):
     """1x1 -> k x k (stride) -> 1x1 (x4), residual; ``k`` 3 (spatial block) or 1."""
 
     def __init__(self, c_in: int, width: int, stride: int, k: int):
-        super().__init__()
-        out = width * EXPANSION["bottleneck"]
-        self.conv1, self.bn1 = _conv_bn(c_in, width, 1)
-        self.act1 = nn.ReLU(inplace=True)
-        self.conv2, self.bn2 = _conv_bn(width, width, k, stride)
-        self.act2 = nn.ReLU(inplace=True)
-        self.conv3, self.bn3 = _conv_bn(width, out, 1)
-        self.act3 = nn.ReLU(inplace=True)
-        self.downsample = _shortcut(c_in, out, stride)
-
-    def last_bn(self) -> nn.BatchNorm2d:
-        return self.bn3
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x if self.downsample is None else self.downsample(x)
-        y = self.act1(self.bn1(self.conv1(x)))
-        y = self.act2(self.bn2(self.conv2(y)))
-        return self.act3(self.bn3(self.conv3(y)) + shortcut)
+        super().__init__([(c_in, width, 1, 1), (width, width, k, stride), (width, width * EXPANSION["bottleneck"], 1, 1)],
+                         stride)
 
 
-class RFBasic(nn.Module):
+class RFBasic(RFBlock):
     """k x k (stride) -> k x k, residual; ``k`` 3 (spatial block) or 1."""
 
     def __init__(self, c_in: int, width: int, stride: int, k: int):
-        super().__init__()
-        self.conv1, self.bn1 = _conv_bn(c_in, width, k, stride)
-        self.act1 = nn.ReLU(inplace=True)
-        self.conv2, self.bn2 = _conv_bn(width, width, k)
-        self.act2 = nn.ReLU(inplace=True)
-        self.downsample = _shortcut(c_in, width, stride)
-
-    def last_bn(self) -> nn.BatchNorm2d:
-        return self.bn2
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x if self.downsample is None else self.downsample(x)
-        y = self.act1(self.bn1(self.conv1(x)))
-        return self.act2(self.bn2(self.conv2(y)) + shortcut)
+        super().__init__([(c_in, width, k, stride), (width, width, k, 1)], stride)
 
 
 class RFResNet(nn.Module):
@@ -196,7 +194,7 @@ class RFResNet(nn.Module):
                 nn.init.zeros_(m.bias)
         if zero_init_last:
             for m in self.modules():
-                if isinstance(m, (RFBottleneck, RFBasic)):
+                if isinstance(m, RFBlock):
                     nn.init.zeros_(m.last_bn().weight)
 
     @property

@@ -7,7 +7,6 @@ _base_ = ["mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py"]
 custom_imports = dict(imports=["bam_dense.downstream.mmdet_modules"], allow_failed_imports=False)
 
 norm_cfg = dict(type="SyncBN", requires_grad=True)
-data_root = "data/coco/"
 
 model = dict(
     backbone=dict(
@@ -30,9 +29,6 @@ train_pipeline = [
     dict(type="RandomFlip", prob=0.5),
     dict(type="PackDetInputs"),
 ]
-train_dataloader = dict(dataset=dict(data_root=data_root, pipeline=train_pipeline))
-val_dataloader = dict(dataset=dict(data_root=data_root))
-test_dataloader = val_dataloader
-val_evaluator = dict(ann_file=data_root + "annotations/instances_val2017.json")
-test_evaluator = val_evaluator
+# The data and the evaluator are mmdet's COCO base's (data/coco/, or: bam-dense det train ... --data-root DIR).
+train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
 custom_hooks = [dict(type="PretrainedWeightCheckHook"), dict(type="TensorOnlyCheckpointHook")]

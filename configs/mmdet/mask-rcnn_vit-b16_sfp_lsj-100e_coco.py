@@ -18,7 +18,6 @@ _base_ = [
 custom_imports = dict(imports=["bam_dense.downstream.mmdet_modules"], allow_failed_imports=False)
 
 image_size = (1024, 1024)
-data_root = "data/coco/"
 norm_cfg = dict(type="LN2d", requires_grad=True)
 embed_dim = 768
 
@@ -59,11 +58,10 @@ test_pipeline = [
     dict(type="LoadAnnotations", with_bbox=True, with_mask=True),
     dict(type="PackDetInputs", meta_keys=("img_id", "img_path", "ori_shape", "img_shape", "scale_factor")),
 ]
-train_dataloader = dict(batch_size=4, num_workers=8, dataset=dict(data_root=data_root, pipeline=train_pipeline))  # x 16 GPUs = 64
-val_dataloader = dict(dataset=dict(data_root=data_root, pipeline=test_pipeline))
+# The data root and the evaluator are mmdet's COCO base's (data/coco/, or: bam-dense det train ... --data-root DIR).
+train_dataloader = dict(batch_size=4, num_workers=8, dataset=dict(pipeline=train_pipeline))  # x 16 GPUs = 64
+val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader
-val_evaluator = dict(ann_file=data_root + "annotations/instances_val2017.json")
-test_evaluator = val_evaluator
 
 max_iters = 184375
 train_cfg = dict(type="IterBasedTrainLoop", max_iters=max_iters, val_interval=max_iters)

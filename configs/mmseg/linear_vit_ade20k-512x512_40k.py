@@ -30,7 +30,6 @@ _base_ = [
 custom_imports = dict(imports=["bam_dense.downstream.mmseg_modules"], allow_failed_imports=False)
 
 crop_size = (512, 512)
-data_root = "data/ade/ADEChallengeData2016"  # or: bam-dense seg train ... --data-root DIR
 max_iters = 40000
 norm_cfg = dict(type="SyncBN", requires_grad=True)  # reverted to BatchNorm by mmengine on one process
 
@@ -87,15 +86,15 @@ train_pipeline = [  # mmseg's ade20k base, with DINOv3's hue range
     dict(type="PhotoMetricDistortion", hue_delta=90),
     dict(type="PackSegInputs"),
 ]
-train_dataloader = dict(batch_size=2, dataset=dict(data_root=data_root, pipeline=train_pipeline))  # x 8 GPUs = 16
-val_dataloader = dict(batch_size=1, dataset=dict(data_root=data_root))
-test_dataloader = val_dataloader
+# The data are mmseg's ADE20K base's (data/ade/ADEChallengeData2016, or: bam-dense seg train ... --data-root DIR).
+train_dataloader = dict(batch_size=2, dataset=dict(pipeline=train_pipeline))  # x 8 GPUs = 16
 val_evaluator = dict(type="IoUMetricWithClasses", iou_metrics=["mIoU"])
 test_evaluator = val_evaluator
 custom_hooks = [dict(type="PretrainedWeightCheckHook"), dict(type="TensorOnlyCheckpointHook")]
 
 # "+ms", DINOv2's boosted variant (paper Sec. 7.4 / Tab. 10; DINOv3's BackboneLayersSet.FOUR_LAST), as options:
 #   --cfg-options "model.backbone.out_indices=[-4,-3,-2,-1]" test_time_aug=True
+# (through the pipeline below and mmseg's tta_model, SegTTAModel, from its default runtime)
 # The last four blocks, each after the final norm, concatenated (4 x width channels, the head sized to match), and
 # `seg test` through mmseg's TestTimeAug: short side 512 x each ratio below, flipped and not, sliding windows,
 # logits averaged. DINOv2's +ms rows also use 640-px images; its config (a download) was not read, so that is
@@ -111,4 +110,3 @@ tta_pipeline = [
         [dict(type="PackSegInputs")],
     ]),
 ]
-tta_model = dict(type="SegTTAModel")

@@ -3,14 +3,11 @@
 _base_ = ["mmseg::upernet/upernet_r50_4xb4-160k_ade20k-512x512.py"]
 custom_imports = dict(imports=["bam_dense.downstream.mmseg_modules"], allow_failed_imports=False)
 
-data_root = "data/ade/ADEChallengeData2016"
 model = dict(
     pretrained=None,
     backbone=dict(type="ResNet", depth=50, init_cfg=dict(type="Pretrained", checkpoint=None)),
 )
-train_dataloader = dict(batch_size=4, dataset=dict(data_root=data_root))  # x 4 GPUs = 16
-val_dataloader = dict(dataset=dict(data_root=data_root))
-test_dataloader = val_dataloader
+# The data are the base's: data root data/ade/ADEChallengeData2016 (or `--data-root DIR`), batch 4 x 4 GPUs = 16.
 val_evaluator = dict(type="IoUMetricWithClasses", iou_metrics=["mIoU"])
 test_evaluator = val_evaluator
 custom_hooks = [dict(type="PretrainedWeightCheckHook"), dict(type="TensorOnlyCheckpointHook")]

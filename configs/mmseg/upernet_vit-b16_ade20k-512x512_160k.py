@@ -12,7 +12,6 @@ _base_ = [
 custom_imports = dict(imports=["bam_dense.downstream.mmseg_modules"], allow_failed_imports=False)
 
 crop_size = (512, 512)
-data_root = "data/ade/ADEChallengeData2016"  # or: bam-dense seg train ... --data-root DIR
 embed_dims = 768
 num_heads = 12
 
@@ -50,9 +49,8 @@ param_scheduler = [
     dict(type="PolyLR", eta_min=0.0, power=1.0, begin=1500, end=160000, by_epoch=False),
 ]
 
-train_dataloader = dict(batch_size=2, dataset=dict(data_root=data_root))  # x 8 GPUs = 16
-val_dataloader = dict(batch_size=1, dataset=dict(data_root=data_root))
-test_dataloader = val_dataloader
+# The data are mmseg's ADE20K base's (data/ade/ADEChallengeData2016, or: bam-dense seg train ... --data-root DIR).
+train_dataloader = dict(batch_size=2)  # x 8 GPUs = 16
 val_evaluator = dict(type="IoUMetricWithClasses", iou_metrics=["mIoU"])
 test_evaluator = val_evaluator
 custom_hooks = [dict(type="PretrainedWeightCheckHook"), dict(type="TensorOnlyCheckpointHook")]
