@@ -64,12 +64,12 @@ def measure_loss(batch: int, crops: int, dim: int, device: str, repeat: int) -> 
 def measure_step(arch: str, batch: int, device: str, repeat: int) -> float:
     import torch
 
-    from bam_dense.core.config import BAMParams, HeadConfig
     from bam_dense.engine.optim import build_optimizer
     from bam_dense.engine.teacher import make_teacher
-    from bam_dense.methods.bam import BAM
+    from bam_dense.methods.bam import BAM, BAMParams
     from bam_dense.methods.base import StepContext
     from bam_dense.models.backbones import create_backbone
+    from bam_dense.models.heads import HeadConfig
 
     dev = torch.device(device)
     params = BAMParams(top_k=128, projector=HeadConfig(3, 4096, 4096, bn=False, bias=True, act="gelu"))

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from conftest import tiny_pretrain_dict
 from dist_helpers import method_param_grads, run_world
 
-from bam_dense.core.config import HeadConfig, load_config
+from bam_dense.core.config import load_config
 from bam_dense.engine.teacher import make_teacher
 from bam_dense.engine.trainer import Trainer
 from bam_dense.losses.lewel import lewel_loss
@@ -19,7 +19,7 @@ from bam_dense.methods import build_method
 from bam_dense.methods.base import StepContext
 from bam_dense.models.alignment import AlignmentNeck, alignment_maps, multi_head_pooling
 from bam_dense.models.backbones import build_backbone
-from bam_dense.models.heads import MLPHead
+from bam_dense.models.heads import HeadConfig, MLPHead
 
 FIXTURE = Path(__file__).parent / "fixtures" / "lewel_official.pt"
 TWO_VIEW = {"views": {"kind": "two_view", "global_crops": 2, "global_size": 16, "local_crops": 0, "global_scale": [0.3, 1.0]}}

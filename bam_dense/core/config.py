@@ -4,6 +4,9 @@ An unknown or misspelt key fails before any work, naming its full path and the c
 Command-line overrides are ``key.sub=value`` with ``value`` parsed as YAML. The resolved config is what
 the run saves beside its checkpoints (``config.yaml``) and inside every checkpoint.
 
+The ``method`` section belongs to the method named by ``method.name``: its fields and their rules are declared in
+the method's own file and found through :mod:`bam_dense.core.registry`; this module holds what every run shares.
+
 Every recipe number lives in the YAML files under ``configs/pretrain/`` with a comment giving its source;
 the defaults here are only what a config leaves unsaid.
 """
@@ -25,6 +28,7 @@ from typing import Any
 import yaml
 
 from bam_dense.core.errors import UserFacingError
+from bam_dense.core.registry import MethodParams, method_names, method_spec
 
 
 class ConfigError(UserFacingError):
@@ -182,159 +186,7 @@ class EvalConfig:
     random_init_baseline: bool = False  # also score the untrained encoder once, for comparison
 
 
-# ---------------------------------------------------------------------------------------------
-# Method parameters (one dataclass per method; ``method.name`` selects it)
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class HeadConfig:
-    """An MLP head: ``layers`` Linear layers, optional BN between them, optional affine-free BN at the end."""
-
-    layers: int = 3
-    hidden_dim: int = 4096
-    out_dim: int = 4096
-    bn: bool = False
-    last_bn: bool = False
-    bias: bool = True
-    act: str = "gelu"  # gelu | relu
-
-
-@dataclass
-class BAMParams:
-    name: str = "bam"
-    temperature: float = 0.1  # softmax temperature of the source attention
-    eps: float = 0.05  # Sinkhorn entropic regularisation at the start of training
-    eps_final: float | None = None  # None: constant eps
-    eps_warmup_epochs: float = 0.0  # linear eps -> eps_final over these epochs
-    sinkhorn_iters: int = 3
-    top_k: int = 0  # keep the k largest target entries per image (0: off)
-    positive_masking: bool = True
-    n_target: int | None = None  # target crops (default: the number of global crops)
-    projector: HeadConfig = field(default_factory=HeadConfig)
-
-
-@dataclass
-class BYOLParams:
-    """BYOL, and LEWEL_B when ``lewel_loss_weight < 1``: with weight 1 LEWEL_B is exactly BYOL."""
-
-    name: str = "byol"
-    projector: HeadConfig = field(default_factory=lambda: HeadConfig(2, 4096, 256, bn=True, bias=False, act="relu"))
-    predictor: HeadConfig = field(default_factory=lambda: HeadConfig(2, 4096, 256, bn=True, bias=False, act="relu"))
-
-
-@dataclass
-class LEWELParams:
-    name: str = "lewel_b"
-    projector: HeadConfig = field(default_factory=lambda: HeadConfig(2, 4096, 256, bn=True, bias=False, act="relu"))
-    predictor: HeadConfig = field(default_factory=lambda: HeadConfig(2, 4096, 256, bn=True, bias=False, act="relu"))
-    num_heads: int = 4  # alignment-map heads (channel groups)
-    scale: float = 1.0  # temperature of the spatial softmax over L2-normalised map logits
-    loss_weight: float = 0.5  # w: w * global + (1 - w) * aligned; 1.0 gives BYOL
-
-
-@dataclass
-class COBYOLParams:
-    name: str = "co_byol"
-    projector: HeadConfig = field(default_factory=lambda: HeadConfig(2, 4096, 256, bn=True, bias=False, act="relu"))
-    predictor: HeadConfig = field(default_factory=lambda: HeadConfig(2, 4096, 256, bn=True, bias=False, act="relu"))
-    local_weight: float = 0.3  # w_s
-    convex: bool = False  # False: L_g + w_s L_l (default, METHODS.md 6) | True: (1 - w_s) L_g + w_s L_l
-    grid: int = 0  # 0: every cell of the dense map | n: adaptive-average-pool to n x n first
-    target_head: str = "local"  # local: mean over cells of the momentum local projector | global: reuse g_xi's output
-    local_stage: int | None = None  # None: the last stage's dense map | k: stage k's map (CNN layer k, ViT block k)
-    global_mlp: HeadConfig | None = None  # an MLP after average pooling giving the global representation (RF-ResNet's)
-
-
-@dataclass
-class COBAMParams(BAMParams):
-    name: str = "co_bam"
-    local_weight: float = 0.3  # w_s in (1 - w_s) L_BAM + w_s L_local
-    grid: int = 4  # pool the dense map to grid x grid cells (0: every token / pixel)
-    local_projector: HeadConfig = field(default_factory=HeadConfig)
-
-
-@dataclass
-class LEWELBAMParams(BAMParams):
-    name: str = "lewel_bam"
-    global_weight: float = 0.5  # w in w L_BAM(global) + (1 - w) mean_j L_BAM(aligned j)
-    num_heads: int = 4
-    scale: float = 1.0
-    neck: HeadConfig = field(default_factory=lambda: HeadConfig(2, 2048, 256, bn=True, bias=False, act="relu"))
-
-
-@dataclass
-class DINOParams:
-    """DINO (Caron et al. 2021); defaults from facebookresearch/dino main_dino.py's arguments."""
-
-    name: str = "dino"
-    out_dim: int = 65536  # prototypes K of the head's weight-normalised last layer
-    hidden_dim: int = 2048
-    bottleneck_dim: int = 256
-    head_layers: int = 3
-    head_bn: bool = False  # use_bn_in_head
-    norm_last_layer: bool = True  # keep the last layer's weight-norm g at 1 (not trained)
-    student_temp: float = 0.1
-    teacher_temp: float = 0.04  # after the warm-up
-    warmup_teacher_temp: float = 0.04
-    warmup_teacher_temp_epochs: int = 0  # linear warm-up of the teacher temperature (DINO's linspace per epoch)
-    center_momentum: float = 0.9
-    freeze_last_layer: int = 1  # epochs during which the head's last layer gets no update (its gradients dropped)
-    pos_resample: str = "dino"  # ViT local crops: the position table resampled as DINO's interpolate_pos_encoding
-
-
-@dataclass
-class CODINOParams(DINOParams):
-    """CO-DINO (CO-SSL): DINO plus each cell of a global view distilled from the other view's teacher output.
-
-    The paper's CO-DINO details are not public: every field below is a reconstructed choice (docs/methods.md)."""
-
-    name: str = "co_dino"
-    local_weight: float = 0.3  # w_s (the paper's good range 0.2-0.5); 0: no local head, exactly DINO
-    convex: bool = False  # False: L_g + w_s L_l | True: (1 - w_s) L_g + w_s L_l
-    grid: int = 0  # 0: every cell of the dense map | n: adaptive-average-pool it to n x n first
-    shared_head: bool = False  # True: the cells go through DINO's own head (the paper's Table 6 ablation)
-    local_stage: int | None = None  # None: the last stage's dense map | k: stage k's map (CNN layer k, ViT block k)
-    global_mlp: HeadConfig | None = None  # an MLP after average pooling giving the global representation (RF-ResNet's)
-
-
-@dataclass
-class MoCoV3Params:
-    """MoCo v3 (Chen, Xie & He 2021); defaults from facebookresearch/moco-v3 main_moco.py, except the temperature."""
-
-    name: str = "mocov3"
-    dim: int = 256  # --moco-dim: output width of the projector and predictor
-    mlp_dim: int = 4096  # --moco-mlp-dim: their hidden width
-    temperature: float = 0.2  # --moco-t: 0.2 in CONFIG.md's ViT runs (main_moco.py's default is 1.0)
-
-
-@dataclass
-class COMoCoV3Params(MoCoV3Params):
-    """CO-MoCoV3 (CO-SSL): MoCo v3 plus an InfoNCE of every cell's query against the other view's global keys.
-
-    The paper's CO-MoCoV3 details are not public: every field below is a reconstructed choice (docs/methods.md)."""
-
-    name: str = "co_mocov3"
-    local_weight: float = 0.3  # w_s; 0: no local heads, exactly MoCo v3
-    convex: bool = False  # False: L_g + w_s L_l | True: (1 - w_s) L_g + w_s L_l
-    grid: int = 0  # 0: every cell | n: adaptive-average-pool to n x n first
-    target_head: str = "local"  # local: mean over cells of the momentum local projector (as CO-BYOL) | global: the key
-    local_stage: int | None = None  # None: the last stage's dense map | k: stage k's map (CNN layer k, ViT block k)
-    global_mlp: HeadConfig | None = None  # an MLP after average pooling giving the global representation (RF-ResNet's)
-
-
-METHOD_PARAMS: dict[str, type] = {
-    "bam": BAMParams,
-    "byol": BYOLParams,
-    "lewel_b": LEWELParams,
-    "co_byol": COBYOLParams,
-    "co_bam": COBAMParams,
-    "lewel_bam": LEWELBAMParams,
-    "dino": DINOParams,
-    "co_dino": CODINOParams,
-    "mocov3": MoCoV3Params,
-    "co_mocov3": COMoCoV3Params,
-}
+DEFAULT_METHOD = "bam"  # the method of a config without a method section
 
 
 @dataclass
@@ -344,7 +196,7 @@ class PretrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
-    method: Any = field(default_factory=BAMParams)
+    method: MethodParams = field(default_factory=lambda: method_spec(DEFAULT_METHOD).params())
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
@@ -363,8 +215,6 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optim.amp": ("none", "bf16", "fp16"),
     "teacher.buffers": ("params", "params_and_buffers"),
     "eval.knn.network": ("teacher", "student"),
-    "method.name": tuple(METHOD_PARAMS),
-    "method.target_head": ("local", "global"),
 }
 
 
@@ -398,8 +248,8 @@ BELOW_ONE = Range(0, 1, high_open=True)
 SCALE = Range(0, 1, low_open=True)  # crop area shares
 
 # What each number may be, checked as the config is read: a value outside its range is refused naming the key
-# (also for values in lists). One line per option; a "method." key holds for every method that has the option,
-# "*" matches any part of a key.
+# (also for values in lists). One line per option, "*" matches any part of a key. The method section's options
+# are declared by each method's parameters (``RANGES`` of its dataclass, bam_dense.core.registry).
 RANGES: dict[str, Range] = {
     "run.log_every": COUNT,
     "run.checkpoint_every": COUNT,
@@ -443,46 +293,25 @@ RANGES: dict[str, Range] = {
     "eval.knn.image_size": COUNT,
     "eval.knn.resize_size": COUNT,
     "eval.knn.batch_size": COUNT,
-    "method.temperature": POSITIVE,  # BAM's attention, MoCo v3's InfoNCE
-    "method.eps": POSITIVE,  # Sinkhorn
-    "method.eps_final": POSITIVE,
-    "method.eps_warmup_epochs": NON_NEGATIVE,
-    "method.sinkhorn_iters": COUNT,
-    "method.top_k": NON_NEGATIVE,  # 0: off
-    "method.n_target": COUNT,
-    "method.student_temp": POSITIVE,
-    "method.teacher_temp": POSITIVE,
-    "method.warmup_teacher_temp": POSITIVE,
-    "method.warmup_teacher_temp_epochs": NON_NEGATIVE,
-    "method.center_momentum": FRACTION,
-    "method.freeze_last_layer": NON_NEGATIVE,
-    "method.out_dim": COUNT,
-    "method.hidden_dim": COUNT,
-    "method.bottleneck_dim": COUNT,
-    "method.head_layers": COUNT,
-    "method.dim": COUNT,
-    "method.mlp_dim": COUNT,
-    "method.num_heads": COUNT,
-    "method.scale": POSITIVE,
-    "method.loss_weight": FRACTION,
-    "method.local_weight": FRACTION,
-    "method.global_weight": FRACTION,
-    "method.grid": NON_NEGATIVE,  # 0: every cell
-    "method.*.layers": COUNT,  # heads
-    "method.*.hidden_dim": COUNT,
-    "method.*.out_dim": COUNT,
 }
 
 
-def _range_of(key: str) -> Range | None:
-    if key in RANGES:
-        return RANGES[key]
-    matches = [pattern for pattern in RANGES if "*" in pattern and fnmatch.fnmatchcase(key, pattern)]
-    return RANGES[max(matches, key=len)] if matches else None  # the most specific pattern
+def _lookup(key: str, table: dict[str, Any]) -> Any:
+    if key in table:
+        return table[key]
+    matches = [pattern for pattern in table if "*" in pattern and fnmatch.fnmatchcase(key, pattern)]
+    return table[max(matches, key=len)] if matches else None  # the most specific pattern
 
 
-def _check_range(key: str, value: Any) -> None:
-    allowed = _range_of(key)
+def _declared(cls: type, attribute: str) -> dict[str, Any]:
+    """The ``RANGES`` or ``CHOICES`` a dataclass declares for its own fields, its bases' included."""
+    merged: dict[str, Any] = {}
+    for klass in reversed(cls.__mro__):
+        merged.update(vars(klass).get(attribute, {}))
+    return merged
+
+
+def _check_range(key: str, value: Any, allowed: Range | None) -> None:
     if allowed is None or value is None:
         return
     items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
@@ -566,6 +395,7 @@ def build(cls: type, data: dict, path: str = "") -> Any:
     """Instantiate dataclass ``cls`` from ``data``, rejecting unknown keys and wrong types."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    own_ranges, own_choices = _declared(cls, "RANGES"), _declared(cls, "CHOICES")
     kwargs = {}
     for key, value in data.items():
         if key not in fields:
@@ -575,26 +405,25 @@ def build(cls: type, data: dict, path: str = "") -> Any:
             kwargs[key] = _build_method(value, sub)
             continue
         kwargs[key] = _coerce(value, hints[key], sub)
-        _check_range(sub, kwargs[key])
-        choices = CHOICES.get(sub)
+        _check_range(sub, kwargs[key], _lookup(key, own_ranges) or _lookup(sub, RANGES))
+        choices = own_choices.get(key) or CHOICES.get(sub)
         if choices and kwargs[key] not in choices:
             raise ConfigError(f"{sub}: {kwargs[key]!r} is not one of {', '.join(choices)}")
     return cls(**kwargs)
 
 
-def _build_method(value: Any, path: str) -> Any:
+def _build_method(value: Any, path: str) -> MethodParams:
+    """The method section, read into the parameters its ``name`` registered (bam_dense.core.registry)."""
+    names = method_names()
     if not isinstance(value, dict) or "name" not in value:
-        raise ConfigError(f"{path}: expected a mapping with a 'name' ({', '.join(METHOD_PARAMS)})")
+        raise ConfigError(f"{path}: expected a mapping with a 'name' ({', '.join(names)})")
     name = value["name"]
-    if not isinstance(name, str) or name not in METHOD_PARAMS:
-        close = difflib.get_close_matches(str(name), list(METHOD_PARAMS), n=1)
+    spec = method_spec(name) if isinstance(name, str) else None
+    if spec is None:
+        close = difflib.get_close_matches(str(name), names, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise ConfigError(f"{path}.name: unknown method {name!r}{hint} (choose from {', '.join(METHOD_PARAMS)})")
-    params = build(METHOD_PARAMS[name], value, path)
-    target = getattr(params, "target_head", None)
-    if target is not None and target not in CHOICES["method.target_head"]:
-        raise ConfigError(f"{path}.target_head: {target!r} is not one of {', '.join(CHOICES['method.target_head'])}")
-    return params
+        raise ConfigError(f"{path}.name: unknown method {name!r}{hint} (choose from {', '.join(names)})")
+    return build(spec.params, value, path)
 
 
 def to_dict(cfg: Any) -> Any:
@@ -700,29 +529,15 @@ def validate(cfg: PretrainConfig) -> None:
         if len(getattr(v, name)) != v.global_crops:
             raise ConfigError(f"data.views.{name} needs one value per global crop ({v.global_crops}), got {getattr(v, name)}")
     m = cfg.method
-    n_target = getattr(m, "n_target", None)
-    if n_target is not None and not 1 <= n_target <= v.global_crops:
-        raise ConfigError(f"method.n_target must be in 1..{v.global_crops} (the global crops), got {n_target}")
-    if m.name in ("byol", "lewel_b", "co_byol") and not cfg.teacher.enabled:
+    if m.NEEDS_TEACHER and not cfg.teacher.enabled:
         raise ConfigError(f"method {m.name} needs a momentum teacher: set teacher.enabled: true")
-    if m.name in ("byol", "lewel_b", "co_byol") and (v.global_crops != 2 or v.local_crops != 0):
+    if m.TWO_VIEWS and (v.global_crops != 2 or v.local_crops != 0):
         raise ConfigError(f"method {m.name} uses two views: set data.views.kind: two_view")
-    if m.name in ("dino", "co_dino", "mocov3", "co_mocov3") and not cfg.teacher.enabled:
-        raise ConfigError(f"method {m.name} needs a momentum teacher: set teacher.enabled: true")
-    if m.name in ("mocov3", "co_mocov3") and (v.global_crops != 2 or v.local_crops != 0):
-        raise ConfigError(f"method {m.name} uses two views: set data.views.kind: two_view")
-    if m.name == "co_dino" and v.global_crops != 2:
-        raise ConfigError(f"method co_dino pairs the two global crops: set data.views.global_crops: 2 (got {v.global_crops})")
-    if m.name == "lewel_b" and m.projector.out_dim % m.num_heads:
-        raise ConfigError(f"method.projector.out_dim ({m.projector.out_dim}) must be divisible by method.num_heads ({m.num_heads})")
-    if m.name == "lewel_bam" and m.neck.out_dim % m.num_heads:
-        raise ConfigError(f"method.neck.out_dim ({m.neck.out_dim}) must be divisible by method.num_heads ({m.num_heads})")
+    m.check(cfg)  # the method's own rules
     if cfg.optim.warmup_epochs > cfg.optim.epochs:
         raise ConfigError(f"optim.warmup_epochs ({cfg.optim.warmup_epochs}) exceeds optim.epochs ({cfg.optim.epochs})")
     if cfg.optim.clip_grad_mode not in ("total", "per_param"):
         raise ConfigError(f"optim.clip_grad_mode must be total or per_param, got {cfg.optim.clip_grad_mode!r}")
-    if m.name == "dino" and m.pos_resample not in ("dino", "timm"):
-        raise ConfigError(f"method.pos_resample must be dino or timm, got {m.pos_resample!r}")
     if cfg.teacher.buffers == "params_and_buffers" and not cfg.teacher.eval_mode:
         raise ConfigError("teacher.buffers: params_and_buffers (EMAN) runs the teacher in eval mode: set teacher.eval_mode: true")
 

@@ -13,47 +13,56 @@ With ``w_s = 0`` it is exactly BAM.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bam_dense.core.config import COBAMParams
+from bam_dense.core.registry import register_method
 from bam_dense.losses.bam import attention_cross_entropy, balanced_targets, eps_at_epoch
-from bam_dense.methods.base import Method, StepContext, multicrop_features
-from bam_dense.methods.co_byol import local_cells
+from bam_dense.methods import co_ssl
+from bam_dense.methods.bam import BAM, BAMNet, BAMParams
+from bam_dense.methods.base import StepContext, multicrop_features
+from bam_dense.methods.co_ssl import local_cells
 from bam_dense.models.backbones import feature_dims
-from bam_dense.models.heads import MLPHead
+from bam_dense.models.heads import HeadConfig, MLPHead
 
 
-class COBAMNet(nn.Module):
+@dataclass
+class COBAMParams(BAMParams):
+    name: str = "co_bam"
+    local_weight: float = 0.3  # w_s in (1 - w_s) L_BAM + w_s L_local
+    grid: int = 4  # pool the dense map to grid x grid cells (0: every token / pixel)
+    local_projector: HeadConfig = field(default_factory=HeadConfig)
+    RANGES = co_ssl.RANGES
+
+
+class COBAMNet(BAMNet):
     def __init__(self, backbone: nn.Module, params: COBAMParams):
-        super().__init__()
-        pooled_dim, dense_dim = feature_dims(backbone)
-        self.backbone = backbone
-        self.projector = MLPHead.from_config(pooled_dim, params.projector)
+        super().__init__(backbone, params)
         self.grid = params.grid
-        self.local_projector = MLPHead.from_config(dense_dim, params.local_projector) if params.local_weight > 0 else None
+        self.local_projector = None
+        if params.local_weight > 0:
+            self.local_projector = MLPHead.from_config(feature_dims(backbone)[1], params.local_projector)
 
-    def forward(self, crops: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        pooled, dense = multicrop_features(self.backbone, crops)
-        out = {"z": self.projector(pooled)}
-        if self.local_projector is not None:
-            cells = [self.local_projector(local_cells(d, self.grid)) for d in dense]  # per crop: b x d x cells
-            n_cells = {c.shape[2] for c in cells}
-            if len(n_cells) != 1:
-                raise ValueError(f"crops give different numbers of cells {sorted(n_cells)}: set method.grid > 0")
-            out["cells"] = torch.stack(cells)  # V x b x d x cells
-        return out
+    def dense_heads(self, dense: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        if self.local_projector is None:
+            return {}
+        cells = [self.local_projector(local_cells(d, self.grid)) for d in dense]  # per crop: b x d x cells
+        n_cells = {c.shape[2] for c in cells}
+        if len(n_cells) != 1:
+            raise ValueError(f"crops give different numbers of cells {sorted(n_cells)}: set method.grid > 0")
+        return {"cells": torch.stack(cells)}  # V x b x d x cells
 
 
-class COBAM(Method):
+@register_method("co_bam", COBAMParams)
+class COBAM(BAM):
     name = "co_bam"
-    teacher_momentum_lead = 1  # BAM's teacher: updated at the start of each step (methods/bam.py)
     teacher_exclude = ("local_projector",)
 
     def __init__(self, backbone: nn.Module, params: COBAMParams):
-        super().__init__(COBAMNet(backbone, params))
-        self.params = params
+        super().__init__(backbone, params, student=COBAMNet(backbone, params))
 
     def teacher_forward(self, teacher, crops):
         return {"z": teacher.projector(multicrop_features(teacher.backbone, crops)[0])}

@@ -16,10 +16,7 @@ vector ``y_b`` instead, an EMAN teacher (eval mode) would normalise it with per-
 a pooled vector varies far less than a cell (on a random ResNet-18, pre-BN variance 0.07 pooled against 0.68
 per cell). Cells in, then the mean, is the same target for an EMA teacher in train mode and an EMAN teacher.
 
-Two options shared by the CO methods (CO-DINO, CO-MoCoV3 too): ``local_stage`` takes ``Y`` for the local heads
-from an intermediate stage of the same forward pass (the paper's appendix A.6; the global path keeps the last
-stage), and ``global_mlp`` puts an MLP between ``mean(Y)`` and the base method's head (RF-ResNet's MLP after
-average pooling, the paper's Table 6).
+``local_stage`` and ``global_mlp``: the CO-SSL family's (:mod:`bam_dense.methods.co_ssl`).
 
 With ``w_s = 0`` it is exactly BYOL. CO-SSL's code is not public: all four heads are initialised as LEWEL's
 1x1-conv MLP1D heads, of the BYOL/LEWEL_B recipe this one follows (kaiming normal, fan_out).
@@ -27,39 +24,35 @@ With ``w_s = 0`` it is exactly BYOL. CO-SSL's code is not public: all four heads
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from bam_dense.core.config import COBYOLParams, HeadConfig
+from bam_dense.core.registry import MethodParams, register_method
 from bam_dense.losses.byol import byol_loss
+from bam_dense.methods import co_ssl
 from bam_dense.methods.base import Method, StepContext
-from bam_dense.models.backbones import Features, check_stage, feature_dims, features, stage_dim
-from bam_dense.models.heads import MLPHead
+from bam_dense.methods.co_ssl import global_dim, global_mlp, local_cells, local_source, with_local_term
+from bam_dense.models.backbones import check_stage, features, stage_dim
+from bam_dense.models.heads import HeadConfig, MLPHead
 
 
-def local_cells(dense: torch.Tensor, grid: int) -> torch.Tensor:
-    """``B x C x H x W`` -> ``B x C x cells``: every position, or an adaptive-average-pooled grid."""
-    if grid > 0:
-        dense = F.adaptive_avg_pool2d(dense, grid)
-    return dense.flatten(2)
-
-
-def global_mlp(backbone: nn.Module, cfg: HeadConfig | None, init: str) -> nn.Module:
-    """CO-SSL's MLP after average pooling (RF-ResNet's, ablated in the paper's Table 6): it turns the pooled vector
-    into the global representation the base method's head reads; the local heads read the cells before pooling.
-    Without one, ``nn.Identity`` (no parameters: the state dict and every draw stay the base method's)."""
-    return nn.Identity() if cfg is None else MLPHead.from_config(feature_dims(backbone)[0], cfg, init=init)
-
-
-def global_dim(backbone: nn.Module, cfg: HeadConfig | None) -> int:
-    """Width of the global representation: the pooled vector's, or the post-pool MLP's output."""
-    return feature_dims(backbone)[0] if cfg is None else cfg.out_dim
-
-
-def local_source(feats: Features, stage: int | None) -> torch.Tensor:
-    """The map the local heads embed: the last stage's (``stage`` None) or the intermediate one features() tapped."""
-    return feats.dense if stage is None else feats.inner
+@dataclass
+class COBYOLParams(MethodParams):
+    name: str = "co_byol"
+    projector: HeadConfig = field(default_factory=lambda: HeadConfig(2, 4096, 256, bn=True, bias=False, act="relu"))
+    predictor: HeadConfig = field(default_factory=lambda: HeadConfig(2, 4096, 256, bn=True, bias=False, act="relu"))
+    local_weight: float = 0.3  # w_s
+    convex: bool = False  # False: L_g + w_s L_l (default, METHODS.md 6) | True: (1 - w_s) L_g + w_s L_l
+    grid: int = 0  # 0: every cell of the dense map | n: adaptive-average-pool to n x n first
+    target_head: str = "local"  # local: mean over cells of the momentum local projector | global: reuse g_xi's output
+    local_stage: int | None = None  # None: the last stage's dense map | k: stage k's map (CNN layer k, ViT block k)
+    global_mlp: HeadConfig | None = None  # an MLP after average pooling giving the global representation (RF-ResNet's)
+    RANGES = co_ssl.RANGES
+    CHOICES = {"target_head": co_ssl.TARGET_HEADS}
+    NEEDS_TEACHER = True
+    TWO_VIEWS = True
 
 
 class COBYOLNet(nn.Module):
@@ -97,6 +90,7 @@ class COBYOLNet(nn.Module):
         return [self.view(x, predict, local) for x in crops]
 
 
+@register_method("co_byol", COBYOLParams)
 class COBYOL(Method):
     name = "co_byol"
     teacher_exclude = ("predictor", "local_predictor")
@@ -120,5 +114,5 @@ class COBYOL(Method):
             cells = pred.shape[2]
             l_l = l_l + byol_loss(pred.transpose(2, 1).reshape(-1, pred.shape[1]),
                                   target[:, None, :].expand(-1, cells, -1).reshape(-1, target.shape[1]))
-        loss = ((1 - p.local_weight) * l_g if p.convex else l_g) + p.local_weight * l_l
+        loss = with_local_term(l_g, l_l, p.local_weight, p.convex)
         return loss, {"global": l_g.detach(), "local": l_l.detach()}

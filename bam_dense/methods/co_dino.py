@@ -19,22 +19,47 @@ trains as DINO's own: its last layer frozen in the first ``freeze_last_layer`` e
 (:meth:`~bam_dense.methods.dino.DINO.frozen_parameters` freezes every DINO head's), and the teacher, built as
 DINO's, never drops paths.
 
-``local_stage`` and ``global_mlp``: as CO-BYOL's (:mod:`bam_dense.methods.co_byol`).
+``local_stage`` and ``global_mlp``: the CO-SSL family's (:mod:`bam_dense.methods.co_ssl`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 
-from bam_dense.core.config import CODINOParams
+from bam_dense.core.config import ConfigError, PretrainConfig
 from bam_dense.core.errors import UserFacingError
+from bam_dense.core.registry import register_method
 from bam_dense.losses.dino import dino_loss
+from bam_dense.methods import co_ssl
 from bam_dense.methods.base import StepContext
-from bam_dense.methods.co_byol import global_dim, global_mlp, local_cells, local_source
-from bam_dense.methods.dino import DINO, DINONet, teacher_temp_at_epoch, without_drop_path_
+from bam_dense.methods.co_ssl import global_dim, global_mlp, local_cells, local_source, with_local_term
+from bam_dense.methods.dino import DINO, DINONet, DINOParams, teacher_temp_at_epoch, without_drop_path_
 from bam_dense.models.backbones import check_stage, stage_dim
-from bam_dense.models.heads import DINOHead
+from bam_dense.models.heads import DINOHead, HeadConfig
+
+
+@dataclass
+class CODINOParams(DINOParams):
+    """CO-DINO (CO-SSL): DINO plus each cell of a global view distilled from the other view's teacher output.
+
+    The paper's CO-DINO details are not public: every field below is a reconstructed choice (docs/methods.md)."""
+
+    name: str = "co_dino"
+    local_weight: float = 0.3  # w_s (the paper's good range 0.2-0.5); 0: no local head, exactly DINO
+    convex: bool = False  # False: L_g + w_s L_l | True: (1 - w_s) L_g + w_s L_l
+    grid: int = 0  # 0: every cell of the dense map | n: adaptive-average-pool it to n x n first
+    shared_head: bool = False  # True: the cells go through DINO's own head (the paper's Table 6 ablation)
+    local_stage: int | None = None  # None: the last stage's dense map | k: stage k's map (CNN layer k, ViT block k)
+    global_mlp: HeadConfig | None = None  # an MLP after average pooling giving the global representation (RF-ResNet's)
+    RANGES = co_ssl.RANGES
+
+    def check(self, cfg: PretrainConfig) -> None:
+        crops = cfg.data.views.global_crops
+        if crops != 2:
+            raise ConfigError(f"method co_dino pairs the two global crops: set data.views.global_crops: 2 (got {crops})")
 
 
 class CODINONet(DINONet):
@@ -70,6 +95,7 @@ class CODINONet(DINONet):
         return out
 
 
+@register_method("co_dino", CODINOParams)
 class CODINO(DINO):
     name = "co_dino"
     teacher_exclude = ("local_head",)  # the target is the teacher's global output
@@ -92,5 +118,5 @@ class CODINO(DINO):
         cells = student_out["local_logits"][0].shape[0] // teachers[0].shape[0]
         targets = [t.repeat_interleave(cells, dim=0) for t in teachers]  # every cell of image i: the target of i
         l_l = dino_loss(student_out["local_logits"], targets, center, student_temp=p.student_temp, teacher_temp=temp)
-        loss = ((1 - p.local_weight) * l_g if p.convex else l_g) + p.local_weight * l_l
+        loss = with_local_term(l_g, l_l, p.local_weight, p.convex)
         return loss, {"global": l_g.detach(), "local": l_l.detach()}

@@ -15,21 +15,41 @@ averaged (``target_head: local``, CO-BYOL's default, for the reason given there)
 ``L_l`` sums the two directions as ``L_g`` does, so ``w_s`` weighs terms of one scale. With ``w_s = 0`` the
 local heads are not built: the network, its initial weights and every step are MoCo v3's.
 
-``local_stage`` and ``global_mlp``: as CO-BYOL's (:mod:`bam_dense.methods.co_byol`).
+``local_stage`` and ``global_mlp``: the CO-SSL family's (:mod:`bam_dense.methods.co_ssl`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 
-from bam_dense.core.config import COMoCoV3Params
+from bam_dense.core.registry import register_method
 from bam_dense.losses.mocov3 import mocov3_loss
+from bam_dense.methods import co_ssl
 from bam_dense.methods.base import StepContext
-from bam_dense.methods.co_byol import global_dim, global_mlp, local_cells, local_source
-from bam_dense.methods.mocov3 import MoCoV3, MoCoV3Net, mocov3_head_family
+from bam_dense.methods.co_ssl import global_dim, global_mlp, local_cells, local_source, with_local_term
+from bam_dense.methods.mocov3 import MoCoV3, MoCoV3Net, MoCoV3Params, mocov3_head_family
 from bam_dense.models.backbones import check_stage, stage_dim
-from bam_dense.models.heads import mocov3_predictor, mocov3_projector
+from bam_dense.models.heads import HeadConfig, mocov3_predictor, mocov3_projector
+
+
+@dataclass
+class COMoCoV3Params(MoCoV3Params):
+    """CO-MoCoV3 (CO-SSL): MoCo v3 plus an InfoNCE of every cell's query against the other view's global keys.
+
+    The paper's CO-MoCoV3 details are not public: every field below is a reconstructed choice (docs/methods.md)."""
+
+    name: str = "co_mocov3"
+    local_weight: float = 0.3  # w_s; 0: no local heads, exactly MoCo v3
+    convex: bool = False  # False: L_g + w_s L_l | True: (1 - w_s) L_g + w_s L_l
+    grid: int = 0  # 0: every cell | n: adaptive-average-pool to n x n first
+    target_head: str = "local"  # local: mean over cells of the momentum local projector (as CO-BYOL) | global: the key
+    local_stage: int | None = None  # None: the last stage's dense map | k: stage k's map (CNN layer k, ViT block k)
+    global_mlp: HeadConfig | None = None  # an MLP after average pooling giving the global representation (RF-ResNet's)
+    RANGES = co_ssl.RANGES
+    CHOICES = {"target_head": co_ssl.TARGET_HEADS}
 
 
 class COMoCoV3Net(MoCoV3Net):
@@ -63,6 +83,7 @@ class COMoCoV3Net(MoCoV3Net):
         return outs
 
 
+@register_method("co_mocov3", COMoCoV3Params)
 class COMoCoV3(MoCoV3):
     name = "co_mocov3"
 
@@ -83,5 +104,5 @@ class COMoCoV3(MoCoV3):
         key = "t_local" if p.target_head == "local" else "z"
         l_l = (mocov3_loss(student_out[0]["q_local"], teacher_out[1][key], p.temperature)
                + mocov3_loss(student_out[1]["q_local"], teacher_out[0][key], p.temperature))
-        loss = ((1 - p.local_weight) * l_g if p.convex else l_g) + p.local_weight * l_l
+        loss = with_local_term(l_g, l_l, p.local_weight, p.convex)
         return loss, {"global": l_g.detach(), "local": l_l.detach()}

@@ -16,17 +16,53 @@ whole step equals the official one (tests/test_dino_official_step.py).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from itertools import groupby
 
 import torch
 import torch.nn as nn
 from timm.layers import DropPath
 
-from bam_dense.core.config import DINOParams
+from bam_dense.core.config import COUNT, FRACTION, NON_NEGATIVE, POSITIVE
+from bam_dense.core.registry import MethodParams, register_method
 from bam_dense.losses.dino import dino_center, dino_loss
 from bam_dense.methods.base import Method, StepContext
 from bam_dense.models.backbones import Features, feature_dims, features
 from bam_dense.models.heads import DINOHead
+
+
+@dataclass
+class DINOParams(MethodParams):
+    """DINO (Caron et al. 2021); defaults from facebookresearch/dino main_dino.py's arguments."""
+
+    name: str = "dino"
+    out_dim: int = 65536  # prototypes K of the head's weight-normalised last layer
+    hidden_dim: int = 2048
+    bottleneck_dim: int = 256
+    head_layers: int = 3
+    head_bn: bool = False  # use_bn_in_head
+    norm_last_layer: bool = True  # keep the last layer's weight-norm g at 1 (not trained)
+    student_temp: float = 0.1
+    teacher_temp: float = 0.04  # after the warm-up
+    warmup_teacher_temp: float = 0.04
+    warmup_teacher_temp_epochs: int = 0  # linear warm-up of the teacher temperature (DINO's linspace per epoch)
+    center_momentum: float = 0.9
+    freeze_last_layer: int = 1  # epochs during which the head's last layer gets no update (its gradients dropped)
+    pos_resample: str = "dino"  # ViT local crops: the position table resampled as DINO's interpolate_pos_encoding
+    RANGES = {
+        "out_dim": COUNT,
+        "hidden_dim": COUNT,
+        "bottleneck_dim": COUNT,
+        "head_layers": COUNT,
+        "student_temp": POSITIVE,
+        "teacher_temp": POSITIVE,
+        "warmup_teacher_temp": POSITIVE,
+        "warmup_teacher_temp_epochs": NON_NEGATIVE,
+        "center_momentum": FRACTION,
+        "freeze_last_layer": NON_NEGATIVE,
+    }
+    CHOICES = {"pos_resample": ("dino", "timm")}
+    NEEDS_TEACHER = True
 
 
 def teacher_temp_at_epoch(epoch: int, warmup_temp: float, temp: float, warmup_epochs: int) -> float:
@@ -68,6 +104,7 @@ class DINONet(nn.Module):
         return {"logits": self.head(torch.cat(pooled))}  # (V*b) x K, crop-major
 
 
+@register_method("dino", DINOParams)
 class DINO(Method):
     name = "dino"
 

@@ -13,14 +13,53 @@ vector, so its BatchNorm statistics, and therefore the loss, are exactly BYOL's.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 import torch.nn as nn
 
+from bam_dense.core.config import COUNT, FRACTION, POSITIVE, ConfigError, PretrainConfig
+from bam_dense.core.registry import MethodParams, register_method
 from bam_dense.losses.lewel import lewel_loss
 from bam_dense.methods.base import Method, StepContext
 from bam_dense.models.alignment import AlignmentNeck
 from bam_dense.models.backbones import feature_dims, features
-from bam_dense.models.heads import MLPHead
+from bam_dense.models.heads import HeadConfig, MLPHead
+
+NECK_RANGES = {"num_heads": COUNT, "scale": POSITIVE}  # the alignment neck's options (LEWEL_B's and LEWEL-BAM's)
+
+
+def check_heads_divide(head: str, cfg: HeadConfig, num_heads: int) -> None:
+    """The alignment neck splits the head's output channels into ``num_heads`` groups."""
+    if cfg.out_dim % num_heads:
+        raise ConfigError(f"method.{head}.out_dim ({cfg.out_dim}) must be divisible by method.num_heads ({num_heads})")
+
+
+@dataclass
+class BYOLParams(MethodParams):
+    """BYOL, and LEWEL_B when ``lewel_loss_weight < 1``: with weight 1 LEWEL_B is exactly BYOL."""
+
+    name: str = "byol"
+    projector: HeadConfig = field(default_factory=lambda: HeadConfig(2, 4096, 256, bn=True, bias=False, act="relu"))
+    predictor: HeadConfig = field(default_factory=lambda: HeadConfig(2, 4096, 256, bn=True, bias=False, act="relu"))
+    NEEDS_TEACHER = True
+    TWO_VIEWS = True
+
+
+@dataclass
+class LEWELParams(MethodParams):
+    name: str = "lewel_b"
+    projector: HeadConfig = field(default_factory=lambda: HeadConfig(2, 4096, 256, bn=True, bias=False, act="relu"))
+    predictor: HeadConfig = field(default_factory=lambda: HeadConfig(2, 4096, 256, bn=True, bias=False, act="relu"))
+    num_heads: int = 4  # alignment-map heads (channel groups)
+    scale: float = 1.0  # temperature of the spatial softmax over L2-normalised map logits
+    loss_weight: float = 0.5  # w: w * global + (1 - w) * aligned; 1.0 gives BYOL
+    RANGES = {**NECK_RANGES, "loss_weight": FRACTION}
+    NEEDS_TEACHER = True
+    TWO_VIEWS = True
+
+    def check(self, cfg: PretrainConfig) -> None:
+        check_heads_divide("projector", self.projector, self.num_heads)
 
 
 class LEWELNet(nn.Module):
@@ -56,6 +95,8 @@ class LEWELNet(nn.Module):
         return [self.view(x, predict) for x in crops]
 
 
+@register_method("byol", BYOLParams)
+@register_method("lewel_b", LEWELParams)
 class LEWELB(Method):
     name = "lewel_b"
     teacher_exclude = ("predictor", "predictor_obj")

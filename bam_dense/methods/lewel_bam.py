@@ -13,46 +13,59 @@ With ``w = 1`` it is exactly BAM.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 import torch.nn as nn
 
-from bam_dense.core.config import LEWELBAMParams
-from bam_dense.losses.bam import bam_loss, eps_at_epoch
-from bam_dense.methods.base import Method, StepContext, multicrop_features
+from bam_dense.core.config import FRACTION, PretrainConfig
+from bam_dense.core.registry import register_method
+from bam_dense.losses.bam import bam_loss
+from bam_dense.methods import lewel
+from bam_dense.methods.bam import BAM, BAMNet, BAMParams
+from bam_dense.methods.base import StepContext
 from bam_dense.models.alignment import AlignmentNeck
 from bam_dense.models.backbones import feature_dims
-from bam_dense.models.heads import MLPHead
+from bam_dense.models.heads import HeadConfig
 
 
-class LEWELBAMNet(nn.Module):
+@dataclass
+class LEWELBAMParams(BAMParams):
+    name: str = "lewel_bam"
+    global_weight: float = 0.5  # w in w L_BAM(global) + (1 - w) mean_j L_BAM(aligned j)
+    num_heads: int = 4
+    scale: float = 1.0
+    neck: HeadConfig = field(default_factory=lambda: HeadConfig(2, 2048, 256, bn=True, bias=False, act="relu"))
+    RANGES = {**lewel.NECK_RANGES, "global_weight": FRACTION}
+
+    def check(self, cfg: PretrainConfig) -> None:
+        super().check(cfg)
+        lewel.check_heads_divide("neck", self.neck, self.num_heads)
+
+
+class LEWELBAMNet(BAMNet):
     def __init__(self, backbone: nn.Module, params: LEWELBAMParams):
-        super().__init__()
-        pooled_dim, dense_dim = feature_dims(backbone)
-        self.backbone = backbone
-        self.projector = MLPHead.from_config(pooled_dim, params.projector)
-        self.neck = AlignmentNeck(dense_dim, params.neck, params.num_heads, params.scale) if params.global_weight < 1 else None
+        super().__init__(backbone, params)
+        self.neck = None
+        if params.global_weight < 1:
+            self.neck = AlignmentNeck(feature_dims(backbone)[1], params.neck, params.num_heads, params.scale)
 
-    def forward(self, crops: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        pooled, dense = multicrop_features(self.backbone, crops)
-        out = {"z": self.projector(pooled)}
-        if self.neck is not None:
-            out["aligned"] = torch.cat([self.neck(d)[1] for d in dense])  # (V*b) x k x J, crop-major
-        return out
+    def dense_heads(self, dense: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        if self.neck is None:
+            return {}
+        return {"aligned": torch.cat([self.neck(d)[1] for d in dense])}  # (V*b) x k x J, crop-major
 
 
-class LEWELBAM(Method):
+@register_method("lewel_bam", LEWELBAMParams)
+class LEWELBAM(BAM):
     name = "lewel_bam"
-    teacher_momentum_lead = 1  # BAM's teacher: updated at the start of each step (methods/bam.py)
 
     def __init__(self, backbone: nn.Module, params: LEWELBAMParams):
-        super().__init__(LEWELBAMNet(backbone, params))
-        self.params = params
+        super().__init__(backbone, params, student=LEWELBAMNet(backbone, params))
 
     def loss(self, student_out, teacher_out, ctx: StepContext):
         p = self.params
-        kwargs = dict(n_crops=ctx.n_crops, n_global=ctx.n_global, n_target=p.n_target, temperature=p.temperature,
-                      eps=eps_at_epoch(ctx.epoch, p.eps, p.eps_final, p.eps_warmup_epochs),
-                      sinkhorn_iters=p.sinkhorn_iters, top_k=p.top_k, positive_masking=p.positive_masking)
+        kwargs = self.bam_kwargs(ctx)
         l_bam = bam_loss(student_out["z"], teacher_out["z"] if teacher_out is not None else None, **kwargs)
         if p.global_weight >= 1:
             return l_bam, {"bam": l_bam.detach()}

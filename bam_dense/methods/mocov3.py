@@ -20,14 +20,30 @@ step of iteration ``i - 1``, from the same student weights; ``teacher_momentum_l
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 
-from bam_dense.core.config import MoCoV3Params
+from bam_dense.core.config import COUNT, POSITIVE
+from bam_dense.core.registry import MethodParams, register_method
 from bam_dense.losses.mocov3 import mocov3_loss
 from bam_dense.methods.base import Method, StepContext
 from bam_dense.models.backbones import Features, family, feature_dims, features
 from bam_dense.models.heads import mocov3_predictor, mocov3_projector
+
+
+@dataclass
+class MoCoV3Params(MethodParams):
+    """MoCo v3 (Chen, Xie & He 2021); defaults from facebookresearch/moco-v3 main_moco.py, except the temperature."""
+
+    name: str = "mocov3"
+    dim: int = 256  # --moco-dim: output width of the projector and predictor
+    mlp_dim: int = 4096  # --moco-mlp-dim: their hidden width
+    temperature: float = 0.2  # --moco-t: 0.2 in CONFIG.md's ViT runs (main_moco.py's default is 1.0)
+    RANGES = {"dim": COUNT, "mlp_dim": COUNT, "temperature": POSITIVE}
+    NEEDS_TEACHER = True
+    TWO_VIEWS = True
 
 
 def mocov3_head_family(backbone: nn.Module) -> str:
@@ -57,6 +73,7 @@ class MoCoV3Net(nn.Module):
         return [self.view(x, predict)[0] for x in crops]
 
 
+@register_method("mocov3", MoCoV3Params)
 class MoCoV3(Method):
     name = "mocov3"
     teacher_exclude = ("predictor",)

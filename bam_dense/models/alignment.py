@@ -18,8 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bam_dense.core.config import HeadConfig
-from bam_dense.models.heads import MLPHead
+from bam_dense.models.heads import HeadConfig, MLPHead
 
 
 def alignment_maps(logits: torch.Tensor, scale: float = 1.0) -> torch.Tensor:

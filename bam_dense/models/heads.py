@@ -9,13 +9,29 @@ every pixel pass through the projector in one call.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
 
-from bam_dense.core.config import HeadConfig
+from bam_dense.core.config import COUNT, Range
 
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU}
+
+
+@dataclass
+class HeadConfig:
+    """An MLP head: ``layers`` Linear layers, optional BN between them, optional affine-free BN at the end."""
+
+    layers: int = 3
+    hidden_dim: int = 4096
+    out_dim: int = 4096
+    bn: bool = False
+    last_bn: bool = False
+    bias: bool = True
+    act: str = "gelu"  # gelu | relu
+    RANGES: ClassVar[dict[str, Range]] = {"layers": COUNT, "hidden_dim": COUNT, "out_dim": COUNT}
 
 
 class MLPHead(nn.Module):
