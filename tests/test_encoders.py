@@ -76,7 +76,7 @@ def test_dinov2_gives_dinov2s_own_features_at_the_table_size_and_resampled(name,
 
 
 def test_dinov2_with_registers_loads_through_the_protocols_loader(tmp_path):
-    from bam_dense.davis.propagate import load_extractor
+    from bam_dense.encoders import load_extractor
 
     record = DINOV2["reg4"]
     src = tmp_path / "dinov2_reg4_teacher.pth"
@@ -145,7 +145,7 @@ def test_dinov3_gives_dinov3s_own_features_through_timms_rope_vit(name, tmp_path
 
 
 def test_dinov3_loads_through_the_protocols_loader(tmp_path):
-    from bam_dense.davis.propagate import load_extractor
+    from bam_dense.encoders import load_extractor
 
     record = DINOV3["nobias"]
     src = tmp_path / "dinov3_teacher_checkpoint.pth"
@@ -386,7 +386,7 @@ def _public_layouts(tmp_path: Path) -> dict[str, tuple[Path, str]]:
 
 def test_every_public_layout_runs_the_frozen_feature_protocols(tmp_path, synthetic_root):
     """Retrieval and the linear probe, each on data in its real layout, for every public encoder layout."""
-    from bam_dense.davis.propagate import load_extractor
+    from bam_dense.encoders import load_extractor
     from bam_dense.eval import linear_probe, retrieval
 
     for name, (path, recipe) in _public_layouts(tmp_path).items():

@@ -485,7 +485,7 @@ def run(checkpoint: str, data_root: str, out: str | None = None, recipe: str | N
     ``cached-centre-crop``), the metrics JSON with its ``conditions``. Validation (and holdout) features are centre
     crops through the cache (``feature_cache`` shares them with other protocols of the same checkpoint)."""
     from bam_dense.convert.sources import resolve_pos_resample
-    from bam_dense.davis.propagate import load_backbone_and_format
+    from bam_dense.encoders import load_backbone_and_format
     from bam_dense.models.pos_embed import pos_rule_of, set_pos_rule
 
     if protocol not in PROTOCOLS:
