@@ -25,7 +25,7 @@ class FeatureExtractor:
 
     def __init__(self, backbone: torch.nn.Module, device: torch.device, resnet_stage: int = 4,
                  pos_resample: str | None = None):
-        from bam_dense.models.backbones import family, patch_size
+        from bam_dense.models.backbones import describe
         from bam_dense.models.pos_embed import check_rule, pos_rule_of
 
         if pos_resample is not None:
@@ -35,18 +35,14 @@ class FeatureExtractor:
                 raise UserFacingError(str(err)) from None
         self.backbone = backbone.eval().to(device)
         self.device = device
-        self.kind = family(backbone)
+        facts = describe(backbone)
+        self.kind = facts.family
         self.stage = resnet_stage
         recorded = pos_rule_of(self.backbone)
         if pos_resample == "rope" and recorded not in (None, "rope"):
             raise UserFacingError(f"--pos-resample rope: {type(backbone).__name__} has a position table, not RoPE")
         self.pos_resample = recorded if recorded in (None, "rope") else pos_resample or recorded
-        if self.kind == "vit":
-            self.patch = patch_size(backbone)
-        elif self.kind == "cnn":
-            self.patch = int(backbone.feature_info[resnet_stage]["reduction"])
-        else:
-            self.patch = patch_size(backbone)
+        self.patch = facts.stage_stride(resnet_stage) if self.kind == "cnn" else facts.patch_size
 
     @torch.no_grad()
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:

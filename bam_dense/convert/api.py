@@ -130,7 +130,7 @@ def convert(
 
 def convert_source(source: Source, to: str, out: str | Path, arch: str | None = None, img_size: int | None = None,
                    write_report: bool = True) -> ConversionReport:
-    from bam_dense.models.backbones import family
+    from bam_dense.models.backbones import describe
 
     out = Path(out)
     if arch is not None and source.arch is not None and arch != source.arch:
@@ -144,7 +144,7 @@ def convert_source(source: Source, to: str, out: str | Path, arch: str | None = 
                               pos_resample=source.pos_rule)
 
     model = create_meta_model(arch, kwargs)
-    kind = family(model)
+    kind = describe(model).family
     if img_size is not None:
         if kind != "vit":
             raise ConversionError("--img-size applies to ViT position embeddings only")

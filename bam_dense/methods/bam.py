@@ -8,7 +8,7 @@ import torch.nn as nn
 from bam_dense.core.config import BAMParams
 from bam_dense.losses.bam import bam_loss, eps_at_epoch
 from bam_dense.methods.base import Method, StepContext, multicrop_features
-from bam_dense.models.backbones import feature_dims
+from bam_dense.models.backbones import describe
 from bam_dense.models.heads import MLPHead
 
 
@@ -16,7 +16,7 @@ class BAMNet(nn.Module):
     def __init__(self, backbone: nn.Module, params: BAMParams):
         super().__init__()
         self.backbone = backbone
-        self.projector = MLPHead.from_config(feature_dims(backbone)[0], params.projector)
+        self.projector = MLPHead.from_config(describe(backbone).pooled_dim, params.projector)
 
     def forward(self, crops: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         pooled, _ = multicrop_features(self.backbone, crops)

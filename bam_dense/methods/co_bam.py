@@ -21,14 +21,14 @@ from bam_dense.core.config import COBAMParams
 from bam_dense.losses.bam import attention_cross_entropy, balanced_targets, eps_at_epoch
 from bam_dense.methods.base import Method, StepContext, multicrop_features
 from bam_dense.methods.co_byol import local_cells
-from bam_dense.models.backbones import feature_dims
+from bam_dense.models.backbones import describe
 from bam_dense.models.heads import MLPHead
 
 
 class COBAMNet(nn.Module):
     def __init__(self, backbone: nn.Module, params: COBAMParams):
         super().__init__()
-        pooled_dim, dense_dim = feature_dims(backbone)
+        pooled_dim, dense_dim = describe(backbone).pooled_dim, describe(backbone).dense_dim
         self.backbone = backbone
         self.projector = MLPHead.from_config(pooled_dim, params.projector)
         self.grid = params.grid

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from bam_dense.core.config import COBYOLParams, HeadConfig
 from bam_dense.losses.byol import byol_loss
 from bam_dense.methods.base import Method, StepContext
-from bam_dense.models.backbones import Features, check_stage, feature_dims, features, stage_dim
+from bam_dense.models.backbones import Features, describe, features
 from bam_dense.models.heads import MLPHead
 
 
@@ -49,12 +49,12 @@ def global_mlp(backbone: nn.Module, cfg: HeadConfig | None, init: str) -> nn.Mod
     """CO-SSL's MLP after average pooling (RF-ResNet's, ablated in the paper's Table 6): it turns the pooled vector
     into the global representation the base method's head reads; the local heads read the cells before pooling.
     Without one, ``nn.Identity`` (no parameters: the state dict and every draw stay the base method's)."""
-    return nn.Identity() if cfg is None else MLPHead.from_config(feature_dims(backbone)[0], cfg, init=init)
+    return nn.Identity() if cfg is None else MLPHead.from_config(describe(backbone).pooled_dim, cfg, init=init)
 
 
 def global_dim(backbone: nn.Module, cfg: HeadConfig | None) -> int:
     """Width of the global representation: the pooled vector's, or the post-pool MLP's output."""
-    return feature_dims(backbone)[0] if cfg is None else cfg.out_dim
+    return describe(backbone).pooled_dim if cfg is None else cfg.out_dim
 
 
 def local_source(feats: Features, stage: int | None) -> torch.Tensor:
@@ -66,14 +66,14 @@ class COBYOLNet(nn.Module):
     def __init__(self, backbone: nn.Module, params: COBYOLParams):
         super().__init__()
         k = params.projector.out_dim
-        check_stage(backbone, params.local_stage, "method.local_stage")
+        describe(backbone).check_stage(params.local_stage, "method.local_stage")
         self.backbone = backbone
         self.grid = params.grid
         self.stage = params.local_stage
         self.local = params.local_weight > 0  # w_s = 0: no local heads in the graph (exactly BYOL)
         self.projector = MLPHead.from_config(global_dim(backbone, params.global_mlp), params.projector, init="kaiming_fan_out")
         self.predictor = MLPHead.from_config(k, params.predictor, init="kaiming_fan_out")
-        self.local_projector = MLPHead.from_config(stage_dim(backbone, self.stage), params.projector, init="kaiming_fan_out")
+        self.local_projector = MLPHead.from_config(describe(backbone).stage_dim(self.stage), params.projector, init="kaiming_fan_out")
         self.local_predictor = MLPHead.from_config(k, params.predictor, init="kaiming_fan_out")
         self.global_mlp = global_mlp(backbone, params.global_mlp, init="kaiming_fan_out")  # the heads' init
 

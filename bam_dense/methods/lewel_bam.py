@@ -20,14 +20,14 @@ from bam_dense.core.config import LEWELBAMParams
 from bam_dense.losses.bam import bam_loss, eps_at_epoch
 from bam_dense.methods.base import Method, StepContext, multicrop_features
 from bam_dense.models.alignment import AlignmentNeck
-from bam_dense.models.backbones import feature_dims
+from bam_dense.models.backbones import describe
 from bam_dense.models.heads import MLPHead
 
 
 class LEWELBAMNet(nn.Module):
     def __init__(self, backbone: nn.Module, params: LEWELBAMParams):
         super().__init__()
-        pooled_dim, dense_dim = feature_dims(backbone)
+        pooled_dim, dense_dim = describe(backbone).pooled_dim, describe(backbone).dense_dim
         self.backbone = backbone
         self.projector = MLPHead.from_config(pooled_dim, params.projector)
         self.neck = AlignmentNeck(dense_dim, params.neck, params.num_heads, params.scale) if params.global_weight < 1 else None
