@@ -116,10 +116,10 @@ _FACTS = "_bam_dense_facts"  # where a backbone keeps its BackboneFacts (a plain
 def describe(backbone: nn.Module) -> BackboneFacts:
     """The backbone's :class:`BackboneFacts`: those :func:`create_backbone` built with it, else (a backbone built
     elsewhere) derived now and kept with it."""
-    facts = vars(backbone).get(_FACTS)
+    facts = getattr(backbone, _FACTS, None)
     if facts is None:
         facts = _derive_facts(backbone)
-        vars(backbone)[_FACTS] = facts
+        setattr(backbone, _FACTS, facts)
     return facts
 
 
