@@ -228,7 +228,8 @@ def convert_source(source: Source, to: str, out: str | Path, arch: str | None = 
     report.filled = list(converted)
     if kind == "vit" and to in ("mmseg", "mmseg-mae"):
         heads = model.blocks[0].attn.num_heads
-        report.notes.append(f"build the mmseg backbone with embed_dims={model.embed_dim}, num_layers={len(model.blocks)}, "
+        facts = describe(model)
+        report.notes.append(f"build the mmseg backbone with embed_dims={facts.dense_dim}, num_layers={facts.stage_count}, "
                             f"num_heads={heads} (heads cannot be read from the weights)")
     if to == "mmseg" and kind == "vit":
         report.notes.append("mmseg VisionTransformer must be built with patch_bias=True to take patch_embed.projection.bias")
