@@ -99,7 +99,7 @@ def knn_scores(checkpoints: dict[str, Path], out_dir: Path) -> dict[str, list[fl
     from bam_dense.core.config import load_config
     from bam_dense.data.pretrain import eval_transform
     from bam_dense.data.synthetic import SyntheticImageNet
-    from bam_dense.davis.propagate import load_backbone
+    from bam_dense.encoders import load_backbone
     from bam_dense.engine.knn import extract, knn_predict
 
     first = next(iter(checkpoints.values()))

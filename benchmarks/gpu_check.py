@@ -311,7 +311,8 @@ def check_davis(device, sizes: Sizes, args) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from bam_dense.davis.propagate import FeatureExtractor, PropagationParams, propagate_labels
+    from bam_dense.davis.propagate import PropagationParams, propagate_labels
+    from bam_dense.encoders import FeatureExtractor
     from bam_dense.models.backbones import create_backbone
 
     params = PropagationParams()

@@ -41,7 +41,7 @@ def main() -> None:
     import torch
 
     from bam_dense.data import synthetic
-    from bam_dense.davis.propagate import load_extractor
+    from bam_dense.encoders import load_extractor
     from bam_dense.eval import linear_probe, retrieval
     from bam_dense.eval.dense_probe import linear_seg_probe
     from bam_dense.eval.features import FeatureCache, square_dense_features

@@ -14,7 +14,7 @@ from conftest import tiny_pretrain_dict
 
 from bam_dense.convert import ConversionError, convert
 from bam_dense.convert.sources import ARCH_RECORD
-from bam_dense.davis.propagate import FeatureExtractor, load_backbone
+from bam_dense.encoders import FeatureExtractor, load_backbone
 from bam_dense.models.backbones import create_backbone, features
 from bam_dense.models.rf_resnet import PRESETS, receptive_field
 

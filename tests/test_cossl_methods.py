@@ -301,14 +301,14 @@ def _co_build(tmp_path, name, model=None, **method):
 
 @pytest.mark.parametrize("model", [TINY_RESNET, TINY_RF29, None], ids=["resnet", "rf29", "vit"])
 def test_features_tap_an_intermediate_stage_of_the_same_pass(model):
-    from bam_dense.models.backbones import resnet_stage_features, stage_count
+    from bam_dense.models.backbones import describe, resnet_stage_features
 
     cfg = load_config(data=_cfg(REPO, "dino", model))
     torch.manual_seed(0)
     backbone = build_backbone(cfg.model).eval()
     x = torch.randn(2, 3, 32 if model else 16, 32 if model else 16)
     plain = features(backbone, x)
-    n = stage_count(backbone)
+    n = describe(backbone).stage_count
     assert n == (4 if model else 2)
     for stage in range(1, n + 1):
         feats = features(backbone, x, stage=stage)

@@ -338,7 +338,7 @@ def test_dino_pos_resampling_equals_the_official_interpolate_pos_encoding(part, 
 
 
 def test_dino_mode_features_equal_the_official_extract_feature(tmp_path, tiny_dino_arch):
-    from bam_dense.davis.propagate import FeatureExtractor, load_extractor
+    from bam_dense.encoders import FeatureExtractor, load_extractor
 
     extractor = load_extractor(str(_dino_checkpoint(tmp_path / "dino.pth")), None, None, False, torch.device("cpu"))
     assert extractor.pos_resample == "dino"  # auto, from the DINO layout
@@ -353,7 +353,7 @@ def test_dino_mode_features_equal_the_official_extract_feature(tmp_path, tiny_di
 
 
 def test_auto_pos_resample_follows_the_source_format(tmp_path, tiny_dino_arch):
-    from bam_dense.davis.propagate import load_extractor
+    from bam_dense.encoders import load_extractor
 
     cpu = torch.device("cpu")
     dino, bam = _dino_checkpoint(tmp_path / "dino.pth"), tiny_vit_bam_checkpoint(tmp_path / "bam.pth")

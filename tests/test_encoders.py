@@ -56,7 +56,7 @@ def converted_official(records: dict, name: str, layout: str, tmp_path: Path):
 
 def protocol_extractor(record: dict, path: Path):
     """The official checkpoint saved at ``path``, loaded by the protocols' loader (CPU)."""
-    from bam_dense.davis.propagate import load_extractor
+    from bam_dense.encoders import load_extractor
 
     torch.save(record["checkpoint"], path)
     return load_extractor(str(path), None, None, False, torch.device("cpu"))
@@ -391,7 +391,7 @@ def _public_layouts(tmp_path: Path) -> dict[str, tuple[Path, str]]:
 
 def test_every_public_layout_runs_the_frozen_feature_protocols(tmp_path, synthetic_root):
     """Retrieval and the linear probe, each on data in its real layout, for every public encoder layout."""
-    from bam_dense.davis.propagate import load_extractor
+    from bam_dense.encoders import load_extractor
     from bam_dense.eval import linear_probe, retrieval
 
     for name, (path, recipe) in _public_layouts(tmp_path).items():

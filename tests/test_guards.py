@@ -305,7 +305,7 @@ def test_pretrain_cli_reports_a_negative_lr_in_one_line(tmp_path, capsys):
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
 def test_non_finite_weights_are_refused_by_the_converter_and_the_encoder_loader(checkpoint, tmp_path, value):
-    from bam_dense.davis.propagate import load_backbone
+    from bam_dense.encoders import load_backbone
 
     state = torch.load(checkpoint, weights_only=True)
     state["teacher"]["backbone.blocks.0.attn.qkv.weight"][0, 0] = value

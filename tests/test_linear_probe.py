@@ -154,7 +154,7 @@ def test_imagenet_layout_errors_name_the_folder(tmp_path):
 def test_dinov3_probe_features_equal_dinov3s_own_class_and_patch_tokens(tmp_path):
     """DINOv3 (RoPE, 4 storage tokens) through timm: the last class token and the patch average equal the
     tokens DINOv3's own code gave (tests/fixtures/make_dinov3_official_fixture.py)."""
-    from bam_dense.davis.propagate import load_backbone
+    from bam_dense.encoders import load_backbone
 
     record = torch.load(Path(__file__).parent / "fixtures" / "dinov3_official.pt", weights_only=True)["qkvb"]
     src = tmp_path / "dinov3.pth"

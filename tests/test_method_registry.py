@@ -35,7 +35,7 @@ TOY = textwrap.dedent('''
     from bam_dense.core.config import COUNT, POSITIVE, ConfigError
     from bam_dense.core.registry import MethodParams, register_method
     from bam_dense.methods.base import Method, multicrop_features
-    from bam_dense.models.backbones import feature_dims
+    from bam_dense.models.backbones import describe
 
 
     @dataclass
@@ -55,7 +55,7 @@ TOY = textwrap.dedent('''
         def __init__(self, backbone, params):
             super().__init__()
             self.backbone = backbone
-            self.head = nn.Linear(feature_dims(backbone)[0], params.out_dim)
+            self.head = nn.Linear(describe(backbone).pooled_dim, params.out_dim)
 
         def forward(self, crops):
             return {"z": self.head(multicrop_features(self.backbone, crops)[0])}

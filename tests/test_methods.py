@@ -360,13 +360,13 @@ def test_every_method_trains_a_step_on_a_resnet(tmp_path, name):
 def test_caformer_m36_recipe_builds_bams_architecture_and_gives_its_features():
     from timm.models.metaformer import Scale, SepConv, StarReLU
 
-    from bam_dense.models.backbones import feature_dims, features
+    from bam_dense.models.backbones import describe, features
 
     # DanielShalam/BAM fd85871 utils.py get_arch: mlp_act=GELU, act1_layer=GELU (the SepConv activation of
     # stages 1-2), res_scale_init_values=(None, None, None, None).
     cfg = load_config(Path(__file__).parents[1] / "configs" / "pretrain" / "bam_caformer_m36.yaml")
     model = build_backbone(cfg.model)
-    assert feature_dims(model) == (576, 576)
+    assert (describe(model).pooled_dim, describe(model).dense_dim) == (576, 576)
     assert not [n for n, m in model.named_modules() if isinstance(m, StarReLU)]
     assert not [n for n, m in model.named_modules() if "res_scale" in n and isinstance(m, Scale)]
     assert not [n for n, _ in model.named_parameters() if "res_scale" in n]

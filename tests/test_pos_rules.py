@@ -120,7 +120,7 @@ def test_the_rule_travels_with_the_converted_encoder_and_every_protocol_applies_
     the source or the converted file), the encoder carries it, and the linear probe's tokens (forward_intermediates),
     the dense extractor of DAVIS / retrieval / the dense probe (forward_features) equal DINOv2's own at 70x84."""
     from bam_dense.convert import convert, load_source
-    from bam_dense.davis.propagate import FeatureExtractor, load_backbone
+    from bam_dense.encoders import FeatureExtractor, load_backbone
     from bam_dense.eval.linear_probe import probe_features
 
     record = DINOV2["reg4"]
@@ -143,7 +143,7 @@ def test_the_rule_travels_with_the_converted_encoder_and_every_protocol_applies_
 
 
 def test_a_rule_that_does_not_fit_the_encoder_is_a_clear_error(synthetic_root, tmp_path):
-    from bam_dense.davis.propagate import FeatureExtractor
+    from bam_dense.encoders import FeatureExtractor
     from bam_dense.eval import linear_probe
 
     with pytest.raises(UserFacingError, match="has a position table, not RoPE"):

@@ -11,14 +11,7 @@ import torch.nn as nn
 
 from bam_dense.core.config import ModelConfig
 from bam_dense.core.errors import UserFacingError
-from bam_dense.models.backbones import (
-    build_backbone,
-    create_backbone,
-    family,
-    feature_dims,
-    features,
-    patch_size,
-)
+from bam_dense.models.backbones import build_backbone, create_backbone, describe, features
 from bam_dense.models.rf_resnet import PRESETS, RFResNet, RFResNetConfig, output_stride, receptive_field
 
 NARROW = {"widths": (2, 4, 4, 4), "stem_width": 4}  # the field depends on geometry only; narrow keeps it cheap
@@ -105,8 +98,9 @@ def test_presets_keep_resnet_widths():
 @pytest.mark.parametrize("name, channels", [("rf99_resnet50", 2048), ("rf29_resnet18", 512)])
 def test_features_by_name_pooled_and_dense(name, channels):
     backbone = create_backbone(name).eval()
-    assert family(backbone) == "cnn" and feature_dims(backbone) == (channels, channels)
-    assert patch_size(backbone) == 16
+    facts = describe(backbone)
+    assert facts.family == "cnn" and (facts.pooled_dim, facts.dense_dim) == (channels, channels)
+    assert facts.patch_size == 16
     with torch.no_grad():
         feats = features(backbone, torch.randn(2, 3, 64, 48))
     assert feats.dense.shape == (2, channels, 4, 3)

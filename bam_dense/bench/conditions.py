@@ -53,15 +53,14 @@ def describe_arch(arch: str, kwargs: dict | None = None) -> tuple[str, int | Non
 def encoder_facts(arch: str, kwargs: dict | None) -> dict:
     """``arch``, ``patch`` ("n/a" for CNNs), ``registers`` and ``family`` (vit / cnn / ...) of a timm encoder."""
     from bam_dense.convert.sources import create_meta_model
-    from bam_dense.models.backbones import family
+    from bam_dense.models.backbones import describe
 
     kwargs = dict(kwargs or {})
     name, patch = describe_arch(arch, kwargs)
     model = create_meta_model(arch, kwargs)
-    kind = family(model)
-    kind = "vit" if kind == "eva" else kind
-    # prefix tokens besides the class token: DINOv2's registers, DINOv3's storage tokens (timm's Eva keeps no count)
-    registers = int(getattr(model, "num_prefix_tokens", 0)) - int(getattr(model, "cls_token", None) is not None)
+    facts = describe(model)
+    kind = "vit" if facts.family == "eva" else facts.family
+    registers = facts.registers  # DINOv2's registers, DINOv3's storage tokens (timm's Eva keeps no count)
     return {"arch": name, "patch": patch if kind == "vit" and patch else "n/a", "registers": registers, "family": kind}
 
 

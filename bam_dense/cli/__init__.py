@@ -125,8 +125,7 @@ def _davis(sub) -> None:
         "bam_dense.cli.commands:davis_propagate",
         "propagate first-frame masks with frozen features (the DINO protocol)",
     )
-    prop.add_argument("--checkpoint", required=True, help="pretraining or converted checkpoint; 'random' for a random-init encoder of --arch")
-    prop.add_argument("--arch", help="timm architecture when the checkpoint does not record it")
+    _encoder_args(prop)
     prop.add_argument("--davis-root", required=True, help="DAVIS folder with JPEGImages/480p, Annotations/480p, ImageSets/2017")
     prop.add_argument("--out", required=True,
                       help="results folder (one sub-folder of PNGs per sequence); a re-run into it skips the finished "
@@ -144,11 +143,7 @@ def _davis(sub) -> None:
                            "DINOv3 reports (the 480p frames upsampled); recorded with the results")
     prop.add_argument("--patch-size", type=positive_int, default=None, help="ViT patch size / CNN stride (read from the model by default)")
     prop.add_argument("--resnet-stage", type=int, choices=[1, 2, 3, 4], default=4, help="ResNet stage whose dense map is used (1-4, default 4)")
-    _pos_resample_arg(prop)
-    prop.add_argument("--which", choices=["student", "teacher"], default=None, help="network of a pretraining checkpoint (default teacher)")
-    prop.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
     prop.add_argument("--save-overlays", action="store_true", help="also write overlay JPEGs and a GIF per sequence")
-    prop.add_argument("--trust-source", action="store_true", help="allow legacy pickles (trusted files only)")
 
     ev = _add(
         dsub,
@@ -268,9 +263,7 @@ def _probe(sub) -> None:
         "bam_dense.cli.commands:probe",
         "cheap dense evaluation: linear per-patch segmentation probe (mIoU) and DAVIS label propagation (J&F)",
     )
-    p.add_argument("--checkpoint", required=True, help="pretraining or converted checkpoint")
-    p.add_argument("--arch", help="timm architecture when the checkpoint does not record it")
-    p.add_argument("--which", choices=["student", "teacher"], default=None)
+    _encoder_args(p, device=False, pos_resample=False)
     p.add_argument("--ade-root", help="ADE20K-layout folder (ADEChallengeData2016) for the linear probe")
     p.add_argument("--davis-root", help="DAVIS-layout folder for label propagation")
     p.add_argument("--image-size", type=positive_int, default=64, help="probe input size (default 64)")
@@ -280,7 +273,6 @@ def _probe(sub) -> None:
     p.add_argument("--cache-dir", default=None, help=FEATURE_CACHE_HELP + "; the random-init baseline is never cached")
     p.add_argument("--out", help="write the numbers as JSON")
     _force(p)
-    p.add_argument("--trust-source", action="store_true")
 
 
 def _eval(sub) -> None:
@@ -361,24 +353,24 @@ def _eval(sub) -> None:
 POS_RESAMPLE_CHOICES = ("auto", "timm", "dino", "dinov2", "dinov2-reg", "deit", "rope")
 
 
-def _pos_resample_arg(p) -> None:
-    p.add_argument("--pos-resample", choices=POS_RESAMPLE_CHOICES, default="auto",
-                   help="how a ViT's position table is resampled to the input size: auto (default) = the rule of the "
-                        "checkpoint's source (dino: DINO/iBOT; dinov2, dinov2-reg: DINOv2 without/with registers; deit: "
-                        "MAE, DeiT, MoCo v3; rope: DINOv3; timm: BAM, bam-dense, timm files); a rule's name overrides it "
-                        "(docs/protocols.md)")
-
-
-def _encoder_args(p, pos_resample: bool = True) -> None:
-    p.add_argument("--checkpoint", required=True,
+def _encoder_args(p, device: bool = True, pos_resample: bool = True) -> None:
+    """The options of every command that reads an encoder's frozen features (eval retrieval, eval linear, davis
+    propagate, probe), declared once: what :func:`bam_dense.encoders.load_extractor` takes."""
+    g = p.add_argument_group("encoder", "the checkpoint whose frozen features are read (bam_dense.encoders)")
+    g.add_argument("--checkpoint", required=True,
                    help="bam-dense checkpoint or a public encoder's file (DINO, DINOv2 with/without registers, DINOv3, iBOT, "
                         "MAE, MoCo v3, DeiT/timm, torchvision); 'random' for a random-init --arch")
-    p.add_argument("--arch", help="timm architecture when the checkpoint does not record it")
-    p.add_argument("--which", choices=["student", "teacher"], default=None, help="network of a pretraining checkpoint (default teacher)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
+    g.add_argument("--arch", help="timm architecture when the checkpoint does not record it")
+    g.add_argument("--which", choices=["student", "teacher"], default=None, help="network of a pretraining checkpoint (default teacher)")
+    if device:
+        g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
     if pos_resample:
-        _pos_resample_arg(p)
-    p.add_argument("--trust-source", action="store_true", help="allow legacy pickles (trusted files only)")
+        g.add_argument("--pos-resample", choices=POS_RESAMPLE_CHOICES, default="auto",
+                       help="how a ViT's position table is resampled to the input size: auto (default) = the rule of the "
+                            "checkpoint's source (dino: DINO/iBOT; dinov2, dinov2-reg: DINOv2 without/with registers; deit: "
+                            "MAE, DeiT, MoCo v3; rope: DINOv3; timm: BAM, bam-dense, timm files); a rule's name overrides it "
+                            "(docs/protocols.md)")
+    g.add_argument("--trust-source", action="store_true", help="allow legacy pickles (trusted files only)")
 
 
 def _tools(sub) -> None:

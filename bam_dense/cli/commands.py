@@ -223,7 +223,7 @@ def demo(args: Namespace) -> int:
 
 
 def probe(args: Namespace) -> int:
-    from bam_dense.davis.propagate import load_backbone
+    from bam_dense.encoders import load_backbone
     from bam_dense.eval.dense_probe import probe as run_probe
     from bam_dense.eval.dense_probe import random_init_like
 

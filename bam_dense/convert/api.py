@@ -130,7 +130,7 @@ def convert(
 
 def convert_source(source: Source, to: str, out: str | Path, arch: str | None = None, img_size: int | None = None,
                    write_report: bool = True) -> ConversionReport:
-    from bam_dense.models.backbones import family
+    from bam_dense.models.backbones import describe
 
     out = Path(out)
     if arch is not None and source.arch is not None and arch != source.arch:
@@ -144,7 +144,7 @@ def convert_source(source: Source, to: str, out: str | Path, arch: str | None = 
                               pos_resample=source.pos_rule)
 
     model = create_meta_model(arch, kwargs)
-    kind = family(model)
+    kind = describe(model).family
     if img_size is not None:
         if kind != "vit":
             raise ConversionError("--img-size applies to ViT position embeddings only")
@@ -228,7 +228,8 @@ def convert_source(source: Source, to: str, out: str | Path, arch: str | None = 
     report.filled = list(converted)
     if kind == "vit" and to in ("mmseg", "mmseg-mae"):
         heads = model.blocks[0].attn.num_heads
-        report.notes.append(f"build the mmseg backbone with embed_dims={model.embed_dim}, num_layers={len(model.blocks)}, "
+        facts = describe(model)
+        report.notes.append(f"build the mmseg backbone with embed_dims={facts.dense_dim}, num_layers={facts.stage_count}, "
                             f"num_heads={heads} (heads cannot be read from the weights)")
     if to == "mmseg" and kind == "vit":
         report.notes.append("mmseg VisionTransformer must be built with patch_bias=True to take patch_embed.projection.bias")

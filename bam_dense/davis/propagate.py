@@ -11,7 +11,8 @@ The DINO protocol (DOWNSTREAM.md 4.2), for ViT and ResNet encoders:
    resolution, so it is recorded with every result (``propagation.json``, then the metrics JSON).
 2. The first frame's mask is resized (nearest) to the feature grid and one-hot encoded with
    ``max label + 1`` channels (void, 255, counts as background).
-3. Features: ViT patch tokens of the last block after the final norm; ResNet: the map after a chosen stage.
+3. Features (:class:`bam_dense.encoders.FeatureExtractor`): ViT patch tokens of the last block after the final
+   norm; ResNet: the map after a chosen stage.
    The ViT's position table is resampled to the frame's grid by the checkpoint source's own rule, recorded
    with the loaded encoder (``pos_resample``: ``auto``, or a rule of :mod:`bam_dense.models.pos_embed` named
    to override it: ``dino``, ``dinov2``, ``dinov2-reg``, ``deit``, ``timm``).
@@ -208,86 +209,6 @@ def norm_mask(mask: torch.Tensor) -> torch.Tensor:
     return mask
 
 
-class FeatureExtractor:
-    """Frozen dense features: ViT patch tokens after the final norm, or a ResNet stage's map.
-
-    ``pos_resample`` is how a ViT's position table meets the frame size: a rule of
-    :mod:`bam_dense.models.pos_embed`, recorded with the backbone (None: the rule it carries, timm's when none).
-    """
-
-    def __init__(self, backbone: torch.nn.Module, device: torch.device, resnet_stage: int = 4,
-                 pos_resample: str | None = None):
-        from bam_dense.models.backbones import family, patch_size
-        from bam_dense.models.pos_embed import check_rule, pos_rule_of
-
-        if pos_resample is not None:
-            try:
-                check_rule(pos_resample)
-            except ValueError as err:
-                raise UserFacingError(str(err)) from None
-        self.backbone = backbone.eval().to(device)
-        self.device = device
-        self.kind = family(backbone)
-        self.stage = resnet_stage
-        recorded = pos_rule_of(self.backbone)
-        if pos_resample == "rope" and recorded not in (None, "rope"):
-            raise UserFacingError(f"--pos-resample rope: {type(backbone).__name__} has a position table, not RoPE")
-        self.pos_resample = recorded if recorded in (None, "rope") else pos_resample or recorded
-        if self.kind == "vit":
-            self.patch = patch_size(backbone)
-        elif self.kind == "cnn":
-            self.patch = int(backbone.feature_info[resnet_stage]["reduction"])
-        else:
-            self.patch = patch_size(backbone)
-
-    @torch.no_grad()
-    def __call__(self, frames: torch.Tensor) -> torch.Tensor:
-        """``B x 3 x H x W`` -> ``B x D x h x w``."""
-        from bam_dense.models.backbones import features, resnet_stage_features
-
-        frames = frames.to(self.device)
-        if self.kind == "cnn":
-            return resnet_stage_features(self.backbone, frames, self.stage).float()
-        return features(self.backbone, frames, self.pos_resample).dense.float()
-
-
-def load_backbone_and_format(checkpoint: str, arch: str | None, which: str | None,
-                             trust_source: bool) -> tuple[torch.nn.Module, str | None]:
-    """(timm backbone with the checkpoint's weights (strict) and its source's position-table rule recorded, the
-    detected source format); ``checkpoint='random'`` gives a random-init ``arch`` and no format."""
-    from bam_dense.convert import load_source
-    from bam_dense.convert.sources import resolve_arch
-    from bam_dense.models.backbones import create_backbone
-    from bam_dense.models.pos_embed import set_pos_rule
-
-    if checkpoint == "random":
-        if not arch:
-            raise UserFacingError("--checkpoint random needs --arch")
-        return create_backbone(arch, pos_embed="learned"), None
-    source = load_source(checkpoint, which=which, trust_source=trust_source)
-    name, kwargs = resolve_arch(source, arch)
-    backbone = create_backbone(name, kwargs, pos_embed="learned")
-    missing, unexpected = backbone.load_state_dict(source.backbone, strict=False)
-    if missing or unexpected:
-        raise UserFacingError(f"{checkpoint} does not fit {name} {kwargs}: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    return set_pos_rule(backbone, source.pos_rule), source.format
-
-
-def load_backbone(checkpoint: str, arch: str | None, which: str | None, trust_source: bool) -> torch.nn.Module:
-    """A timm backbone with the checkpoint's weights (strict), or at random init for ``checkpoint='random'``."""
-    return load_backbone_and_format(checkpoint, arch, which, trust_source)[0]
-
-
-def load_extractor(checkpoint: str, arch: str | None, which: str | None, trust_source: bool, device: torch.device,
-                   resnet_stage: int = 4, pos_resample: str = "auto") -> FeatureExtractor:
-    """The extractor for a checkpoint; ``pos_resample='auto'`` keeps the source's own rule, a rule's name overrides it."""
-    from bam_dense.convert.sources import resolve_pos_resample
-    from bam_dense.models.pos_embed import pos_rule_of
-
-    backbone = load_backbone(checkpoint, arch, which, trust_source)
-    return FeatureExtractor(backbone, device, resnet_stage, resolve_pos_resample(pos_resample, pos_rule_of(backbone)))
-
-
 def overlay(frame_path: Path, mask: np.ndarray, alpha: float = 0.5) -> Image.Image:
     image = np.asarray(Image.open(frame_path).convert("RGB")).astype(np.float32)
     colors = np.asarray(PALETTE, np.float32).reshape(-1, 3)[mask]
@@ -430,6 +351,7 @@ def run(checkpoint: str, davis_root: str, out: str, arch: str | None = None, sub
 
     from bam_dense import __version__
     from bam_dense.core.atomic import atomic_write_text
+    from bam_dense.encoders import load_extractor
 
     params = params or PropagationParams()
     root, out_dir = Path(davis_root), Path(out)

@@ -281,11 +281,11 @@ def random_init_backbone_checkpoint(arch: str, kwargs: dict, path: Path) -> str:
     import torch
 
     from bam_dense.core.checkpoint import atomic_save
-    from bam_dense.models.backbones import create_backbone, family
+    from bam_dense.models.backbones import create_backbone, describe
 
     torch.manual_seed(0)
     backbone = create_backbone(arch, kwargs)
-    state = {"format": "bam-dense", "version": 1, "arch": arch, "model_kwargs": kwargs, "family": family(backbone),
+    state = {"format": "bam-dense", "version": 1, "arch": arch, "model_kwargs": kwargs, "family": describe(backbone).family,
              "method": "random-init", "config": {"model": {"arch": arch, "kwargs": kwargs}},
              "student": {f"backbone.{k}": v for k, v in backbone.state_dict().items()}, "teacher": None}
     atomic_save(state, path)

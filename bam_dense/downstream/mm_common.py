@@ -130,6 +130,7 @@ def adopt_encoder(cfg, arch: str, model_kwargs: dict, where: str, pos_resample: 
     takes them from the checkpoint; values the config does set must agree with it, or this stops naming both.
     """
     from bam_dense.convert.sources import create_meta_model
+    from bam_dense.models.backbones import describe
 
     backbone, head = cfg.model.backbone, cfg.model.decode_head
     model_kwargs = dict(model_kwargs or {})
@@ -145,7 +146,7 @@ def adopt_encoder(cfg, arch: str, model_kwargs: dict, where: str, pos_resample: 
     backbone["arch"], backbone["model_kwargs"] = arch, model_kwargs
     if backbone.get("pos_resample") is None:
         backbone["pos_resample"] = pos_resample
-    width = create_meta_model(arch, model_kwargs).embed_dim
+    width = describe(create_meta_model(arch, model_kwargs)).dense_dim
     layers = len(backbone.get("out_indices") or [-1])
     in_channels = [width] * layers
     if head.get("in_channels") is not None and list(head["in_channels"]) != in_channels:

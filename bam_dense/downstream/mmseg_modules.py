@@ -132,21 +132,22 @@ class FrozenTimmEncoder(BaseModule):
         if arch is None:
             raise ValueError("FrozenTimmEncoder: model.backbone.arch is None. `bam-dense seg train --checkpoint CKPT` sets it "
                              "from the checkpoint; otherwise pass --cfg-options model.backbone.arch=<timm name>")
-        from bam_dense.models.backbones import create_backbone, family
+        from bam_dense.models.backbones import create_backbone, describe
         from bam_dense.models.pos_embed import set_pos_rule
 
         self.encoder = create_backbone(arch, dict(model_kwargs or {}), pos_embed="learned")
-        if family(self.encoder) not in ("vit", "eva"):
+        facts = describe(self.encoder)
+        if not facts.tokens:
             raise ValueError(f"FrozenTimmEncoder: {arch!r} is not a ViT; the linear protocol reads ViT patch tokens")
         if pos_resample is not None:
             set_pos_rule(self.encoder, pos_resample)
-        depth = len(self.encoder.blocks)
+        depth = facts.stage_count
         indices = [int(i) for i in out_indices]
         if not indices or any(not -depth <= i < depth for i in indices):
             raise ValueError(f"FrozenTimmEncoder: out_indices {list(out_indices)} outside the {depth} blocks of {arch}")
         self.out_indices = [i % depth for i in indices]
         self.final_norm = final_norm
-        self.patch_size = int(self.encoder.patch_embed.patch_size[0])
+        self.patch_size = facts.patch_size
         self.encoder.requires_grad_(False)
         self.encoder.eval()
 

@@ -43,7 +43,7 @@ from bam_dense.engine.schedules import cosine, peak_lr, warmup_cosine
 from bam_dense.engine.teacher import EMATeacher, make_teacher
 from bam_dense.methods import build_method
 from bam_dense.methods.base import StepContext
-from bam_dense.models.backbones import build_backbone, family
+from bam_dense.models.backbones import build_backbone, describe
 
 CHECKPOINT_FORMAT = "bam-dense"
 CHECKPOINT_VERSION = 1
@@ -190,7 +190,7 @@ class Trainer:
 
         # model
         backbone = build_backbone(cfg.model)
-        self.family = family(backbone)
+        self.family = describe(backbone).family
         self.method = build_method(cfg.method, backbone)
         self.channels_last = cfg.model.channels_last
         if self.channels_last is None:  # auto: CNNs on CUDA (cuDNN's fast NHWC kernels)

@@ -93,7 +93,7 @@ def linear_seg_probe(backbone, ade_root: str | Path, image_size: int = 64, steps
                      seed: int = 0, return_areas: bool = False, feature_cache: FeatureCache | None = None):
     """mIoU (in [0, 1]) of a linear per-patch classifier on frozen features (with ``return_areas``: and the
     per-image areas of :func:`per_image_areas`). ``feature_cache``: the checkpoint's shared features."""
-    from bam_dense.davis.propagate import FeatureExtractor
+    from bam_dense.encoders import FeatureExtractor
 
     root = Path(ade_root)
     extractor = FeatureExtractor(backbone, torch.device("cpu"))
@@ -127,7 +127,8 @@ def linear_seg_probe(backbone, ade_root: str | Path, image_size: int = 64, steps
 
 def davis_probe(backbone, davis_root: str | Path, resolution: int = 96) -> float:
     from bam_dense.davis.evaluate import evaluate
-    from bam_dense.davis.propagate import FeatureExtractor, PropagationParams, run
+    from bam_dense.davis.propagate import PropagationParams, run
+    from bam_dense.encoders import FeatureExtractor
 
     extractor = FeatureExtractor(backbone, torch.device("cpu"))
     with tempfile.TemporaryDirectory() as tmp:

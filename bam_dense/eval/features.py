@@ -147,7 +147,7 @@ def square_dense_features(extractor, files: Sequence[str | Path], size: int, cac
 
 
 def dense_selection(extractor) -> str:
-    """The token-selection key of a :class:`~bam_dense.davis.propagate.FeatureExtractor`: its family, and the
+    """The token-selection key of a :class:`~bam_dense.encoders.FeatureExtractor`: its family, and the
     position-table resampling (ViT) or stage (ResNet) that decide its dense map."""
     kind = getattr(extractor, "kind", "custom")
     detail = getattr(extractor, "stage", "") if kind == "cnn" else getattr(extractor, "pos_resample", "")

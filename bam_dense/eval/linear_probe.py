@@ -113,9 +113,10 @@ SOURCE_RECIPES = {"bam-official": "bam", "dinov2": "dinov2", "lewel-official": "
 def default_recipe(backbone: nn.Module, source_format: str | None = None) -> str:
     """The checkpoint's source's recipe (BAM, DINOv2, LEWEL, MoCo v3); otherwise DINO's rule: ViT-S (width <= 384)
     reads 4 class tokens, wider ViTs the class token + patch average; ResNets LEWEL's pooled map."""
-    from bam_dense.models.backbones import family
+    from bam_dense.models.backbones import describe
 
-    kind = family(backbone)
+    facts = describe(backbone)
+    kind = facts.family
     if kind not in ("vit", "eva", "cnn"):
         raise UserFacingError(f"no linear-probe recipe for a {kind} backbone ({type(backbone).__name__})")
     kind = "cnn" if kind == "cnn" else "vit"
@@ -124,7 +125,7 @@ def default_recipe(backbone: nn.Module, source_format: str | None = None) -> str
     if source_format in SOURCE_RECIPES and RECIPES[SOURCE_RECIPES[source_format]].family == kind:
         return SOURCE_RECIPES[source_format]
     if kind == "vit":
-        return "dino-vits" if backbone.embed_dim <= 384 else "dino-vitb"
+        return "dino-vits" if facts.pooled_dim <= 384 else "dino-vitb"
     return "lewel-r50"
 
 
@@ -137,11 +138,12 @@ def probe_features(backbone: nn.Module, images: torch.Tensor) -> dict[str, torch
     first) and
     ``patch_mean`` (``B x D``: the last block's patch tokens after the norm, averaged; prefix tokens such as
     registers excluded). CNN: ``pooled`` (``B x D``)."""
-    from bam_dense.models.backbones import family, features
+    from bam_dense.models.backbones import describe, features
 
-    kind = family(backbone)
+    facts = describe(backbone)
+    kind = facts.family
     if kind in ("vit", "eva"):
-        n = min(N_CACHED_BLOCKS, len(backbone.blocks))
+        n = min(N_CACHED_BLOCKS, facts.stage_count)
         out = backbone.forward_intermediates(images, indices=n, return_prefix_tokens=True, norm=True, output_fmt="NLC",
                                              intermediates_only=True)
         cls = torch.stack([prefix[:, 0] for _, prefix in out], dim=1)
@@ -224,9 +226,10 @@ def layout(interpolation: str) -> str:
 
 
 def _kind(backbone) -> str:
-    from bam_dense.models.backbones import family
+    from bam_dense.models.backbones import describe
 
-    return "vit" if family(backbone) in ("vit", "eva") else family(backbone)
+    facts = describe(backbone)
+    return "vit" if facts.tokens else facts.family
 
 
 def split_features(backbone, cache: FeatureCache, source, indices: list[int], resolution: int, interpolation: str, device,
@@ -485,7 +488,8 @@ def run(checkpoint: str, data_root: str, out: str | None = None, recipe: str | N
     ``cached-centre-crop``), the metrics JSON with its ``conditions``. Validation (and holdout) features are centre
     crops through the cache (``feature_cache`` shares them with other protocols of the same checkpoint)."""
     from bam_dense.convert.sources import resolve_pos_resample
-    from bam_dense.davis.propagate import load_backbone_and_format
+    from bam_dense.encoders import load_backbone_and_format
+    from bam_dense.models.backbones import describe
     from bam_dense.models.pos_embed import pos_rule_of, set_pos_rule
 
     if protocol not in PROTOCOLS:
@@ -506,8 +510,9 @@ def run(checkpoint: str, data_root: str, out: str | None = None, recipe: str | N
         raise UserFacingError(f"recipe {name} is for {chosen.family} encoders, {checkpoint} is a {kind}")
     choices = list(chosen.choices) if kind == "vit" else []
     deepest = max((n for n, _ in choices), default=0)
-    if kind == "vit" and deepest > len(backbone.blocks):  # before hours of extraction, not after
-        raise UserFacingError(f"recipe {name} reads {deepest} blocks, the encoder has {len(backbone.blocks)}")
+    depth = describe(backbone).stage_count if kind == "vit" else 0
+    if kind == "vit" and deepest > depth:  # before hours of extraction, not after
+        raise UserFacingError(f"recipe {name} reads {deepest} blocks, the encoder has {depth}")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     backbone = backbone.to(dev).eval()
     lrs = _lrs(chosen, learning_rates)

@@ -468,7 +468,7 @@ def run(checkpoint: str, dataset: str, data_root: str, out: str | None = None, p
     """``bam-dense eval retrieval``: load the encoder (a bam-dense checkpoint or any public layout
     :mod:`bam_dense.convert.sources` reads), evaluate, write the metrics JSON to ``out``. Features of the plain
     splits are shared through ``feature_cache`` (or a cache in ``cache_dir``) with the checkpoint's other protocols."""
-    from bam_dense.davis.propagate import load_extractor
+    from bam_dense.encoders import load_extractor
 
     params = params or RetrievalParams()
     data = open_dataset(dataset, data_root, train_list)

@@ -11,7 +11,7 @@ from bam_dense.core.config import COUNT, NON_NEGATIVE, POSITIVE, ConfigError, Pr
 from bam_dense.core.registry import MethodParams, register_method
 from bam_dense.losses.bam import bam_loss, eps_at_epoch
 from bam_dense.methods.base import Method, StepContext, multicrop_features
-from bam_dense.models.backbones import feature_dims
+from bam_dense.models.backbones import describe
 from bam_dense.models.heads import HeadConfig, MLPHead
 
 
@@ -50,7 +50,7 @@ class BAMNet(nn.Module):
     def __init__(self, backbone: nn.Module, params: BAMParams):
         super().__init__()
         self.backbone = backbone
-        self.projector = MLPHead.from_config(feature_dims(backbone)[0], params.projector)
+        self.projector = MLPHead.from_config(describe(backbone).pooled_dim, params.projector)
 
     def forward(self, crops: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         pooled, dense = multicrop_features(self.backbone, crops)

@@ -25,7 +25,7 @@ from bam_dense.methods import co_ssl
 from bam_dense.methods.bam import BAM, BAMNet, BAMParams
 from bam_dense.methods.base import StepContext, multicrop_features
 from bam_dense.methods.co_ssl import local_cells
-from bam_dense.models.backbones import feature_dims
+from bam_dense.models.backbones import describe
 from bam_dense.models.heads import HeadConfig, MLPHead
 
 
@@ -44,7 +44,7 @@ class COBAMNet(BAMNet):
         self.grid = params.grid
         self.local_projector = None
         if params.local_weight > 0:
-            self.local_projector = MLPHead.from_config(feature_dims(backbone)[1], params.local_projector)
+            self.local_projector = MLPHead.from_config(describe(backbone).dense_dim, params.local_projector)
 
     def dense_heads(self, dense: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         if self.local_projector is None:

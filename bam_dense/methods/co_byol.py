@@ -34,7 +34,7 @@ from bam_dense.losses.byol import byol_loss
 from bam_dense.methods import co_ssl
 from bam_dense.methods.base import Method, StepContext
 from bam_dense.methods.co_ssl import global_dim, global_mlp, local_cells, local_source, with_local_term
-from bam_dense.models.backbones import check_stage, features, stage_dim
+from bam_dense.models.backbones import describe, features
 from bam_dense.models.heads import HeadConfig, MLPHead
 
 
@@ -59,14 +59,14 @@ class COBYOLNet(nn.Module):
     def __init__(self, backbone: nn.Module, params: COBYOLParams):
         super().__init__()
         k = params.projector.out_dim
-        check_stage(backbone, params.local_stage, "method.local_stage")
+        describe(backbone).check_stage(params.local_stage, "method.local_stage")
         self.backbone = backbone
         self.grid = params.grid
         self.stage = params.local_stage
         self.local = params.local_weight > 0  # w_s = 0: no local heads in the graph (exactly BYOL)
         self.projector = MLPHead.from_config(global_dim(backbone, params.global_mlp), params.projector, init="kaiming_fan_out")
         self.predictor = MLPHead.from_config(k, params.predictor, init="kaiming_fan_out")
-        self.local_projector = MLPHead.from_config(stage_dim(backbone, self.stage), params.projector, init="kaiming_fan_out")
+        self.local_projector = MLPHead.from_config(describe(backbone).stage_dim(self.stage), params.projector, init="kaiming_fan_out")
         self.local_predictor = MLPHead.from_config(k, params.predictor, init="kaiming_fan_out")
         self.global_mlp = global_mlp(backbone, params.global_mlp, init="kaiming_fan_out")  # the heads' init
 

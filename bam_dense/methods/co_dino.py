@@ -37,7 +37,7 @@ from bam_dense.methods import co_ssl
 from bam_dense.methods.base import StepContext
 from bam_dense.methods.co_ssl import global_dim, global_mlp, local_cells, local_source, with_local_term
 from bam_dense.methods.dino import DINO, DINONet, DINOParams, teacher_temp_at_epoch, without_drop_path_
-from bam_dense.models.backbones import check_stage, stage_dim
+from bam_dense.models.backbones import describe
 from bam_dense.models.heads import DINOHead, HeadConfig
 
 
@@ -66,7 +66,7 @@ class CODINONet(DINONet):
     def __init__(self, backbone: nn.Module, params: CODINOParams):
         # DINO's modules first: with w_s = 0 (and no post-pool MLP) the same draws, the same weights
         super().__init__(backbone, params, in_dim=global_dim(backbone, params.global_mlp))
-        check_stage(backbone, params.local_stage, "method.local_stage")
+        describe(backbone).check_stage(params.local_stage, "method.local_stage")
         if params.shared_head and (params.local_stage is not None or params.global_mlp is not None):
             raise UserFacingError("method.shared_head: DINO's own head reads the pooled last stage; with "
                                   "method.local_stage or method.global_mlp set, use shared_head: false")
@@ -75,7 +75,7 @@ class CODINONet(DINONet):
         self.local = params.local_weight > 0
         self.local_head = None
         if self.local and not params.shared_head:
-            self.local_head = DINOHead(stage_dim(backbone, self.stage), params.out_dim, hidden_dim=params.hidden_dim,
+            self.local_head = DINOHead(describe(backbone).stage_dim(self.stage), params.out_dim, hidden_dim=params.hidden_dim,
                                        bottleneck_dim=params.bottleneck_dim, layers=params.head_layers,
                                        bn=params.head_bn, norm_last_layer=params.norm_last_layer)
         self.global_mlp = global_mlp(backbone, params.global_mlp, init="trunc_normal")  # DINO's head init

@@ -31,7 +31,7 @@ from bam_dense.methods import co_ssl
 from bam_dense.methods.base import StepContext
 from bam_dense.methods.co_ssl import global_dim, global_mlp, local_cells, local_source, with_local_term
 from bam_dense.methods.mocov3 import MoCoV3, MoCoV3Net, MoCoV3Params, mocov3_head_family
-from bam_dense.models.backbones import check_stage, stage_dim
+from bam_dense.models.backbones import describe
 from bam_dense.models.heads import HeadConfig, mocov3_predictor, mocov3_projector
 
 
@@ -56,14 +56,14 @@ class COMoCoV3Net(MoCoV3Net):
     def __init__(self, backbone: nn.Module, params: COMoCoV3Params):
         # MoCo v3's modules first: with w_s = 0 (and no post-pool MLP) the same draws, the same weights
         super().__init__(backbone, params, in_dim=global_dim(backbone, params.global_mlp))
-        check_stage(backbone, params.local_stage, "method.local_stage")
+        describe(backbone).check_stage(params.local_stage, "method.local_stage")
         self.grid = params.grid
         self.stage = params.local_stage
         self.local = params.local_weight > 0
         self.local_projector = self.local_predictor = None
         if self.local:
             head_family = mocov3_head_family(backbone)
-            self.local_projector = mocov3_projector(stage_dim(backbone, self.stage), head_family, mlp_dim=params.mlp_dim,
+            self.local_projector = mocov3_projector(describe(backbone).stage_dim(self.stage), head_family, mlp_dim=params.mlp_dim,
                                                     dim=params.dim)
             self.local_predictor = mocov3_predictor(head_family, mlp_dim=params.mlp_dim, dim=params.dim)
         self.global_mlp = global_mlp(backbone, params.global_mlp, init="torch_default")  # MoCo v3's head init

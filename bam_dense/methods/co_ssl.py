@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bam_dense.core.config import FRACTION, NON_NEGATIVE
-from bam_dense.models.backbones import Features, feature_dims
+from bam_dense.models.backbones import Features, describe
 from bam_dense.models.heads import HeadConfig, MLPHead
 
 # the family's options, one rule each (every CO method's parameters include them)
@@ -39,12 +39,12 @@ def global_mlp(backbone: nn.Module, cfg: HeadConfig | None, init: str) -> nn.Mod
     """CO-SSL's MLP after average pooling (RF-ResNet's, ablated in the paper's Table 6): it turns the pooled vector
     into the global representation the base method's head reads; the local heads read the cells before pooling.
     Without one, ``nn.Identity`` (no parameters: the state dict and every draw stay the base method's)."""
-    return nn.Identity() if cfg is None else MLPHead.from_config(feature_dims(backbone)[0], cfg, init=init)
+    return nn.Identity() if cfg is None else MLPHead.from_config(describe(backbone).pooled_dim, cfg, init=init)
 
 
 def global_dim(backbone: nn.Module, cfg: HeadConfig | None) -> int:
     """Width of the global representation: the pooled vector's, or the post-pool MLP's output."""
-    return feature_dims(backbone)[0] if cfg is None else cfg.out_dim
+    return describe(backbone).pooled_dim if cfg is None else cfg.out_dim
 
 
 def local_source(feats: Features, stage: int | None) -> torch.Tensor:

@@ -27,7 +27,7 @@ from bam_dense.core.config import COUNT, FRACTION, NON_NEGATIVE, POSITIVE
 from bam_dense.core.registry import MethodParams, register_method
 from bam_dense.losses.dino import dino_center, dino_loss
 from bam_dense.methods.base import Method, StepContext
-from bam_dense.models.backbones import Features, feature_dims, features
+from bam_dense.models.backbones import Features, describe, features
 from bam_dense.models.heads import DINOHead
 
 
@@ -86,7 +86,7 @@ class DINONet(nn.Module):
     def __init__(self, backbone: nn.Module, params: DINOParams, in_dim: int | None = None):
         super().__init__()
         self.backbone = backbone
-        self.head = DINOHead(in_dim or feature_dims(backbone)[0], params.out_dim, hidden_dim=params.hidden_dim,
+        self.head = DINOHead(in_dim or describe(backbone).pooled_dim, params.out_dim, hidden_dim=params.hidden_dim,
                              bottleneck_dim=params.bottleneck_dim, layers=params.head_layers, bn=params.head_bn,
                              norm_last_layer=params.norm_last_layer)
         self.register_buffer("center", torch.zeros(1, params.out_dim))

@@ -23,7 +23,7 @@ from bam_dense.core.registry import MethodParams, register_method
 from bam_dense.losses.lewel import lewel_loss
 from bam_dense.methods.base import Method, StepContext
 from bam_dense.models.alignment import AlignmentNeck
-from bam_dense.models.backbones import feature_dims, features
+from bam_dense.models.backbones import describe, features
 from bam_dense.models.heads import HeadConfig, MLPHead
 
 NECK_RANGES = {"num_heads": COUNT, "scale": POSITIVE}  # the alignment neck's options (LEWEL_B's and LEWEL-BAM's)
@@ -65,7 +65,7 @@ class LEWELParams(MethodParams):
 class LEWELNet(nn.Module):
     def __init__(self, backbone: nn.Module, params, dense: bool):
         super().__init__()
-        dim = feature_dims(backbone)[1]
+        dim = describe(backbone).dense_dim
         self.backbone = backbone
         self.dense = dense
         heads = getattr(params, "num_heads", 1)

@@ -25,7 +25,7 @@ from bam_dense.methods import lewel
 from bam_dense.methods.bam import BAM, BAMNet, BAMParams
 from bam_dense.methods.base import StepContext
 from bam_dense.models.alignment import AlignmentNeck
-from bam_dense.models.backbones import feature_dims
+from bam_dense.models.backbones import describe
 from bam_dense.models.heads import HeadConfig
 
 
@@ -48,7 +48,7 @@ class LEWELBAMNet(BAMNet):
         super().__init__(backbone, params)
         self.neck = None
         if params.global_weight < 1:
-            self.neck = AlignmentNeck(feature_dims(backbone)[1], params.neck, params.num_heads, params.scale)
+            self.neck = AlignmentNeck(describe(backbone).dense_dim, params.neck, params.num_heads, params.scale)
 
     def dense_heads(self, dense: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         if self.neck is None:

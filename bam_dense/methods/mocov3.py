@@ -29,7 +29,7 @@ from bam_dense.core.config import COUNT, POSITIVE
 from bam_dense.core.registry import MethodParams, register_method
 from bam_dense.losses.mocov3 import mocov3_loss
 from bam_dense.methods.base import Method, StepContext
-from bam_dense.models.backbones import Features, family, feature_dims, features
+from bam_dense.models.backbones import Features, describe, features
 from bam_dense.models.heads import mocov3_predictor, mocov3_projector
 
 
@@ -48,8 +48,8 @@ class MoCoV3Params(MethodParams):
 
 def mocov3_head_family(backbone: nn.Module) -> str:
     """MoCo v3 builds its heads per backbone family: ``vit`` (ViT, Eva) or ``cnn`` (ResNet, RF-ResNet)."""
-    kind = family(backbone)
-    return "vit" if kind in ("vit", "eva") else kind
+    facts = describe(backbone)
+    return "vit" if facts.tokens else facts.family
 
 
 class MoCoV3Net(nn.Module):
@@ -57,7 +57,7 @@ class MoCoV3Net(nn.Module):
         super().__init__()
         head_family = mocov3_head_family(backbone)
         self.backbone = backbone
-        self.projector = mocov3_projector(in_dim or feature_dims(backbone)[0], head_family, mlp_dim=params.mlp_dim,
+        self.projector = mocov3_projector(in_dim or describe(backbone).pooled_dim, head_family, mlp_dim=params.mlp_dim,
                                           dim=params.dim)
         self.global_mlp: nn.Module = nn.Identity()  # CO-MoCoV3's optional MLP after pooling (no parameters)
         self.predictor = mocov3_predictor(head_family, mlp_dim=params.mlp_dim, dim=params.dim)

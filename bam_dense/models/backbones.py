@@ -20,6 +20,11 @@ names, which the converters rely on) with ``num_classes=0``; ``features(backbone
 ``features(backbone, x, stage=k)`` also returns ``inner``, the dense map of an intermediate stage from the same
 forward pass (CO-SSL's local representations taken before the last stage): a CNN's ``layer{k}`` (1-4), a ViT's
 block ``k`` (1-depth) with the final norm applied, as DINO's ``get_intermediate_layers``.
+
+What the rest of the library needs to know about a backbone (its family, feature widths, patch size, prefix tokens,
+position embedding, stages) is one :class:`BackboneFacts` record, built with the backbone by :func:`create_backbone`
+and read with :func:`describe` (which describes, once, a backbone built elsewhere: a bare timm model, a meta-device
+model of the converters), as timm's ``feature_info`` travels with its models.
 """
 
 from __future__ import annotations
@@ -45,8 +50,95 @@ class Features:
     inner: torch.Tensor | None = None  # B x C' x h' x w': the map of stage ``stage`` when features() was asked for one
 
 
-def family(backbone: nn.Module) -> str:
-    """``vit``, ``eva`` (timm's ``Eva``: RoPE ViTs such as DINOv3, no position table), ``cnn`` or ``metaformer``."""
+@dataclass(frozen=True)
+class BackboneFacts:
+    """What a backbone is, for every consumer (heads, protocols, converters, records): built once per backbone.
+
+    * ``family``: ``vit``, ``eva`` (timm's ``Eva``: RoPE ViTs such as DINOv3, no position table), ``cnn`` (timm's
+      ResNets and the RF-ResNets) or ``metaformer``.
+    * ``pooled_dim``, ``dense_dim``: widths of :class:`Features` ``pooled`` and ``dense``.
+    * ``patch_size``: input pixels per cell of the dense map (a ViT's patch size, a CNN's output stride).
+    * ``stage_dims``, ``stage_strides``: channels and input pixels per cell of each stage ``features(..., stage=k)``
+      can tap, ``k = 1..stage_count`` (a CNN's ``layer1-4``, a ViT's blocks); none for a MetaFormer.
+    * ``prefix_tokens``: the tokens before the patch tokens (class, distillation, registers); 0 without tokens.
+      ``registers``: those besides the class token (DINOv2's registers, DINOv3's storage tokens, DeiT's distillation
+      token).
+    * ``position``: ``table`` (a position table that a rule of :mod:`bam_dense.models.pos_embed` resamples),
+      ``rope`` (rotary embeddings computed for the grid) or None (no position embedding: CNNs, MetaFormers).
+    * ``name``: the backbone's class, for messages.
+    """
+
+    family: str
+    pooled_dim: int
+    dense_dim: int
+    patch_size: int
+    stage_dims: tuple[int, ...]
+    stage_strides: tuple[int, ...]
+    prefix_tokens: int
+    registers: int
+    position: str | None
+    name: str
+
+    @property
+    def tokens(self) -> bool:
+        """Whether the backbone is a transformer over tokens (ViT, Eva) rather than a convolutional map."""
+        return self.family in ("vit", "eva")
+
+    @property
+    def stage_count(self) -> int:
+        """How many stages ``features(..., stage=k)`` can tap: a CNN's 4 layers, a ViT's blocks."""
+        if not self.stage_dims:
+            raise UserFacingError(f"intermediate stages are not supported for the {self.name} backbone")
+        return len(self.stage_dims)
+
+    def check_stage(self, stage: int | None, key: str) -> None:
+        """Fail at start-up, naming the config ``key``, when ``stage`` is not a stage of this backbone (None: the
+        last)."""
+        if stage is None:
+            return
+        n = self.stage_count
+        if isinstance(stage, bool) or not isinstance(stage, int) or not 1 <= stage <= n:
+            raise UserFacingError(f"{key}: {stage!r} is not a stage of {self.name}: choose 1-{n}, or null "
+                                  "for the last stage's dense map")
+
+    def stage_dim(self, stage: int | None) -> int:
+        """Channels of the stage's dense map (None: the last stage's, ``dense_dim``)."""
+        return self.dense_dim if stage is None else self.stage_dims[stage - 1]
+
+    def stage_stride(self, stage: int | None) -> int:
+        """Input pixels per cell of the stage's dense map (None: the last stage's, ``patch_size``)."""
+        return self.patch_size if stage is None else self.stage_strides[stage - 1]
+
+
+_FACTS = "_bam_dense_facts"  # where a backbone keeps its BackboneFacts (a plain attribute: not in the state dict)
+
+
+def describe(backbone: nn.Module) -> BackboneFacts:
+    """The backbone's :class:`BackboneFacts`: those :func:`create_backbone` built with it, else (a backbone built
+    elsewhere) derived now and kept with it."""
+    facts = getattr(backbone, _FACTS, None)
+    if facts is None:
+        facts = _derive_facts(backbone)
+        setattr(backbone, _FACTS, facts)
+    return facts
+
+
+def _derive_facts(backbone: nn.Module) -> BackboneFacts:
+    kind = _family(backbone)
+    name = type(backbone).__name__
+    if kind in ("vit", "eva"):
+        width, patch, depth = int(backbone.embed_dim), int(backbone.patch_embed.patch_size[0]), len(backbone.blocks)
+        n_prefix = int(backbone.num_prefix_tokens)
+        return BackboneFacts(kind, width, width, patch, (width,) * depth, (patch,) * depth, n_prefix,
+                             n_prefix - int(getattr(backbone, "cls_token", None) is not None),
+                             "table" if kind == "vit" else "rope", name)
+    width, patch = int(backbone.num_features), int(backbone.feature_info[-1]["reduction"])
+    stages = backbone.feature_info[1:5] if kind == "cnn" else []  # entry 0 is the stem, entry k the stage layer{k}
+    return BackboneFacts(kind, width, width, patch, tuple(int(info["num_chs"]) for info in stages),
+                         tuple(int(info["reduction"]) for info in stages), 0, 0, None, name)
+
+
+def _family(backbone: nn.Module) -> str:
     from timm.models.eva import Eva
     from timm.models.metaformer import MetaFormer
     from timm.models.resnet import ResNet
@@ -169,8 +261,10 @@ def create_backbone(
     if arch in RF_RESNETS:  # kwargs override RFResNetConfig fields (layers, spatial, maxpool, strides, ...)
         if pretrained:
             raise ValueError(f"{arch!r} has no pretrained weights")
-        return create_rf_resnet(arch, zero_init_last=True if zero_init_residual is None else zero_init_residual,
-                                **(kwargs or {}))
+        model = create_rf_resnet(arch, zero_init_last=True if zero_init_residual is None else zero_init_residual,
+                                 **(kwargs or {}))
+        describe(model)
+        return model
     kw = _timm_kwargs(kwargs or {})
     if not timm.is_model(arch):
         raise ValueError(f"unknown timm architecture {arch!r}")
@@ -195,7 +289,7 @@ def create_backbone(
     if drop_path_rate:
         kw["drop_path_rate"] = drop_path_rate
     model = timm.create_model(arch, pretrained=pretrained, num_classes=0, **kw)
-    if family(model) == "vit":
+    if describe(model).family == "vit":
         if not pretrained:
             _init_vit_(model, init)
         if pos_embed == "sincos" and model.pos_embed is not None:
@@ -224,51 +318,8 @@ def build_backbone(m: ModelConfig) -> nn.Module:
     return backbone
 
 
-def feature_dims(backbone: nn.Module) -> tuple[int, int]:
-    """(pooled dim, dense channel dim)."""
-    kind = family(backbone)
-    if kind in ("vit", "eva"):
-        return backbone.embed_dim, backbone.embed_dim
-    return backbone.num_features, backbone.num_features
-
-
-def patch_size(backbone: nn.Module) -> int:
-    """Input pixels per dense-map cell (ViT patch size, CNN output stride)."""
-    kind = family(backbone)
-    if kind in ("vit", "eva"):
-        return int(backbone.patch_embed.patch_size[0])
-    return int(backbone.feature_info[-1]["reduction"])
-
-
-def stage_count(backbone: nn.Module) -> int:
-    """How many stages ``features(..., stage=k)`` can tap: a CNN's 4 layers, a ViT's blocks."""
-    kind = family(backbone)
-    if kind in ("vit", "eva"):
-        return len(backbone.blocks)
-    if kind == "cnn":
-        return 4
-    raise UserFacingError(f"intermediate stages are not supported for the {type(backbone).__name__} backbone")
-
-
-def check_stage(backbone: nn.Module, stage: int | None, key: str) -> None:
-    """Fail at start-up, naming the config ``key``, when ``stage`` is not a stage of this backbone (None: the last)."""
-    if stage is None:
-        return
-    n = stage_count(backbone)
-    if isinstance(stage, bool) or not isinstance(stage, int) or not 1 <= stage <= n:
-        raise UserFacingError(f"{key}: {stage!r} is not a stage of {type(backbone).__name__}: choose 1-{n}, or null "
-                              "for the last stage's dense map")
-
-
-def stage_dim(backbone: nn.Module, stage: int | None) -> int:
-    """Channels of the stage's dense map (None: the last stage's, ``feature_dims(backbone)[1]``)."""
-    if stage is None or family(backbone) in ("vit", "eva"):
-        return feature_dims(backbone)[1]
-    return int(backbone.feature_info[stage]["num_chs"])  # entry 0 is the stem, entry k the stage layer{k}
-
-
 def _stage_module(backbone: nn.Module, stage: int) -> nn.Module:
-    return backbone.blocks[stage - 1] if family(backbone) in ("vit", "eva") else getattr(backbone, f"layer{stage}")
+    return backbone.blocks[stage - 1] if describe(backbone).tokens else getattr(backbone, f"layer{stage}")
 
 
 def features(backbone: nn.Module, x: torch.Tensor, pos_resample: str | None = None, stage: int | None = None) -> Features:
@@ -278,7 +329,7 @@ def features(backbone: nn.Module, x: torch.Tensor, pos_resample: str | None = No
     ``stage``: also return that stage's map as ``inner``, taken from the same forward pass."""
     if stage is None:
         return _features(backbone, x, pos_resample)
-    check_stage(backbone, stage, "stage")
+    describe(backbone).check_stage(stage, "stage")
     captured: list[torch.Tensor] = []
     hook = _stage_module(backbone, stage).register_forward_hook(lambda _m, _i, out: captured.append(out))
     try:
@@ -286,7 +337,7 @@ def features(backbone: nn.Module, x: torch.Tensor, pos_resample: str | None = No
     finally:
         hook.remove()
     inner = captured[-1]
-    if family(backbone) in ("vit", "eva"):  # tokens after block ``stage``, normalised as the last block's
+    if describe(backbone).tokens:  # tokens after block ``stage``, normalised as the last block's
         inner = backbone.norm(inner)[:, backbone.num_prefix_tokens:]
         inner = inner.transpose(1, 2).reshape(x.shape[0], -1, *feats.dense.shape[-2:])
     feats.inner = inner
@@ -294,7 +345,7 @@ def features(backbone: nn.Module, x: torch.Tensor, pos_resample: str | None = No
 
 
 def _features(backbone: nn.Module, x: torch.Tensor, pos_resample: str | None) -> Features:
-    kind = family(backbone)
+    kind = describe(backbone).family
     if kind in ("vit", "eva"):
         from bam_dense.models.pos_embed import vit_forward_features
 

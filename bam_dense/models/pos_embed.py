@@ -135,17 +135,17 @@ def _ruled_pos_embed(self, x: torch.Tensor) -> torch.Tensor:
 def set_pos_rule(backbone: nn.Module, rule: str) -> nn.Module:
     """Record ``rule`` with a ViT (``backbone.pos_rule``) and make its every forward path (``forward_features``,
     ``forward_intermediates``) resample the table by it. A no-op but the record for other families."""
-    from bam_dense.models.backbones import family
+    from bam_dense.models.backbones import describe
 
     check_rule(rule)
-    kind = family(backbone)
-    if kind not in ("vit", "eva"):
+    position = describe(backbone).position
+    if position is None:
         return backbone
-    if kind == "eva" and rule not in ("rope", "timm"):
+    if position == "rope" and rule not in ("rope", "timm"):
         raise ValueError(f"{type(backbone).__name__} has rotary position embeddings: rule {rule!r} does not apply")
-    if kind == "vit" and rule == "rope":
+    if position == "table" and rule == "rope":
         raise ValueError(f"{type(backbone).__name__} has a position table: rule 'rope' does not apply")
-    if kind == "vit" and getattr(backbone, "pos_embed", None) is not None and "_pos_embed" not in vars(backbone):
+    if position == "table" and getattr(backbone, "pos_embed", None) is not None and "_pos_embed" not in vars(backbone):
         backbone._pos_embed = types.MethodType(_ruled_pos_embed, backbone)
     backbone.pos_rule = rule
     return backbone
@@ -153,12 +153,12 @@ def set_pos_rule(backbone: nn.Module, rule: str) -> nn.Module:
 
 def pos_rule_of(backbone: nn.Module) -> str | None:
     """The rule recorded with a ViT (``timm`` when none was), None for other families."""
-    from bam_dense.models.backbones import family
+    from bam_dense.models.backbones import describe
 
-    kind = family(backbone)
-    if kind == "eva":
+    position = describe(backbone).position
+    if position == "rope":
         return "rope"
-    return getattr(backbone, "pos_rule", "timm") if kind == "vit" else None
+    return getattr(backbone, "pos_rule", "timm") if position == "table" else None
 
 
 @contextlib.contextmanager
