@@ -14,11 +14,12 @@ import pytest
 import torch
 from conftest import REPO
 
+from bam_dense.core.paths import bundled
 from bam_dense.engine.pretrain_dry_run import SIZE_KEYS, dry_run
 
 pytestmark = pytest.mark.dryrun
 
-CONFIGS = REPO / "configs"
+CONFIGS = bundled("configs", required=True)
 PRETRAIN = sorted(CONFIGS.glob("pretrain/*.yaml"))
 MMSEG = sorted(CONFIGS.glob("mmseg/**/*.py"))
 MMDET = sorted(CONFIGS.glob("mmdet/**/*.py"))
