@@ -156,19 +156,17 @@ def load_plan(path: str | Path, base: str | Path | None = None) -> Plan:
 # their earlier outputs there (--force), and propagation starts clean when those came from other inputs (--overwrite).
 
 
-def _repo(path: str | None) -> str | None:
-    """A path as given where it exists (or is absolute), else the file bam-dense ships by that name, else as given."""
-    if path is None or Path(path).exists():
-        return path
-    return str(bundled(path) or path)
+def _located(path: str | None) -> str | None:
+    """A plan's path as given where it exists, else the file bam-dense ships by that name (core.paths.locate)."""
+    return str(locate(path)) if path else path
 
 
 def _seg_like(task: str):
     def commands(step: StepSpec, ckpt: str, out: Path) -> list[list[str]]:
         root = ["--data-root", step.data_root] if step.data_root else []
         return [
-            [*BAM, task, "train", _repo(step.config), "--checkpoint", ckpt, "--work-dir", str(out), *root, *step.options],
-            [*BAM, task, "test", _repo(step.config), "--checkpoint", str(out), "--work-dir", str(out), *root,
+            [*BAM, task, "train", _located(step.config), "--checkpoint", ckpt, "--work-dir", str(out), *root, *step.options],
+            [*BAM, task, "test", _located(step.config), "--checkpoint", str(out), "--work-dir", str(out), *root,
              "--out", str(out / "metrics.json"), "--force"],
         ]
 
@@ -176,7 +174,7 @@ def _seg_like(task: str):
 
 
 def _detectron2(step: StepSpec, ckpt: str, out: Path) -> list[list[str]]:
-    cmd = [sys.executable, str(bundled("downstream/detectron2/train_net.py", required=True)), "--config-file", _repo(step.config),
+    cmd = [sys.executable, str(bundled("downstream/detectron2/train_net.py", required=True)), "--config-file", _located(step.config),
            "--checkpoint", ckpt, "--metrics-out", str(out / "metrics.json"), "--num-gpus", str(step.nproc)]
     if step.coco_root:
         cmd += ["--coco-root", step.coco_root]
@@ -225,7 +223,7 @@ def pretrain_commands(run: RunSpec, run_dir: Path) -> list[list[str]]:
     if "config" not in p:
         raise UserFacingError(f"run {run.name}: pretrain needs a config")
     out = run_dir / run.name / "pretrain"
-    args = ["--config", _repo(p["config"]), f"run.output_dir={out}", f"run.seed={run.seed}", *p.get("overrides", [])]
+    args = ["--config", _located(p["config"]), f"run.output_dir={out}", f"run.seed={run.seed}", *p.get("overrides", [])]
     nproc = int(p.get("nproc", 1))
     if nproc > 1:
         return [[sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
@@ -601,7 +599,7 @@ def slurm_script(plan: Plan, plan_path: str, run_dir: Path) -> str:
         if run.pretrain:
             nproc = int(run.pretrain.get("nproc", s.get("gpus_per_node", 8)))
             nodes = int(run.pretrain.get("nodes", s.get("nodes", 1)))
-            args = ["--config", _repo(run.pretrain["config"]), f"run.output_dir={run_dir / run.name / 'pretrain'}",
+            args = ["--config", _located(run.pretrain["config"]), f"run.output_dir={run_dir / run.name / 'pretrain'}",
                     f"run.seed={run.seed}", *run.pretrain.get("overrides", [])]
             lines.append(f"{var}=$(sbatch --parsable --job-name={run.name}-pretrain --nodes={nodes} --ntasks-per-node={nproc} "
                          f"--gpus-per-node={nproc} {' '.join(common)} {bundled('pretrain/slurm.sh', required=True)} {shlex.join(args)})")
