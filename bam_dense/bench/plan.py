@@ -157,7 +157,7 @@ def load_plan(path: str | Path, base: str | Path | None = None) -> Plan:
 
 
 def _located(path: str | None) -> str | None:
-    """A plan's path as given where it exists, else the file bam-dense ships by that name (core.paths.locate)."""
+    """A plan's path as given where it exists, else the file bam-dense ships by that name."""
     return str(locate(path)) if path else path
 
 
@@ -165,17 +165,19 @@ def _seg_like(task: str):
     def commands(step: StepSpec, ckpt: str, out: Path) -> list[list[str]]:
         root = ["--data-root", step.data_root] if step.data_root else []
         return [
-            [*BAM, task, "train", _located(step.config), "--checkpoint", ckpt, "--work-dir", str(out), *root, *step.options],
-            [*BAM, task, "test", _located(step.config), "--checkpoint", str(out), "--work-dir", str(out), *root,
-             "--out", str(out / "metrics.json"), "--force"],
+            [*BAM, task, "train", _located(step.config), "--checkpoint", ckpt, "--work-dir", str(out), *root,
+             *step.options],
+            [*BAM, task, "test", _located(step.config), "--checkpoint", str(out), "--work-dir", str(out),
+             *root, "--out", str(out / "metrics.json"), "--force"],
         ]
 
     return commands
 
 
 def _detectron2(step: StepSpec, ckpt: str, out: Path) -> list[list[str]]:
-    cmd = [sys.executable, str(bundled("downstream/detectron2/train_net.py", required=True)), "--config-file", _located(step.config),
-           "--checkpoint", ckpt, "--metrics-out", str(out / "metrics.json"), "--num-gpus", str(step.nproc)]
+    train_net = bundled("downstream/detectron2/train_net.py", required=True)
+    cmd = [sys.executable, str(train_net), "--config-file", _located(step.config), "--checkpoint", ckpt,
+           "--metrics-out", str(out / "metrics.json"), "--num-gpus", str(step.nproc)]
     if step.coco_root:
         cmd += ["--coco-root", step.coco_root]
     lazy = str(step.config).endswith(".py")  # LazyConfig overrides are key=value, YAML ones KEY VALUE
