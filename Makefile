@@ -19,7 +19,7 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 # Core + dev extras: re-run only when the project's requirements change.
-$(STAMP): pyproject.toml $(CONSTRAINTS) | $(PY)
+$(STAMP): pyproject.toml setup.py $(CONSTRAINTS) | $(PY)
 	$(PY) -m pip install --disable-pip-version-check -q $(CONSTRAINT_FLAG) -e '.[dev]'
 	touch $(STAMP)
 

@@ -25,14 +25,16 @@ import shutil
 import time
 from pathlib import Path
 
-from bam_dense.core.paths import CONFIG_ROOT
+from bam_dense.core.paths import bundled
 
-PRETRAIN_CONFIG = CONFIG_ROOT / "pretrain" / "bam_tiny_resnet_cpu.yaml"
+PRETRAIN_RECIPE = "configs/pretrain/bam_tiny_resnet_cpu.yaml"  # as the log and the report name it
+PRETRAIN_CONFIG = bundled(PRETRAIN_RECIPE, required=True)
 # The tiny MMSeg / MMDet configs that hold the demo encoder, by backbone family (bam_dense.models.backbones).
 DOWNSTREAM_CONFIGS = {
-    "cnn": (CONFIG_ROOT / "mmseg" / "tiny" / "upernet_resnet_tiny-d8_ade20k.py",
-            CONFIG_ROOT / "mmdet" / "tiny" / "mask-rcnn_resnet_tiny_fpn_coco.py"),
-    "vit": (CONFIG_ROOT / "mmseg" / "tiny" / "upernet_vit_ade20k.py", CONFIG_ROOT / "mmdet" / "tiny" / "mask-rcnn_vit_sfp_coco.py"),
+    "cnn": (bundled("configs/mmseg/tiny/upernet_resnet_tiny-d8_ade20k.py", required=True),
+            bundled("configs/mmdet/tiny/mask-rcnn_resnet_tiny_fpn_coco.py", required=True)),
+    "vit": (bundled("configs/mmseg/tiny/upernet_vit_ade20k.py", required=True),
+            bundled("configs/mmdet/tiny/mask-rcnn_vit_sfp_coco.py", required=True)),
 }
 # The fine-tune lengths live in those configs (the full demo's); the reduced demo shortens them.
 FINETUNE_SEED = 0
@@ -220,7 +222,7 @@ def run_demo(out: Path, reduced: bool = False, skip: list[str] | None = None) ->
     _log(f"1/6 synthetic data in {out / 'data'}")
     data = generate_data(out / "data", size)
     runs_dir = out / "runs"
-    _log(f"2/6 pretraining a tiny BAM encoder ({PRETRAIN_CONFIG.relative_to(CONFIG_ROOT.parent)})")
+    _log(f"2/6 pretraining a tiny BAM encoder ({PRETRAIN_RECIPE})")
     ckpt, summary = pretrain(runs_dir / "bam_tiny" / "pretrain", size)
     random_ckpt = export_random_init(ckpt, runs_dir / "random_init" / "pretrain" / "checkpoints" / "last.pth")
     _log("3/6 converting both encoders with coverage reports")
@@ -479,7 +481,7 @@ def _write_report(out: Path, runs_dir: Path, plan, ckpt: Path, summary, coverage
         lines.append(text + ".")
     lines += [
         "", "## Pretraining", "",
-        f"Tiny BAM ({PRETRAIN_CONFIG.relative_to(CONFIG_ROOT.parent)}): loss {summary.first_loss:.3f} -> {summary.last_loss:.3f} over "
+        f"Tiny BAM ({PRETRAIN_RECIPE}): loss {summary.first_loss:.3f} -> {summary.last_loss:.3f} over "
         f"{summary.steps} steps; checkpoint `{ckpt}`. The demo took {minutes:.1f} minutes.", "", f"![loss curve](figures/{loss_png.name})", "",
         "## BAM attention and its balanced target", "",
         ATTENTION_TEXT, "",

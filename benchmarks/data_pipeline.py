@@ -26,6 +26,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bam_dense.core.paths import bundled  # noqa: E402
+
 
 def write_images(folder: Path, n: int, seed: int = 0) -> list[Path]:
     import numpy as np
@@ -113,7 +115,7 @@ def device_cost(paths: list[Path], views_cfg, device, batch: int, repeat: int) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=str(REPO / "configs" / "pretrain" / "bam_vit_small_16gpu.yaml"))
+    parser.add_argument("--config", default=str(bundled("configs/pretrain/bam_vit_small_16gpu.yaml", required=True)))
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--batch", type=int, default=64, help="collate and device batch size")

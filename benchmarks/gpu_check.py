@@ -54,8 +54,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-CONFIGS = {"vit_small": REPO / "configs" / "pretrain" / "bam_vit_small_16gpu.yaml",
-           "vit_base": REPO / "configs" / "pretrain" / "bam_vit_base_16gpu.yaml"}
+from bam_dense.core.paths import bundled  # noqa: E402
+
+CONFIGS = {"vit_small": bundled("configs/pretrain/bam_vit_small_16gpu.yaml", required=True),
+           "vit_base": bundled("configs/pretrain/bam_vit_base_16gpu.yaml", required=True)}
 NOT_ON_A_STOCK_MACHINE = ("mmcv", "mmengine", "mmseg", "mmdet", "cv2", "scipy", "skimage", "faiss")
 
 

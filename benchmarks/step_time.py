@@ -107,9 +107,10 @@ def crops(batch: int, n_global: int, n_local: int, seed: int = 0) -> list:
 def project_trainer(method: str, batch: int, overrides: list[str], tmp: str):
     """The engine's Trainer on the method's recipe at these sizes (synthetic data, CPU, no logs)."""
     from bam_dense.core.config import load_config
+    from bam_dense.core.paths import bundled
     from bam_dense.engine.trainer import Trainer
 
-    cfg = load_config(REPO / "configs" / "pretrain" / RECIPES[method], [
+    cfg = load_config(bundled(f"configs/pretrain/{RECIPES[method]}", required=True), [
         f"run.output_dir={tmp}", "run.device=cpu", "run.progress=false", "run.tensorboard=false",
         "eval.knn.enabled=false", "data.path=null", "data.num_workers=0", f"data.batch_size_per_gpu={batch}",
         f"data.synthetic.num_images={batch * 1000}", f"data.views.global_size={GLOBAL}", "optim.warmup_epochs=0",

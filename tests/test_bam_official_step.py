@@ -26,11 +26,11 @@ import yaml
 from official_maps import assert_same_init, assert_states_close, bam_to_ours, engine_steps, start_from
 
 from bam_dense.core.config import load_config
+from bam_dense.core.paths import bundled
 from bam_dense.engine.trainer import Trainer
 
-ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = Path(__file__).parent / "fixtures" / "bam_step_official.pt"
-RECIPE = ROOT / "configs/pretrain/bam_vit_small_16gpu.yaml"
+RECIPE = bundled("configs/pretrain/bam_vit_small_16gpu.yaml", required=True)
 ATOL = 1e-5  # weights of order 0.1-1
 GRAD_RTOL, GRAD_ATOL = 1e-4, 1e-5  # gradients: of their tensor's largest entry, or absolute
 

@@ -95,8 +95,8 @@ def test_a_failing_step_keeps_the_other_results_and_says_why(two_checkpoints, sy
 
 def test_frozen_feature_steps_run_in_a_plan_and_its_dry_run(two_checkpoints, synthetic_root, tmp_path):
     """retrieval and linear steps: bad steps refused at load; real run and dry-run write the metric the report reads."""
-    from bam_dense.bench.dryrun import run_plan_dry
     from bam_dense.bench.plan import load_plan, run_plan
+    from bam_dense.bench.plan_dry_run import run_plan_dry
     from bam_dense.bench.published import BENCHMARKS
 
     steps = [{"name": "hummingbird", "kind": "retrieval", "benchmark": "synthetic_retrieval", "dataset": "voc",

@@ -16,6 +16,7 @@ from conftest import PYTHON, REPO, tiny_pretrain_dict
 
 from bam_dense.convert import ConversionError, convert, report_path
 from bam_dense.convert.maps import D2_RESNET, MMSEG_MAE, MMSEG_VIT
+from bam_dense.core.paths import bundled
 
 
 # ---------------------------------------------------------------------------- sources
@@ -122,7 +123,7 @@ def _mmseg_backbone(config: str, checkpoint: Path, **overrides):
     from mmseg.utils import register_all_modules
 
     register_all_modules()
-    cfg = Config.fromfile(REPO / "configs" / "mmseg" / config)
+    cfg = Config.fromfile(bundled("configs/mmseg", required=True) / config)
     backbone_cfg = cfg.model.backbone
     backbone_cfg.update(overrides)
     backbone_cfg["init_cfg"] = dict(type="Pretrained", checkpoint=str(checkpoint))
@@ -209,7 +210,7 @@ def test_mmdet_mask_rcnn_r50_takes_every_tensor_through_init_cfg(resnet50_tv, tm
     convert(path, "mmdet", out)
     assert all(k.startswith("backbone.") for k in torch.load(out, weights_only=True)["state_dict"])
     register_all_modules()
-    cfg = Config.fromfile(REPO / "configs" / "mmdet" / "mask-rcnn_r50_fpn_1x_coco.py")
+    cfg = Config.fromfile(bundled("configs/mmdet/mask-rcnn_r50_fpn_1x_coco.py", required=True))
     cfg.model.backbone.init_cfg = dict(type="Pretrained", checkpoint=str(out), prefix="backbone.")
     cfg.model.backbone.norm_cfg = dict(type="BN", requires_grad=True)  # SyncBN needs a process group
     model = MODELS.build(cfg.model)

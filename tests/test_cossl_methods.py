@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from conftest import PYTHON, REPO, tiny_pretrain_dict
 
 from bam_dense.core.config import ConfigError, load_config
+from bam_dense.core.paths import bundled
 from bam_dense.engine.teacher import make_teacher
 from bam_dense.engine.trainer import Trainer
 from bam_dense.losses import dino_center, dino_loss, mocov3_loss
@@ -419,7 +420,7 @@ def test_tiny_rf29_resnet18_keeps_the_preset_receptive_field(tmp_path):
     from bam_dense.models.rf_resnet import RFResNet
 
     for config in ("mocov3_tiny_cpu", "co_mocov3_tiny_cpu", "co_dino_tiny_cpu", "dino_rf29_tiny_cpu", "co_byol_rf29_tiny_cpu"):
-        cfg = load_config(REPO / "configs" / "pretrain" / f"{config}.yaml")
+        cfg = load_config(bundled(f"configs/pretrain/{config}.yaml", required=True))
         backbone = build_backbone(cfg.model)
         assert isinstance(backbone, RFResNet) and cfg.model.arch == "rf29_resnet18"
         assert receptive_field(backbone.cfg) == 29 and output_stride(backbone.cfg) == 8
@@ -433,7 +434,7 @@ def test_tiny_rf29_resnet18_keeps_the_preset_receptive_field(tmp_path):
 def test_rf29_tiny_configs_change_one_thing_against_their_twin(config, twin, differ):
     import dataclasses
 
-    a, b = (dataclasses.asdict(load_config(REPO / "configs" / "pretrain" / f"{c}.yaml")) for c in (config, twin))
+    a, b = (dataclasses.asdict(load_config(bundled(f"configs/pretrain/{c}.yaml", required=True))) for c in (config, twin))
     for section in a:
         if section == "run":
             assert {k: v for k, v in a[section].items() if k != "output_dir"} == \
@@ -443,14 +444,14 @@ def test_rf29_tiny_configs_change_one_thing_against_their_twin(config, twin, dif
     if "method" in differ:  # every DINO field of the CO-DINO config, and CO-DINO's own fields at w_s = 0 do nothing
         assert all(b["method"][k] == v for k, v in a["method"].items() if k != "name")
     else:  # the backbone and init of the CO-DINO tiny config (torchvision's: no zero-init, as both full recipes)
-        co_dino = load_config(REPO / "configs" / "pretrain" / "co_dino_tiny_cpu.yaml")
+        co_dino = load_config(bundled("configs/pretrain/co_dino_tiny_cpu.yaml", required=True))
         assert a["model"] == dataclasses.asdict(co_dino.model) and not a["model"]["zero_init_residual"]
 
 
 @pytest.mark.parametrize("config", ["mocov3_tiny_cpu", "co_mocov3_tiny_cpu", "co_dino_tiny_cpu", "dino_rf29_tiny_cpu",
                                     "co_byol_rf29_tiny_cpu"])
 def test_tiny_configs_train_steps(tmp_path, config):
-    cfg = load_config(REPO / "configs" / "pretrain" / f"{config}.yaml", [
+    cfg = load_config(bundled(f"configs/pretrain/{config}.yaml", required=True), [
         f"run.output_dir={tmp_path}", "run.progress=false", "run.tensorboard=false", "data.num_workers=0",
         "data.synthetic.num_images=32", "data.batch_size_per_gpu=8", "run.log_every=1", "run.max_steps=2",
         "eval.knn.enabled=false", "eval.random_init_baseline=false"])
@@ -469,7 +470,7 @@ def test_torchrun_two_cpu_processes_train_the_tiny_config(tmp_path, config):
 
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     cmd = [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(REPO / "pretrain" / "train.py"),
-           "--config", str(REPO / "configs" / "pretrain" / f"{config}.yaml"), f"run.output_dir={tmp_path}",
+           "--config", str(bundled(f"configs/pretrain/{config}.yaml", required=True)), f"run.output_dir={tmp_path}",
            "run.progress=false", "run.tensorboard=false", "data.num_workers=0", "data.synthetic.num_images=32",
            "data.batch_size_per_gpu=4", "run.max_steps=2", "run.log_every=1", "eval.knn.enabled=false",
            "eval.random_init_baseline=false"]

@@ -11,10 +11,11 @@ import torch
 import yaml
 from conftest import REPO
 
+from bam_dense.core.paths import bundled
 from bam_dense.downstream import det
 from bam_dense.downstream.weight_check import PretrainedWeightsNotLoaded
 
-CONFIGS = REPO / "configs" / "mmdet"
+CONFIGS = bundled("configs/mmdet", required=True)
 
 
 def test_mask_rcnn_r50_fpn_trains_and_scores_with_coco_metrics(resnet_checkpoint, synthetic_root, tmp_path):
@@ -190,7 +191,7 @@ def test_vit_detector_recipe_settings_and_the_model_builds():
     assert sum(p.numel() for p in model.backbone.parameters()) > 85e6
 
 
-D2_CONFIGS = REPO / "configs" / "detectron2"
+D2_CONFIGS = bundled("configs/detectron2", required=True)
 
 
 def _d2_yaml(name: str) -> dict:

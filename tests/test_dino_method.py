@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, tiny_pretrain_dict
+from conftest import tiny_pretrain_dict
 
 from bam_dense.core.config import load_config
+from bam_dense.core.paths import bundled
 from bam_dense.engine.trainer import Trainer
 from bam_dense.losses import dino_center, dino_loss
 from bam_dense.methods import build_method
@@ -74,7 +75,7 @@ def test_dino_method_refuses_to_run_without_a_teacher(tmp_path):
 
 
 def test_dino_tiny_config_trains_steps_and_checkpoints_the_centre(tmp_path):
-    cfg = load_config(REPO / "configs" / "pretrain" / "dino_tiny_cpu.yaml", [
+    cfg = load_config(bundled("configs/pretrain/dino_tiny_cpu.yaml", required=True), [
         f"run.output_dir={tmp_path}", "run.progress=false", "run.tensorboard=false", "data.num_workers=0",
         "data.synthetic.num_images=64", "data.batch_size_per_gpu=16", "run.log_every=1", "run.max_steps=4",
         "eval.knn.enabled=false", "eval.random_init_baseline=false"])

@@ -25,6 +25,7 @@ import pytest
 import torch
 
 from bam_dense.core.config import load_config
+from bam_dense.core.paths import bundled
 from bam_dense.engine.trainer import Trainer
 from bam_dense.models.backbones import build_backbone
 
@@ -144,7 +145,7 @@ def test_the_teacher_never_drops_paths(tmp_path, official):
 @pytest.mark.parametrize("recipe", ["dino_vit_small_100ep", "dino_vit_small_300ep"])
 def test_the_dino_recipes_start_the_class_token_as_dino(recipe):
     """vision_transformer.py: ``trunc_normal_(self.cls_token, std=.02)``; timm's default draws it with std 1e-6."""
-    model = load_config(Path(__file__).resolve().parents[1] / "configs" / "pretrain" / f"{recipe}.yaml").model
+    model = load_config(bundled(f"configs/pretrain/{recipe}.yaml", required=True)).model
     model.kwargs = {**model.kwargs, "img_size": 32, "depth": 1}  # the recipe's width (384 channels) kept
     torch.manual_seed(0)
     cls_token = build_backbone(model).cls_token

@@ -14,11 +14,12 @@ import pytest
 import torch
 from conftest import REPO
 
-from bam_dense.engine.dryrun import SIZE_KEYS, dry_run
+from bam_dense.core.paths import bundled
+from bam_dense.engine.pretrain_dry_run import SIZE_KEYS, dry_run
 
 pytestmark = pytest.mark.dryrun
 
-CONFIGS = REPO / "configs"
+CONFIGS = bundled("configs", required=True)
 PRETRAIN = sorted(CONFIGS.glob("pretrain/*.yaml"))
 MMSEG = sorted(CONFIGS.glob("mmseg/**/*.py"))
 MMDET = sorted(CONFIGS.glob("mmdet/**/*.py"))
@@ -161,12 +162,12 @@ def _assert_sizes_only(changed: dict) -> None:
 @pytest.mark.parametrize("config", MM_ALONE, ids=_ids(MM_ALONE))
 def test_mm_recipe_dry_run_trains_validates_and_tests(config, tmp_path):
     pytest.importorskip("mmcv.ops")
-    from bam_dense.downstream import dryrun
+    from bam_dense.downstream import mm_dry_run
 
     task = "seg" if "mmseg" in config.parts else "det"
     scale = _mm_scale(config)
     work = tmp_path / "work"
-    result = dryrun.train(task, str(config), None, str(work), iters=1, eval_images=1, scale=scale)
+    result = mm_dry_run.train(task, str(config), None, str(work), iters=1, eval_images=1, scale=scale)
     try:
         assert result.iterations == 1 and result.seconds_per_iter > 0
         _assert_sizes_only(result.changed)
@@ -181,7 +182,7 @@ def test_mm_recipe_dry_run_trains_validates_and_tests(config, tmp_path):
             assert key in result.metrics, result.metrics
         if scale:
             assert any("pipeline" in k for k in result.changed)
-        tested = dryrun.test(task, str(config), str(work), str(work), out=str(work / "metrics.json"), eval_images=1,
+        tested = mm_dry_run.test(task, str(config), str(work), str(work), out=str(work / "metrics.json"), eval_images=1,
                              scale=scale)
         assert tested.eval_images == 1 and key in json.loads((work / "metrics.json").read_text())["metrics"]
     finally:
@@ -214,7 +215,7 @@ def test_detectron2_recipe_dry_run_trains_and_evaluates(config, tmp_path):
 
     from conftest import PYTHON
 
-    from bam_dense.downstream.dryrun import random_init_backbone_checkpoint
+    from bam_dense.downstream.mm_dry_run import random_init_backbone_checkpoint
 
     lazy = config.suffix == ".py"  # the ViTDet LazyConfig; the YAML recipes are ResNet-50
     ckpt = random_init_backbone_checkpoint("vit_base_patch16_224" if lazy else "resnet50", {}, tmp_path / "init.pth")
@@ -271,8 +272,8 @@ def test_bench_plan_dry_run(plan_path, tmp_path):
     pytest.importorskip("mmcv.ops")
     import importlib.util
 
-    from bam_dense.bench.dryrun import run_plan_dry
     from bam_dense.bench.plan import load_plan
+    from bam_dense.bench.plan_dry_run import run_plan_dry
 
     plan = load_plan(plan_path, base=REPO)
     for run in plan.runs:

@@ -19,6 +19,7 @@ from conftest import PYTHON, REPO, tiny_pretrain_dict
 from PIL import Image
 
 from bam_dense.core.config import ConfigError, load_config
+from bam_dense.core.paths import bundled
 from bam_dense.engine.optim import LARS, build_optimizer, param_groups
 from bam_dense.engine.schedules import cosine, peak_lr, warmup_cosine
 from bam_dense.engine.teacher import EMATeacher, make_teacher
@@ -57,7 +58,7 @@ def test_overrides_are_parsed_as_yaml_and_validated(tmp_path):
 
 
 def test_every_shipped_pretraining_config_validates():
-    for path in sorted((REPO / "configs" / "pretrain").glob("*.yaml")):
+    for path in sorted(bundled("configs/pretrain", required=True).glob("*.yaml")):
         load_config(path)
 
 

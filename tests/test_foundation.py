@@ -16,6 +16,7 @@ import pytest
 from conftest import PYTHON, REPO
 from PIL import Image
 
+from bam_dense.core.paths import bundled
 from bam_dense.data import synthetic
 
 
@@ -180,7 +181,7 @@ def test_pretraining_config_selects_the_colour_mode():
     from bam_dense.core.config import ConfigError, load_config
     from bam_dense.engine.trainer import build_source
 
-    config = REPO / "configs" / "pretrain" / "bam_tiny_cpu.yaml"
+    config = bundled("configs/pretrain/bam_tiny_cpu.yaml", required=True)
     image = {c: np.asarray(build_source(load_config(config, [f"data.synthetic.colors={c}"])).load(0)[0]) for c in ("class", "instance")}
     assert image["class"].shape == image["instance"].shape and (image["class"] != image["instance"]).any()
     assert np.array_equal(image["class"], np.asarray(synthetic.classification_image(0, 0, 0, 64)))

@@ -31,11 +31,11 @@ import yaml
 from official_maps import assert_same_init, assert_states_close, engine_steps, lewel_to_ours, start_from
 
 from bam_dense.core.config import load_config
+from bam_dense.core.paths import bundled
 from bam_dense.engine.trainer import Trainer
 
-ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = Path(__file__).parent / "fixtures" / "lewel_step_official.pt"
-RECIPE = ROOT / "configs/pretrain/lewel_b_r50_eman_200ep.yaml"
+RECIPE = bundled("configs/pretrain/lewel_b_r50_eman_200ep.yaml", required=True)
 ATOL = 1e-5  # weights of order 0.1-1
 # Gradients: within GRAD_RTOL of their tensor's largest entry, or GRAD_ATOL. The first step's are float-close. The
 # second starts from weights that already carry float32 rounding, and LEWEL's BatchNorms over 8 samples amplify it,

@@ -14,10 +14,12 @@ import pytest
 import torch
 from conftest import REPO
 
+from bam_dense.core.paths import bundled
+
 pytest.importorskip("mmseg")
 pytest.importorskip("mmcv.ops")
 
-CONFIGS = REPO / "configs" / "mmseg"
+CONFIGS = bundled("configs/mmseg", required=True)
 LINEAR = CONFIGS / "linear_vit_ade20k-512x512_40k.py"
 PALETTE = torch.tensor([[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0], [0, 255, 255], [255, 0, 255]], dtype=torch.float32)
 PATCH, BLOCK, SIZE = 16, 32, 64  # classes painted on 32-px blocks (2 x 2 patches) of 64-px images

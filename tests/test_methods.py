@@ -12,6 +12,7 @@ from conftest import tiny_pretrain_dict
 from dist_helpers import method_param_grads, run_world
 
 from bam_dense.core.config import load_config
+from bam_dense.core.paths import bundled
 from bam_dense.engine.teacher import make_teacher
 from bam_dense.engine.trainer import Trainer
 from bam_dense.losses.lewel import lewel_loss
@@ -94,7 +95,7 @@ def test_lewel_heads_init_equals_the_official_mlp1d_with_the_same_seed():
 def test_byol_family_heads_start_as_lewels_conv1d_heads(recipe):
     # Every head of the recipe (projectors, neck, predictors): kaiming normal fan_out, std sqrt(2 / out) for
     # each layer (the old predictors used normal(0, 0.01)).
-    cfg = load_config(Path(__file__).parents[1] / "configs" / "pretrain" / f"{recipe}.yaml")
+    cfg = load_config(bundled(f"configs/pretrain/{recipe}.yaml", required=True))
     backbone = build_backbone(load_config(data={"model": {"arch": "resnet18", "kwargs": {"layers": [1, 1, 1, 1]}}}).model)
     torch.manual_seed(0)
     net = build_method(cfg.method, backbone).student
@@ -326,9 +327,8 @@ def test_two_processes_equal_one_for_every_method(tmp_path, name):
 @pytest.mark.parametrize("config", ["byol_tiny_cpu.yaml", "lewel_b_tiny_cpu.yaml", "co_byol_tiny_cpu.yaml",
                                     "co_bam_tiny_cpu.yaml", "lewel_bam_tiny_cpu.yaml"])
 def test_tiny_configs_train_with_a_falling_loss(tmp_path, config):
-    from conftest import REPO
 
-    cfg = load_config(REPO / "configs" / "pretrain" / config, [
+    cfg = load_config(bundled("configs/pretrain", required=True) / config, [
         f"run.output_dir={tmp_path}", "run.progress=false", "run.tensorboard=false", "data.num_workers=0",
         "data.synthetic.num_images=256", "data.batch_size_per_gpu=32", "run.log_every=1", "optim.epochs=3",
         "optim.warmup_epochs=1", "eval.knn.enabled=false",
@@ -364,7 +364,7 @@ def test_caformer_m36_recipe_builds_bams_architecture_and_gives_its_features():
 
     # DanielShalam/BAM fd85871 utils.py get_arch: mlp_act=GELU, act1_layer=GELU (the SepConv activation of
     # stages 1-2), res_scale_init_values=(None, None, None, None).
-    cfg = load_config(Path(__file__).parents[1] / "configs" / "pretrain" / "bam_caformer_m36.yaml")
+    cfg = load_config(bundled("configs/pretrain/bam_caformer_m36.yaml", required=True))
     model = build_backbone(cfg.model)
     assert (describe(model).pooled_dim, describe(model).dense_dim) == (576, 576)
     assert not [n for n, m in model.named_modules() if isinstance(m, StarReLU)]

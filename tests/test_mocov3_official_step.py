@@ -33,12 +33,13 @@ from official_maps import assert_same_init, assert_states_close, engine_steps, m
 
 from bam_dense.core.config import load_config
 from bam_dense.core.errors import UserFacingError
+from bam_dense.core.paths import bundled
 from bam_dense.engine.trainer import Trainer
 from bam_dense.models.backbones import build_backbone
 
-ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = Path(__file__).parent / "fixtures" / "mocov3_step_official.pt"
-RECIPES = {"vit": ROOT / "configs/pretrain/mocov3_vit_small_300ep.yaml", "resnet": ROOT / "configs/pretrain/mocov3_r50_100ep.yaml"}
+RECIPES = {"vit": bundled("configs/pretrain/mocov3_vit_small_300ep.yaml", required=True),
+           "resnet": bundled("configs/pretrain/mocov3_r50_100ep.yaml", required=True)}
 HEAD = {"vit": "head", "resnet": "fc"}
 ATOL = 1e-5  # weights of order 0.1-1
 GRAD_RTOL, GRAD_ATOL = 1e-4, 1e-5  # gradients: of their tensor's largest entry, or absolute
@@ -154,7 +155,7 @@ def test_decaying_every_parameter_is_refused_for_lars(tmp_path, official):
 def test_the_bam_recipes_keep_the_init_of_bams_get_arch(recipe):
     """BAM's get_arch asks timm for weight_init='moco', which leaves the (frozen) patch projection at PyTorch's
     default, U(+-1/sqrt(3 p^2)) with a non-zero bias: not vits.py's projection of the MoCo v3 recipe."""
-    model = load_config(ROOT / "configs" / "pretrain" / f"{recipe}.yaml").model
+    model = load_config(bundled(f"configs/pretrain/{recipe}.yaml", required=True)).model
     model.kwargs = {**model.kwargs, "img_size": 32, "depth": 1}
     torch.manual_seed(0)
     proj = build_backbone(model).patch_embed.proj

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO
 
 from bam_dense.bench.published import BENCHMARKS, RECIPES, Recipe
 from bam_dense.bench.report import recipe_check, write_report
+from bam_dense.core.paths import bundled
 
-MMSEG = REPO / "configs" / "mmseg"
+MMSEG = bundled("configs/mmseg", required=True)
 
 
 def _resolved(name: str) -> dict:

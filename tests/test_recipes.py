@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
 from bam_dense.core.config import load_config
 from bam_dense.core.errors import UserFacingError
+from bam_dense.core.paths import bundled
 from bam_dense.models.backbones import build_backbone
 
-PRETRAIN = Path(__file__).parents[1] / "configs" / "pretrain"
+PRETRAIN = bundled("configs/pretrain", required=True)
 
 # Whether each ResNet recipe zero-initialises the last BatchNorm of every residual block, and why:
 # * LEWEL_B / BYOL: LayneH/LEWEL 4ee47eb backbone/resnet.py:116 (zero_init_residual=False, never overridden by

@@ -21,9 +21,11 @@ from typing import Any
 import pytest
 import yaml
 
+from bam_dense.core.paths import bundled
+
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "recipes.md"
-CONFIGS = REPO / "configs"
+CONFIGS = bundled("configs", required=True)
 HEADER = ("config", "reproduces", "values checked", "deliberate differences and why")
 _SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, tiny_pretrain_dict
+from conftest import tiny_pretrain_dict
 
+from bam_dense.core.paths import bundled
 from bam_dense.downstream import seg
 from bam_dense.downstream.weight_check import PretrainedWeightsNotLoaded
 
-CONFIGS = REPO / "configs" / "mmseg"
+CONFIGS = bundled("configs/mmseg", required=True)
 
 
 @pytest.fixture(scope="module")

@@ -45,7 +45,7 @@ from bam_dense.bench.report import NOT_APPLICABLE
 from bam_dense.core import identity, procs
 from bam_dense.core.atomic import atomic_write_text
 from bam_dense.core.errors import UserFacingError
-from bam_dense.core.paths import REPO_ROOT
+from bam_dense.core.paths import IMPORT_ROOT, bundled, locate
 
 BAM = [sys.executable, "-m", "bam_dense.cli"]
 
@@ -105,15 +105,15 @@ def resolve_path(path: str | None, base: Path) -> str | None:
     exists there, else a file bundled with bam-dense (``configs/...``), else relative to ``base``."""
     if path is None or Path(path).is_absolute():
         return path
-    if (base / path).exists() or not (REPO_ROOT / path).exists():
-        return str((base / path).resolve())
-    return str(REPO_ROOT / path)
+    shipped = None if (base / path).exists() else bundled(path)
+    return str(shipped) if shipped else str((base / path).resolve())
 
 
 def load_plan(path: str | Path, base: str | Path | None = None) -> Plan:
-    """The plan at ``path``, its paths resolved against ``base`` (default: the working directory)."""
+    """The plan at ``path`` (else the plan bam-dense ships by that name), its paths resolved against ``base``
+    (default: the working directory)."""
     base = Path(base or Path.cwd())
-    path = Path(path)
+    path = locate(path)
     if not path.is_file():
         raise UserFacingError(f"plan {path} does not exist")
     data = yaml.safe_load(path.read_text()) or {}
@@ -156,29 +156,28 @@ def load_plan(path: str | Path, base: str | Path | None = None) -> Plan:
 # their earlier outputs there (--force), and propagation starts clean when those came from other inputs (--overwrite).
 
 
-def _repo(path: str | None) -> str | None:
-    """Paths in plans are relative to the repository when they do not exist as given."""
-    if path is None or Path(path).exists() or Path(path).is_absolute():
-        return path
-    candidate = REPO_ROOT / path
-    return str(candidate) if candidate.exists() else path
+def _located(path: str | None) -> str | None:
+    """A plan's path as given where it exists, else the file bam-dense ships by that name."""
+    return str(locate(path)) if path else path
 
 
 def _seg_like(task: str):
     def commands(step: StepSpec, ckpt: str, out: Path) -> list[list[str]]:
         root = ["--data-root", step.data_root] if step.data_root else []
         return [
-            [*BAM, task, "train", _repo(step.config), "--checkpoint", ckpt, "--work-dir", str(out), *root, *step.options],
-            [*BAM, task, "test", _repo(step.config), "--checkpoint", str(out), "--work-dir", str(out), *root,
-             "--out", str(out / "metrics.json"), "--force"],
+            [*BAM, task, "train", _located(step.config), "--checkpoint", ckpt, "--work-dir", str(out), *root,
+             *step.options],
+            [*BAM, task, "test", _located(step.config), "--checkpoint", str(out), "--work-dir", str(out),
+             *root, "--out", str(out / "metrics.json"), "--force"],
         ]
 
     return commands
 
 
 def _detectron2(step: StepSpec, ckpt: str, out: Path) -> list[list[str]]:
-    cmd = [sys.executable, str(REPO_ROOT / "downstream" / "detectron2" / "train_net.py"), "--config-file", _repo(step.config),
-           "--checkpoint", ckpt, "--metrics-out", str(out / "metrics.json"), "--num-gpus", str(step.nproc)]
+    train_net = bundled("downstream/detectron2/train_net.py", required=True)
+    cmd = [sys.executable, str(train_net), "--config-file", _located(step.config), "--checkpoint", ckpt,
+           "--metrics-out", str(out / "metrics.json"), "--num-gpus", str(step.nproc)]
     if step.coco_root:
         cmd += ["--coco-root", step.coco_root]
     lazy = str(step.config).endswith(".py")  # LazyConfig overrides are key=value, YAML ones KEY VALUE
@@ -226,11 +225,11 @@ def pretrain_commands(run: RunSpec, run_dir: Path) -> list[list[str]]:
     if "config" not in p:
         raise UserFacingError(f"run {run.name}: pretrain needs a config")
     out = run_dir / run.name / "pretrain"
-    args = ["--config", _repo(p["config"]), f"run.output_dir={out}", f"run.seed={run.seed}", *p.get("overrides", [])]
+    args = ["--config", _located(p["config"]), f"run.output_dir={out}", f"run.seed={run.seed}", *p.get("overrides", [])]
     nproc = int(p.get("nproc", 1))
     if nproc > 1:
         return [[sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-                 str(REPO_ROOT / "pretrain" / "train.py"), *args]]
+                 str(bundled("pretrain/train.py", required=True)), *args]]
     return [[*BAM, "pretrain", *args]]
 
 
@@ -257,7 +256,7 @@ def _child_env() -> dict:
     """The steps run in the caller's working directory (a relative path in a step's options means what the user
     meant), importing this bam-dense wherever that is."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(IMPORT_ROOT), env.get("PYTHONPATH")) if p)
     return env
 
 
@@ -580,7 +579,7 @@ def run_plan(plan: Plan, run_dir: str | Path, steps: list[str] | None = None, sk
 def record_plan(plan_file: str | Path, run_dir: Path) -> None:
     """Keep the plan in ``run_dir/plan.yaml``; a different one already there is kept as ``plan.N.yaml`` and said."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    target, text = run_dir / "plan.yaml", Path(plan_file).read_text()
+    target, text = run_dir / "plan.yaml", locate(plan_file).read_text()
     if target.is_file() and target.read_text() != text:
         n = 1
         while (run_dir / f"plan.{n}.yaml").exists():
@@ -602,10 +601,10 @@ def slurm_script(plan: Plan, plan_path: str, run_dir: Path) -> str:
         if run.pretrain:
             nproc = int(run.pretrain.get("nproc", s.get("gpus_per_node", 8)))
             nodes = int(run.pretrain.get("nodes", s.get("nodes", 1)))
-            args = ["--config", _repo(run.pretrain["config"]), f"run.output_dir={run_dir / run.name / 'pretrain'}",
+            args = ["--config", _located(run.pretrain["config"]), f"run.output_dir={run_dir / run.name / 'pretrain'}",
                     f"run.seed={run.seed}", *run.pretrain.get("overrides", [])]
             lines.append(f"{var}=$(sbatch --parsable --job-name={run.name}-pretrain --nodes={nodes} --ntasks-per-node={nproc} "
-                         f"--gpus-per-node={nproc} {' '.join(common)} {REPO_ROOT / 'pretrain' / 'slurm.sh'} {shlex.join(args)})")
+                         f"--gpus-per-node={nproc} {' '.join(common)} {bundled('pretrain/slurm.sh', required=True)} {shlex.join(args)})")
             dep = f"--dependency=afterok:${var} "
         ckpt = checkpoint_of(run, run_dir)
         for step in plan.steps:

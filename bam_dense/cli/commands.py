@@ -21,7 +21,7 @@ def pretrain(args: Namespace) -> int:
     from bam_dense.engine.trainer import PREEMPTED_EXIT, run
 
     if args.dry_run:
-        from bam_dense.engine.dryrun import dry_run
+        from bam_dense.engine.pretrain_dry_run import dry_run
 
         result = dry_run(args.config, args.overrides, data_root=args.data_root, steps=args.dry_run_steps,
                          scale=args.dry_run_scale)
@@ -148,9 +148,9 @@ def _finetune_module(args: Namespace):
 
 def finetune_train(args: Namespace) -> int:
     if args.dry_run:
-        from bam_dense.downstream import dryrun
+        from bam_dense.downstream import mm_dry_run
 
-        result = dryrun.train(args.command, args.config, args.checkpoint, args.work_dir, args.cfg_options, args.data_root,
+        result = mm_dry_run.train(args.command, args.config, args.checkpoint, args.work_dir, args.cfg_options, args.data_root,
                               iters=args.dry_run_iters, eval_images=args.dry_run_images, scale=args.dry_run_scale,
                               amp=args.amp, trust_source=args.trust_source)
         print("\n".join(f"[bam-dense] {line}" for line in result.lines()))
@@ -165,9 +165,9 @@ def finetune_train(args: Namespace) -> int:
 def finetune_test(args: Namespace) -> int:
     _check_out(args, args.checkpoint)
     if args.dry_run:
-        from bam_dense.downstream import dryrun
+        from bam_dense.downstream import mm_dry_run
 
-        result = dryrun.test(args.command, args.config, args.checkpoint, args.work_dir, args.cfg_options, args.out,
+        result = mm_dry_run.test(args.command, args.config, args.checkpoint, args.work_dir, args.cfg_options, args.out,
                              args.data_root, eval_images=args.dry_run_images, scale=args.dry_run_scale)
         print("\n".join(f"[bam-dense] {line}" for line in result.lines()))
         return 0
@@ -186,7 +186,7 @@ def bench_run(args: Namespace) -> int:
         print(slurm_script(plan, args.plan, run_dir))
         return 0
     if args.dry_run:
-        from bam_dense.bench.dryrun import run_plan_dry
+        from bam_dense.bench.plan_dry_run import run_plan_dry
 
         check_plan(plan)
         record_plan(args.plan, run_dir)

@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from bam_dense.core.errors import UserFacingError
+from bam_dense.core.paths import locate
 from bam_dense.core.registry import MethodParams, method_names, method_spec
 
 
@@ -466,7 +467,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """Read a YAML file (or ``data``), apply overrides, and validate strictly."""
     raw: dict = {}
     if path is not None:
-        path = Path(path)
+        path = locate(path)  # as given, else the recipe bam-dense ships by that name
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
         try:

@@ -12,7 +12,7 @@ import subprocess
 from functools import lru_cache
 from pathlib import Path
 
-from bam_dense.core.paths import REPO_ROOT
+from bam_dense.core.paths import checkout_root
 
 
 def sha256(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -40,11 +40,13 @@ def code_version() -> dict:
     from bam_dense import __version__
 
     commit = dirty = None
+    checkout = checkout_root()  # None for an installed copy: no commit to record
     try:
-        commit = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=10).stdout.strip() or None
+        if checkout is not None:
+            commit = subprocess.run(["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                    timeout=10).stdout.strip() or None
         if commit:
-            status = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
+            status = subprocess.run(["git", "-C", str(checkout), "status", "--porcelain", "--untracked-files=no"],
                                     capture_output=True, text=True, timeout=10).stdout
             dirty = bool(status.strip())
     except (OSError, subprocess.SubprocessError):

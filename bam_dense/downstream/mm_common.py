@@ -17,6 +17,7 @@ from pathlib import Path
 
 from bam_dense.core.errors import UserFacingError
 from bam_dense.core.identity import sha256
+from bam_dense.core.paths import locate
 
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
 
@@ -29,6 +30,8 @@ DET_TARGETS = {"ResNet": "mmdet", "ResNet10": "mmdet", "TimmViT": "mmdet"}
 def load_config(config: str, cfg_options: list[str], work_dir: str | None, launcher: str, data_root: str | None = None):
     from mmengine.config import Config, DictAction
 
+    if not Path(config).is_file():
+        config = str(locate(config))  # not here: the recipe bam-dense ships by that name, if any
     if not Path(config).is_file():
         raise UserFacingError(f"config {config} does not exist")
     from bam_dense.downstream.mm_config import format_once

@@ -203,8 +203,8 @@ def dry_run_lazy(cfg, args) -> dict:
 
 
 def report_dry_run(args, changed: dict, seconds: list[float], results: dict) -> None:
-    """The dry-run summary, in the format of every other --dry-run (bam_dense.core.dryrun)."""
-    from bam_dense.core.dryrun import changed_line, closing_lines, line
+    """The dry-run summary, in the format of every other --dry-run (bam_dense.core.dry_run_report)."""
+    from bam_dense.core.dry_run_report import changed_line, closing_lines, line
     from bam_dense.core.memory import peak_memory
 
     if not comm.is_main_process():

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bam_dense.core.dryrun import changed_line, closing_lines, line
+from bam_dense.core.dry_run_report import changed_line, closing_lines, line
 from bam_dense.core.errors import UserFacingError
 
 LAYOUTS = {"ADE20KDataset": "ade20k", "PascalVOCDataset": "voc", "CocoDataset": "coco"}

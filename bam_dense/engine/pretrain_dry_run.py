@@ -32,7 +32,7 @@ import torch
 from bam_dense.core import dist
 from bam_dense.core.atomic import atomic_write_text
 from bam_dense.core.config import PretrainConfig, load_config, to_dict
-from bam_dense.core.dryrun import changed_line, closing_lines, line
+from bam_dense.core.dry_run_report import changed_line, closing_lines, line
 from bam_dense.core.errors import UserFacingError
 from bam_dense.core.memory import peak_memory
 from bam_dense.engine.trainer import Trainer

@@ -24,7 +24,7 @@ from bam_dense.bench.plan import (
     StepOutcome,
     StepSpec,
     _execute,
-    _repo,
+    _located,
     applies,
     run_family,
     walk_plan,
@@ -35,7 +35,7 @@ PROBE_DRY_RUN_STEPS = 20
 
 
 def _exists(path: str | None) -> str | None:
-    path = _repo(path)
+    path = _located(path)
     return path if path and Path(path).exists() else None
 
 
