@@ -14,7 +14,7 @@ import timm
 import torch
 from conftest import PYTHON, REPO, tiny_pretrain_dict
 
-from bam_dense.convert import ConversionError, convert, report_path
+from bam_dense.convert import ConversionError, convert, registry, report_path
 from bam_dense.convert.maps import D2_RESNET, MMSEG_MAE, MMSEG_VIT
 from bam_dense.core.paths import bundled
 
@@ -185,18 +185,165 @@ def test_mmseg_resnet50_of_the_voc_config_takes_every_tensor(resnet50_tv, tmp_pa
     assert check_backbone(backbone, str(out)).ok
 
 
-def test_round_trip_timm_to_mmseg_and_back_is_exact(tmp_path):
-    state = timm_state("vit_small_patch16_224")
-    src = tmp_path / "vits.pth"
-    torch.save(state, src)
-    for target, keymap in (("mmseg", MMSEG_VIT), ("mmseg-mae", MMSEG_MAE)):
-        out = tmp_path / f"{target}.pth"
-        convert(src, target, out)
-        converted = torch.load(out, weights_only=True)["state_dict"]
-        back = {keymap.backward(k): v for k, v in converted.items()}
-        expected = {k: v for k, v in state.items() if keymap.forward(k) is not None}
-        assert back.keys() == expected.keys()
-        assert_same_tensors(expected, back)
+# ---------------------------------------------------------------------------- every target, every family: the rows
+ROUND_TRIP_FAMILIES = ("vit", "cnn", "eva")  # eva: a family that only the targets taking any backbone take
+
+
+@pytest.fixture(scope="module")
+def family_sources(tmp_path_factory) -> dict[str, tuple[Path, dict]]:
+    """One source file per backbone family and the tensors it holds under timm names."""
+    import torchvision
+
+    from bam_dense.convert import load_source
+
+    folder = tmp_path_factory.mktemp("families")
+    vit = timm_state("vit_small_patch16_224")
+    torch.save(vit, folder / "vit.pth")
+    torch.manual_seed(2)
+    resnet = torchvision.models.resnet18().state_dict()  # with its classifier, which every target drops
+    torch.save(resnet, folder / "cnn.pth")
+    dinov3 = torch.load(Path(__file__).parent / "fixtures" / "dinov3_official.pt", weights_only=True)["nobias"]["checkpoint"]
+    torch.save(dinov3, folder / "eva.pth")
+    return {"vit": (folder / "vit.pth", vit),
+            "cnn": (folder / "cnn.pth", {k: v for k, v in resnet.items() if not k.startswith("fc.")}),
+            "eva": (folder / "eva.pth", load_source(folder / "eva.pth").backbone)}
+
+
+@pytest.mark.parametrize(("target", "family"), [(row.name, fam) for row in registry.TARGETS for fam in ROUND_TRIP_FAMILIES])
+def test_every_target_round_trips_exactly_or_refuses_a_family_it_does_not_take(family_sources, target, family, tmp_path):
+    """Written by the row's writer, read back by its reader and renamed by its key map read right-to-left: the source's
+    tensors, every one the key map has a place for and nothing else. A family without a key map is refused."""
+    row = registry.target(target)
+    src, state = family_sources[family]
+    out = tmp_path / f"out{row.suffix}"
+    keymap = row.keymap(family)
+    if keymap is None:
+        with pytest.raises(ConversionError, match=f"target {target} does not take a {family} backbone"):
+            convert(src, target, out)
+        assert not out.exists()
+        return
+    convert(src, target, out)
+    back = {keymap.backward(k): v for k, v in row.read(out, family).items()}
+    expected = {k: v for k, v in state.items() if keymap.forward(k) is not None}
+    assert back.keys() == expected.keys()
+    assert_same_tensors(expected, back)
+
+
+def test_the_families_of_the_round_trip_are_every_family_a_target_names():
+    named = {fam for row in registry.TARGETS for fam in row.families} - {registry.ANY}
+    assert named <= set(ROUND_TRIP_FAMILIES)
+
+
+def test_cli_choices_are_the_rows():
+    from bam_dense.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["convert"]
+    choices = {action.dest: action.choices for action in sub._actions}
+    assert tuple(choices["to"]) == registry.TARGET_NAMES
+    assert tuple(choices["source_format"]) == ("auto", *registry.FORMAT_NAMES)
+
+
+def docs_tables() -> tuple[str, str]:
+    """docs/converting.md's tables of source formats and of targets, as the rows say."""
+    sources = ["| `--source-format` | layout recognised | timm architecture | dropped, with the reason in the report |",
+               "|---|---|---|---|"]
+    sources += [f"| `{row.name}` | {row.layout} | {row.architecture} | {row.drops} |" for row in registry.FORMATS]
+    targets = ["| `--to` | backbones | output | what it holds |", "|---|---|---|---|"]
+    for row in registry.TARGETS:
+        families = "any" if registry.ANY in row.families else ", ".join(row.families)
+        output = (f"folder: {', '.join(f'`{name}`' for name in row.folder_files)}" if row.folder else
+                  f"`OUT{row.suffix}`" + (" (required)" if row.suffix_required else ""))
+        targets.append(f"| `{row.name}` | {families} | {output} | {row.doc} |")
+    return "\n".join(sources) + "\n", "\n".join(targets) + "\n"
+
+
+@pytest.mark.parametrize("which", ["sources", "targets"])
+def test_the_docs_tables_are_the_rows(which):
+    table = docs_tables()[which == "targets"]
+    assert table in (REPO / "docs" / "converting.md").read_text(), f"docs/converting.md must hold this table:\n{table}"
+
+
+# ---------------------------------------------------------------------------- every source format: the rows
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def _heads(prefix: str = "") -> dict[str, torch.Tensor]:
+    return {f"{prefix}head.mlp.0.weight": torch.randn(4, 8), f"{prefix}head.last_layer.weight": torch.randn(2, 4)}
+
+
+def _backbone(family: str, arch: str | None = None, **kwargs) -> dict[str, torch.Tensor]:
+    import torchvision
+
+    if family == "cnn":
+        torch.manual_seed(3)
+        return {k: v for k, v in torchvision.models.resnet18().state_dict().items() if not k.startswith("fc.")}
+    return timm_state(arch or "vit_tiny_patch16_224", **({"depth": 1} if family == "vit" else {}) | kwargs)
+
+
+def _format_sample(fmt: str, family: str) -> tuple[dict, dict | None, dict]:
+    """A checkpoint in source format ``fmt`` holding a ``family`` backbone, as its source saves it: (checkpoint, the
+    backbone's tensors under timm names or None where only the source's own code defines them, convert arguments)."""
+    arch = "poolformer_s12" if family == "metaformer" else None  # shapes cannot name a MetaFormer
+    if fmt == "dinov2":
+        return torch.load(FIXTURES / "dinov2_official.pt", weights_only=True)["plain"]["checkpoint"], None, {}
+    if fmt == "dinov3":
+        return torch.load(FIXTURES / "dinov3_official.pt", weights_only=True)["nobias"]["checkpoint"], None, {}
+    if fmt in ("bam-official", "mocov3"):
+        state = _backbone(family, "vit_small_patch16_224", num_heads=12)  # their ViT-S: 12 heads
+    elif fmt == "mae":
+        state = _backbone(family, "vit_base_patch16_224")
+    else:
+        state = _backbone(family, arch)
+    if fmt == "bam-dense":
+        teacher = {f"backbone.{k}": v for k, v in state.items()} | {"projector.0.weight": torch.randn(4, 4)}
+        return ({"format": "bam-dense", "student": {k: v + 1 for k, v in teacher.items()}, "teacher": teacher,
+                 "arch": arch or ("resnet18" if family == "cnn" else "vit_tiny_patch16_224"),
+                 "model_kwargs": {} if family != "vit" else {"depth": 1}}, state, {})
+    if fmt == "bam-official":
+        model = {f"student.module.backbone.{k}": v + 1 for k, v in state.items()} | {f"teacher.backbone.{k}": v for k, v in state.items()}
+        return {"model": model | {"teacher.proj_head.mlp.0.weight": torch.zeros(8, 4)}, "epoch": 1}, state, {}
+    if fmt == "lewel-official":
+        sd = {f"module.online_net.backbone.{k}": v for k, v in state.items()}
+        sd |= {f"module.target_net.backbone.{k}": v + 1 for k, v in state.items()} | {"module.predictor.0.weight": torch.zeros(2)}
+        return {"state_dict": sd, "epoch": 1}, state, {}
+    if fmt in ("dino", "ibot"):
+        teacher = {f"backbone.{k}": v for k, v in state.items()} | _heads()
+        student = {f"module.{k}": v + 1 for k, v in teacher.items()}
+        if fmt == "ibot":
+            student["module.backbone.masked_embed"] = torch.zeros(1, state["cls_token"].shape[-1])
+        return {"student": student, "teacher": teacher, "epoch": 1}, state, {}
+    if fmt == "mae":
+        return {"model": state | {"mask_token": torch.zeros(1, 1, 8), "decoder_embed.weight": torch.randn(8, 768)}}, state, {}
+    if fmt == "mocov3":
+        sd = {f"module.base_encoder.{k}": v for k, v in state.items()} | {"module.base_encoder.head.0.weight": torch.zeros(2)}
+        sd |= {f"module.momentum_encoder.{k}": v + 1 for k, v in state.items()} | {"module.predictor.0.weight": torch.zeros(2)}
+        return {"state_dict": sd, "epoch": 1}, state, {}
+    classifier = {"fc.weight": torch.zeros(2, 512)} if family == "cnn" else {"head.weight": torch.zeros(2, 4)}
+    return {"model": state | classifier}, state, {"arch": arch} if arch else {}  # timm, torchvision: plain state dicts
+
+
+@pytest.mark.parametrize(("fmt", "family"), [(row.name, fam) for row in registry.FORMATS for fam in row.families])
+def test_every_source_format_is_detected_and_read_for_every_family_it_holds(fmt, family, tmp_path):
+    """Each row's sample checkpoint: detected as the row, its backbone of the row's family converted to timm with full
+    coverage and loaded strictly, every tensor the one the source holds."""
+    from bam_dense.convert.sources import detect_format
+    from bam_dense.models.backbones import create_backbone, describe
+
+    obj, state, kwargs = _format_sample(fmt, family)
+    src = tmp_path / "source.pth"
+    torch.save(obj, src)
+    assert detect_format(obj) == fmt
+    out = tmp_path / "converted.pth"
+    report = convert(src, "timm", out, **kwargs)
+    assert report.source_format == fmt and report.coverage.endswith("(100.0%)")
+    converted = torch.load(out, weights_only=True)
+    model = create_backbone(report.arch, report.model_kwargs, pos_embed="learned")
+    model.load_state_dict(converted, strict=True)
+    assert describe(model).family == family
+    if state is not None:
+        assert converted.keys() == state.keys()
+        assert_same_tensors(state, converted)
 
 
 # ---------------------------------------------------------------------------- mmdet

@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import tiny_pretrain_dict
 
-from bam_dense.convert import ConversionError, convert
+from bam_dense.convert import ConversionError, convert, registry
 from bam_dense.convert.sources import ARCH_RECORD
 from bam_dense.encoders import FeatureExtractor, load_backbone
 from bam_dense.models.backbones import create_backbone, features
@@ -72,10 +72,18 @@ def test_torchvision_target_has_torchvision_names_and_a_record_that_rebuilds_equ
     torch.testing.assert_close(_dense(rebuilt, image), _dense(teacher, image), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("target, name", [("torchvision", "rf29.pth"), ("safetensors", "rf29.safetensors")])
-def test_davis_and_dense_probe_load_the_converted_file(rf_checkpoint, image, tmp_path, target, name):
+RF_TARGETS = [row for row in registry.TARGETS if row.rf_resnet]  # those that carry the architecture record
+CNN_TARGETS = [row for row in registry.TARGETS if row.keymap("cnn") is not None]
+
+
+def test_the_targets_carrying_the_record_are_torchvision_timm_and_safetensors():
+    assert sorted(row.name for row in RF_TARGETS) == ["safetensors", "timm", "torchvision"]
+
+
+@pytest.mark.parametrize("target", [row.name for row in RF_TARGETS])
+def test_davis_and_dense_probe_load_the_converted_file(rf_checkpoint, image, tmp_path, target):
     path, teacher = rf_checkpoint
-    out = tmp_path / name
+    out = tmp_path / f"rf29{registry.target(target).suffix}"
     convert(path, target, out)
     backbone = load_backbone(str(out), None, None, False)  # the DAVIS propagation's and `bam-dense probe`'s loader
     assert receptive_field(backbone.cfg) == 29
@@ -85,14 +93,14 @@ def test_davis_and_dense_probe_load_the_converted_file(rf_checkpoint, image, tmp
     torch.testing.assert_close(extractor(image), _dense(teacher, image), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("target, name", [("mmseg", "rf.pth"), ("mmdet", "rf.pth"), ("detectron2", "rf.pkl"),
-                                          ("timm-folder", "rf_folder")])
-def test_targets_that_cannot_express_an_rf_resnet_refuse_naming_it(rf_checkpoint, tmp_path, target, name):
+@pytest.mark.parametrize("target", [row.name for row in CNN_TARGETS if not row.rf_resnet])
+def test_targets_that_cannot_express_an_rf_resnet_refuse_naming_it(rf_checkpoint, tmp_path, target):
     path, _ = rf_checkpoint
-    out = tmp_path / name
+    row = registry.target(target)
+    out = tmp_path / f"rf{row.suffix or '_folder'}"
     with pytest.raises(ConversionError, match=rf"target {target} cannot express {ARCH}, an RF-ResNet .*--to torchvision"):
         convert(path, target, out)
-    assert not (out / "model.safetensors" if target == "timm-folder" else out).exists()
+    assert not any(p.exists() for p in ([out / name for name in row.folder_files] if row.folder else [out]))
 
 
 def test_rf_resnet_tensors_without_a_record_are_not_mistaken_for_a_resnet(rf_checkpoint, tmp_path):

@@ -83,6 +83,8 @@ def _pretrain(sub) -> None:
 
 
 def _convert(sub) -> None:
+    from bam_dense.convert.registry import FORMAT_NAMES, TARGET_NAMES  # the rows; no torch
+
     p = _add(
         sub,
         "convert",
@@ -96,7 +98,7 @@ def _convert(sub) -> None:
     p.add_argument(
         "--to",
         required=True,
-        choices=["timm", "timm-folder", "torchvision", "mmseg", "mmseg-mae", "mmdet", "detectron2", "safetensors"],
+        choices=TARGET_NAMES,
         help="target: timm state dict, timm folder (config.json + model.safetensors), torchvision ResNet, "
         "mmseg VisionTransformer/ResNet, mmseg MAE/BEiT ViT (layer decay), mmdet (ResNet under backbone. "
         "or ViTDet {'model': ...}), detectron2 .pkl, or safetensors of the backbone",
@@ -109,8 +111,7 @@ def _convert(sub) -> None:
     p.add_argument(
         "--source-format",
         default="auto",
-        choices=["auto", "bam-dense", "bam-official", "lewel-official", "dino", "ibot", "dinov2", "dinov3", "mae", "mocov3", "timm",
-                 "torchvision"],
+        choices=("auto", *FORMAT_NAMES),
         help="source layout (detected automatically by default)",
     )
     p.add_argument("--trust-source", action="store_true", help="allow legacy pickles that need code execution to load (only for files you trust)")

@@ -3,7 +3,8 @@
 A map is an ordered list of ``(timm prefix, target prefix)`` rules. ``{i}``-style placeholders match a
 number and carry it across; the first rule whose source prefix matches a key rewrites that prefix and
 keeps the rest of the key. The same table read right-to-left is the inverse map, which is how the
-round trips (timm -> mmseg -> timm) stay exact.
+round trips (timm -> mmseg -> timm) stay exact. Which target uses which map for which backbone family is
+declared in the target's row (:mod:`bam_dense.convert.registry`).
 """
 
 from __future__ import annotations
@@ -45,19 +46,26 @@ class KeyMap:
         return f"no place in {self.name}"
 
     @staticmethod
-    def _apply(key: str, compiled) -> str | None:
+    def _apply(key: str, compiled, longest: bool = False) -> str | None:
+        """The first rule matching ``key`` rewrites it (``longest``: the rule matching the longest prefix)."""
+        best = None
         for pattern, template in compiled:
             m = pattern.match(key)
-            if m:
-                return template.format(**m.groupdict()) + key[m.end():]
-        return None
+            if m and (best is None or m.end() > best[0].end()):
+                best = (m, template)
+                if not longest:
+                    break
+        return None if best is None else best[1].format(**best[0].groupdict()) + key[best[0].end():]
 
     def forward(self, key: str) -> str | None:
         """The target name of timm key ``key``, or None when the target has no place for it."""
         return self._apply(key, self._forward)
 
     def backward(self, key: str) -> str | None:
-        return self._apply(key, self._backward)
+        """The timm name of target key ``key``: the inverse of :meth:`forward`. The most specific rule wins, since a
+        target prefix can extend another's (detectron2's ``stem.conv1.norm.`` is BatchNorm ``bn1.``, ``stem.conv1.``
+        the convolution)."""
+        return self._apply(key, self._backward, longest=True)
 
 
 IDENTITY = KeyMap("identity", [("", "")])
@@ -107,13 +115,3 @@ D2_RESNET = KeyMap("detectron2-resnet", _D2_RESNET_RULES)
 # mmdet ResNet under init_cfg(prefix='backbone.'): torchvision names behind the prefix
 MMDET_RESNET = KeyMap("mmdet-resnet", [("", "backbone.")])
 
-
-def targets_for(family: str) -> dict[str, KeyMap]:
-    """The key map of each target for a backbone family (``vit``, ``cnn``, ``metaformer``)."""
-    if family == "vit":
-        return {"timm": IDENTITY, "timm-folder": IDENTITY, "safetensors": IDENTITY, "mmseg": MMSEG_VIT,
-                "mmseg-mae": MMSEG_MAE, "mmdet": IDENTITY, "detectron2": IDENTITY}
-    if family == "cnn":
-        return {"timm": IDENTITY, "timm-folder": IDENTITY, "safetensors": IDENTITY, "torchvision": IDENTITY,
-                "mmseg": IDENTITY, "mmdet": MMDET_RESNET, "detectron2": D2_RESNET}
-    return {"timm": IDENTITY, "timm-folder": IDENTITY, "safetensors": IDENTITY}

@@ -3,25 +3,8 @@
 Every source ends as a :class:`Source`: the backbone's tensors under plain **timm** names, the timm
 architecture and constructor arguments when known, and the list of tensors left out with the reason.
 
-Layouts recognised (``--source-format auto`` detects them in this order):
-
-==============  ==========================================================================================
-bam-dense       ``{"format": "bam-dense", "student": {"backbone.*", ...}, "teacher": {...}, "arch", ...}``
-ibot            DINO's layout with iBOT's ``module.backbone.masked_embed`` in the student (and ``head.last_layer2``)
-dino            ``{"student": {"module.backbone.*", "module.head.*"}, "teacher": {"backbone.*", "head.*"}}``
-dinov2          DINOv2 names (``mask_token``, ``blocks.N.ls1.gamma``, optional ``register_tokens``): a hub file, a
-                ``{"teacher": {"backbone.*", "dino_head.*", "ibot_head.*"}}`` eval file or a training
-                ``{"model": {"teacher.backbone.*", ...}}``; chunked blocks (``blocks.C.N.``) are unchunked
-bam-official    ``{"model": {"student.module.backbone.*", "teacher.backbone.*", "*.proj_head.*"}, "args"}``
-                (or ``module.backbone.*`` without a teacher)
-lewel-official  ``{"state_dict": {"module.online_net.backbone.*", "module.target_net.*", "module.predictor*"}}``
-dinov3          DINOv3 names (``storage_tokens``, ``rope_embed.periods``, ``blocks.N.ls1.gamma``, ``qkv.bias_mask``)
-mae             MAE pretraining ``{"model": {ViT encoder, "mask_token", "decoder_*"}}``
-mocov3          ``{"state_dict": {"module.base_encoder.*", "module.momentum_encoder.*", "module.predictor.*"}}``
-                (ViT or ResNet; the base encoder by default, as MoCo v3's own conversion scripts)
-timm            a plain ViT/MetaFormer state dict with timm names (optionally under ``state_dict``/``model``)
-torchvision     a plain ResNet state dict (``conv1``, ``bn1``, ``layerN``, ``fc``)
-==============  ==========================================================================================
+Each layout recognised is a row of :data:`bam_dense.convert.registry.FORMATS` (its reader is a ``read_*``
+function below); ``--source-format auto`` detects them with :func:`detect_format`.
 
 Files are read with ``torch.load(weights_only=True)`` or safetensors. A pickle that needs code to run
 (argparse ``Namespace``, numpy objects) is refused unless ``trust_source=True``.
@@ -40,10 +23,10 @@ from pathlib import Path
 
 import torch
 
+from bam_dense.convert import registry
 from bam_dense.core.errors import UserFacingError
 
-FORMATS = ("bam-dense", "bam-official", "lewel-official", "dino", "ibot", "dinov2", "dinov3", "mae", "mocov3", "timm",
-           "torchvision")
+FORMATS = registry.FORMAT_NAMES
 WRAPPER_TOKENS = ("module.", "_orig_mod.")
 
 
@@ -303,93 +286,109 @@ def _drop_classifier(backbone: dict, dropped: list, full_prefix: str = "") -> di
 
 def extract_backbone(obj: object, path: str, source_format: str = "auto", which: str | None = None) -> Source:
     fmt = detect_format(obj) if source_format == "auto" else source_format
-    if fmt not in FORMATS:
+    row = registry.source_format(fmt)
+    if row is None:
         raise ConversionError(f"unknown source format {fmt!r}; choose from {', '.join(FORMATS)}")
     if not isinstance(obj, dict):
         raise ConversionError(f"{path}: not a checkpoint (a {type(obj).__name__})")
     dropped: list[tuple[str, str]] = []
-    arch, kwargs = None, {}
-    if fmt == "bam-dense":
-        which = which or ("teacher" if obj.get("teacher") else "student")
-        if not obj.get(which):
-            raise ConversionError(f"{path}: this checkpoint has no {which} network (trained without a teacher?)")
-        other = "student" if which == "teacher" else "teacher"
-        dropped += [(f"{other}.{k}", f"{other} copy") for k in (obj.get(other) or {})]
-        backbone = _backbone_only(obj[which], dropped, f"{which}.")
-        arch, kwargs = obj.get("arch"), dict(obj.get("model_kwargs") or {})
-    elif fmt in ("dino", "ibot"):
-        which = which or "teacher"
-        other = "student" if which == "teacher" else "teacher"
-        if not isinstance(obj.get(which), dict):
-            raise ConversionError(f"{path}: no {which!r} network in this {fmt} checkpoint")
-        dropped += [(f"{other}.{k}", f"{other} copy") for k in obj.get(other, {})]
-        state = {_strip_wrappers(k): v for k, v in _tensors(obj[which]).items()}
-        backbone = _backbone_only(state, dropped, f"{which}.")
-        if "masked_embed" in backbone:
-            backbone.pop("masked_embed")
-            dropped.append((f"{which}.backbone.masked_embed", MASK_TOKEN_REASON.format("iBOT")))
-    elif fmt == "dinov2":
-        backbone, which, arch, kwargs = _dinov2_backbone(obj, path, which, dropped)
-    elif fmt == "dinov3":
-        backbone, which, arch, kwargs = _dinov3_backbone(obj, path, which, dropped)
-    elif fmt == "mae":
-        backbone = {}
-        for key, value in _unwrap_plain(obj).items():
-            if key.startswith("decoder"):
-                dropped.append((key, "MAE decoder (pretraining only)"))
-            elif key == "mask_token":
-                dropped.append((key, MASK_TOKEN_REASON.format("MAE's decoder")))
-            else:
-                backbone[key] = value
-        which = None
-    elif fmt == "mocov3":
-        backbone, which, kwargs = _mocov3_backbone(obj, path, which, dropped)
-    elif fmt == "bam-official":
-        state = {_strip_wrappers(k): v for k, v in _tensors(obj["model"]).items()}
-        if any(k.startswith("teacher.") for k in state):
-            which = which or "teacher"
-            other = "student" if which == "teacher" else "teacher"
-            state = _split_network(state, f"{which}.", f"{other} copy", dropped)
-        else:
-            if which == "teacher":
-                raise ConversionError(f"{path}: this BAM checkpoint was trained without a teacher; use --which student")
-            which = "student"
-        backbone = _backbone_only(state, dropped)
-        # the official ViT-S uses 12 heads (MoCo-v3 style); a shape cannot tell
-        if "cls_token" in backbone and backbone["cls_token"].shape[-1] == 384:
-            kwargs = {"num_heads": 12}
-    elif fmt == "lewel-official":
-        state = {_strip_wrappers(k): v for k, v in _tensors(obj["state_dict"]).items()}
-        which = which or "student"  # LEWEL's own extract_backbone.py takes the online network
-        net = "online_net." if which == "student" else "target_net."
-        other = "target network copy" if which == "student" else "online network copy"
-        kept = {}
-        for key, value in state.items():
-            if key.startswith(net):
-                kept[key[len(net):]] = value
-            elif key.startswith(("online_net.", "target_net.")):
-                dropped.append((key, other))
-            else:
-                dropped.append((key, _head_reason(key)))
-        backbone = _backbone_only(kept, dropped)
-    else:  # timm, torchvision: a plain state dict (with bam-dense's architecture record when it wrote the file)
-        backbone = _unwrap_plain(obj)
-        which = None
-        record = obj.get(ARCH_RECORD)
-        if isinstance(record, dict):
-            if not isinstance(record.get("arch"), str) or not isinstance(record.get("kwargs"), dict):
-                raise ConversionError(f"{path}: its {ARCH_RECORD!r} record needs 'arch' (a name) and 'kwargs' (a dict), "
-                                      f"got {sorted(record)}")
-            arch, kwargs = record["arch"], dict(record["kwargs"])
+    backbone, which, arch, kwargs = row.read(obj, path, which, dropped)
     backbone = _drop_classifier(backbone, dropped)
     if not backbone:
         raise ConversionError(f"{path}: no backbone tensors found in this {fmt} checkpoint")
-    rule = obj.get(POS_RULE_RECORD) if isinstance(obj.get(POS_RULE_RECORD), str) else native_pos_rule(fmt, backbone)
+    rule = obj.get(POS_RULE_RECORD) if isinstance(obj.get(POS_RULE_RECORD), str) else row.native_pos_rule(backbone)
     if rule not in pos_resample_choices()[1:]:
         raise ConversionError(f"{path}: its {POS_RULE_RECORD!r} record is {rule!r}, not one of "
                               f"{', '.join(pos_resample_choices()[1:])}")
     return Source(path=str(path), format=fmt, which=which, backbone=backbone, arch=arch, model_kwargs=kwargs,
                   dropped=dropped, pos_rule=rule)
+
+
+# The readers of the source formats (rows of bam_dense.convert.registry.FORMATS): the backbone's tensors under timm
+# names, which network was read, the architecture and its arguments when the file records them; every tensor left
+# out is appended to ``dropped`` with the reason.
+Read = tuple[dict, str | None, str | None, dict]
+
+
+def read_bam_dense(obj: dict, path: str, which: str | None, dropped: list, fmt: str) -> Read:
+    which = which or ("teacher" if obj.get("teacher") else "student")
+    if not obj.get(which):
+        raise ConversionError(f"{path}: this checkpoint has no {which} network (trained without a teacher?)")
+    other = "student" if which == "teacher" else "teacher"
+    dropped += [(f"{other}.{k}", f"{other} copy") for k in (obj.get(other) or {})]
+    backbone = _backbone_only(obj[which], dropped, f"{which}.")
+    return backbone, which, obj.get("arch"), dict(obj.get("model_kwargs") or {})
+
+
+def read_dino(obj: dict, path: str, which: str | None, dropped: list, fmt: str) -> Read:
+    """DINO and iBOT (whose student backbone holds its mask token, ``masked_embed``)."""
+    which = which or "teacher"
+    other = "student" if which == "teacher" else "teacher"
+    if not isinstance(obj.get(which), dict):
+        raise ConversionError(f"{path}: no {which!r} network in this {fmt} checkpoint")
+    dropped += [(f"{other}.{k}", f"{other} copy") for k in obj.get(other, {})]
+    state = {_strip_wrappers(k): v for k, v in _tensors(obj[which]).items()}
+    backbone = _backbone_only(state, dropped, f"{which}.")
+    if "masked_embed" in backbone:
+        backbone.pop("masked_embed")
+        dropped.append((f"{which}.backbone.masked_embed", MASK_TOKEN_REASON.format("iBOT")))
+    return backbone, which, None, {}
+
+
+def read_mae(obj: dict, path: str, which: str | None, dropped: list, fmt: str) -> Read:
+    backbone = {}
+    for key, value in _unwrap_plain(obj).items():
+        if key.startswith("decoder"):
+            dropped.append((key, "MAE decoder (pretraining only)"))
+        elif key == "mask_token":
+            dropped.append((key, MASK_TOKEN_REASON.format("MAE's decoder")))
+        else:
+            backbone[key] = value
+    return backbone, None, None, {}
+
+
+def read_bam_official(obj: dict, path: str, which: str | None, dropped: list, fmt: str) -> Read:
+    state = {_strip_wrappers(k): v for k, v in _tensors(obj["model"]).items()}
+    if any(k.startswith("teacher.") for k in state):
+        which = which or "teacher"
+        other = "student" if which == "teacher" else "teacher"
+        state = _split_network(state, f"{which}.", f"{other} copy", dropped)
+    else:
+        if which == "teacher":
+            raise ConversionError(f"{path}: this BAM checkpoint was trained without a teacher; use --which student")
+        which = "student"
+    backbone = _backbone_only(state, dropped)
+    # the official ViT-S uses 12 heads (MoCo-v3 style); a shape cannot tell
+    kwargs = {"num_heads": 12} if "cls_token" in backbone and backbone["cls_token"].shape[-1] == 384 else {}
+    return backbone, which, None, kwargs
+
+
+def read_lewel_official(obj: dict, path: str, which: str | None, dropped: list, fmt: str) -> Read:
+    state = {_strip_wrappers(k): v for k, v in _tensors(obj["state_dict"]).items()}
+    which = which or "student"  # LEWEL's own extract_backbone.py takes the online network
+    net = "online_net." if which == "student" else "target_net."
+    other = "target network copy" if which == "student" else "online network copy"
+    kept = {}
+    for key, value in state.items():
+        if key.startswith(net):
+            kept[key[len(net):]] = value
+        elif key.startswith(("online_net.", "target_net.")):
+            dropped.append((key, other))
+        else:
+            dropped.append((key, _head_reason(key)))
+    return _backbone_only(kept, dropped), which, None, {}
+
+
+def read_plain(obj: dict, path: str, which: str | None, dropped: list, fmt: str) -> Read:
+    """timm, torchvision: a plain state dict (with bam-dense's architecture record when it wrote the file)."""
+    arch, kwargs = None, {}
+    record = obj.get(ARCH_RECORD)
+    if isinstance(record, dict):
+        if not isinstance(record.get("arch"), str) or not isinstance(record.get("kwargs"), dict):
+            raise ConversionError(f"{path}: its {ARCH_RECORD!r} record needs 'arch' (a name) and 'kwargs' (a dict), "
+                                  f"got {sorted(record)}")
+        arch, kwargs = record["arch"], dict(record["kwargs"])
+    return _unwrap_plain(obj), None, arch, kwargs
 
 
 def create_meta_model(arch: str, kwargs: dict):
@@ -441,7 +440,7 @@ def _dino_family_state(obj: dict, path: str, which: str | None, dropped: list, n
     return _drop_classifier(state, dropped, prefix), which, prefix
 
 
-def _dinov2_backbone(obj: dict, path: str, which: str | None, dropped: list) -> tuple[dict, str | None, str, dict]:
+def read_dinov2(obj: dict, path: str, which: str | None, dropped: list, fmt: str) -> Read:
     """DINOv2 tensors -> timm names through timm's own ``checkpoint_filter_fn`` (which drops ``mask_token``,
     renames SwiGLU ``w12``/``w3`` and moves registers and the CLS position out of ``pos_embed``)."""
     state, which, prefix = _dino_family_state(obj, path, which, dropped, "DINOv2")
@@ -456,7 +455,7 @@ def _dinov2_backbone(obj: dict, path: str, which: str | None, dropped: list) -> 
     return backbone, which, arch, kwargs
 
 
-def _dinov3_backbone(obj: dict, path: str, which: str | None, dropped: list) -> tuple[dict, str | None, str, dict]:
+def read_dinov3(obj: dict, path: str, which: str | None, dropped: list, fmt: str) -> Read:
     """DINOv3 tensors -> timm's ``Eva`` names (``vit_*_patch16_dinov3[_qkvb]``) through timm's own
     ``eva.checkpoint_filter_fn``: storage tokens become ``reg_token``, LayerScale ``gamma_1``/``gamma_2``, the
     masked ``qkv.bias`` (key part fixed at zero) ``q_bias``/``v_bias``."""
@@ -530,7 +529,7 @@ def _dinov2_arch(state: dict) -> tuple[str, dict]:
     return arch, kwargs
 
 
-def _mocov3_backbone(obj: dict, path: str, which: str | None, dropped: list) -> tuple[dict, str, dict]:
+def read_mocov3(obj: dict, path: str, which: str | None, dropped: list, fmt: str) -> Read:
     """MoCo v3: the base encoder (``--which student``, default, as MoCo v3's ``main_lincls``/``convert_to_deit``)
     or the momentum encoder (``--which teacher``); projector heads and the predictor dropped."""
     state = {_strip_wrappers(k): v for k, v in _tensors(obj["state_dict"]).items()}
@@ -557,25 +556,14 @@ def _mocov3_backbone(obj: dict, path: str, which: str | None, dropped: list) -> 
     kwargs = {}
     if "cls_token" in backbone and backbone["cls_token"].shape[-1] == 384:  # MoCo v3's ViT-S has 12 heads
         kwargs = {"num_heads": 12}
-    return backbone, which, kwargs
-
-
-# How each source resamples a ViT's position table to other input sizes (bam_dense.models.pos_embed.POS_RULES):
-# DINO and iBOT with DINO's interpolate_pos_encoding, DINOv2 with its own (the hub's settings differ with and without
-# registers), MAE and DeiT with interpolate_pos_embed (MoCo v3's ViTs transfer through DeiT), DINOv3 with RoPE (no
-# table); BAM's evaluation, bam-dense checkpoints and plain timm files with timm's.
-NATIVE_POS_RESAMPLE = {"dino": "dino", "ibot": "dino", "dinov2": "dinov2", "dinov3": "rope", "mae": "deit", "mocov3": "deit"}
+    return backbone, which, None, kwargs
 
 
 def native_pos_rule(source_format: str | None, backbone: dict | None = None) -> str:
-    """The position-table rule of a source layout: DINOv2 with registers (``reg_token``) has its own settings; a plain
-    timm file with a distillation token is a DeiT's."""
-    keys = backbone or {}
-    if source_format == "dinov2" and "reg_token" in keys:
-        return "dinov2-reg"
-    if source_format == "timm" and "dist_token" in keys:
-        return "deit"
-    return NATIVE_POS_RESAMPLE.get(source_format or "", "timm")
+    """The position-table rule of a source layout (its row's ``pos_rule``; DINOv2 with registers has its own settings,
+    a plain timm file with a distillation token is a DeiT's); timm's for an unknown layout."""
+    row = registry.source_format(source_format or "")
+    return row.native_pos_rule(backbone or {}) if row is not None else "timm"
 
 
 def pos_resample_choices() -> tuple[str, ...]:
