@@ -16,8 +16,17 @@ set -euo pipefail
 CONFIG=${1:?usage: sbatch [options] pretrain/slurm.sh CONFIG [KEY.SUB=VALUE ...]}
 shift
 
-HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-PYTHON=${PYTHON:-$HERE/.venv/bin/python}
+# sbatch runs a copy of this script from its spool folder: the submitted path (scontrol's Command=) locates the
+# checkout (or the installed package's bundled files) and its .venv.
+SCRIPT=${BASH_SOURCE[0]}
+if [[ -n "${SLURM_JOB_ID:-}" ]] && command -v scontrol >/dev/null; then
+  SUBMITTED=$(scontrol show job "$SLURM_JOB_ID" | sed -n 's/^ *Command=\([^ ]*\).*/\1/p' | head -n 1)
+  if [[ -f "$SUBMITTED" ]]; then SCRIPT=$SUBMITTED; fi
+fi
+HERE=$(cd "$(dirname "$SCRIPT")/.." && pwd)
+if [[ -z "${PYTHON:-}" ]]; then
+  if [[ -x "$HERE/.venv/bin/python" ]]; then PYTHON=$HERE/.venv/bin/python; else PYTHON=$(command -v python3); fi
+fi
 export MASTER_ADDR=${MASTER_ADDR:-$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)}
 export MASTER_PORT=${MASTER_PORT:-$((29500 + SLURM_JOB_ID % 1000))}
 

@@ -139,6 +139,47 @@ def test_slurm_commands_are_printed_with_dependencies(tmp_path):
     assert len(jobs) == 2 and "davis propagate" in jobs[0] and "seg train" in jobs[1]
 
 
+def test_the_printed_pretraining_job_reaches_train_py_from_slurms_spool_copy(tmp_path):
+    """sbatch runs a copy of slurm.sh from its spool folder: the job must still find the checkout's train.py and
+    .venv (through scontrol's Command=) and hand train.py the config and overrides the plan printed."""
+    plan = {"name": "cluster", "slurm": {"gpus_per_node": 8},
+            "runs": [{"name": "bam-vits", "pretrain": {"config": "configs/pretrain/bam_vit_small_16gpu.yaml"}}],
+            "steps": [{"name": "davis", "kind": "davis", "benchmark": "davis17_val", "davis_root": "/data/DAVIS"}]}
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump(plan))
+    printed = subprocess.run([PYTHON, "-m", "bam_dense.cli", "bench", "run", str(path), "--run-dir", str(tmp_path / "r"),
+                              "--print-slurm"], capture_output=True, text=True, env=_env())
+    assert printed.returncode == 0, printed.stderr
+    sbatch = next(line for line in printed.stdout.splitlines() if "PRE_BAM_VITS=$(sbatch" in line)
+    words = shlex.split(sbatch.split("$(", 1)[1].rstrip(")"))
+    script = next(i for i, w in enumerate(words) if w.endswith("pretrain/slurm.sh"))
+    assert Path(words[script]) == REPO / "pretrain" / "slurm.sh"
+    job_args = words[script + 1:]
+
+    spool = tmp_path / "spool"  # what slurmd runs: a copy of the script, away from the checkout
+    spool.mkdir()
+    (spool / "slurm_script").write_text((REPO / "pretrain" / "slurm.sh").read_text())
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    record = tmp_path / "srun.args"
+    (fake / "scontrol").write_text(f"#!/bin/sh\ncase \"$1 $2\" in\n  'show job') echo '   Command={words[script]} x';;\n"
+                                   "  'show hostnames') echo node1;;\nesac\n")
+    (fake / "srun").write_text(f'#!/bin/sh\nfor a in "$@"; do echo "$a"; done > {record}\n')
+    for tool in ("scontrol", "srun"):
+        (fake / tool).chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHON"}
+    env.update(PATH=f"{fake}:{os.environ['PATH']}", SLURM_JOB_ID="4242", SLURM_JOB_NODELIST="node1")
+    job = subprocess.run(["bash", str(spool / "slurm_script"), *job_args], capture_output=True, text=True, env=env,
+                         cwd=tmp_path)
+    assert job.returncode == 0, job.stderr
+    ran = record.read_text().splitlines()
+    python = REPO / ".venv" / "bin" / "python"
+    assert ran[:3] == ["--kill-on-bad-exit=1", str(python) if python.exists() else ran[1], str(REPO / "pretrain" / "train.py")]
+    assert ran[3:] == ["--config", *job_args]
+    assert job_args[0] == str(REPO / "configs" / "pretrain" / "bam_vit_small_16gpu.yaml")
+    assert f"run.output_dir={tmp_path / 'r' / 'bam-vits' / 'pretrain'}" in job_args
+
+
 def test_reduced_demo_writes_a_report_with_every_section(tmp_path):
     from bam_dense.bench.stats import VERDICTS
 

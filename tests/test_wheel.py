@@ -119,7 +119,7 @@ def test_a_bundled_recipe_and_plan_run_from_an_empty_folder(installed, tmp_path)
 
     # a bundled plan: its pretraining configs, detectron2 config and launch scripts are the installed copy's
     slurm = _run([bam_dense, "bench", "run", "configs/bench/lewel_r50.yaml", "--run-dir", "r", "--print-slurm"], empty).stdout
-    assert f"{bundled}/pretrain/slurm.sh --config {bundled}/configs/pretrain/lewel_b_r50_eman_200ep.yaml" in slurm
+    assert f"{bundled}/pretrain/slurm.sh {bundled}/configs/pretrain/lewel_b_r50_eman_200ep.yaml" in slurm
     assert f"{bundled}/downstream/detectron2/train_net.py --config-file {bundled}/configs/detectron2/" in slurm
     assert not any(empty.iterdir())  # printing the jobs wrote nothing
 

@@ -601,7 +601,7 @@ def slurm_script(plan: Plan, plan_path: str, run_dir: Path) -> str:
         if run.pretrain:
             nproc = int(run.pretrain.get("nproc", s.get("gpus_per_node", 8)))
             nodes = int(run.pretrain.get("nodes", s.get("nodes", 1)))
-            args = ["--config", _located(run.pretrain["config"]), f"run.output_dir={run_dir / run.name / 'pretrain'}",
+            args = [_located(run.pretrain["config"]), f"run.output_dir={run_dir / run.name / 'pretrain'}",
                     f"run.seed={run.seed}", *run.pretrain.get("overrides", [])]
             lines.append(f"{var}=$(sbatch --parsable --job-name={run.name}-pretrain --nodes={nodes} --ntasks-per-node={nproc} "
                          f"--gpus-per-node={nproc} {' '.join(common)} {bundled('pretrain/slurm.sh', required=True)} {shlex.join(args)})")
