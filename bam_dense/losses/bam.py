@@ -28,6 +28,7 @@ with no autograd, and builds the positive mask from explicit (rank, image) ids o
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -196,18 +197,14 @@ def bam_loss(
     z: torch.Tensor,
     z_teacher: torch.Tensor | None = None,
     *,
-    n_crops: int,
-    n_global: int,
-    n_target: int | None = None,
     temperature: float = 0.1,
-    eps: float = 0.05,
-    sinkhorn_iters: int = 3,
-    top_k: int = 0,
-    positive_masking: bool = True,
     return_targets: bool = False,
+    **targets: Any,
 ):
     """The BAM loss of projector outputs ``z`` (``(n_crops*b, d)``, crop-major; global crops first).
 
+    ``targets`` are the options of :func:`balanced_targets`, with their defaults there: ``n_crops``, ``n_global``
+    (required), ``n_target``, ``eps``, ``sinkhorn_iters``, ``top_k``, ``positive_masking``.
     ``z_teacher`` (same shape, all crops) selects the distillation variant used by the released
     recipes: target columns and Sinkhorn rows come from the teacher, source rows from the student.
     Under torch.distributed the target columns are gathered from every rank (differentiably when they
@@ -215,10 +212,9 @@ def bam_loss(
     ``return_targets=True`` also returns ``(source_logits, targets, mask)`` for inspection and plots.
     """
     with torch.autocast(device_type=z.device.type, enabled=False):
-        bt = balanced_targets(z, z_teacher, n_crops=n_crops, n_global=n_global, n_target=n_target, eps=eps,
-                              sinkhorn_iters=sinkhorn_iters, top_k=top_k, positive_masking=positive_masking)
+        bt = balanced_targets(z, z_teacher, **targets)
         source_logits = bt.rows @ bt.columns.t()
-        loss = attention_cross_entropy(source_logits, bt.targets, bt.mask, n_crops, temperature, bt.b)
+        loss = attention_cross_entropy(source_logits, bt.targets, bt.mask, targets["n_crops"], temperature, bt.b)
     if return_targets:
         return loss, (source_logits.detach(), torch.cat(bt.targets), bt.mask)
     return loss
