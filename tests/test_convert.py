@@ -244,6 +244,36 @@ def test_cli_choices_are_the_rows():
     assert tuple(choices["source_format"]) == ("auto", *registry.FORMAT_NAMES)
 
 
+def _shipped_backbone_types(folder: str) -> set[str]:
+    from mmengine.config import Config
+
+    return {Config.fromfile(path).model.backbone.type for path in (REPO / "configs" / folder).rglob("*.py")
+            if not path.name.startswith("_")}
+
+
+@pytest.mark.parametrize(("task", "folder"), [("seg", "mmseg"), ("det", "mmdet")])
+def test_every_shipped_mm_backbone_has_the_conversion_row_that_serves_it(task, folder):
+    """``seg|det train`` converts a checkpoint for the backbone type of its config: each shipped config's type is
+    served by exactly one target row, and that row takes the type's family (a ViT type a ViT key map)."""
+    pytest.importorskip("mmengine")
+    served = registry.mm_backbone_targets(task)
+    shipped = _shipped_backbone_types(folder)
+    assert shipped and shipped <= set(served), shipped - set(served)
+    for btype, name in served.items():
+        vit = btype in ("VisionTransformer", "MAE", "BEiT", "TimmViT")
+        takes = registry.target(name).keymap("vit" if vit else "cnn")
+        assert btype == "FrozenTimmEncoder" or takes is not None, (btype, name)
+
+
+def test_a_backbone_type_claimed_by_two_rows_is_refused(monkeypatch):
+    import dataclasses
+
+    twice = dataclasses.replace(registry.target("timm"), name="timm-again", mm_backbones=(("det", ("ResNet",)),))
+    monkeypatch.setattr(registry, "TARGETS", (*registry.TARGETS, twice))
+    with pytest.raises(ValueError, match="'ResNet' is claimed by two targets: mmdet and timm-again"):
+        registry.mm_backbone_targets("det")
+
+
 def docs_tables() -> tuple[str, str]:
     """docs/converting.md's tables of source formats and of targets, as the rows say."""
     sources = ["| `--source-format` | layout recognised | timm architecture | dropped, with the reason in the report |",

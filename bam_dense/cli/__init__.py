@@ -99,9 +99,7 @@ def _convert(sub) -> None:
         "--to",
         required=True,
         choices=TARGET_NAMES,
-        help="target: timm state dict, timm folder (config.json + model.safetensors), torchvision ResNet, "
-        "mmseg VisionTransformer/ResNet, mmseg MAE/BEiT ViT (layer decay), mmdet (ResNet under backbone. "
-        "or ViTDet {'model': ...}), detectron2 .pkl, or safetensors of the backbone",
+        help="the framework to write for; what each target's file holds and what reads it: docs/converting.md",
     )
     p.add_argument("--out", required=True, help="output file (or folder for timm-folder); never the source itself")
     _force(p)

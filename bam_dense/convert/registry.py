@@ -37,6 +37,9 @@ class Target:
     vit_notes: tuple[str, ...] = ()  # report notes for a ViT ({embed_dims}, {num_layers}, {num_heads} filled in)
     class_row: bool = False  # adds the position table to the class token too: a table without that row has no place
     layerscale_alternative: str | None = None  # the target to suggest when LayerScale has no place here
+    # the OpenMMLab backbone types (``model.backbone.type``) whose weights ``bam-dense seg|det train`` converts to
+    # this target, by task ("seg", "det"): see ``mm_backbone_targets``
+    mm_backbones: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     @property
     def folder(self) -> bool:
@@ -80,7 +83,7 @@ class SourceFormat:
 _WRITERS = "bam_dense.convert.writers"
 TARGETS: tuple[Target, ...] = (
     Target("timm", ((ANY, IDENTITY),), f"{_WRITERS}:write_state_dict", f"{_WRITERS}:read_state_dict", ".pth",
-           "strict-loadable timm state dict", rf_resnet=2),
+           "strict-loadable timm state dict", rf_resnet=2, mm_backbones=(("seg", ("FrozenTimmEncoder",)),)),
     Target("timm-folder", ((ANY, IDENTITY),), f"{_WRITERS}:write_timm_folder", f"{_WRITERS}:read_timm_folder", "",
            'a timm model folder, loadable with `timm.create_model("local-dir:FOLDER", pretrained=True)`',
            folder_files=("model.safetensors", "config.json")),
@@ -89,13 +92,15 @@ TARGETS: tuple[Target, ...] = (
     Target("mmseg", (("vit", MMSEG_VIT), ("cnn", IDENTITY)), f"{_WRITERS}:write_mmseg", f"{_WRITERS}:read_mmseg", ".pth",
            "`{'state_dict': ...}` for mmseg's `VisionTransformer` (needs `patch_bias=True`; no LayerScale, no registers) "
            "or mmseg/mmdet `ResNet`", vit_notes=(MMSEG_HEADS_NOTE, MMSEG_PATCH_BIAS_NOTE), class_row=True,
-           layerscale_alternative="mmseg-mae"),
+           layerscale_alternative="mmseg-mae",
+           mm_backbones=(("seg", ("VisionTransformer", "ResNet", "ResNet10", "ResNetV1c", "ResNetV1d")),)),
     Target("mmseg-mae", (("vit", MMSEG_MAE),), f"{_WRITERS}:write_mmseg", f"{_WRITERS}:read_mmseg", ".pth",
            "`{'state_dict': ...}` for mmseg's `MAE`/`BEiT` backbones (layer-wise lr decay; LayerScale kept as "
-           "`gamma_1`/`gamma_2`, no final norm)", vit_notes=(MMSEG_HEADS_NOTE,), class_row=True),
+           "`gamma_1`/`gamma_2`, no final norm)", vit_notes=(MMSEG_HEADS_NOTE,), class_row=True,
+           mm_backbones=(("seg", ("MAE", "BEiT")),)),
     Target("mmdet", (("vit", IDENTITY), ("cnn", MMDET_RESNET)), f"{_WRITERS}:write_mmdet", f"{_WRITERS}:read_mmdet", ".pth",
            "ResNet under `backbone.` (`{'state_dict': ...}`) for `init_cfg=dict(type='Pretrained', prefix='backbone.')`; "
-           "ViT as `{'model': timm names}`"),
+           "ViT as `{'model': timm names}`", mm_backbones=(("det", ("ResNet", "ResNet10", "TimmViT")),)),
     Target("detectron2", (("vit", IDENTITY), ("cnn", D2_RESNET)), f"{_WRITERS}:write_detectron2",
            f"{_WRITERS}:read_detectron2", ".pkl", "pickle with detectron2 names and `matching_heuristics`",
            suffix_required="pickles"),
@@ -186,6 +191,17 @@ def target(name: str) -> Target | None:
 
 def source_format(name: str) -> SourceFormat | None:
     return next((row for row in FORMATS if row.name == name), None)
+
+
+def mm_backbone_targets(task: str) -> dict[str, str]:
+    """``{OpenMMLab backbone type: target name}`` for ``task`` ("seg" or "det"), from the rows' ``mm_backbones``."""
+    found: dict[str, str] = {}
+    for row in TARGETS:
+        for btype in dict(row.mm_backbones).get(task, ()):
+            if btype in found:
+                raise ValueError(f"{task} backbone {btype!r} is claimed by two targets: {found[btype]} and {row.name}")
+            found[btype] = row.name
+    return found
 
 
 def targets_for(family: str) -> dict[str, KeyMap]:

@@ -15,16 +15,17 @@ import os
 import warnings
 from pathlib import Path
 
+from bam_dense.convert.registry import mm_backbone_targets
 from bam_dense.core.errors import UserFacingError
 from bam_dense.core.identity import sha256
 from bam_dense.core.paths import locate
 
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
 
-# (backbone type in the config) -> (conversion target, does the loader honour init_cfg.prefix)
-SEG_TARGETS = {"VisionTransformer": "mmseg", "MAE": "mmseg-mae", "BEiT": "mmseg-mae", "ResNet": "mmseg", "ResNet10": "mmseg", "ResNetV1c": "mmseg",
-               "ResNetV1d": "mmseg", "FrozenTimmEncoder": "timm"}
-DET_TARGETS = {"ResNet": "mmdet", "ResNet10": "mmdet", "TimmViT": "mmdet"}
+# (backbone type in the config) -> the conversion target its pretrained weights are written for: the rows of
+# bam_dense.convert.registry say which backbone types they serve
+SEG_TARGETS = mm_backbone_targets("seg")
+DET_TARGETS = mm_backbone_targets("det")
 
 
 def load_config(config: str, cfg_options: list[str], work_dir: str | None, launcher: str, data_root: str | None = None):
