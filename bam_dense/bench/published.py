@@ -333,6 +333,25 @@ def _synthetic(id: str, title: str, metric: str, unit: str, step_kind: str, kind
                      dataset=dataset, step_kinds=(step_kind,))
 
 
+# bam-dense's benchmarks on generated data (checks of a pipeline, no published row):
+# (id, title, metric, unit, step kind, kind, dataset, protocol)
+SYNTHETIC = (
+    ("synthetic_linear_probe", "Synthetic ADE20K layout, linear per-patch probe (mIoU)", "linear_probe_miou", "", "probe",
+     "frozen linear", "synthetic ADE20K layout",
+     "bam-dense's development probe on generated data: checks the pipeline, not a benchmark"),
+    ("synthetic_davis", "Synthetic DAVIS layout, label propagation (J&F-Mean)", "J&F-Mean", "", "davis", "propagation",
+     "synthetic DAVIS-2017 layout", "bam-dense's generated sequences: checks the pipeline, not a benchmark"),
+    ("synthetic_retrieval", "Synthetic VOC layout, in-context retrieval (mIoU)", "mIoU", "%", "retrieval", "retrieval",
+     "synthetic Pascal VOC 2012 layout", "the retrieval protocol on generated data: checks the pipeline, not a benchmark"),
+    ("synthetic_linear", "Synthetic ImageNet layout, linear classification (top-1)", "top1", "%", "linear",
+     "frozen linear", "synthetic ImageNet-1k layout", "the linear probe on generated data: checks the pipeline, not a benchmark"),
+    ("synthetic_seg", "Synthetic ADE20K layout, tiny UperNet fine-tune (mIoU)", "mIoU", "%", "seg", "fine-tuned",
+     "synthetic ADE20K layout", "a few CPU iterations on generated data: checks the pipeline, not a benchmark"),
+    ("synthetic_det", "Synthetic COCO layout, tiny Mask R-CNN fine-tune (box AP)", "bbox_AP", "%", "det", "fine-tuned",
+     "synthetic COCO layout", "a few CPU iterations on generated data: checks the pipeline, not a benchmark"),
+)
+
+
 # What the benchmarks of one family share (their task, data, input sizes, step kinds and encoder families).
 COCO_R50 = {"resolution": COCO, "dataset": "COCO", "step_kinds": ("det", "detectron2"), "families": ("cnn",)}
 LINEAR_SEG_VIT = {"recipe": "dinov3-linear-seg", "kind": "frozen linear", "resolution": SLIDE, "step_kinds": ("seg",),
@@ -564,22 +583,5 @@ BENCHMARKS: dict[str, Benchmark] = {b.id: b for b in (
         _distilled_lincls("L", 86.3, 86.7, 90.2),
         **IN1K_LINEAR_VIT,
     ),
-    _synthetic("synthetic_linear_probe", "Synthetic ADE20K layout, linear per-patch probe (mIoU)", "linear_probe_miou", "",
-               "probe", "frozen linear", "synthetic ADE20K layout",
-               "bam-dense's development probe on generated data: checks the pipeline, not a benchmark"),
-    _synthetic("synthetic_davis", "Synthetic DAVIS layout, label propagation (J&F-Mean)", "J&F-Mean", "",
-               "davis", "propagation", "synthetic DAVIS-2017 layout",
-               "bam-dense's generated sequences: checks the pipeline, not a benchmark"),
-    _synthetic("synthetic_retrieval", "Synthetic VOC layout, in-context retrieval (mIoU)", "mIoU", "%",
-               "retrieval", "retrieval", "synthetic Pascal VOC 2012 layout",
-               "the retrieval protocol on generated data: checks the pipeline, not a benchmark"),
-    _synthetic("synthetic_linear", "Synthetic ImageNet layout, linear classification (top-1)", "top1", "%",
-               "linear", "frozen linear", "synthetic ImageNet-1k layout",
-               "the linear probe on generated data: checks the pipeline, not a benchmark"),
-    _synthetic("synthetic_seg", "Synthetic ADE20K layout, tiny UperNet fine-tune (mIoU)", "mIoU", "%",
-               "seg", "fine-tuned", "synthetic ADE20K layout",
-               "a few CPU iterations on generated data: checks the pipeline, not a benchmark"),
-    _synthetic("synthetic_det", "Synthetic COCO layout, tiny Mask R-CNN fine-tune (box AP)", "bbox_AP", "%",
-               "det", "fine-tuned", "synthetic COCO layout",
-               "a few CPU iterations on generated data: checks the pipeline, not a benchmark"),
+    *(_synthetic(*row) for row in SYNTHETIC),
 )}
