@@ -6,6 +6,7 @@ the input size is shrunk, through the overrides a user would pass (``CI_PRETRAIN
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -239,8 +240,6 @@ def test_detectron2_recipe_dry_run_trains_and_evaluates(config, tmp_path):
 def _distinct_runs(plan) -> list:
     """The plan's runs, one per distinct encoder: runs that differ only in name and seed (the seeds of a mean and
     spread) run the same commands but for ``run.seed``, so one of them stands for all."""
-    import dataclasses
-
     seen, kept = set(), []
     for run in plan.runs:
         key = repr(dataclasses.replace(run, name="", seed=0))
@@ -264,16 +263,58 @@ def test_every_run_of_every_shipped_plan_passes_the_plan_check():
     assert [r.name for r in tiny.runs if applies(seg, run_family(r))] == ["bam"]  # the ViT run; ResNet runs skip it
 
 
+def _encoder_key(checkpoint: Path) -> tuple:
+    """A checkpoint's encoder: its timm architecture and options (what every downstream step builds from it)."""
+    from bam_dense.convert import load_source
+    from bam_dense.convert.sources import resolve_arch
+
+    name, kwargs = resolve_arch(load_source(checkpoint), None)
+    return name, json.dumps(kwargs, sort_keys=True)
+
+
+def _what_a_step_reads(step, checkpoint: Path, work: Path) -> dict:
+    """What ``step`` takes from ``checkpoint`` before its own (checkpoint-independent) work: the frozen-feature steps
+    the encoder loader's backbone (names and shapes), a seg/det step the conversion ``prepare_pretrained`` writes for
+    its config's backbone, a detectron2 step the detectron2 pickle (what each conversion drops, the method's heads,
+    is the method's own)."""
+    from bam_dense.convert import convert
+    from bam_dense.encoders import load_backbone
+
+    def shapes(tensors):
+        return {k: tuple(v.shape) for k, v in tensors.items()}
+
+    if step.kind in ("seg", "det"):
+        from mmengine.config import Config
+
+        from bam_dense.downstream.mm_common import DET_TARGETS, SEG_TARGETS, prepare_pretrained
+
+        cfg = Config.fromfile(step.config)
+        cfg.work_dir = str(work)
+        path, report = prepare_pretrained(cfg, str(checkpoint), SEG_TARGETS if step.kind == "seg" else DET_TARGETS)
+        return {"backbone": cfg.model.backbone.to_dict() | {"init_cfg": None}, "arch": report["arch"],
+                "model_kwargs": report["model_kwargs"], "filled": report["filled"], "mapped": report["mapped"]}
+    if step.kind == "detectron2":
+        report = convert(checkpoint, "detectron2", work / "d2.pkl")
+        return {"arch": report.arch, "filled": report.filled, "mapped": report.mapped}
+    backbone = load_backbone(str(checkpoint), None, None, False)
+    return {"class": type(backbone).__name__, "tensors": shapes(backbone.state_dict())}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("plan_path", BENCH, ids=_ids(BENCH))
 def test_bench_plan_dry_run(plan_path, tmp_path):
-    """Every step of the plan for every run (runs that differ only in their seed: once, see _distinct_runs); a step
-    given to other encoder families is skipped for a run, and said so."""
+    """Every run's pretraining, then every step of the plan once per encoder (runs that differ only in their seed:
+    once, see _distinct_runs); a step given to other encoder families is skipped for a run, and said so.
+
+    A step runs the same config and code on every run of one encoder (architecture and options): only what it reads
+    from the checkpoint differs. So the first run of each encoder runs every step, and for each other run the test
+    checks that each step reads from its checkpoint what it reads from the first's (the same backbone, conversion and
+    coverage), which is where a method's checkpoint could differ."""
     pytest.importorskip("mmcv.ops")
     import importlib.util
 
-    from bam_dense.bench.plan import load_plan
-    from bam_dense.bench.plan_dry_run import run_plan_dry
+    from bam_dense.bench.plan import applies, load_plan, run_family
+    from bam_dense.bench.plan_dry_run import checkpoint_of, run_plan_dry
 
     plan = load_plan(plan_path, base=REPO)
     for run in plan.runs:
@@ -283,20 +324,41 @@ def test_bench_plan_dry_run(plan_path, tmp_path):
         if step.config:
             assert Path(step.config).resolve() in {p.resolve() for p in MMSEG + MMDET + DETECTRON2}
     plan.runs = _distinct_runs(plan)
-    outcomes = run_plan_dry(plan, tmp_path, scale=None if "tiny" in plan_path.stem else CI_MM_SCALE)
+    scale = None if "tiny" in plan_path.stem else CI_MM_SCALE
+    outcomes = run_plan_dry(plan, tmp_path, steps=["pretrain"], scale=scale)
+    assert [o.status for o in outcomes] == ["done"] * sum(bool(run.pretrain) for run in plan.runs), outcomes
+    first: dict[tuple, object] = {}
+    for run in plan.runs:
+        first.setdefault(_encoder_key(Path(checkpoint_of(run, tmp_path))), run)
+    firsts = [run for run in plan.runs if run in first.values()]
+    plan_of_firsts = dataclasses.replace(plan, runs=firsts)
+    outcomes += run_plan_dry(plan_of_firsts, tmp_path, skip=["pretrain"], scale=scale)
+    reads: dict[tuple[str, str], dict] = {}  # (first run, step) -> what the step reads from its checkpoint
+
     for run in plan.runs:
         by_step = {o.step: o for o in outcomes if o.run == run.name}
-        assert set(by_step) == ({"pretrain"} if run.pretrain else set()) | {s.name for s in plan.steps}
-        for o in by_step.values():
-            error = tmp_path / run.name / o.step / "error.txt"
-            if o.status == "skipped":
-                assert ("detectron2" in o.detail and importlib.util.find_spec("detectron2") is None) or \
-                    o.detail.startswith("not for "), (run.name, o.step, o.detail)
-            else:
-                assert o.status == "done", (run.name, o.step, o.detail, error.read_text() if error.exists() else "")
-        for step in plan.steps:
-            if step.kind in ("seg", "det", "davis", "probe") and by_step[step.name].status == "done":
-                assert (tmp_path / run.name / step.name / "metrics.json").exists(), (run.name, step.name)
         if run.pretrain:  # this config's standalone dry-run is left to this test (PRETRAIN_ALONE)
             dry = tmp_path / run.name / "pretrain" / "dry-run"
             _check_pretrain_dry_run(Path(run.pretrain["config"]), json.loads((dry / "dry_run.json").read_text()))
+        if run in firsts:
+            assert set(by_step) == ({"pretrain"} if run.pretrain else set()) | {s.name for s in plan.steps}
+            for o in by_step.values():
+                error = tmp_path / run.name / o.step / "error.txt"
+                if o.status == "skipped":
+                    assert ("detectron2" in o.detail and importlib.util.find_spec("detectron2") is None) or \
+                        o.detail.startswith("not for "), (run.name, o.step, o.detail)
+                else:
+                    assert o.status == "done", (run.name, o.step, o.detail, error.read_text() if error.exists() else "")
+            for step in plan.steps:
+                if step.kind in ("seg", "det", "davis", "probe") and by_step[step.name].status == "done":
+                    assert (tmp_path / run.name / step.name / "metrics.json").exists(), (run.name, step.name)
+            continue
+        twin = first[_encoder_key(Path(checkpoint_of(run, tmp_path)))]
+        for step in plan.steps:
+            if not applies(step, run_family(run)):
+                continue
+            if (twin.name, step.name) not in reads:
+                reads[twin.name, step.name] = _what_a_step_reads(step, Path(checkpoint_of(twin, tmp_path)),
+                                                                 tmp_path / "reads" / step.name / twin.name)
+            mine = _what_a_step_reads(step, Path(checkpoint_of(run, tmp_path)), tmp_path / "reads" / step.name / run.name)
+            assert mine == reads[twin.name, step.name], (run.name, twin.name, step.name)
