@@ -187,8 +187,7 @@ def test_mm_recipe_dry_run_trains_validates_and_tests(config, tmp_path):
                              scale=scale)
         assert tested.eval_images == 1 and key in json.loads((work / "metrics.json").read_text())["metrics"]
     finally:
-        # Only the big files: mmengine keeps one visualizer per process (mmseg/mmdet name it 'visualizer'), and it
-        # goes on writing into the first run's folder.
+        # the checkpoints, the big files, before the next recipe's run
         for path in work.rglob("*.pth"):
             path.unlink()
 

@@ -76,6 +76,20 @@ def test_resnet_upernet_on_synthetic_ade20k_trains(resnet_checkpoint, synthetic_
     assert all(math.isfinite(v) for v in _losses(runner))
 
 
+def test_two_fine_tunes_in_one_process_write_their_curves_each_into_its_own_folder(resnet_checkpoint, synthetic_root,
+                                                                                     tmp_path):
+    """mmengine hands a later runner the visualizer of an earlier one with the same name, and its folder: the second
+    run's scalars would land in the first run's vis_data (build_runner gives each runner its own)."""
+    config = str(CONFIGS / "tiny" / "upernet_r50_ade20k.py")
+    data_root = str(synthetic_root / "ade20k" / "ADEChallengeData2016")
+    seg.train(config, str(resnet_checkpoint), str(tmp_path / "first"), data_root=data_root)
+    (first,) = (tmp_path / "first").glob("*/vis_data/scalars.json")
+    written = first.read_bytes()
+    seg.train(config, str(resnet_checkpoint), str(tmp_path / "second"), data_root=data_root)
+    (second,) = (tmp_path / "second").glob("*/vis_data/scalars.json")
+    assert first.read_bytes() == written and second.read_bytes()
+
+
 def test_weight_check_catches_a_v1c_backbone_given_a_torchvision_checkpoint(resnet_checkpoint, synthetic_root, tmp_path):
     config = CONFIGS / "tiny" / "fcn_r50-d8_voc12aug.py"
     with pytest.raises(PretrainedWeightsNotLoaded, match=r"kept their random initialisation: stem\.0\.weight"):

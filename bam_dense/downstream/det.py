@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from bam_dense.core import procs
 from bam_dense.downstream.mm_common import (
     DET_TARGETS,
+    build_runner,
     fine_tune,
     load_config,
     prepare_test,
@@ -37,12 +37,9 @@ def _coco_root(cfg, data_root: str | None) -> None:
 
 
 def _runner(cfg):
-    from mmengine.runner import Runner
-
     import bam_dense.downstream.mmdet_modules  # noqa: F401  (backbone, neck, constructor, hooks registered)
 
-    procs.end_forked_children_with_this_process()  # mmengine's DataLoader workers end with this process
-    return Runner.from_cfg(cfg)
+    return build_runner(cfg)
 
 
 def train(config: str, checkpoint: str, work_dir: str | None = None, cfg_options: list[str] | None = None,

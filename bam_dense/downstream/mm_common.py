@@ -16,6 +16,7 @@ import warnings
 from pathlib import Path
 
 from bam_dense.convert.registry import mm_backbone_targets
+from bam_dense.core import procs
 from bam_dense.core.errors import UserFacingError
 from bam_dense.core.identity import sha256
 from bam_dense.core.paths import locate
@@ -26,6 +27,25 @@ warnings.filterwarnings("ignore", message="pkg_resources is deprecated", categor
 # bam_dense.convert.registry say which backbone types they serve
 SEG_TARGETS = mm_backbone_targets("seg")
 DET_TARGETS = mm_backbone_targets("det")
+
+
+def build_runner(cfg):
+    """The mmengine Runner of ``cfg``, with a visualizer of its own.
+
+    mmengine keeps one visualizer per name in a process and hands the existing one to a later runner that asks
+    for the same name (mmseg's and mmdet's configs all say ``name='visualizer'``), with the first run's folder:
+    a second fine-tune or test in one process (a notebook, a script, the tests) would write its ``vis_data``
+    (the scalars of its curves) into the first run's folder, or fail once that folder is gone. Each runner asks
+    for a name no other has."""
+    import uuid
+
+    from mmengine.runner import Runner
+
+    procs.end_forked_children_with_this_process()  # mmengine's DataLoader workers end with this process
+    visualizer = cfg.get("visualizer")
+    if isinstance(visualizer, dict):
+        visualizer["name"] = f"{visualizer.get('name') or 'visualizer'}-{uuid.uuid4().hex[:12]}"
+    return Runner.from_cfg(cfg)
 
 
 def load_config(config: str, cfg_options: list[str], work_dir: str | None, launcher: str, data_root: str | None = None):

@@ -12,10 +12,10 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from bam_dense.core import procs
 from bam_dense.core.errors import UserFacingError
 from bam_dense.downstream.mm_common import (
     SEG_TARGETS,
+    build_runner,
     fine_tune,
     load_config,
     prepare_test,
@@ -42,12 +42,9 @@ def with_test_time_aug(cfg):
 
 
 def _runner(cfg, testing: bool = False):
-    from mmengine.runner import Runner
-
     import bam_dense.downstream.mmseg_modules  # noqa: F401  (metric and hooks registered)
 
-    procs.end_forked_children_with_this_process()  # mmengine's DataLoader workers end with this process
-    return Runner.from_cfg(with_test_time_aug(cfg) if testing else cfg)
+    return build_runner(with_test_time_aug(cfg) if testing else cfg)
 
 
 def train(config: str, checkpoint: str, work_dir: str | None = None, cfg_options: list[str] | None = None,
