@@ -42,6 +42,17 @@ def test_import_and_help_need_no_heavy_dependency_and_are_fast():
         assert word in proc.stdout
 
 
+def test_printing_a_pretraining_config_imports_torch_but_not_timm_torchvision_or_the_trainer():
+    """Reading a config imports every method module (each declares its parameters beside its class), so torch; the
+    rest of training (timm, torchvision, the trainer: some 4 s more in a fresh process) waits until something runs."""
+    code = ("import sys; from bam_dense.cli import main; "
+            "main(['pretrain', '--config', 'configs/pretrain/dino_vit_small_100ep.yaml', '--print-config']); "
+            "print([m for m in ('timm', 'torchvision', 'bam_dense.engine.trainer') if m in sys.modules])")
+    proc = _run("-c", code, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "[]" and "name: dino" in proc.stdout
+
+
 @pytest.mark.parametrize("command", [
     ["pretrain"], ["convert"], ["davis", "propagate"], ["davis", "eval"], ["seg", "train"], ["seg", "test"], ["det", "train"],
     ["det", "test"], ["bench", "run"], ["bench", "report"], ["demo"], ["probe"], ["doctor"], ["install-openmmlab"],

@@ -18,7 +18,6 @@ from bam_dense.core.errors import UserFacingError
 
 def pretrain(args: Namespace) -> int:
     from bam_dense.core.config import dump, load_config
-    from bam_dense.engine.trainer import PREEMPTED_EXIT, run
 
     if args.dry_run:
         from bam_dense.engine.pretrain_dry_run import dry_run
@@ -33,6 +32,9 @@ def pretrain(args: Namespace) -> int:
     if args.print_config:
         print(dump(cfg))
         return 0
+    # the trainer (torchvision, ~2 s to import) only when training, not for printing
+    from bam_dense.engine.trainer import PREEMPTED_EXIT, run
+
     main_process = int(os.environ.get("RANK", "0")) == 0  # the process group is gone after run()
     summary = run(cfg)
     if main_process:

@@ -21,7 +21,6 @@ from itertools import groupby
 
 import torch
 import torch.nn as nn
-from timm.layers import DropPath
 
 from bam_dense.core.config import COUNT, FRACTION, NON_NEGATIVE, POSITIVE
 from bam_dense.core.registry import MethodParams, register_method
@@ -77,6 +76,9 @@ def teacher_temp_at_epoch(epoch: int, warmup_temp: float, temp: float, warmup_ep
 def without_drop_path_(teacher: nn.Module) -> None:
     """Switch off the DropPath modules the EMA copy of the student carries: ``train_dino`` builds DINO's teacher
     without stochastic depth, so its targets are deterministic."""
+    # imported here: reading a config imports this module, and timm takes ~2 s to import
+    from timm.layers import DropPath
+
     for module in teacher.modules():
         if isinstance(module, DropPath):
             module.drop_prob = 0.0
