@@ -293,7 +293,7 @@ def read_detectron2_config(out: Path) -> dict:
         config = yaml.load(path.read_text(), Loader=_Detectron2Loader)  # a SafeLoader: constructs no object
     except yaml.YAMLError as err:
         raise UserFacingError(f"{path} is not a readable YAML config: {err}") from err
-    if not isinstance(config, dict) or not ("MODEL" in config or "dataloader" in config):
+    if not is_detectron2_config(config):
         raise UserFacingError(f"{path} is not a detectron2 config (no MODEL section, no LazyConfig dataloader)")
     return config
 

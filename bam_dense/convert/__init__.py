@@ -12,7 +12,7 @@ from importlib import import_module
 
 _HOME = {"TARGETS": "api", "ConversionReport": "api", "convert": "api", "convert_source": "api", "load_source": "api",
          "report_path": "api", "ConversionError": "sources", "Source": "sources"}
-__all__ = ["TARGETS", "ConversionError", "ConversionReport", "Source", "convert", "convert_source", "load_source", "report_path"]
+__all__ = sorted(_HOME)
 
 
 def __getattr__(name: str):

@@ -103,6 +103,13 @@ def load_source(src: str | Path, source_format: str = "auto", which: str | None 
     return source
 
 
+def _target_row(to: str) -> registry.Target:
+    row = registry.target(to)
+    if row is None:
+        raise ConversionError(f"unknown target {to!r}; choose from {', '.join(TARGETS)}")
+    return row
+
+
 def convert(
     src: str | Path,
     to: str,
@@ -119,9 +126,7 @@ def convert(
 
     ``out`` (or the report beside it) is never ``src`` itself; an existing ``out`` is replaced only with ``force``.
     """
-    if to not in TARGETS:
-        raise ConversionError(f"unknown target {to!r}; choose from {', '.join(TARGETS)}")
-    row = registry.target(to)
+    row = _target_row(to)
     writes = (report_path(out, to),) + tuple(Path(out) / name for name in row.folder_files)
     check_output(out, force=force, folder=row.folder, sources=(src,), writes=writes)
     source = load_source(src, source_format, which, trust_source)
@@ -136,8 +141,8 @@ def convert_source(source: Source, to: str, out: str | Path, arch: str | None = 
     if arch is not None and source.arch is not None and arch != source.arch:
         raise ConversionError(f"--arch {arch} contradicts the checkpoint, which records {source.arch}")
     arch, kwargs = resolve_arch(source, arch)
-    row = registry.target(to)
-    if row is not None and row.suffix_required and out.suffix != row.suffix:
+    row = _target_row(to)
+    if row.suffix_required and out.suffix != row.suffix:
         raise ConversionError(f"{to} reads {row.suffix_required} only from files ending in {row.suffix}, got {out}")
     backbone = dict(source.backbone)
     report = ConversionReport(source=source.path, source_format=source.format, which=source.which, arch=arch,
@@ -180,7 +185,7 @@ def convert_source(source: Source, to: str, out: str | Path, arch: str | None = 
         record = architecture_record(arch, model.cfg)
         report.notes.append(f"architecture record: {arch} {record['kwargs']} (receptive field {record['receptive_field']} "
                             f"px, output stride {record['output_stride']}); rebuild with {record['builder']}")
-    keymap = row.keymap(kind) if row is not None else None
+    keymap = row.keymap(kind)
     if keymap is None:
         raise ConversionError(f"target {to} does not take a {kind} backbone ({arch}); "
                               f"targets for it: {', '.join(sorted(targets_for(kind)))}")

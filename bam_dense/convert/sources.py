@@ -358,9 +358,7 @@ def read_bam_official(obj: dict, path: str, which: str | None, dropped: list, fm
             raise ConversionError(f"{path}: this BAM checkpoint was trained without a teacher; use --which student")
         which = "student"
     backbone = _backbone_only(state, dropped)
-    # the official ViT-S uses 12 heads (MoCo-v3 style); a shape cannot tell
-    kwargs = {"num_heads": 12} if "cls_token" in backbone and backbone["cls_token"].shape[-1] == 384 else {}
-    return backbone, which, None, kwargs
+    return backbone, which, None, _mocov3_style_heads(backbone)  # the official ViT-S is MoCo v3's
 
 
 def read_lewel_official(obj: dict, path: str, which: str | None, dropped: list, fmt: str) -> Read:
@@ -553,10 +551,12 @@ def read_mocov3(obj: dict, path: str, which: str | None, dropped: list, fmt: str
                               "patch_embed.proj is a stack of 3x3 convolutions with BatchNorm, "
                               f"{sorted(k for k in backbone if k.startswith('patch_embed.'))[:3]}), which no timm "
                               "architecture builds; bam-dense reads MoCo v3's vit_small, vit_base and ResNets")
-    kwargs = {}
-    if "cls_token" in backbone and backbone["cls_token"].shape[-1] == 384:  # MoCo v3's ViT-S has 12 heads
-        kwargs = {"num_heads": 12}
-    return backbone, which, None, kwargs
+    return backbone, which, None, _mocov3_style_heads(backbone)
+
+
+def _mocov3_style_heads(backbone: dict) -> dict:
+    """The model kwargs of a MoCo v3-style ViT: its ViT-S (384 wide) has 12 heads, timm's 6; a shape cannot tell."""
+    return {"num_heads": 12} if "cls_token" in backbone and backbone["cls_token"].shape[-1] == 384 else {}
 
 
 def native_pos_rule(source_format: str | None, backbone: dict | None = None) -> str:

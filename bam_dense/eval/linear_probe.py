@@ -119,7 +119,7 @@ def default_recipe(backbone: nn.Module, source_format: str | None = None) -> str
     kind = facts.family
     if kind not in ("vit", "eva", "cnn"):
         raise UserFacingError(f"no linear-probe recipe for a {kind} backbone ({type(backbone).__name__})")
-    kind = "cnn" if kind == "cnn" else "vit"
+    kind = _kind(backbone)
     if source_format == "mocov3":
         return f"mocov3-{'r50' if kind == 'cnn' else 'vit'}"
     if source_format in SOURCE_RECIPES and RECIPES[SOURCE_RECIPES[source_format]].family == kind:
@@ -510,8 +510,8 @@ def run(checkpoint: str, data_root: str, out: str | None = None, recipe: str | N
         raise UserFacingError(f"recipe {name} is for {chosen.family} encoders, {checkpoint} is a {kind}")
     choices = list(chosen.choices) if kind == "vit" else []
     deepest = max((n for n, _ in choices), default=0)
-    depth = describe(backbone).stage_count if kind == "vit" else 0
-    if kind == "vit" and deepest > depth:  # before hours of extraction, not after
+    depth = describe(backbone).stage_count  # blocks of a ViT (a CNN's recipe reads none: deepest 0)
+    if deepest > depth:  # before hours of extraction, not after
         raise UserFacingError(f"recipe {name} reads {deepest} blocks, the encoder has {depth}")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     backbone = backbone.to(dev).eval()
