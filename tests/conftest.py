@@ -150,6 +150,26 @@ def tiny_pretrain_dict(out: Path, method_name: str = "bam", **sections) -> dict:
     return cfg
 
 
+def merged(base: dict, over: dict) -> dict:
+    """``over`` merged into a copy of ``base``, nested dicts key by key (as detectron2 merges a config's _BASE_)."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def detectron2_yaml(path: Path) -> dict:
+    """A detectron2 YAML config with its _BASE_ chain merged, children over parents (a ``detectron2://`` base,
+    detectron2's own file, is not read here)."""
+    import yaml
+
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    base = data.pop("_BASE_", None)
+    if base is None:
+        return data
+    return merged({} if base.startswith("detectron2://") else detectron2_yaml(Path(path).parent / base), data)
+
+
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory) -> Path:
     """Every synthetic layout, written once per test session."""
@@ -161,7 +181,7 @@ def synthetic_root(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def resnet_checkpoint(tmp_path_factory) -> Path:
     """timm's ResNet-50 (seed 0, no classifier) saved as a plain state dict: the torchvision-style R50 checkpoint."""
     import timm

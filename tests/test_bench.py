@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -121,18 +122,23 @@ def test_frozen_feature_steps_run_in_a_plan_and_its_dry_run(two_checkpoints, syn
             assert 0.0 <= metrics[BENCHMARKS[step["benchmark"]].metric] <= 100.0
 
 
+def _print_slurm(plan: dict, tmp_path: Path) -> list[str]:
+    """The lines ``bench run PLAN --print-slurm`` prints for ``plan`` (run dir ``tmp_path/r``)."""
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump(plan))
+    proc = subprocess.run([PYTHON, "-m", "bam_dense.cli", "bench", "run", str(path), "--run-dir", str(tmp_path / "r"),
+                           "--print-slurm"], capture_output=True, text=True, env=_env())
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.splitlines()
+
+
 def test_slurm_commands_are_printed_with_dependencies(tmp_path):
     plan = {"name": "cluster", "slurm": {"partition": "gpu", "gpus_per_node": 8, "nodes": 2},
             "runs": [{"name": "bam-vits", "pretrain": {"config": "configs/pretrain/bam_vit_small_16gpu.yaml"}}],
             "steps": [{"name": "davis", "kind": "davis", "benchmark": "davis17_val", "davis_root": "/data/DAVIS"},
                       {"name": "ade", "kind": "seg", "benchmark": "ade20k_upernet_vits16",
                        "config": "configs/mmseg/upernet_vit-s16_ade20k-512x512_160k.py", "data_root": "/data/ade", "nproc": 8}]}
-    path = tmp_path / "plan.yaml"
-    path.write_text(yaml.safe_dump(plan))
-    proc = subprocess.run([PYTHON, "-m", "bam_dense.cli", "bench", "run", str(path), "--run-dir", str(tmp_path / "r"),
-                           "--print-slurm"], capture_output=True, text=True, env=_env())
-    assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
+    lines = _print_slurm(plan, tmp_path)
     pre = next(line for line in lines if "PRE_BAM_VITS=$(sbatch" in line)
     assert "--nodes=2" in pre and "pretrain/slurm.sh" in pre and "--partition=gpu" in pre
     jobs = [line for line in lines if line.startswith("sbatch --dependency=afterok:$PRE_BAM_VITS")]
@@ -145,12 +151,7 @@ def test_the_printed_pretraining_job_reaches_train_py_from_slurms_spool_copy(tmp
     plan = {"name": "cluster", "slurm": {"gpus_per_node": 8},
             "runs": [{"name": "bam-vits", "pretrain": {"config": "configs/pretrain/bam_vit_small_16gpu.yaml"}}],
             "steps": [{"name": "davis", "kind": "davis", "benchmark": "davis17_val", "davis_root": "/data/DAVIS"}]}
-    path = tmp_path / "plan.yaml"
-    path.write_text(yaml.safe_dump(plan))
-    printed = subprocess.run([PYTHON, "-m", "bam_dense.cli", "bench", "run", str(path), "--run-dir", str(tmp_path / "r"),
-                              "--print-slurm"], capture_output=True, text=True, env=_env())
-    assert printed.returncode == 0, printed.stderr
-    sbatch = next(line for line in printed.stdout.splitlines() if "PRE_BAM_VITS=$(sbatch" in line)
+    sbatch = next(line for line in _print_slurm(plan, tmp_path) if "PRE_BAM_VITS=$(sbatch" in line)
     words = shlex.split(sbatch.split("$(", 1)[1].rstrip(")"))
     script = next(i for i, w in enumerate(words) if w.endswith("pretrain/slurm.sh"))
     assert Path(words[script]) == REPO / "pretrain" / "slurm.sh"
@@ -173,8 +174,9 @@ def test_the_printed_pretraining_job_reaches_train_py_from_slurms_spool_copy(tmp
                          cwd=tmp_path)
     assert job.returncode == 0, job.stderr
     ran = record.read_text().splitlines()
-    python = REPO / ".venv" / "bin" / "python"
-    assert ran[:3] == ["--kill-on-bad-exit=1", str(python) if python.exists() else ran[1], str(REPO / "pretrain" / "train.py")]
+    python = REPO / ".venv" / "bin" / "python"  # slurm.sh's choice: the checkout's venv, else python3 on PATH
+    python = str(python) if python.exists() else shutil.which("python3", path=env["PATH"])
+    assert ran[:3] == ["--kill-on-bad-exit=1", python, str(REPO / "pretrain" / "train.py")]
     assert ran[3:] == ["--config", *job_args]
     assert job_args[0] == str(REPO / "configs" / "pretrain" / "bam_vit_small_16gpu.yaml")
     assert f"run.output_dir={tmp_path / 'r' / 'bam-vits' / 'pretrain'}" in job_args

@@ -43,25 +43,12 @@ D2_DEFAULTS = {"INPUT": {"MIN_SIZE_TRAIN_SAMPLING": "choice", "MAX_SIZE_TRAIN": 
                          "MAX_SIZE_TEST": 1333}, "MODEL": {"RESNETS": {"STRIDE_IN_1X1": True}}}
 
 
-def _merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for key, value in over.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
 def _written_config(name: str, **changes) -> dict:
     """What detectron2's default_setup writes as OUTPUT_DIR/config.yaml for a shipped YAML (its _BASE_ chain merged
     over the defaults it relies on), with ``changes`` ("SECTION.KEY": value) applied as train_net.py applies them."""
-    import yaml
-    from conftest import REPO
+    from conftest import REPO, detectron2_yaml, merged
 
-    def load(path):
-        data = yaml.safe_load(path.read_text())
-        base = data.pop("_BASE_", None)
-        return _merge(load(path.parent / base), data) if base else data
-
-    config = _merge(D2_DEFAULTS, load(REPO / "configs" / "detectron2" / name))
+    config = merged(D2_DEFAULTS, detectron2_yaml(REPO / "configs" / "detectron2" / name))
     for dotted, value in changes.items():
         node = config
         *parents, last = dotted.split(".")

@@ -8,8 +8,7 @@ import math
 import pytest
 import timm
 import torch
-import yaml
-from conftest import REPO
+from conftest import REPO, detectron2_yaml
 
 from bam_dense.core.paths import bundled
 from bam_dense.downstream import det
@@ -195,19 +194,7 @@ D2_CONFIGS = bundled("configs/detectron2", required=True)
 
 
 def _d2_yaml(name: str) -> dict:
-    """A detectron2 YAML with its _BASE_ chain merged (children override parents)."""
-    data = yaml.safe_load((D2_CONFIGS / name).read_text())
-    base = data.pop("_BASE_", None)
-    if base is None:
-        return data
-    merged = _d2_yaml(base) if not base.startswith("detectron2://") else {}
-
-    def merge(a, b):
-        for k, v in b.items():
-            a[k] = merge(a.get(k, {}), v) if isinstance(v, dict) and isinstance(a.get(k), dict) else v
-        return a
-
-    return merge(merged, data)
+    return detectron2_yaml(D2_CONFIGS / name)
 
 
 @pytest.mark.parametrize(("name", "max_iter", "steps"), [

@@ -279,9 +279,6 @@ def _what_a_step_reads(step, checkpoint: Path, work: Path) -> dict:
     from bam_dense.convert import convert
     from bam_dense.encoders import load_backbone
 
-    def shapes(tensors):
-        return {k: tuple(v.shape) for k, v in tensors.items()}
-
     if step.kind in ("seg", "det"):
         from mmengine.config import Config
 
@@ -289,14 +286,14 @@ def _what_a_step_reads(step, checkpoint: Path, work: Path) -> dict:
 
         cfg = Config.fromfile(step.config)
         cfg.work_dir = str(work)
-        path, report = prepare_pretrained(cfg, str(checkpoint), SEG_TARGETS if step.kind == "seg" else DET_TARGETS)
+        _, report = prepare_pretrained(cfg, str(checkpoint), SEG_TARGETS if step.kind == "seg" else DET_TARGETS)
         return {"backbone": cfg.model.backbone.to_dict() | {"init_cfg": None}, "arch": report["arch"],
                 "model_kwargs": report["model_kwargs"], "filled": report["filled"], "mapped": report["mapped"]}
     if step.kind == "detectron2":
         report = convert(checkpoint, "detectron2", work / "d2.pkl")
         return {"arch": report.arch, "filled": report.filled, "mapped": report.mapped}
     backbone = load_backbone(str(checkpoint), None, None, False)
-    return {"class": type(backbone).__name__, "tensors": shapes(backbone.state_dict())}
+    return {"class": type(backbone).__name__, "tensors": {k: tuple(v.shape) for k, v in backbone.state_dict().items()}}
 
 
 @pytest.mark.slow
@@ -326,11 +323,11 @@ def test_bench_plan_dry_run(plan_path, tmp_path):
     scale = None if "tiny" in plan_path.stem else CI_MM_SCALE
     outcomes = run_plan_dry(plan, tmp_path, steps=["pretrain"], scale=scale)
     assert [o.status for o in outcomes] == ["done"] * sum(bool(run.pretrain) for run in plan.runs), outcomes
+    encoder = {run.name: _encoder_key(Path(checkpoint_of(run, tmp_path))) for run in plan.runs}
     first: dict[tuple, object] = {}
     for run in plan.runs:
-        first.setdefault(_encoder_key(Path(checkpoint_of(run, tmp_path))), run)
-    firsts = [run for run in plan.runs if run in first.values()]
-    plan_of_firsts = dataclasses.replace(plan, runs=firsts)
+        first.setdefault(encoder[run.name], run)
+    plan_of_firsts = dataclasses.replace(plan, runs=list(first.values()))
     outcomes += run_plan_dry(plan_of_firsts, tmp_path, skip=["pretrain"], scale=scale)
     reads: dict[tuple[str, str], dict] = {}  # (first run, step) -> what the step reads from its checkpoint
 
@@ -339,7 +336,8 @@ def test_bench_plan_dry_run(plan_path, tmp_path):
         if run.pretrain:  # this config's standalone dry-run is left to this test (PRETRAIN_ALONE)
             dry = tmp_path / run.name / "pretrain" / "dry-run"
             _check_pretrain_dry_run(Path(run.pretrain["config"]), json.loads((dry / "dry_run.json").read_text()))
-        if run in firsts:
+        twin = first[encoder[run.name]]
+        if run is twin:
             assert set(by_step) == ({"pretrain"} if run.pretrain else set()) | {s.name for s in plan.steps}
             for o in by_step.values():
                 error = tmp_path / run.name / o.step / "error.txt"
@@ -352,7 +350,6 @@ def test_bench_plan_dry_run(plan_path, tmp_path):
                 if step.kind in ("seg", "det", "davis", "probe") and by_step[step.name].status == "done":
                     assert (tmp_path / run.name / step.name / "metrics.json").exists(), (run.name, step.name)
             continue
-        twin = first[_encoder_key(Path(checkpoint_of(run, tmp_path)))]
         for step in plan.steps:
             if not applies(step, run_family(run)):
                 continue

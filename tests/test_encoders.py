@@ -41,7 +41,7 @@ def assert_official_features(model, record: dict, patch: int, pos_resample: str 
         expected = record["outputs"][tag]
         got = features(model, x, pos_resample=pos_resample)
         assert got.dense.shape == (1, 64, x.shape[-2] // patch, x.shape[-1] // patch)
-        torch.testing.assert_close(got.dense.flatten(2).transpose(1, 2), expected["patch"], atol=2e-5, rtol=1e-4)
+        assert_official_patches(got.dense, record, tag)
         torch.testing.assert_close(got.pooled, expected["cls"], atol=2e-5, rtol=1e-4)
 
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import REPO
 
 from bam_dense.core.errors import UserFacingError
 from bam_dense.core.paths import bundle_root, bundled, checkout_root, locate
 
-REPO = Path(__file__).resolve().parents[1]
 RECIPE = "configs/pretrain/bam_tiny_cpu.yaml"
 
 

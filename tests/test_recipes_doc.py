@@ -20,10 +20,10 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import REPO, detectron2_yaml
 
 from bam_dense.core.paths import bundled
 
-REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "recipes.md"
 CONFIGS = bundled("configs", required=True)
 HEADER = ("config", "reproduces", "values checked", "deliberate differences and why")
@@ -98,19 +98,6 @@ def parse_values(cell: str) -> list[tuple[str, Any]]:
 # ---------------------------------------------------------------------------------------------
 # Loading a config the way its tool does
 # ---------------------------------------------------------------------------------------------
-
-
-def _merge(base: dict, child: dict) -> dict:
-    out = dict(base)
-    for key, value in child.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
-def _detectron2_yaml(path: Path) -> dict:
-    data = yaml.safe_load(path.read_text()) or {}
-    base = data.pop("_BASE_", None)
-    return _merge(_detectron2_yaml(path.parent / base), data) if base else data
 
 
 class _LazyEval:
@@ -224,7 +211,7 @@ def load(config: str) -> Any:
 
         return _plain(Config.fromfile(str(path)).to_dict())
     if kind == "detectron2-yaml":
-        return _detectron2_yaml(path)
+        return detectron2_yaml(path)
     if kind == "detectron2-lazy":
         return _LazyEval(path.read_text()).env
     return yaml.safe_load(path.read_text())

@@ -69,20 +69,15 @@ def test_resnet_fcn_on_synthetic_voc_trains_and_scores(resnet_checkpoint, synthe
     _assert_trained_and_scored(runner, tmp_path, config, data_root)
 
 
-def test_resnet_upernet_on_synthetic_ade20k_trains(resnet_checkpoint, synthetic_root, tmp_path):
-    config = CONFIGS / "tiny" / "upernet_r50_ade20k.py"
-    runner = seg.train(str(config), str(resnet_checkpoint), str(tmp_path),
-                       data_root=str(synthetic_root / "ade20k" / "ADEChallengeData2016"))
-    assert all(math.isfinite(v) for v in _losses(runner))
-
-
-def test_two_fine_tunes_in_one_process_write_their_curves_each_into_its_own_folder(resnet_checkpoint, synthetic_root,
-                                                                                     tmp_path):
-    """mmengine hands a later runner the visualizer of an earlier one with the same name, and its folder: the second
-    run's scalars would land in the first run's vis_data (build_runner gives each runner its own)."""
+def test_resnet_upernet_on_synthetic_ade20k_trains_twice_in_one_process_each_run_in_its_own_folder(
+        resnet_checkpoint, synthetic_root, tmp_path):
+    """The R50 UperNet trains (finite losses); a second fine-tune in the same process writes its curves into its own
+    folder: mmengine hands a later runner the visualizer of an earlier one with the same name, and its folder, so the
+    second run's scalars would land in the first run's vis_data (build_runner gives each runner its own)."""
     config = str(CONFIGS / "tiny" / "upernet_r50_ade20k.py")
     data_root = str(synthetic_root / "ade20k" / "ADEChallengeData2016")
-    seg.train(config, str(resnet_checkpoint), str(tmp_path / "first"), data_root=data_root)
+    runner = seg.train(config, str(resnet_checkpoint), str(tmp_path / "first"), data_root=data_root)
+    assert all(math.isfinite(v) for v in _losses(runner))
     (first,) = (tmp_path / "first").glob("*/vis_data/scalars.json")
     written = first.read_bytes()
     seg.train(config, str(resnet_checkpoint), str(tmp_path / "second"), data_root=data_root)

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 BUILD_INPUTS = ("pyproject.toml", "setup.py", "README.md", "bam_dense", "configs", "pretrain", "downstream")
 SHIPPED = ("configs", "pretrain", "downstream")  # setup.py's BUNDLED folders
 
