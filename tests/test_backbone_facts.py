@@ -54,7 +54,9 @@ def _facts(facts) -> tuple:
 def _measured(model, family: str, side: int) -> tuple:
     """The same facts read from forward passes at ``side x side`` and ``side x 2 side``, not from the attributes
     :func:`describe` reads: widths from the output shapes, the patch (or stride) from how many cells the input
-    size gives, prefix tokens as the tokens that are not cells, stages from hooks on ``blocks[k]`` / ``layer{k}``."""
+    size gives, prefix tokens as the tokens that are not cells, stages from hooks on ``blocks[k]`` / ``layer{k}``.
+    Two are read from the model's attributes all the same, and pinned by each case's expected values instead: the
+    registers (``reg_token``, ``dist_token``) and the position rule (``rope``)."""
     tokens = family in ("vit", "eva")
     stages = list(model.blocks) if tokens else [getattr(model, f"layer{k}") for k in range(1, 5) if hasattr(model, f"layer{k}")]
     shapes: list[list[tuple]] = [[], []]
